@@ -1,0 +1,3 @@
+from loopnet.cli import main
+
+raise SystemExit(main())

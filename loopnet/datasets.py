@@ -1,0 +1,61 @@
+"""The nnfs toy datasets, with nnfs's signatures, reimplemented so a ``seed=`` can be given.
+
+With ``seed=None`` the draws come from numpy's global RNG in the same order as ``nnfs.datasets``
+(so ``np.random.seed(0)`` or ``nnfs.init()`` reproduce the book's data exactly); with a seed they
+come from a private ``np.random.RandomState(seed)`` and the global state is left untouched.
+loopnet never calls ``nnfs.init()``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from loopnet.layers import _positive_int
+
+
+def _randn(seed):
+    return np.random.randn if seed is None else np.random.RandomState(seed).randn
+
+
+def spiral_data(samples: int, classes: int, *, seed=None, dtype=np.float32):
+    """``classes`` interleaved spiral arms of ``samples`` points each (Karpathy's cs231n data).
+
+    Returns ``X`` (samples * classes, 2) of ``dtype`` and ``y`` (samples * classes,) uint8.
+    """
+    samples = _positive_int(samples, "samples")
+    classes = _positive_int(classes, "classes")
+    randn = _randn(seed)
+    X = np.zeros((samples * classes, 2))
+    y = np.zeros(samples * classes, dtype="uint8")
+    for class_number in range(classes):
+        ix = range(samples * class_number, samples * (class_number + 1))
+        r = np.linspace(0.0, 1, samples)
+        t = np.linspace(class_number * 4, (class_number + 1) * 4, samples) + randn(samples) * 0.2
+        X[ix] = np.c_[r * np.sin(t * 2.5), r * np.cos(t * 2.5)]
+        y[ix] = class_number
+    return X.astype(dtype), y
+
+
+def vertical_data(samples: int, classes: int, *, seed=None, dtype=np.float32):
+    """``classes`` vertical blobs of ``samples`` points each. Returns ``X`` (n, 2), ``y`` (n,)."""
+    samples = _positive_int(samples, "samples")
+    classes = _positive_int(classes, "classes")
+    randn = _randn(seed)
+    X = np.zeros((samples * classes, 2))
+    y = np.zeros(samples * classes, dtype="uint8")
+    for class_number in range(classes):
+        ix = range(samples * class_number, samples * (class_number + 1))
+        X[ix] = np.c_[randn(samples) * 0.1 + class_number / 3, randn(samples) * 0.1 + 0.5]
+        y[ix] = class_number
+    return X.astype(dtype), y
+
+
+def sine_data(samples: int = 1000, *, dtype=np.float32):
+    """``y = sin(2 pi x)`` at ``samples`` points ``x`` in [0, 1) (no randomness, so no seed).
+
+    Returns ``X`` (samples, 1) and ``y`` (samples, 1), both of ``dtype``.
+    """
+    samples = _positive_int(samples, "samples")
+    X = np.arange(samples).reshape(-1, 1) / samples
+    y = np.sin(2 * np.pi * X).reshape(-1, 1)
+    return X.astype(dtype), y.astype(dtype)

@@ -1,0 +1,98 @@
+"""The one device flag.
+
+Which implementation of every op runs is decided here and nowhere else:
+
+    explicit ``device=`` argument  >  ``with loopnet.device(...)`` / ``set_device()``
+                                   >  the ``LOOPNET_DEVICE`` environment variable  >  ``"cpu"``
+
+Devices:
+
+- ``cpu``    the loop kernels compiled by numba (``@njit(parallel=True, cache=True)``)
+- ``numpy``  the vectorized numpy twins
+- ``python`` the very same loop functions, not compiled (step through them in a debugger)
+- ``cuda``   the kernels compiled by numba-cuda (``@cuda.jit``); ``cuda:0`` picks a GPU
+
+This module imports neither numba nor any backend: backends are imported on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+
+DEVICES = ("cpu", "numpy", "python", "cuda")
+DEFAULT_DEVICE = "cpu"
+ENV_VAR = "LOOPNET_DEVICE"
+
+# set_device() writes the process-wide default; the context manager overrides it per context
+# (a ContextVar, so threads and asyncio tasks do not see each other's `with` blocks).
+_default: str | None = None
+_context: contextvars.ContextVar[str | None] = contextvars.ContextVar("loopnet_device", default=None)
+
+
+def normalize(name) -> str:
+    """Return the canonical spelling of a device name, or raise ``ValueError``.
+
+    ``"CPU"`` -> ``"cpu"``, ``" cuda:0 "`` -> ``"cuda:0"``; ``"cuda:1"`` keeps its index.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"device must be a string such as 'cpu', got {type(name).__name__}: {name!r}")
+    canon = name.strip().lower()
+    base, sep, index = canon.partition(":")
+    if base in DEVICES and not sep:
+        return base
+    if base == "cuda" and sep and index.isdigit():
+        return f"cuda:{int(index)}"
+    valid = ", ".join(repr(d) for d in DEVICES)
+    raise ValueError(f"unknown device {name!r}; valid devices are {valid} (and 'cuda:N' for GPU N)")
+
+
+def set_device(name: str) -> None:
+    """Make ``name`` the default device for every op and layer that is not given ``device=``."""
+    global _default
+    _default = normalize(name)
+
+
+def get_device(device: str | None = None) -> str:
+    """Resolve the device an op runs on (see the module docstring for the order)."""
+    if device is not None:
+        return normalize(device)
+    chosen = _context.get()
+    if chosen is not None:
+        return chosen
+    if _default is not None:
+        return _default
+    env = os.environ.get(ENV_VAR)
+    if env:
+        try:
+            return normalize(env)
+        except ValueError as err:
+            raise ValueError(f"{ENV_VAR}={env!r}: {err}") from None
+    return DEFAULT_DEVICE
+
+
+@contextlib.contextmanager
+def device(name: str):
+    """Run the ops inside the ``with`` block on ``name``::
+
+        with loopnet.device("numpy"):
+            out = loopnet.ops.dense_forward(x, w, b)
+    """
+    token = _context.set(normalize(name))
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def base_name(device: str) -> str:
+    """``"cuda:1"`` -> ``"cuda"``."""
+    return device.partition(":")[0]
+
+
+def backend(device: str | None = None):
+    """The backend module of a device: it exports every op under its plain name."""
+    name = base_name(get_device(device))
+    return importlib.import_module(f"loopnet.backends.{name}")
