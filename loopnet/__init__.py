@@ -12,16 +12,57 @@ for the CPU (or numba-cuda for the GPU), and stands beside its vectorized numpy 
 """
 
 from loopnet import datasets, ops
-from loopnet.activations import ReLU, Softmax
+from loopnet.accuracy import Accuracy, BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy
+from loopnet.activations import Linear, ReLU, Sigmoid, Softmax
 from loopnet.devices import DEVICES, device, get_device, set_device
-from loopnet.layers import Dense, Layer
-from loopnet.losses import CategoricalCrossentropy, Loss
+from loopnet.layers import Dense, Dropout, Layer
+from loopnet.losses import (
+    BinaryCrossentropy,
+    CategoricalCrossentropy,
+    Loss,
+    MeanAbsoluteError,
+    MeanSquaredError,
+    SoftmaxCategoricalCrossentropy,
+)
+from loopnet.model import Model
 from loopnet.ops import to_numpy
+from loopnet.optimizers import SGD, Adagrad, Adam, Optimizer, RMSprop
+from loopnet.saving import ModelFileError
 
 __version__ = "0.1.0"
 
+# Imported on first use (PEP 562), so `import loopnet` stays free of numba and matplotlib:
+# `loopnet.explain("dense")` (the module is callable) and `loopnet.plotting`.
+_LAZY_MODULES = ("explain", "plotting")
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(f"loopnet.{name}")
+    raise AttributeError(f"module 'loopnet' has no attribute {name!r}")
+
 __all__ = [
     "DEVICES",
+    "SGD",
+    "Accuracy",
+    "Adagrad",
+    "Adam",
+    "BinaryAccuracy",
+    "BinaryCrossentropy",
+    "CategoricalAccuracy",
+    "Dropout",
+    "Linear",
+    "MeanAbsoluteError",
+    "MeanSquaredError",
+    "Model",
+    "ModelFileError",
+    "Optimizer",
+    "RMSprop",
+    "RegressionAccuracy",
+    "Sigmoid",
+    "SoftmaxCategoricalCrossentropy",
     "CategoricalCrossentropy",
     "Dense",
     "Layer",

@@ -1,24 +1,93 @@
-"""Activation layers: ``forward(inputs)`` sets ``self.output`` and returns it."""
+"""Activation layers: ``forward(inputs, training)`` sets ``self.output``, ``backward(dvalues)``
+sets ``self.dinputs``, and ``predictions(outputs)`` turns outputs into the model's answers."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from loopnet import ops
-from loopnet.layers import Layer
+from loopnet.layers import Layer, _buffer
+
+
+def _dinputs_buffer(layer, dvalues):
+    """The previous step's ``dinputs`` when it fits this ``dvalues`` (see ``layers._buffer``)."""
+    return _buffer(getattr(layer, "dinputs", None), getattr(dvalues, "shape", ()),
+                   getattr(dvalues, "dtype", None))
 
 
 class ReLU(Layer):
     """Rectified linear unit: ``max(0, x)`` element-wise (the notes' ``Activation_ReLU``)."""
 
-    def forward(self, inputs):
+    def forward(self, inputs, training: bool = True):
         self.inputs = inputs
         self.output = ops.relu_forward(inputs, device=self.device)
         return self.output
+
+    def backward(self, dvalues):
+        """Pass ``dvalues`` where the input was positive, 0 elsewhere."""
+        self.dinputs = ops.relu_backward(dvalues, self.inputs, out=_dinputs_buffer(self, dvalues),
+                                         device=self.device)
+        return self.dinputs
+
+    def predictions(self, outputs):
+        return ops.to_numpy(outputs)
 
 
 class Softmax(Layer):
     """Row-wise softmax turning scores into class probabilities (``Activation_Softmax``)."""
 
-    def forward(self, inputs):
+    def forward(self, inputs, training: bool = True):
         self.inputs = inputs
         self.output = ops.softmax_forward(inputs, device=self.device)
         return self.output
+
+    def backward(self, dvalues):
+        """The full-Jacobian gradient (``Model`` uses the fused softmax + cross-entropy
+        gradient instead when a categorical cross-entropy follows)."""
+        self.dinputs = ops.softmax_backward(dvalues, self.output,
+                                            out=_dinputs_buffer(self, dvalues), device=self.device)
+        return self.dinputs
+
+    def predictions(self, outputs):
+        """The most confident class of each sample."""
+        return np.argmax(ops.to_numpy(outputs), axis=1)
+
+
+class Sigmoid(Layer):
+    """The logistic function ``1 / (1 + exp(-x))``: one independent probability per output
+    (binary logistic regression; the book's ``Activation_Sigmoid``)."""
+
+    def forward(self, inputs, training: bool = True):
+        self.inputs = inputs
+        self.output = ops.sigmoid_forward(inputs, device=self.device)
+        return self.output
+
+    def backward(self, dvalues):
+        """``dvalues * (1 - output) * output``."""
+        self.dinputs = ops.sigmoid_backward(dvalues, self.output,
+                                            out=_dinputs_buffer(self, dvalues), device=self.device)
+        return self.dinputs
+
+    def predictions(self, outputs):
+        """1 where the probability is above 0.5, else 0."""
+        return (ops.to_numpy(outputs) > 0.5) * 1
+
+
+class Linear(Layer):
+    """The identity ``y = x``, a regression model's output activation (``Activation_Linear``).
+
+    ``forward`` passes its inputs on as they are (no copy: nothing writes into a forward
+    output), ``backward`` copies ``dvalues`` into ``dinputs`` as the book does."""
+
+    def forward(self, inputs, training: bool = True):
+        self.inputs = inputs
+        self.output = inputs
+        return self.output
+
+    def backward(self, dvalues):
+        self.dinputs = ops.linear_backward(dvalues, out=_dinputs_buffer(self, dvalues),
+                                           device=self.device)
+        return self.dinputs
+
+    def predictions(self, outputs):
+        return ops.to_numpy(outputs)

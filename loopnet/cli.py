@@ -1,10 +1,563 @@
-"""The ``loopnet`` command line."""
+"""The ``loopnet`` command line.
+
+    loopnet train                     train the spiral classifier of the book, print a summary
+    loopnet train --data my.csv       ... on your own data (.npz with X and y, or .csv)
+    loopnet predict --model model.npz --data new.csv
+    loopnet explain dense             the loops beside their numpy twin, run on the same input
+    loopnet explain --list            every op
+    loopnet forward                   the notes' forward pass on spiral data, printing the loss
+
+Bad arguments or a bad data file give a one-line error and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import sys
 import time
+import zipfile
+
+# Data sets built in (loopnet.datasets) and how the book trains on each.
+DATASETS = ("spiral", "vertical", "sine")
+LABEL_NAMES = ("label", "labels", "y", "class", "target")
+
+
+class UsageError(ValueError):
+    """A problem with what the user asked for: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (argparse prints the usage first, then the error)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --- Data files -----------------------------------------------------------------------------------
+
+def _number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _read_csv(path: str):
+    """Rows of a CSV file as lists of strings, and its header (None when the first row is data)."""
+    try:
+        with open(path, newline="") as handle:
+            sample = handle.read(4096)
+            handle.seek(0)
+            try:
+                dialect = csv.Sniffer().sniff(sample, delimiters=",;\t ")
+            except csv.Error:
+                dialect = csv.excel
+            rows = [row for row in csv.reader(handle, dialect) if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError:
+        raise UsageError(f"data file {path!r} is not a text CSV file") from None
+    rows = [[cell.strip() for cell in row] for row in rows]
+    if not rows:
+        raise UsageError(f"data file {path!r} is empty")
+    header = None
+    if any(_number(cell) is None for cell in rows[0]):
+        header, rows = rows[0], rows[1:]
+    if not rows:
+        raise UsageError(f"data file {path!r} has a header but no data rows")
+    width = len(header) if header is not None else len(rows[0])
+    for k, row in enumerate(rows):
+        if len(row) != width:
+            line = k + (2 if header is not None else 1)
+            raise UsageError(f"data file {path!r}: line {line} has {len(row)} columns, "
+                             f"expected {width}")
+    return header, rows
+
+
+def _label_index(path, header, width, label_column):
+    """Which CSV column holds the labels: ``label_column`` (a name or an index), a column named
+    label/y/class/target, or else the last one."""
+    if label_column is not None:
+        if header is not None and label_column in header:
+            return header.index(label_column)
+        try:
+            index = int(label_column)
+        except ValueError:
+            names = ", ".join(header) if header else "none (the file has no header)"
+            raise UsageError(f"data file {path!r} has no column {label_column!r} "
+                             f"(columns: {names})") from None
+        if not -width <= index < width:
+            raise UsageError(f"--label-column {index} is out of range: {path!r} has {width} columns")
+        return index % width
+    if header is not None:
+        for k, name in enumerate(header):
+            if name.lower() in LABEL_NAMES:
+                return k
+    return width - 1
+
+
+def _csv_matrix(path, header, rows, columns):
+    import numpy as np
+
+    out = np.empty((len(rows), len(columns)), dtype=np.float64)
+    for r, row in enumerate(rows):
+        for c, column in enumerate(columns):
+            value = _number(row[column])
+            if value is None:
+                line = r + (2 if header is not None else 1)
+                name = repr(header[column]) if header is not None else str(column)
+                raise UsageError(f"data file {path!r}: line {line}, column {name}: "
+                                 f"{row[column]!r} is not a number")
+            out[r, c] = value
+    return out
+
+
+def _load_npz(path, require_labels: bool):
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            if "X" not in names or (require_labels and "y" not in names):
+                missing = "X" if "X" not in names else "y"
+                raise UsageError(f"data file {path!r} has no array {missing!r} (it has: "
+                                 f"{', '.join(names) or 'nothing'}); expected arrays named X and y")
+            X = archive["X"]
+            y = archive["y"] if "y" in names else None
+    except UsageError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise UsageError(f"data file {path!r} is not a readable .npz archive ({err})") from None
+    except ValueError as err:     # object arrays need pickle, which is refused
+        raise UsageError(f"data file {path!r}: {err}") from None
+    return X, y
+
+
+def load_data(path: str, *, label_column=None, require_labels: bool = True, n_features=None):
+    """``(X, y)`` from a ``.npz`` (arrays ``X`` and ``y``) or a ``.csv`` (one label column).
+
+    ``require_labels=False`` (for prediction) allows a file without labels: ``y`` is then None;
+    a CSV holding exactly ``n_features`` columns is then all features. Every problem raises
+    ``UsageError`` with a one-line message naming the file.
+    """
+    import numpy as np
+
+    if not os.path.exists(path):
+        raise UsageError(f"data file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"data file {path!r} is a directory")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".npz":
+        X, y = _load_npz(path, require_labels)
+    elif suffix in (".csv", ".txt", ".tsv"):
+        header, rows = _read_csv(path)
+        width = len(rows[0])
+        has_labels = require_labels or n_features is None or width != n_features
+        if has_labels and width < 2:
+            raise UsageError(f"data file {path!r} has {width} column: it needs at least one "
+                             "feature column and a label column")
+        if has_labels:
+            label = _label_index(path, header, width, label_column)
+            features = [c for c in range(width) if c != label]
+            y = _csv_matrix(path, header, rows, [label])[:, 0]
+        else:
+            features, y = list(range(width)), None
+        X = _csv_matrix(path, header, rows, features)
+    else:
+        raise UsageError(f"data file {path!r}: unknown format {suffix or '(no suffix)'!r}; "
+                         "use .npz (arrays X and y) or .csv (a label column)")
+    return _check_data(path, X, y, n_features)
+
+
+def _check_data(path, X, y, n_features):
+    import numpy as np
+
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise UsageError(f"data file {path!r}: X must hold numbers, got dtype {X.dtype}")
+    if X.ndim == 1:
+        X = X.reshape(-1, 1)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise UsageError(f"data file {path!r}: X must be a non-empty 2-D array "
+                         f"(n_samples, n_features), got shape {X.shape}")
+    bad = ~np.isfinite(X)
+    if bad.any():
+        row = int(np.argmax(bad.any(axis=1)))
+        raise UsageError(f"data file {path!r}: X has a NaN or infinite value in sample {row}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise UsageError(f"data file {path!r} has {X.shape[1]} features but the model expects "
+                         f"{n_features}")
+    if y is not None:
+        y = np.asarray(y)
+        if y.dtype.kind not in "biuf":
+            raise UsageError(f"data file {path!r}: y must hold numbers (class indices 0..K-1, or "
+                             f"targets for regression), got dtype {y.dtype}")
+        if y.ndim == 2 and y.shape[1] == 1 and _is_classes(y):
+            y = y.reshape(-1)
+        if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
+            raise UsageError(f"data file {path!r}: y has shape {y.shape} but X has "
+                             f"{X.shape[0]} samples; expected y of shape ({X.shape[0]},)")
+        if not np.isfinite(y).all():
+            raise UsageError(f"data file {path!r}: y has a NaN or infinite value")
+    return X.astype(np.float32), y
+
+
+def _is_classes(y) -> bool:
+    """Class labels: one whole number >= 0 per sample (anything else is a regression target)."""
+    import numpy as np
+
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    if y.ndim != 1 or y.size == 0 or not np.isfinite(y).all():
+        return False
+    return bool((y >= 0).all() and (y == np.round(y)).all())
+
+
+# --- train ------------------------------------------------------------------------------------
+
+def _builtin_data(args):
+    """Training and held-out data from loopnet.datasets; held out = fresh samples, as the book
+    validates on a newly generated spiral."""
+    from loopnet import datasets
+
+    if args.dataset == "sine":
+        X, y = datasets.sine_data(args.samples)
+        # The book tests the sine model on the same curve at other points.
+        X_test, y_test = datasets.sine_data(max(args.samples // 10, 2))
+        X_test = X_test + 0.5 / args.samples
+        return X, y, X_test, y_test
+    make = datasets.spiral_data if args.dataset == "spiral" else datasets.vertical_data
+    X, y = make(args.samples, args.classes, seed=args.seed)
+    X_test, y_test = make(max(args.samples // 10, 1), args.classes, seed=args.seed + 1)
+    return X, y, X_test, y_test
+
+
+def _split(X, y, fraction, seed):
+    """A seeded shuffle, then the last ``fraction`` of the samples held out."""
+    import numpy as np
+
+    n = len(X)
+    n_test = int(round(n * fraction))
+    if n_test < 1 or n - n_test < 1:
+        raise UsageError(f"{n} samples cannot be split into training and held-out parts "
+                         f"with --test-fraction {fraction}")
+    order = np.random.RandomState(seed).permutation(n)
+    train, test = order[: n - n_test], order[n - n_test:]
+    return X[train], y[train], X[test], y[test]
+
+
+def _hidden_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer or a comma list of them such as 64,64, got {text!r}")
+    return sizes
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text!r}")
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
+    return value
+
+
+def _device(text):
+    from loopnet.devices import normalize
+
+    try:
+        return normalize(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
+
+
+def _check_output_path(path, what):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"{what} {path!r}: directory {directory!r} does not exist")
+
+
+def build_model(n_inputs: int, n_outputs: int, hidden, *, regression: bool, learning_rate,
+                seed: int, device=None):
+    """The book's networks: Dense-ReLU blocks, then Softmax + categorical cross-entropy for
+    classes or Linear + mean squared error for regression, trained with Adam."""
+    import numpy as np
+
+    import loopnet
+
+    rng = np.random.RandomState(seed)
+    model = loopnet.Model()
+    width = n_inputs
+    for size in hidden:
+        model.add(loopnet.Dense(width, size, seed=rng))
+        model.add(loopnet.ReLU())
+        width = size
+    model.add(loopnet.Dense(width, n_outputs, seed=rng))
+    if regression:
+        model.add(loopnet.Linear())
+        model.set(loss=loopnet.MeanSquaredError(),
+                  optimizer=loopnet.Adam(learning_rate=learning_rate, decay=1e-3),
+                  accuracy=loopnet.RegressionAccuracy())
+    else:
+        model.add(loopnet.Softmax())
+        model.set(loss=loopnet.CategoricalCrossentropy(),
+                  optimizer=loopnet.Adam(learning_rate=learning_rate, decay=5e-7),
+                  accuracy=loopnet.CategoricalAccuracy())
+    model.finalize()
+    return model
+
+
+def _describe(model) -> str:
+    layers = getattr(model, "layers", None)
+    if not layers:
+        return "the model"
+    return " -> ".join(repr(layer) for layer in layers)
+
+
+def _train(args) -> int:
+    import numpy as np
+
+    import loopnet
+
+    if args.save:
+        _check_output_path(args.save, "--save")
+    if args.plot:
+        _check_output_path(args.plot, "--plot")
+    if args.data:
+        X, y = load_data(args.data, label_column=args.label_column)
+        source = args.data
+        regression = not _is_classes(y)
+        if regression and args.task == "classification":
+            raise UsageError(f"data file {args.data!r}: the labels are not class indices "
+                             "0..K-1 (whole numbers >= 0), so they cannot be classified")
+        if args.task == "regression":
+            regression = True
+        X, y, X_test, y_test = _split(X, y, args.test_fraction, args.seed)
+    else:
+        if args.label_column is not None:
+            raise UsageError("--label-column needs --data")
+        X, y, X_test, y_test = _builtin_data(args)
+        source = args.dataset
+        regression = args.dataset == "sine"
+    if regression:
+        y, y_test = (np.asarray(a, dtype=np.float32).reshape(len(a), -1) for a in (y, y_test))
+        n_outputs = y.shape[1]
+        what = f"{n_outputs} regression target{'s' if n_outputs > 1 else ''}"
+    else:
+        y, y_test = (np.asarray(a).astype(np.intp).reshape(-1) for a in (y, y_test))
+        n_outputs = int(max(y.max(), y_test.max())) + 1
+        if n_outputs < 2:
+            raise UsageError(f"{source}: every label is 0; a classifier needs at least 2 classes")
+        what = f"{n_outputs} classes"
+    hidden = args.hidden or ([64, 64] if regression else [64])
+    learning_rate = args.learning_rate or (0.005 if regression else 0.05)
+    if args.batch_size is not None and args.batch_size > len(X):
+        raise UsageError(f"--batch-size {args.batch_size} is larger than the {len(X)} "
+                         "training samples")
+
+    with loopnet.device(args.device):
+        model = build_model(X.shape[1], n_outputs, hidden, regression=regression,
+                            learning_rate=learning_rate, seed=args.seed)
+        if not args.quiet:
+            print(f"loopnet train: {source}, {len(X)} samples ({X.shape[1]} features, {what}), "
+                  f"{len(X_test)} held out; {_describe(model)}; Adam lr {learning_rate:g}; "
+                  f"{args.epochs} epochs"
+                  + (f" of batches of {args.batch_size}" if args.batch_size else "")
+                  + f" on {args.device}", flush=True)
+        # On a terminal a progress bar (and log lines only if --print-every asks for them);
+        # otherwise (a pipe, a CI log) the book's lines, ten per run unless told otherwise.
+        terminal = sys.stderr.isatty()
+        progress = terminal and not args.quiet
+        if args.quiet:
+            print_every = 0
+        elif args.print_every:
+            print_every = args.print_every
+        else:
+            print_every = 0 if terminal else max(args.epochs // 10, 1)
+        start = time.perf_counter()
+        # The held-out data is evaluated once, after training: validating every epoch would
+        # double the cost of a run whose point is to be quick.
+        history = model.train(X, y, epochs=args.epochs, batch_size=args.batch_size,
+                              print_every=print_every, **_train_options(model, args, progress))
+        elapsed = time.perf_counter() - start
+        test_loss, test_acc = model.evaluate(X_test, y_test)
+    train_acc = _last(history, "accuracy")
+    train_loss = _last(history, "loss")
+    rate = args.epochs / elapsed if elapsed > 0 else float("inf")
+    summary = [f"held-out accuracy: {test_acc:.3f} (loss {test_loss:.3f}) on {len(X_test)} samples"]
+    if train_acc is not None:
+        summary.append(f"training accuracy: {train_acc:.3f} (loss {train_loss:.3f})")
+    summary.append(f"{args.epochs} epochs in {elapsed:.1f} s ({rate:,.0f} epochs/s) on {args.device}")
+    print("; ".join(summary), flush=True)
+    if args.save:
+        model.save(args.save)
+        if not args.quiet:
+            print(f"saved the model to {args.save}")
+    if args.plot:
+        _plot(args.plot, model, history, X, y, regression)
+        if not args.quiet:
+            print(f"wrote {args.plot}")
+    return 0
+
+
+def _train_options(model, args, progress: bool) -> dict:
+    """Options of ``Model.train`` beyond the issue's core API, passed only where it takes them."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.train).parameters
+    except (TypeError, ValueError):
+        return {}
+    options = {}
+    if "seed" in params:
+        options["seed"] = args.seed
+    if "shuffle" in params and args.batch_size:
+        options["shuffle"] = True
+    if "progress" in params:
+        options["progress"] = progress
+    return options
+
+
+def _last(history, key):
+    values = history.get(key) if hasattr(history, "get") else None
+    return float(values[-1]) if values else None
+
+
+def _plot(path, model, history, X, y, regression):
+    """Decision boundary (2-D inputs) or fit (1-D regression) beside the loss/accuracy curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")     # write files; never open a window
+    import matplotlib.pyplot as plt
+
+    from loopnet import plotting
+
+    data_panel = X.shape[1] == 2 and not regression or (regression and X.shape[1] == 1)
+    figure, axes = plt.subplots(1, 3 if data_panel else 2, figsize=(15 if data_panel else 10, 4.5))
+    if data_panel and not regression:
+        plotting.plot_decision_boundary(model, X, y, ax=axes[0])
+    elif data_panel:
+        import numpy as np
+
+        order = np.argsort(X[:, 0])
+        axes[0].plot(X[order, 0], y[order, 0], label="data", color="tab:blue")
+        axes[0].plot(X[order, 0], np.asarray(model.predict(X[order]))[:, 0], label="prediction",
+                     color="tab:orange", linestyle="--")
+        axes[0].legend(fontsize="small")
+        axes[0].set_title("fit")
+    plotting.plot_history(history, ax=(axes[-2], axes[-1]))
+    plotting.save_figure(figure, path)
+
+
+# --- predict ----------------------------------------------------------------------------------
+
+def _predict(args) -> int:
+    import numpy as np
+
+    import loopnet
+
+    if not os.path.exists(args.model):
+        raise UsageError(f"model file {args.model!r} does not exist")
+    if args.output:
+        _check_output_path(args.output, "--output")
+    try:
+        model = loopnet.Model.load(args.model)
+    except (zipfile.BadZipFile, EOFError, KeyError, OSError) as err:
+        raise UsageError(f"model file {args.model!r} cannot be read ({err})") from None
+    n_features = _model_inputs(model)
+    X, y = load_data(args.data, label_column=args.label_column, require_labels=False,
+                     n_features=n_features)
+    with loopnet.device(args.device):
+        probabilities = np.asarray(loopnet.to_numpy(model.predict(X)))
+    classes = _is_softmax(model)
+    if classes:
+        predictions = np.argmax(probabilities, axis=1)
+        columns = ["prediction"] + [f"p{k}" for k in range(probabilities.shape[1])]
+        table = np.c_[predictions, probabilities]
+    else:
+        predictions = probabilities
+        columns = [f"prediction{k}" if probabilities.shape[1] > 1 else "prediction"
+                   for k in range(probabilities.shape[1])]
+        table = probabilities
+    if args.output:
+        if args.output.lower().endswith(".npz"):
+            np.savez(args.output, predictions=predictions, probabilities=probabilities)
+        else:
+            _write_table(args.output, columns, table, classes)
+        print(f"wrote {len(X)} predictions to {args.output}", file=sys.stderr)
+    else:
+        _write_table(sys.stdout, columns, table, classes)
+    if y is not None and classes and _is_classes(y):
+        accuracy = float(np.mean(predictions == np.asarray(y).reshape(-1)))
+        print(f"accuracy against the labels in {args.data}: {accuracy:.3f}", file=sys.stderr)
+    return 0
+
+
+def _model_inputs(model):
+    layers = getattr(model, "layers", None) or []
+    for layer in layers:
+        if hasattr(layer, "n_inputs"):
+            return int(layer.n_inputs)
+    return None
+
+
+def _is_softmax(model) -> bool:
+    layers = getattr(model, "layers", None) or []
+    return bool(layers) and type(layers[-1]).__name__ in ("Softmax", "Activation_Softmax")
+
+
+def _write_table(target, columns, table, classes):
+    handle = open(target, "w", newline="") if isinstance(target, str) else target
+    try:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        for row in table:
+            if classes:
+                writer.writerow([int(row[0])] + [f"{v:.6g}" for v in row[1:]])
+            else:
+                writer.writerow([f"{v:.6g}" for v in row])
+    finally:
+        if handle is not target:
+            handle.close()
+
+
+# --- explain and forward ----------------------------------------------------------------------
+
+def _explain(args) -> int:
+    from loopnet import explain
+
+    if args.list:
+        forms = explain._forms()
+        modules: dict[str, list[str]] = {}
+        for op in explain.list_ops():
+            modules.setdefault(forms[op]["module"].__name__, []).append(op)
+        for module, ops in modules.items():
+            print(f"{module}: {', '.join(ops)}")
+        return 0
+    if not args.op:
+        raise UsageError("name an op (loopnet explain dense), or list them: loopnet explain --list")
+    explain.explain(args.op, device=args.device, dtype="float64" if args.float64 else "float32",
+                    width=args.width, seed=args.seed)
+    return 0
 
 
 def _forward(args) -> int:
@@ -29,12 +582,81 @@ def _forward(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loopnet", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="loopnet", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a classifier (the book's spiral run by default)",
+                           description="Train the book's network and print a summary. With no "
+                           "options: the spiral data (1000 samples per class, 3 classes), "
+                           "Dense(2, 64)-ReLU-Dense(64, 3)-Softmax, Adam lr 0.05 decay 5e-7, "
+                           "10,000 full-batch epochs, held-out accuracy on fresh spiral samples.")
+    train.add_argument("--dataset", choices=DATASETS, default="spiral",
+                       help="built-in data (default: spiral)")
+    train.add_argument("--data", metavar="FILE",
+                       help="your own data: .npz with arrays X and y, or .csv with a label column")
+    train.add_argument("--label-column", metavar="NAME|INDEX",
+                       help="the CSV column with the labels (default: one named label/y/class/"
+                       "target, else the last)")
+    train.add_argument("--task", choices=("auto", "classification", "regression"), default="auto",
+                       help="auto: classes when every label is a whole number >= 0")
+    train.add_argument("--test-fraction", type=_fraction, default=0.2, metavar="F",
+                       help="share of --data held out for the final accuracy (default 0.2)")
+    train.add_argument("--samples", type=_positive(int), default=1000,
+                       help="built-in data: samples per class (default 1000)")
+    train.add_argument("--classes", type=_positive(int), default=3,
+                       help="built-in data: number of classes (default 3)")
+    train.add_argument("--device", type=_device, default="cpu",
+                       help="cpu (compiled loops), numpy (the twins), python (uncompiled loops; "
+                       "slow) or cuda (default: cpu)")
+    train.add_argument("--epochs", type=_positive(int), default=10_000,
+                       help="passes over the training data (default 10000)")
+    train.add_argument("--batch-size", type=_positive(int), default=None,
+                       help="samples per step (default: the whole data set, as the book)")
+    train.add_argument("--learning-rate", type=_positive(float), default=None,
+                       help="Adam's learning rate (default 0.05; 0.005 for regression)")
+    train.add_argument("--hidden", type=_hidden_sizes, default=None, metavar="N[,N...]",
+                       help="hidden layer sizes (default 64; 64,64 for regression)")
+    train.add_argument("--seed", type=int, default=0, help="seeds data, weights and shuffling")
+    train.add_argument("--print-every", type=_positive(int), default=None, metavar="N",
+                       help="log every N epochs (default: epochs / 10)")
+    train.add_argument("--save", metavar="MODEL.npz", help="save the trained model")
+    train.add_argument("--plot", metavar="OUT.png",
+                       help="save the decision boundary (2-D inputs) and loss/accuracy curves")
+    train.add_argument("--quiet", action="store_true", help="print only the final summary")
+    train.set_defaults(run=_train)
+
+    predict = sub.add_parser("predict", help="predict with a saved model",
+                             description="Print (or write) one prediction per sample: the class "
+                             "and its probabilities, or the regression outputs.")
+    predict.add_argument("--model", required=True, metavar="MODEL.npz",
+                         help="a model saved by loopnet train --save or Model.save")
+    predict.add_argument("--data", required=True, metavar="FILE",
+                         help=".npz with X (y optional) or .csv (a label column optional)")
+    predict.add_argument("--label-column", metavar="NAME|INDEX",
+                         help="the CSV column with labels, left out of the features")
+    predict.add_argument("--output", metavar="FILE", help="write a .csv or .npz instead of printing")
+    predict.add_argument("--device", type=_device, default="cpu")
+    predict.set_defaults(run=_predict)
+
+    explain = sub.add_parser("explain", help="an op's loops beside its numpy twin, run on one input",
+                             description="Print an op's loop source beside its numpy twin, run "
+                             "both on a small random input and print the largest difference.")
+    explain.add_argument("op", nargs="?", help="dense, relu, softmax, crossentropy, "
+                         "relu_backward, adam, ... (see --list)")
+    explain.add_argument("--list", action="store_true", help="name every op")
+    explain.add_argument("--device", choices=("cpu", "python"), default="cpu",
+                         help="run the loops compiled (cpu) or as plain Python")
+    explain.add_argument("--float64", action="store_true", help="run in float64 (default float32)")
+    explain.add_argument("--width", type=_positive(int), default=None,
+                         help="line width (default: the terminal's)")
+    explain.add_argument("--seed", type=int, default=0)
+    explain.set_defaults(run=_explain)
+
     forward = sub.add_parser("forward", help="the notes' forward pass on spiral data, printing the loss")
-    forward.add_argument("--device", default="cpu")
-    forward.add_argument("--samples", type=int, default=100)
-    forward.add_argument("--classes", type=int, default=3)
+    forward.add_argument("--device", type=_device, default="cpu")
+    forward.add_argument("--samples", type=_positive(int), default=100)
+    forward.add_argument("--classes", type=_positive(int), default=3)
     forward.add_argument("--seed", type=int, default=0)
     forward.set_defaults(run=_forward)
     return parser
@@ -45,6 +667,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, RuntimeError) as err:
-        print(f"loopnet: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, RuntimeError, OSError) as err:
+        # One line, no traceback: these are problems with the input, the data or the device.
+        # LOOPNET_DEBUG=1 shows the traceback instead (for bugs in loopnet itself).
+        if os.environ.get("LOOPNET_DEBUG"):
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"loopnet: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("loopnet: interrupted", file=sys.stderr)
+        return 130

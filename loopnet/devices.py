@@ -52,7 +52,9 @@ def normalize(name) -> str:
 def set_device(name: str) -> None:
     """Make ``name`` the default device for every op and layer that is not given ``device=``."""
     global _default
-    _default = normalize(name)
+    name = normalize(name)
+    check_available(name)
+    _default = name
 
 
 def get_device(device: str | None = None) -> str:
@@ -80,7 +82,9 @@ def device(name: str):
         with loopnet.device("numpy"):
             out = loopnet.ops.dense_forward(x, w, b)
     """
-    token = _context.set(normalize(name))
+    name = normalize(name)
+    check_available(name)
+    token = _context.set(name)
     try:
         yield
     finally:
@@ -94,5 +98,17 @@ def base_name(device: str) -> str:
 
 def backend(device: str | None = None):
     """The backend module of a device: it exports every op under its plain name."""
-    name = base_name(get_device(device))
-    return importlib.import_module(f"loopnet.backends.{name}")
+    device = get_device(device)
+    name = base_name(device)
+    module = importlib.import_module(f"loopnet.backends.{name}")
+    if name == "cuda":
+        module.select(device)  # cuda:N -> GPU N (a no-op when it is already current)
+    return module
+
+
+def check_available(device: str) -> None:
+    """Fail now, not at the first op, when ``device`` cannot run here: for ``cuda`` this imports
+    the cuda backend, which raises a ``RuntimeError`` saying how to get a GPU or the simulator
+    (and a ``ValueError`` for a ``cuda:N`` that does not exist). Host devices always run."""
+    if base_name(device) == "cuda":
+        backend(device)

@@ -12,6 +12,8 @@ copied to contiguous ones. Every function takes ``device=`` (see ``loopnet.devic
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from loopnet.devices import backend as _backend
@@ -24,14 +26,60 @@ __all__ = [
     "accuracy",
     "mean",
     "to_numpy",
+    "to_device",
+    # training (backward passes, losses, regularization, dropout, optimizer updates)
+    "dense_backward",
+    "relu_backward",
+    "softmax_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "linear_forward",
+    "linear_backward",
+    "categorical_crossentropy_backward",
+    "softmax_crossentropy_backward",
+    "binary_crossentropy",
+    "binary_crossentropy_backward",
+    "mean_squared_error",
+    "mean_squared_error_backward",
+    "mean_absolute_error",
+    "mean_absolute_error_backward",
+    "binary_accuracy",
+    "regression_accuracy",
+    "regularization_loss",
+    "regularization_backward",
+    "dropout_forward",
+    "dropout_backward",
+    "zeros",
+    "sgd_update",
+    "adagrad_update",
+    "rmsprop_update",
+    "adam_update",
 ]
 
 
 # --- Validation helpers ------------------------------------------------------------------------
 
+def _is_device_array(x) -> bool:
+    """A GPU array (numba device array, CuPy, torch CUDA tensor): the cuda device uses it where it
+    is, so it is validated from its ``.shape``/``.dtype`` and never copied to the host here."""
+    return hasattr(x, "copy_to_host") or hasattr(x, "__cuda_array_interface__")
+
+
+def _gpu():
+    """The cuda backend module (imported only once a GPU array is seen)."""
+    return importlib.import_module("loopnet.backends.cuda")
+
+
+def _host(arr):
+    """A host copy of a GPU array (labels are validated on the host, then copied over once)."""
+    return _gpu().to_numpy(arr) if _is_device_array(arr) else arr
+
+
 def _array(x, name: str) -> np.ndarray:
     """``x`` as an ndarray of numbers, with errors that name the argument."""
-    if isinstance(x, np.ndarray):
+    if _is_device_array(x):
+        arr = x if hasattr(x, "copy_to_host") else _gpu().asarray(x)  # CuPy/torch: numba view
+    elif isinstance(x, np.ndarray):
         arr = x
     else:
         try:
@@ -54,6 +102,8 @@ def _float_dtype(*arrays: np.ndarray) -> np.dtype:
 
 
 def _contiguous(arr: np.ndarray, dtype) -> np.ndarray:
+    if _is_device_array(arr):  # converted on the GPU if needed, never through the host
+        return _gpu().asarray(arr, dtype)
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
@@ -74,7 +124,7 @@ def _class_targets(y_true, n_samples: int, n_classes: int, y_pred_shape) -> np.n
     rows ``(n_samples, n_classes)``, which are turned into indices after checking each row is
     one-hot.
     """
-    labels = _array(y_true, "y_true")
+    labels = _host(_array(y_true, "y_true"))
     if labels.ndim == 2:
         if labels.shape != tuple(y_pred_shape):
             raise ValueError(
@@ -92,25 +142,30 @@ def _class_targets(y_true, n_samples: int, n_classes: int, y_pred_shape) -> np.n
         raise ValueError(
             f"y_true has {labels.shape[0]} labels but y_pred has {n_samples} samples"
         )
+    if labels.dtype.kind == "b":
+        # numpy would read booleans as a mask, not as classes 0/1: almost surely a mistake.
+        raise TypeError(
+            "y_true must hold integer class indices (or one-hot rows), got booleans (dtype bool)"
+        )
     if labels.dtype.kind == "f":
         bad = ~np.isfinite(labels) | (labels != np.round(labels))
         if bad.any():
             s = int(np.argmax(bad))
             raise ValueError(
-                f"y_true must hold integer class indices, got {labels[s]!r} at position {s}"
+                f"y_true must hold integer class indices, got {labels[s].item()!r} at position {s}"
             )
     if labels.size:
         lo, hi = labels.min(), labels.max()
         if lo < 0:
             s = int(np.argmin(labels))
             raise ValueError(
-                f"y_true has a negative class index {labels[s]:g} at position {s}; "
+                f"y_true has a negative class index {labels[s].item()} at position {s}; "
                 f"labels must be in [0, {n_classes})"
             )
         if hi >= n_classes:
             s = int(np.argmax(labels))
             raise ValueError(
-                f"y_true has class index {labels[s]:g} at position {s}, but y_pred has only "
+                f"y_true has class index {labels[s].item()} at position {s}, but y_pred has only "
                 f"{n_classes} classes (valid labels: 0..{n_classes - 1})"
             )
     return np.ascontiguousarray(labels, dtype=np.intp)
@@ -130,6 +185,84 @@ def _probabilities(y_pred, name: str = "y_pred") -> np.ndarray:
     _check_ndim(probs, name, (2,), "2-D (n_samples, n_classes)")
     _check_not_empty(probs, name)
     return _contiguous(probs, _float_dtype(probs))
+
+
+def _output(be, out, shape, dtype, name: str = "out"):
+    """A fresh output array from the backend, or ``out`` after checking it fits (so a training
+    loop can hand the same buffer back every step instead of allocating one)."""
+    shape = tuple(shape)
+    if out is None:
+        return be.empty(shape, dtype)
+    if tuple(out.shape) != shape or out.dtype != dtype:
+        raise ValueError(
+            f"{name} buffer has shape {tuple(out.shape)} and dtype {out.dtype}, "
+            f"but this result needs shape {shape} and dtype {np.dtype(dtype)}"
+        )
+    if isinstance(out, np.ndarray) and not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"{name} buffer must be a writeable C-contiguous array")
+    return out
+
+
+def _same_shape(arr: np.ndarray, name: str, shape, other: str) -> None:
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} has shape {tuple(arr.shape)} but {other} has shape {tuple(shape)}; "
+            "they must match"
+        )
+
+
+def _writable(arr, name: str):
+    """An array a kernel updates in place (parameters, gradients, optimizer state): it must
+    already be a contiguous float array, because updating a converted copy would be lost."""
+    dtype = getattr(arr, "dtype", None)
+    if dtype is None or not hasattr(arr, "shape"):
+        raise TypeError(f"{name} must be a float32 or float64 array updated in place, "
+                        f"got {type(arr).__name__}")
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be float32 or float64 to be updated in place, got {dtype}")
+    if isinstance(arr, np.ndarray) and not (arr.flags.c_contiguous and arr.flags.writeable):
+        raise ValueError(f"{name} must be a writeable C-contiguous array to be updated in place")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(arr.shape)})")
+    return arr
+
+
+def _targets_like(y_true, y_pred_shape, dtype) -> np.ndarray:
+    """Targets of a binary or regression loss: the shape of ``y_pred`` (n_samples, n_outputs);
+    a vector (n_samples,) is accepted for a single output and reshaped to (n_samples, 1)
+    (the book reshapes ``y`` itself; numpy would silently broadcast (n,) against (n, 1) to
+    (n, n))."""
+    labels = _array(y_true, "y_true")
+    n_samples, n_outputs = y_pred_shape
+    if labels.ndim == 1 and n_outputs == 1 and labels.shape[0] == n_samples:
+        labels = labels.reshape(n_samples, 1)
+    if tuple(labels.shape) != tuple(y_pred_shape):
+        raise ValueError(
+            f"y_true has shape {tuple(labels.shape)} but y_pred has shape {tuple(y_pred_shape)}; "
+            "binary and regression targets need one value per output (n_samples, n_outputs)"
+        )
+    return _contiguous(labels, dtype)
+
+
+def _flat_like(x, name: str, dtype=None):
+    """An array flattened for an element-wise kernel, plus its original shape."""
+    arr = _array(x, name)
+    _check_not_empty(arr, name)
+    dtype = _float_dtype(arr) if dtype is None else dtype
+    return _contiguous(arr, dtype).reshape(-1), arr.shape
+
+
+def _scalar(value, name: str, *, minimum=None, strict=False) -> float:
+    """A finite Python float hyper-parameter (learning rate, epsilon, l1 ...)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be {relation} {minimum}, got {value}")
+    return value
 
 
 # --- Dense ----------------------------------------------------------------------------------------
@@ -184,6 +317,54 @@ def dense_forward(inputs, weights, biases, *, device: str | None = None):
     return output
 
 
+def dense_backward(dvalues, inputs, weights, *, dweights=None, dbiases=None, dinputs=None,
+                   device: str | None = None):
+    """The three gradients of a dense layer, given ``dvalues`` = dLoss/d(output).
+
+    ``dvalues`` (n_samples, n_neurons), ``inputs`` (n_samples, n_inputs) the layer's forward
+    inputs, ``weights`` (n_inputs, n_neurons). Returns ``(dweights, dbiases, dinputs)``::
+
+        dweights = inputs.T @ dvalues        (n_inputs, n_neurons)
+        dbiases  = dvalues.sum(axis=0)       (1, n_neurons), as the notes' keepdims=True
+        dinputs  = dvalues @ weights.T       (n_samples, n_inputs)
+
+    ``dweights=``, ``dbiases=``, ``dinputs=`` take buffers of those shapes to write into.
+    Each element is summed in a fixed order by one thread: same bits for any thread count.
+    """
+    d = _array(dvalues, "dvalues")
+    x = _array(inputs, "inputs")
+    w = _array(weights, "weights")
+    _check_ndim(d, "dvalues", (2,), "2-D (n_samples, n_neurons)")
+    _check_ndim(x, "inputs", (2,), "2-D (n_samples, n_inputs)")
+    _check_ndim(w, "weights", (2,), "2-D (n_inputs, n_neurons)")
+    _check_not_empty(d, "dvalues")
+    _check_not_empty(w, "weights")
+    if x.shape[1] != w.shape[0]:
+        raise ValueError(
+            f"inputs {x.shape} and weights {w.shape} not aligned: "
+            f"{x.shape[1]} (dim 1) != {w.shape[0]} (dim 0)"
+        )
+    if d.shape != (x.shape[0], w.shape[1]):
+        raise ValueError(
+            f"dvalues has shape {d.shape} but inputs {x.shape} @ weights {w.shape} gives "
+            f"{(x.shape[0], w.shape[1])}: dvalues must have the shape of the layer's output"
+        )
+    n_samples, n_inputs = x.shape
+    n_neurons = w.shape[1]
+    dtype = _float_dtype(d, x, w)
+    d = _contiguous(d, dtype)
+    x = _contiguous(x, dtype)
+    w = _contiguous(w, dtype)
+    be = _backend(device)
+    dweights = _output(be, dweights, (n_inputs, n_neurons), dtype, "dweights")
+    dbiases = _output(be, dbiases, (1, n_neurons), dtype, "dbiases")
+    dinputs = _output(be, dinputs, (n_samples, n_inputs), dtype, "dinputs")
+    be.dense_backward_weights(x, d, dweights)
+    be.dense_backward_biases(d, dbiases.reshape(n_neurons))
+    be.dense_backward_inputs(d, w, dinputs)
+    return dweights, dbiases, dinputs
+
+
 # --- Activations ---------------------------------------------------------------------------------
 
 def relu_forward(inputs, *, device: str | None = None):
@@ -214,6 +395,77 @@ def softmax_forward(inputs, *, device: str | None = None):
     return output.reshape(x.shape)
 
 
+def _elementwise_pair(first, first_name, second, second_name):
+    """Two same-shaped arrays (a gradient and a forward array), flattened, in a common dtype."""
+    a = _array(first, first_name)
+    b = _array(second, second_name)
+    _check_not_empty(a, first_name)
+    _same_shape(a, first_name, b.shape, second_name)
+    dtype = _float_dtype(a, b)
+    return _contiguous(a, dtype).reshape(-1), _contiguous(b, dtype).reshape(-1), a.shape, dtype
+
+
+def relu_backward(dvalues, inputs, *, out=None, device: str | None = None):
+    """ReLU's gradient: ``dvalues`` where the forward ``inputs`` were > 0, else 0; any shape."""
+    d, x, shape, dtype = _elementwise_pair(dvalues, "dvalues", inputs, "inputs")
+    be = _backend(device)
+    dinputs = _output(be, out, shape, dtype)
+    be.relu_backward(d, x, dinputs.reshape(-1))
+    return dinputs
+
+
+def softmax_backward(dvalues, output, *, out=None, device: str | None = None):
+    """Softmax's gradient through its full Jacobian: ``dinputs[s] = J(output[s]) @ dvalues[s]``
+    with ``J = diagflat(output[s]) - output[s] output[s]^T``. ``output`` is the forward result
+    (n_samples, n_classes)."""
+    d = _array(dvalues, "dvalues")
+    o = _array(output, "output")
+    _check_ndim(o, "output", (2,), "2-D (n_samples, n_classes)")
+    _check_not_empty(o, "output")
+    _same_shape(d, "dvalues", o.shape, "output")
+    dtype = _float_dtype(d, o)
+    be = _backend(device)
+    dinputs = _output(be, out, o.shape, dtype)
+    be.softmax_backward(_contiguous(d, dtype), _contiguous(o, dtype), dinputs)
+    return dinputs
+
+
+def sigmoid_forward(inputs, *, out=None, device: str | None = None):
+    """The logistic function ``1 / (1 + exp(-x))``, element-wise; any shape."""
+    x, shape = _flat_like(inputs, "inputs")
+    be = _backend(device)
+    output = _output(be, out, shape, x.dtype)
+    be.sigmoid_forward(x, output.reshape(-1))
+    return output
+
+
+def sigmoid_backward(dvalues, output, *, out=None, device: str | None = None):
+    """Sigmoid's gradient ``dvalues * (1 - output) * output`` from the forward ``output``."""
+    d, o, shape, dtype = _elementwise_pair(dvalues, "dvalues", output, "output")
+    be = _backend(device)
+    dinputs = _output(be, out, shape, dtype)
+    be.sigmoid_backward(d, o, dinputs.reshape(-1))
+    return dinputs
+
+
+def linear_forward(inputs, *, out=None, device: str | None = None):
+    """The identity activation: a copy of ``inputs`` (a regression model's output layer)."""
+    x, shape = _flat_like(inputs, "inputs")
+    be = _backend(device)
+    output = _output(be, out, shape, x.dtype)
+    be.linear_forward(x, output.reshape(-1))
+    return output
+
+
+def linear_backward(dvalues, *, out=None, device: str | None = None):
+    """The identity's gradient: a copy of ``dvalues``."""
+    d, shape = _flat_like(dvalues, "dvalues")
+    be = _backend(device)
+    dinputs = _output(be, out, shape, d.dtype)
+    be.linear_backward(d, dinputs.reshape(-1))
+    return dinputs
+
+
 # --- Losses and metrics --------------------------------------------------------------------------
 
 def categorical_crossentropy(y_pred, y_true, *, device: str | None = None):
@@ -225,7 +477,7 @@ def categorical_crossentropy(y_pred, y_true, *, device: str | None = None):
     """
     probs = _probabilities(y_pred)
     n_samples, n_classes = probs.shape
-    labels = _array(y_true, "y_true")
+    labels = _host(_array(y_true, "y_true"))
     be = _backend(device)
     sample_losses = be.empty((n_samples,), probs.dtype)
     if labels.ndim == 2:
@@ -263,8 +515,276 @@ def mean(values, *, device: str | None = None) -> float:
     return float(be.to_numpy(output)[0])
 
 
+def categorical_crossentropy_backward(dvalues, y_true, *, out=None, device: str | None = None):
+    """Gradient of the mean categorical cross-entropy with respect to the probabilities
+    ``dvalues`` (n_samples, n_classes): ``-1 / p_target / n_samples`` on the target class, 0
+    elsewhere. ``y_true`` as class indices or one-hot rows."""
+    probs = _probabilities(dvalues, "dvalues")
+    targets = _class_targets(y_true, probs.shape[0], probs.shape[1], probs.shape)
+    be = _backend(device)
+    dinputs = _output(be, out, probs.shape, probs.dtype)
+    be.categorical_crossentropy_backward(probs, targets, dinputs)
+    return dinputs
+
+
+def softmax_crossentropy_backward(softmax_output, y_true, *, out=None,
+                                  device: str | None = None):
+    """The fused softmax + categorical cross-entropy gradient with respect to the softmax
+    *inputs*: ``(softmax_output - one_hot(y_true)) / n_samples``."""
+    probs = _probabilities(softmax_output, "softmax_output")
+    targets = _class_targets(y_true, probs.shape[0], probs.shape[1], probs.shape)
+    be = _backend(device)
+    dinputs = _output(be, out, probs.shape, probs.dtype)
+    be.softmax_crossentropy_backward(probs, targets, dinputs)
+    return dinputs
+
+
+def _loss_inputs(y_pred, y_true, name: str = "y_pred"):
+    pred = _array(y_pred, name)
+    _check_ndim(pred, name, (2,), "2-D (n_samples, n_outputs)")
+    _check_not_empty(pred, name)
+    dtype = _float_dtype(pred)
+    return _contiguous(pred, dtype), _targets_like(y_true, pred.shape, dtype)
+
+
+def _sample_loss(kernel_name, y_pred, y_true, device):
+    pred, targets = _loss_inputs(y_pred, y_true)
+    be = _backend(device)
+    sample_losses = be.empty((pred.shape[0],), pred.dtype)
+    getattr(be, kernel_name)(pred, targets, sample_losses)
+    return sample_losses
+
+
+def _loss_gradient(kernel_name, dvalues, y_true, out, device):
+    pred, targets = _loss_inputs(dvalues, y_true, "dvalues")
+    be = _backend(device)
+    dinputs = _output(be, out, pred.shape, pred.dtype)
+    getattr(be, kernel_name)(pred, targets, dinputs)
+    return dinputs
+
+
+def binary_crossentropy(y_pred, y_true, *, device: str | None = None):
+    """Per-sample binary cross-entropy, the mean over outputs of
+    ``-(t log p + (1 - t) log(1 - p))`` with ``p`` clipped to ``[1e-7, 1 - 1e-7]``.
+    ``y_pred`` (n_samples, n_outputs) sigmoid outputs; ``y_true`` 0/1 of the same shape (or
+    (n_samples,) for one output). Returns (n_samples,)."""
+    return _sample_loss("binary_crossentropy", y_pred, y_true, device)
+
+
+def binary_crossentropy_backward(dvalues, y_true, *, out=None, device: str | None = None):
+    """Gradient of the mean binary cross-entropy with respect to the sigmoid outputs."""
+    return _loss_gradient("binary_crossentropy_backward", dvalues, y_true, out, device)
+
+
+def mean_squared_error(y_pred, y_true, *, device: str | None = None):
+    """Per-sample mean squared error ``mean_j (y_true - y_pred) ** 2``. Returns (n_samples,)."""
+    return _sample_loss("mean_squared_error", y_pred, y_true, device)
+
+
+def mean_squared_error_backward(dvalues, y_true, *, out=None, device: str | None = None):
+    """Gradient of the mean MSE: ``-2 * (y_true - dvalues) / n_outputs / n_samples``."""
+    return _loss_gradient("mean_squared_error_backward", dvalues, y_true, out, device)
+
+
+def mean_absolute_error(y_pred, y_true, *, device: str | None = None):
+    """Per-sample mean absolute error ``mean_j |y_true - y_pred|``. Returns (n_samples,)."""
+    return _sample_loss("mean_absolute_error", y_pred, y_true, device)
+
+
+def mean_absolute_error_backward(dvalues, y_true, *, out=None, device: str | None = None):
+    """Gradient of the mean MAE: ``sign(dvalues - y_true) / n_outputs / n_samples`` (the book
+    prints the opposite sign, an erratum)."""
+    return _loss_gradient("mean_absolute_error_backward", dvalues, y_true, out, device)
+
+
+def binary_accuracy(y_pred, y_true, *, device: str | None = None) -> float:
+    """Fraction of outputs where ``y_pred > 0.5`` agrees with the 0/1 target."""
+    pred, targets = _loss_inputs(y_pred, y_true)
+    be = _backend(device)
+    correct = be.empty((pred.size,), pred.dtype)
+    be.binary_accuracy(pred.reshape(-1), targets.reshape(-1), correct)
+    return mean(correct, device=device)
+
+
+def regression_accuracy(y_pred, y_true, precision, *, device: str | None = None) -> float:
+    """Fraction of outputs within ``precision`` of their target (the book uses ``std(y) / 250``)."""
+    precision = _scalar(precision, "precision", minimum=0.0)
+    pred, targets = _loss_inputs(y_pred, y_true)
+    be = _backend(device)
+    correct = be.empty((pred.size,), pred.dtype)
+    be.regression_accuracy(pred.reshape(-1), targets.reshape(-1), precision, correct)
+    return mean(correct, device=device)
+
+
+# --- Regularization and dropout ------------------------------------------------------------------
+
+def regularization_loss(values, *, l1=0.0, l2=0.0, device: str | None = None) -> float:
+    """The penalty ``l1 * sum|values| + l2 * sum(values ** 2)`` as a Python float (summed in
+    float64 in index order). ``values`` is a weights or biases array of any shape."""
+    l1 = _scalar(l1, "l1", minimum=0.0)
+    l2 = _scalar(l2, "l2", minimum=0.0)
+    flat, _ = _flat_like(values, "values")
+    be = _backend(device)
+    output = be.empty((1,), np.float64)
+    be.regularization_loss(flat, l1, l2, output)
+    return float(be.to_numpy(output)[0])
+
+
+def regularization_backward(values, dvalues, *, l1=0.0, l2=0.0, device: str | None = None):
+    """Add the penalty's gradient ``l1 * sign(values) + 2 * l2 * values`` to ``dvalues`` *in
+    place* (``sign`` is +1 at 0, as the book's) and return ``dvalues``."""
+    l1 = _scalar(l1, "l1", minimum=0.0)
+    l2 = _scalar(l2, "l2", minimum=0.0)
+    d = _writable(dvalues, "dvalues")
+    v = _array(values, "values")
+    _same_shape(v, "values", d.shape, "dvalues")
+    if l1 == 0 and l2 == 0:
+        return d
+    be = _backend(device)
+    be.regularization_backward(_contiguous(v, d.dtype).reshape(-1), l1, l2, d.reshape(-1))
+    return d
+
+
+def dropout_mask(shape, rate: float, rng, dtype=np.float32) -> np.ndarray:
+    """A host mask for dropout: each element is 0 with probability ``rate``, else
+    ``1 / (1 - rate)``; drawn with ``rng.binomial`` (a ``np.random.Generator``), as the book draws
+    ``np.random.binomial(1, 1 - rate, size) / (1 - rate)``."""
+    rate = _scalar(rate, "rate", minimum=0.0)
+    if rate >= 1:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    keep = 1 - rate
+    return (rng.binomial(1, keep, size=shape) / keep).astype(dtype)
+
+
+def dropout_forward(inputs, mask, *, out=None, device: str | None = None):
+    """``inputs * mask`` element-wise (``mask`` from ``dropout_mask``); any shape."""
+    x, m, shape, dtype = _elementwise_pair(inputs, "inputs", mask, "mask")
+    be = _backend(device)
+    output = _output(be, out, shape, dtype)
+    be.dropout_forward(x, m, output.reshape(-1))
+    return output
+
+
+def dropout_backward(dvalues, mask, *, out=None, device: str | None = None):
+    """``dvalues * mask``: dropped neurons pass no gradient back."""
+    d, m, shape, dtype = _elementwise_pair(dvalues, "dvalues", mask, "mask")
+    be = _backend(device)
+    dinputs = _output(be, out, shape, dtype)
+    be.dropout_backward(d, m, dinputs.reshape(-1))
+    return dinputs
+
+
+# --- Optimizer updates (in place) ------------------------------------------------------------------
+
+def zeros(shape, dtype=np.float32, *, device: str | None = None):
+    """An array of zeros allocated on ``device`` (optimizer state lives beside its parameters)."""
+    dtype = np.dtype(dtype)
+    be = _backend(device)
+    output = be.empty(tuple(shape), dtype)
+    if output.size:
+        be.fill(0.0, output.reshape(-1))
+    return output
+
+
+def _update_arrays(params, grads, states, names):
+    """Parameters and optimizer state updated in place, gradients converted to their dtype."""
+    p = _writable(params, "params")
+    g = _array(grads, "grads")
+    _same_shape(g, "grads", p.shape, "params")
+    flat_states = []
+    for state, name in zip(states, names):
+        state = _writable(state, name)
+        _same_shape(state, name, p.shape, "params")
+        if state.dtype != p.dtype:
+            raise TypeError(f"{name} has dtype {state.dtype} but params have dtype {p.dtype}")
+        flat_states.append(state.reshape(-1))
+    return p.reshape(-1), _contiguous(g, p.dtype).reshape(-1), flat_states
+
+
+def sgd_update(params, grads, *, learning_rate, momentum=0.0, momentums=None,
+               device: str | None = None):
+    """SGD step in place: ``params += -learning_rate * grads``; with ``momentum`` > 0,
+    ``momentums = momentum * momentums - learning_rate * grads; params += momentums``."""
+    learning_rate = _scalar(learning_rate, "learning_rate")
+    momentum = _scalar(momentum, "momentum", minimum=0.0)
+    be = _backend(device)
+    if momentum == 0 and momentums is None:
+        p, g, _ = _update_arrays(params, grads, (), ())
+        be.sgd_update(p, g, learning_rate)
+        return params
+    if momentums is None:
+        raise ValueError("momentum > 0 needs a momentums array (ops.zeros(params.shape))")
+    p, g, (m,) = _update_arrays(params, grads, (momentums,), ("momentums",))
+    be.sgd_momentum_update(p, g, m, learning_rate, momentum)
+    return params
+
+
+def adagrad_update(params, grads, cache, *, learning_rate, epsilon=1e-7,
+                   device: str | None = None):
+    """Adagrad step in place: ``cache += grads**2; params += -lr * grads / (sqrt(cache) + eps)``."""
+    learning_rate = _scalar(learning_rate, "learning_rate")
+    epsilon = _scalar(epsilon, "epsilon", minimum=0.0)
+    p, g, (c,) = _update_arrays(params, grads, (cache,), ("cache",))
+    _backend(device).adagrad_update(p, g, c, learning_rate, epsilon)
+    return params
+
+
+def rmsprop_update(params, grads, cache, *, learning_rate, epsilon=1e-7, rho=0.9,
+                   device: str | None = None):
+    """RMSprop step in place: ``cache = rho * cache + (1 - rho) * grads**2``, then as Adagrad."""
+    learning_rate = _scalar(learning_rate, "learning_rate")
+    epsilon = _scalar(epsilon, "epsilon", minimum=0.0)
+    rho = _scalar(rho, "rho", minimum=0.0)
+    if rho > 1:
+        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    p, g, (c,) = _update_arrays(params, grads, (cache,), ("cache",))
+    _backend(device).rmsprop_update(p, g, c, learning_rate, epsilon, rho)
+    return params
+
+
+def adam_update(params, grads, momentums, cache, *, learning_rate, iteration, epsilon=1e-7,
+                beta_1=0.9, beta_2=0.999, device: str | None = None):
+    """Adam step in place (the book's ``Optimizer_Adam.update_params``); ``iteration`` counts
+    the updates made before this one (0 for the first), for the bias corrections
+    ``1 - beta ** (iteration + 1)``."""
+    learning_rate = _scalar(learning_rate, "learning_rate")
+    epsilon = _scalar(epsilon, "epsilon", minimum=0.0)
+    beta_1 = _scalar(beta_1, "beta_1", minimum=0.0)
+    beta_2 = _scalar(beta_2, "beta_2", minimum=0.0)
+    if beta_1 >= 1 or beta_2 >= 1:
+        raise ValueError(f"beta_1 and beta_2 must be in [0, 1), got {beta_1} and {beta_2}")
+    if isinstance(iteration, bool) or not isinstance(iteration, (int, np.integer)) or iteration < 0:
+        raise ValueError(f"iteration must be a non-negative integer, got {iteration!r}")
+    # Host-side scalars, computed here once in float64 (Python's pow) so that every device
+    # rounds the very same number to the parameters' dtype.
+    correction_1 = 1 - beta_1 ** (int(iteration) + 1)
+    correction_2 = 1 - beta_2 ** (int(iteration) + 1)
+    p, g, (m, c) = _update_arrays(params, grads, (momentums, cache), ("momentums", "cache"))
+    _backend(device).adam_update(p, g, m, c, learning_rate, epsilon, beta_1, beta_2,
+                                 correction_1, correction_2)
+    return params
+
+
 def to_numpy(array) -> np.ndarray:
     """Any loopnet output (host or device array) as a numpy array on the host."""
     if hasattr(array, "copy_to_host"):
         return array.copy_to_host()
+    if hasattr(array, "__cuda_array_interface__"):
+        return _gpu().to_numpy(array)
     return np.asarray(array)
+
+
+def to_device(array, device: str | None = None):
+    """``array`` where ``device`` computes: on ``cuda`` a device array (a host array is copied
+    over once; a device array stays as it is), on the host devices a numpy array. Move the
+    training data once with it, so that no op has to copy it again::
+
+        X = loopnet.ops.to_device(X, "cuda")
+    """
+    from loopnet.devices import base_name, get_device
+
+    device = get_device(device)
+    if base_name(device) == "cuda":
+        be = _backend(device)
+        return be.asarray(_array(array, "array"))  # keeps the dtype (labels stay integers)
+    return to_numpy(array)

@@ -13,4 +13,4 @@ return arrays, and it lets the training loop reuse buffers). Shapes and labels a
 ``prange`` is numba's parallel range; run as plain Python it is an ordinary ``range``.
 """
 
-MODULES = ("dense", "activations", "losses")
+MODULES = ("dense", "activations", "losses", "regularization", "optimizers")

@@ -1,11 +1,20 @@
-"""Activation functions: ReLU and softmax.
+"""Activation functions: ReLU, softmax, sigmoid and linear, forward and backward.
 
-Index legend: s = sample, j = class (softmax column), k = flat element index (ReLU works on any
-shape: ``loopnet.ops`` hands it the flattened array).
+Index legend: s = sample, j = class (softmax column), k = flat element index (ReLU, sigmoid and
+linear work on any shape: ``loopnet.ops`` hands them the flattened array).
+Backward kernels take ``dvalues``, the gradient of the loss with respect to this activation's
+``output``, and write ``dinputs``, the gradient with respect to its ``inputs`` (chain rule).
 """
 
 import numpy as np
 from numba import prange
+import math
+
+# The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
+# ``numba.cuda``, sets it to that module before compiling them (see that module's docstring).
+# They are the loop bodies above them, with the ``prange`` index taken from ``cuda.grid(1)``;
+# numba-cuda has no ``np.exp``, so they call ``math.exp`` (float32 in, float32 out on the GPU).
+cuda = None
 
 
 # --- ReLU ---------------------------------------------------------------------------------------
@@ -24,6 +33,17 @@ def relu_forward_loops(inputs, output):
             output[k] = x
         else:
             output[k] = zero
+
+
+def relu_forward_kernel(inputs, output):
+    """CUDA: one thread per element ``k``, the loop body of ``relu_forward_loops``."""
+    k = cuda.grid(1)
+    if k < inputs.shape[0]:
+        x = inputs[k]
+        if x > 0 or x != x:
+            output[k] = x
+        else:
+            output[k] = 0
 
 
 def relu_forward_numpy(inputs, output):
@@ -62,7 +82,211 @@ def softmax_forward_loops(inputs, output):
             output[s, j] = output[s, j] / norm_base
 
 
+def softmax_forward_kernel(inputs, output):
+    """CUDA: one thread per sample ``s`` running ``softmax_forward_loops``' row body, so each row
+    is summed in column order by one thread (deterministic). Rows are short (one value per
+    class), so a block-wide reduction per row would not pay off here."""
+    s = cuda.grid(1)
+    if s < inputs.shape[0]:
+        n_classes = inputs.shape[1]
+        row = inputs[s]
+        row_max = row[0]
+        for j in range(1, n_classes):
+            if row[j] > row_max or row[j] != row[j]:
+                row_max = row[j]
+        norm_base = output.dtype.type(0)
+        for j in range(n_classes):
+            exp_value = math.exp(row[j] - row_max)
+            output[s, j] = exp_value
+            norm_base += exp_value
+        for j in range(n_classes):
+            output[s, j] = output[s, j] / norm_base
+
+
 def softmax_forward_numpy(inputs, output):
     """Twin: the notes' max-subtracted ``np.exp`` divided by its row sums."""
     exp_values = np.exp(inputs - np.max(inputs, axis=1, keepdims=True))
     output[...] = exp_values / np.sum(exp_values, axis=1, keepdims=True)
+
+
+# --- ReLU backward --------------------------------------------------------------------------------
+#     dinputs[k] = dvalues[k] if inputs[k] > 0 else 0
+#     (twin: dinputs = dvalues.copy(); dinputs[inputs <= 0] = 0)
+
+def relu_backward_loops(dvalues, inputs, dinputs):
+    """ReLU's derivative is 1 where the input was positive and 0 elsewhere.
+
+    Written as the notes' ``inputs <= 0`` test so that a NaN input (for which ``<=`` is false)
+    lets the gradient through exactly as the twin does.
+    """
+    zero = dinputs.dtype.type(0)
+    for k in prange(dvalues.shape[0]):
+        if inputs[k] <= 0:
+            dinputs[k] = zero
+        else:
+            dinputs[k] = dvalues[k]
+
+
+def relu_backward_kernel(dvalues, inputs, dinputs):
+    """CUDA: one thread per element ``k``, the loop body of ``relu_backward_loops``."""
+    k = cuda.grid(1)
+    if k < dvalues.shape[0]:
+        if inputs[k] <= 0:
+            dinputs[k] = 0
+        else:
+            dinputs[k] = dvalues[k]
+
+
+def relu_backward_numpy(dvalues, inputs, dinputs):
+    """Twin: the notes' ``dinputs = dvalues.copy(); dinputs[inputs <= 0] = 0``."""
+    dinputs[...] = dvalues
+    dinputs[inputs <= 0] = 0
+
+
+# --- Softmax backward (full Jacobian) ---------------------------------------------------------------
+#     jacobian[s, j, k] = output[s, j] * (delta_jk - output[s, k])
+#     dinputs[s, j]     = sum_k jacobian[s, j, k] * dvalues[s, k]
+#     (twin: np.diagflat(output[s]) - np.dot(output[s], output[s].T), times dvalues[s])
+
+def softmax_backward_loops(dvalues, output, dinputs):
+    """Softmax's gradient through its full Jacobian matrix, one sample per ``prange`` iteration.
+
+    Each output ``j`` depends on every input ``k``: ``d output_j / d input_k = output_j *
+    (delta_jk - output_k)`` (``delta_jk`` is 1 on the diagonal, else 0). The Jacobian element is
+    formed on the fly and multiplied with ``dvalues``, summed in ``k`` order. It costs
+    ``n_classes**2`` per sample; the fused softmax + cross-entropy backward (``losses.py``) avoids
+    it, which is why ``Model`` uses that one when it can.
+    """
+    n_classes = output.shape[1]
+    zero = output.dtype.type(0)
+    for s in prange(output.shape[0]):
+        out = output[s]
+        for j in range(n_classes):
+            dinput = zero
+            for k in range(n_classes):
+                # diagflat(output) - output output^T, element (j, k), as the book builds it
+                diagonal = out[j] if j == k else zero
+                jacobian = diagonal - out[j] * out[k]
+                dinput += jacobian * dvalues[s, k]
+            dinputs[s, j] = dinput
+
+
+def softmax_backward_kernel(dvalues, output, dinputs):
+    """CUDA: one thread per sample ``s``, the row body of ``softmax_backward_loops`` (the Jacobian
+    formed on the fly, summed in ``k`` order)."""
+    s = cuda.grid(1)
+    if s < output.shape[0]:
+        n_classes = output.shape[1]
+        zero = output.dtype.type(0)
+        out = output[s]
+        for j in range(n_classes):
+            dinput = zero
+            for k in range(n_classes):
+                diagonal = out[j] if j == k else zero
+                jacobian = diagonal - out[j] * out[k]
+                dinput += jacobian * dvalues[s, k]
+            dinputs[s, j] = dinput
+
+
+def softmax_backward_notes(dvalues, output, dinputs):
+    """The book's form: a numpy Jacobian matrix per sample (kept as the readable reference)."""
+    for index, (single_output, single_dvalues) in enumerate(zip(output, dvalues)):
+        single_output = single_output.reshape(-1, 1)
+        jacobian_matrix = np.diagflat(single_output) - np.dot(single_output, single_output.T)
+        dinputs[index] = np.dot(jacobian_matrix, single_dvalues)
+
+
+def softmax_backward_numpy(dvalues, output, dinputs):
+    """Twin: the book's per-sample Jacobian, batched: ``jacobians @ dvalues[..., None]``."""
+    n_classes = output.shape[1]
+    diagonals = output[:, :, None] * np.eye(n_classes, dtype=output.dtype)
+    jacobians = diagonals - output[:, :, None] * output[:, None, :]
+    dinputs[...] = np.matmul(jacobians, dvalues[:, :, None])[:, :, 0]
+
+
+# --- Sigmoid ----------------------------------------------------------------------------------------
+#     output[k]  = 1 / (1 + exp(-inputs[k]))            (twin: 1 / (1 + np.exp(-inputs)))
+#     dinputs[k] = dvalues[k] * (1 - output[k]) * output[k]
+#     (twin: dvalues * (1 - output) * output)
+
+def sigmoid_forward_loops(inputs, output):
+    """The logistic function, squashing any value into (0, 1) (one output per binary label).
+
+    For very negative inputs ``exp(-x)`` overflows to inf and the result is 0, as numpy gives.
+    """
+    one = output.dtype.type(1)
+    for k in prange(inputs.shape[0]):
+        output[k] = one / (one + np.exp(-inputs[k]))
+
+
+def sigmoid_forward_kernel(inputs, output):
+    """CUDA: one thread per element ``k``, the loop body of ``sigmoid_forward_loops``."""
+    k = cuda.grid(1)
+    if k < inputs.shape[0]:
+        one = output.dtype.type(1)
+        output[k] = one / (one + math.exp(-inputs[k]))
+
+
+def sigmoid_forward_numpy(inputs, output):
+    """Twin: ``1 / (1 + np.exp(-inputs))`` (the overflow to inf is expected: result 0)."""
+    with np.errstate(over="ignore"):
+        output[...] = 1 / (1 + np.exp(-inputs))
+
+
+def sigmoid_backward_loops(dvalues, output, dinputs):
+    """Sigmoid's derivative written with its own output: ``s' = s * (1 - s)``."""
+    one = output.dtype.type(1)
+    for k in prange(dvalues.shape[0]):
+        dinputs[k] = dvalues[k] * (one - output[k]) * output[k]
+
+
+def sigmoid_backward_kernel(dvalues, output, dinputs):
+    """CUDA: one thread per element ``k``, the loop body of ``sigmoid_backward_loops``."""
+    k = cuda.grid(1)
+    if k < dvalues.shape[0]:
+        one = output.dtype.type(1)
+        dinputs[k] = dvalues[k] * (one - output[k]) * output[k]
+
+
+def sigmoid_backward_numpy(dvalues, output, dinputs):
+    """Twin: the book's ``dvalues * (1 - output) * output``."""
+    dinputs[...] = dvalues * (1 - output) * output
+
+
+# --- Linear -----------------------------------------------------------------------------------------
+#     output[k] = inputs[k]; dinputs[k] = dvalues[k]  (twin: inputs.copy(); dvalues.copy())
+
+def linear_forward_loops(inputs, output):
+    """The identity (a regression output layer): ``y = x``, a copy."""
+    for k in prange(inputs.shape[0]):
+        output[k] = inputs[k]
+
+
+def linear_forward_kernel(inputs, output):
+    """CUDA: one thread per element ``k``: a copy."""
+    k = cuda.grid(1)
+    if k < inputs.shape[0]:
+        output[k] = inputs[k]
+
+
+def linear_forward_numpy(inputs, output):
+    """Twin: ``output = inputs.copy()``."""
+    output[...] = inputs
+
+
+def linear_backward_loops(dvalues, dinputs):
+    """The derivative of ``y = x`` is 1: the gradient passes through unchanged (a copy)."""
+    for k in prange(dvalues.shape[0]):
+        dinputs[k] = dvalues[k]
+
+
+def linear_backward_kernel(dvalues, dinputs):
+    """CUDA: one thread per element ``k``: the gradient passes through (a copy)."""
+    k = cuda.grid(1)
+    if k < dvalues.shape[0]:
+        dinputs[k] = dvalues[k]
+
+
+def linear_backward_numpy(dvalues, dinputs):
+    """Twin: the book's ``dinputs = dvalues.copy()``."""
+    dinputs[...] = dvalues

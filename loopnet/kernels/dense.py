@@ -2,14 +2,27 @@
 
 Index legend: s = sample, n = neuron, i = input feature.
 Shapes: inputs (n_samples, n_inputs), weights (n_inputs, n_neurons), biases (n_neurons,),
-        output (n_samples, n_neurons).
+        output (n_samples, n_neurons); backward: dvalues (n_samples, n_neurons) the gradient
+        arriving from the next layer, dweights like weights, dbiases (n_neurons,), dinputs like
+        inputs.
 
     output[s, n] = sum_i inputs[s, i] * weights[i, n] + biases[n]
     (twin: np.dot(inputs, weights) + biases)
+
+    dweights[i, n] = sum_s inputs[s, i] * dvalues[s, n]     (twin: np.dot(inputs.T, dvalues))
+    dbiases[n]     = sum_s dvalues[s, n]                    (twin: np.sum(dvalues, axis=0))
+    dinputs[s, i]  = sum_n dvalues[s, n] * weights[i, n]    (twin: np.dot(dvalues, weights.T))
 """
 
 import numpy as np
 from numba import prange
+
+# The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
+# ``numba.cuda``, sets it to that module before compiling them (see that module's docstring).
+cuda = None
+
+# Side of the square tiles of ``dense_forward_tiled_kernel`` (one 16 x 16 thread block per tile).
+TILE = 16
 
 
 def dense_forward_notes(inputs, weights, biases, output):
@@ -52,6 +65,169 @@ def dense_forward_loops(inputs, weights, biases, output):
             neuron_outputs[n] += biases[n]
 
 
+def dense_forward_kernel(inputs, weights, biases, output):
+    """CUDA: one thread per output element ``(s, n)``: the notes' two outer loops become the grid.
+
+    Each thread runs the notes' neuron: its sample's inputs times its neuron's weights, summed in
+    input order, plus the bias last (the same sums as ``dense_forward_loops``). The fast x index
+    is the neuron, so neighbouring threads read neighbouring ``weights[i, n]`` (coalesced).
+    """
+    n, s = cuda.grid(2)
+    if s < output.shape[0] and n < output.shape[1]:
+        neuron_output = output.dtype.type(0)
+        for i in range(inputs.shape[1]):
+            neuron_output += inputs[s, i] * weights[i, n]
+        output[s, n] = neuron_output + biases[n]
+
+
+def dense_forward_tiled_kernel(inputs, weights, biases, output):
+    """CUDA, the fast path: the same sums, reading inputs and weights through shared memory.
+
+    A block of ``TILE x TILE`` threads owns a ``TILE x TILE`` tile of ``output``. It walks the
+    inputs ``TILE`` at a time: every thread copies one element of the ``inputs`` tile and one of
+    the ``weights`` tile into fast on-chip shared memory, the block waits (``syncthreads``), and
+    each thread adds ``TILE`` products from there. Every value read from global memory is so
+    reused ``TILE`` times. Each thread still adds its terms in input order, bias last: the result
+    equals ``dense_forward_kernel``'s.
+    """
+    inputs_tile = cuda.shared.array((TILE, TILE), dtype=inputs.dtype)
+    weights_tile = cuda.shared.array((TILE, TILE), dtype=weights.dtype)
+    tx = cuda.threadIdx.x  # neuron within the tile
+    ty = cuda.threadIdx.y  # sample within the tile
+    n, s = cuda.grid(2)
+    n_samples = inputs.shape[0]
+    n_inputs = inputs.shape[1]
+    n_neurons = weights.shape[1]
+    neuron_output = output.dtype.type(0)
+    for start in range(0, n_inputs, TILE):
+        # Threads outside the matrices still load (a 0) and wait: syncthreads needs the whole block.
+        i = start + tx
+        if s < n_samples and i < n_inputs:
+            inputs_tile[ty, tx] = inputs[s, i]
+        else:
+            inputs_tile[ty, tx] = 0
+        i = start + ty
+        if i < n_inputs and n < n_neurons:
+            weights_tile[ty, tx] = weights[i, n]
+        else:
+            weights_tile[ty, tx] = 0
+        cuda.syncthreads()
+        for t in range(min(TILE, n_inputs - start)):  # the last tile may be partial
+            neuron_output += inputs_tile[ty, t] * weights_tile[t, tx]
+        cuda.syncthreads()  # before the next tile overwrites this one
+    if s < n_samples and n < n_neurons:
+        output[s, n] = neuron_output + biases[n]
+
+
 def dense_forward_numpy(inputs, weights, biases, output):
     """Twin: ``output = np.dot(inputs, weights) + biases``."""
     output[...] = np.dot(inputs, weights) + biases
+
+
+# --- Backward ---------------------------------------------------------------------------------------
+# Three kernels, one per gradient, because each needs a different owner per output element: a
+# ``prange`` over the summed index would make several threads add into the same element (a race,
+# and a sum whose order, hence whose bits, depends on the thread count). As in llm.c's
+# ``matmul_backward``, every output element is owned by one iteration and summed in a fixed order.
+
+def dense_backward_weights_loops(inputs, dvalues, dweights):
+    """``dweights[i, n] = sum_s inputs[s, i] * dvalues[s, n]``: how much each weight moved the loss.
+
+    One ``prange`` iteration owns the row ``dweights[i, :]`` (one input feature, every neuron)
+    and adds the samples in order ``s = 0, 1, ...``; the inner loop walks ``dvalues[s, :]`` and
+    ``dweights[i, :]`` contiguously.
+    """
+    n_samples = inputs.shape[0]
+    n_neurons = dvalues.shape[1]
+    for i in prange(inputs.shape[1]):
+        dweights_row = dweights[i]
+        for n in range(n_neurons):
+            dweights_row[n] = 0
+        for s in range(n_samples):
+            n_input = inputs[s, i]
+            dvalues_row = dvalues[s]
+            for n in range(n_neurons):
+                dweights_row[n] += n_input * dvalues_row[n]
+
+
+def dense_backward_weights_kernel(inputs, dvalues, dweights):
+    """CUDA: one thread per weight ``(i, n)``, adding the samples in order ``s = 0, 1, ...``."""
+    n, i = cuda.grid(2)
+    if i < dweights.shape[0] and n < dweights.shape[1]:
+        dweight = dweights.dtype.type(0)
+        for s in range(inputs.shape[0]):
+            dweight += inputs[s, i] * dvalues[s, n]
+        dweights[i, n] = dweight
+
+
+def dense_backward_weights_numpy(inputs, dvalues, dweights):
+    """Twin: ``dweights = np.dot(inputs.T, dvalues)``."""
+    dweights[...] = np.dot(inputs.T, dvalues)
+
+
+def dense_backward_biases_loops(dvalues, dbiases):
+    """``dbiases[n] = sum_s dvalues[s, n]``: a bias moves its neuron's output one for one.
+
+    Serial on purpose: each neuron's sum runs over samples in order; the loop over samples is
+    outside so the inner loop reads ``dvalues[s, :]`` contiguously. It is ``n_samples *
+    n_neurons`` additions, far fewer than the two products, so threads would not pay off.
+    """
+    n_neurons = dvalues.shape[1]
+    for n in range(n_neurons):
+        dbiases[n] = 0
+    for s in range(dvalues.shape[0]):
+        dvalues_row = dvalues[s]
+        for n in range(n_neurons):
+            dbiases[n] += dvalues_row[n]
+
+
+def dense_backward_biases_kernel(dvalues, dbiases):
+    """CUDA: one thread per neuron ``n``, adding the samples in order (neighbouring threads read
+    neighbouring ``dvalues[s, n]``)."""
+    n = cuda.grid(1)
+    if n < dbiases.shape[0]:
+        dbias = dbiases.dtype.type(0)
+        for s in range(dvalues.shape[0]):
+            dbias += dvalues[s, n]
+        dbiases[n] = dbias
+
+
+def dense_backward_biases_numpy(dvalues, dbiases):
+    """Twin: ``dbiases = np.sum(dvalues, axis=0)`` (the notes keep ``keepdims=True``)."""
+    dbiases[...] = np.sum(dvalues, axis=0)
+
+
+def dense_backward_inputs_loops(dvalues, weights, dinputs):
+    """``dinputs[s, i] = sum_n dvalues[s, n] * weights[i, n]``: the gradient passed to the layer
+    before.
+
+    One ``prange`` iteration owns the row ``dinputs[s, :]`` (one sample); each element is a dot
+    product of two contiguous rows, ``dvalues[s, :]`` and ``weights[i, :]``, summed in neuron
+    order.
+    """
+    n_inputs = weights.shape[0]
+    n_neurons = weights.shape[1]
+    for s in prange(dvalues.shape[0]):
+        dvalues_row = dvalues[s]
+        for i in range(n_inputs):
+            weights_row = weights[i]
+            dinput = dinputs.dtype.type(0)
+            for n in range(n_neurons):
+                dinput += dvalues_row[n] * weights_row[n]
+            dinputs[s, i] = dinput
+
+
+def dense_backward_inputs_kernel(dvalues, weights, dinputs):
+    """CUDA: one thread per ``(s, i)``, the dot product of ``dvalues[s, :]`` and ``weights[i, :]``
+    in neuron order."""
+    i, s = cuda.grid(2)
+    if s < dinputs.shape[0] and i < dinputs.shape[1]:
+        dinput = dinputs.dtype.type(0)
+        for n in range(weights.shape[1]):
+            dinput += dvalues[s, n] * weights[i, n]
+        dinputs[s, i] = dinput
+
+
+def dense_backward_inputs_numpy(dvalues, weights, dinputs):
+    """Twin: ``dinputs = np.dot(dvalues, weights.T)``."""
+    dinputs[...] = np.dot(dvalues, weights.T)

@@ -1,0 +1,156 @@
+"""Regularization: L1/L2 penalties on weights and biases, and dropout.
+
+Index legend: k = flat element index (``loopnet.ops`` hands these kernels flattened arrays, so a
+weights matrix and a biases row go through the same loops).
+
+    penalty      = l1 * sum_k |values[k]| + l2 * sum_k values[k] ** 2
+    (twin: l1 * np.sum(np.abs(values)) + l2 * np.sum(values * values))
+    dvalues[k]  += l1 * (1 if values[k] >= 0 else -1) + 2 * l2 * values[k]
+    (twin: the book's dL1 = np.ones_like(w); dL1[w < 0] = -1; dw += l1 * dL1; dw += 2 * l2 * w)
+
+    dropout: output[k] = inputs[k] * mask[k],  dinputs[k] = dvalues[k] * mask[k]
+    where mask[k] is 0 (dropped) or 1 / (1 - rate) (kept, scaled so the expected sum is unchanged)
+
+The dropout mask is drawn in Python from a seeded ``np.random.Generator`` (``loopnet.Dropout``),
+not in the kernel: the same seed then gives the same mask on every device.
+"""
+
+import numpy as np
+from numba import prange
+
+# The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
+# ``numba.cuda``, sets it to that module before compiling them (see that module's docstring).
+cuda = None
+
+# Threads of the one block that ``regularization_loss_kernel`` runs (a power of two).
+PENALTY_THREADS = 128
+
+
+# --- L1 / L2 penalty --------------------------------------------------------------------------------
+
+def regularization_loss_loops(values, l1, l2, output):
+    """The penalty added to the data loss, in float64, summed serially in index order (a
+    parallel sum would depend on the thread count). ``output`` is a float64 array of one."""
+    sum_abs = 0.0
+    sum_squares = 0.0
+    for k in range(values.shape[0]):
+        value = values[k]
+        sum_abs += abs(value)
+        sum_squares += value * value
+    output[0] = l1 * sum_abs + l2 * sum_squares
+
+
+def regularization_loss_kernel(values, l1, l2, output):
+    """CUDA: one block of ``PENALTY_THREADS`` threads. Thread ``t`` sums ``|values[k]|`` and
+    ``values[k] ** 2`` over ``k = t, t + PENALTY_THREADS, ...`` in float64, then both partial
+    sums are added pairwise in a fixed tree: the same bits on every run (equal to the serial
+    ``regularization_loss_loops`` within float64 rounding)."""
+    abs_partial = cuda.shared.array(PENALTY_THREADS, dtype=output.dtype)
+    square_partial = cuda.shared.array(PENALTY_THREADS, dtype=output.dtype)
+    t = cuda.threadIdx.x
+    sum_abs = output.dtype.type(0)
+    sum_squares = output.dtype.type(0)
+    for k in range(t, values.shape[0], PENALTY_THREADS):
+        value = values[k]
+        sum_abs += abs(value)
+        sum_squares += value * value
+    abs_partial[t] = sum_abs
+    square_partial[t] = sum_squares
+    cuda.syncthreads()
+    step = PENALTY_THREADS // 2
+    while step > 0:
+        if t < step:
+            abs_partial[t] += abs_partial[t + step]
+            square_partial[t] += square_partial[t + step]
+        cuda.syncthreads()
+        step //= 2
+    if t == 0:
+        output[0] = l1 * abs_partial[0] + l2 * square_partial[0]
+
+
+def regularization_loss_numpy(values, l1, l2, output):
+    """Twin: ``l1 * np.sum(np.abs(values)) + l2 * np.sum(values * values)`` (summed in float64)."""
+    output[0] = (l1 * np.sum(np.abs(values), dtype=np.float64)
+                 + l2 * np.sum(values * values, dtype=np.float64))
+
+
+def regularization_backward_loops(values, l1, l2, dvalues):
+    """Add the penalty's gradient to ``dvalues`` in place (the layer's ``dweights``/``dbiases``).
+
+    d|w|/dw is taken as +1 at w = 0, as the book does (``dL1[weights < 0] = -1`` on ones).
+    The L1 and L2 terms are added one after the other, as the book's two ``+=`` do.
+    """
+    l1_step = dvalues.dtype.type(l1)
+    l2_step = dvalues.dtype.type(2 * l2)
+    for k in prange(values.shape[0]):
+        if l1 > 0:
+            if values[k] < 0:
+                dvalues[k] += -l1_step
+            else:
+                dvalues[k] += l1_step
+        if l2 > 0:
+            dvalues[k] += l2_step * values[k]
+
+
+def regularization_backward_kernel(values, l1, l2, dvalues):
+    """CUDA: one thread per element ``k``, the loop body of ``regularization_backward_loops``."""
+    k = cuda.grid(1)
+    if k < values.shape[0]:
+        l1_step = dvalues.dtype.type(l1)
+        l2_step = dvalues.dtype.type(2 * l2)
+        if l1 > 0:
+            if values[k] < 0:
+                dvalues[k] += -l1_step
+            else:
+                dvalues[k] += l1_step
+        if l2 > 0:
+            dvalues[k] += l2_step * values[k]
+
+
+def regularization_backward_numpy(values, l1, l2, dvalues):
+    """Twin: the book's ``dL1 = np.ones_like(w); dL1[w < 0] = -1; dw += l1 * dL1;
+    dw += 2 * l2 * w``."""
+    if l1 > 0:
+        dL1 = np.ones_like(values)
+        dL1[values < 0] = -1
+        dvalues += l1 * dL1
+    if l2 > 0:
+        dvalues += 2 * l2 * values
+
+
+# --- Dropout ----------------------------------------------------------------------------------------
+
+def dropout_forward_loops(inputs, mask, output):
+    """Zero the dropped neurons' outputs and scale the kept ones by ``1 / (1 - rate)``."""
+    for k in prange(inputs.shape[0]):
+        output[k] = inputs[k] * mask[k]
+
+
+def dropout_forward_kernel(inputs, mask, output):
+    """CUDA: one thread per element ``k``."""
+    k = cuda.grid(1)
+    if k < inputs.shape[0]:
+        output[k] = inputs[k] * mask[k]
+
+
+def dropout_forward_numpy(inputs, mask, output):
+    """Twin: the book's ``output = inputs * binary_mask``."""
+    output[...] = inputs * mask
+
+
+def dropout_backward_loops(dvalues, mask, dinputs):
+    """A dropped neuron passes no gradient back; a kept one passes it scaled like its output."""
+    for k in prange(dvalues.shape[0]):
+        dinputs[k] = dvalues[k] * mask[k]
+
+
+def dropout_backward_kernel(dvalues, mask, dinputs):
+    """CUDA: one thread per element ``k``."""
+    k = cuda.grid(1)
+    if k < dvalues.shape[0]:
+        dinputs[k] = dvalues[k] * mask[k]
+
+
+def dropout_backward_numpy(dvalues, mask, dinputs):
+    """Twin: the book's ``dinputs = dvalues * binary_mask``."""
+    dinputs[...] = dvalues * mask

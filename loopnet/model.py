@@ -1,0 +1,369 @@
+"""``Model``: the book's chapter-18/19 training loop around loopnet's layers.
+
+::
+
+    model = loopnet.Model()
+    model.add(loopnet.Dense(2, 64)); model.add(loopnet.ReLU())
+    model.add(loopnet.Dense(64, 3)); model.add(loopnet.Softmax())
+    model.set(loss=loopnet.CategoricalCrossentropy(),
+              optimizer=loopnet.Adam(learning_rate=0.05, decay=5e-7),
+              accuracy=loopnet.CategoricalAccuracy())
+    model.finalize()
+    history = model.train(X, y, epochs=10_000, print_every=100, validation_data=(X_test, y_test))
+    loss, acc = model.evaluate(X_test, y_test)
+    probabilities = model.predict(X_test)
+
+Every computation on parameters, activations and gradients runs in the layers, losses and
+optimizers through ``loopnet.ops`` (loop kernels on the selected device); this module only
+orders the calls, slices batches of the host data and keeps Python floats (losses, accuracies,
+the learning rate) for the log and the history.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+import time
+
+import numpy as np
+
+from loopnet import ops
+from loopnet.activations import Softmax
+from loopnet.losses import CategoricalCrossentropy, SoftmaxCategoricalCrossentropy
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _n_rows(data, name: str) -> int:
+    shape = getattr(data, "shape", None)
+    if shape is None or len(shape) == 0:
+        raise ValueError(f"{name} must be an array with one row per sample, got {data!r}")
+    return int(shape[0])
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal, redrawn at most
+    ten times a second (so it costs nothing measurable per epoch)."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.total = total
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = enabled
+        self.last_draw = 0.0
+        self.start = time.monotonic()
+        self.drawn = False
+
+    def update(self, epoch: int, loss: float, accuracy: float | None) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last_draw < 0.1 and epoch != self.total:
+            return
+        self.last_draw = now
+        filled = int(self.WIDTH * epoch / self.total)
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        acc = "" if accuracy is None else f" acc {accuracy:.3f}"
+        elapsed = now - self.start
+        self.stream.write(f"\r[{bar}] {epoch}/{self.total} loss {loss:.3f}{acc} {elapsed:.1f}s")
+        self.stream.flush()
+        self.drawn = True
+
+    def clear(self) -> None:
+        """Erase the bar so a log line printed now starts on a clean line."""
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.drawn = False
+
+    def close(self) -> None:
+        self.clear()
+
+
+class Model:
+    """A sequence of layers, a loss, an optimizer and an accuracy (the book's ``Model``)."""
+
+    def __init__(self):
+        self.layers = []
+        self.loss = None
+        self.optimizer = None
+        self.accuracy = None
+        self.trainable_layers = []
+        self.softmax_classifier_output = None
+        self.finalized = False
+
+    # --- building ---------------------------------------------------------------------------
+
+    def add(self, layer) -> None:
+        """Append a layer (anything with ``forward(inputs, training)`` and ``backward``)."""
+        if not callable(getattr(layer, "forward", None)):
+            raise TypeError(f"a layer needs a forward() method, got {layer!r}")
+        self.layers.append(layer)
+        self.finalized = False
+
+    def set(self, *, loss=None, optimizer=None, accuracy=None) -> None:
+        """Set the loss, the optimizer and the accuracy (those given; ``None`` keeps the old)."""
+        if loss is not None:
+            self.loss = loss
+        if optimizer is not None:
+            self.optimizer = optimizer
+        if accuracy is not None:
+            self.accuracy = accuracy
+        self.finalized = False
+
+    def finalize(self) -> None:
+        """Find the trainable layers, tell the loss about them (for the L1/L2 penalties), and
+        use the fused softmax + cross-entropy backward when the model ends in ``Softmax`` and
+        the loss is ``CategoricalCrossentropy``."""
+        if not self.layers:
+            raise ValueError("the model has no layers: add() some before finalize()")
+        self.trainable_layers = [layer for layer in self.layers if hasattr(layer, "weights")]
+        if self.loss is not None:
+            self.loss.remember_trainable_layers(self.trainable_layers)
+        self.softmax_classifier_output = None
+        if isinstance(self.layers[-1], Softmax) and isinstance(self.loss, CategoricalCrossentropy):
+            self.softmax_classifier_output = SoftmaxCategoricalCrossentropy(device=self.loss.device)
+        self.output_layer_activation = self.layers[-1]
+        self.finalized = True
+
+    # --- passes -------------------------------------------------------------------------------
+
+    def forward(self, X, training: bool):
+        """Run ``X`` through every layer; returns the last layer's output."""
+        output = X
+        for layer in self.layers:
+            output = layer.forward(output, training)
+        return output
+
+    def backward(self, output, y) -> None:
+        """Backpropagate from the loss to the first layer (each layer sets its gradients)."""
+        if self.softmax_classifier_output is not None:
+            self.softmax_classifier_output.backward(output, y)
+            dvalues = self.softmax_classifier_output.dinputs
+            self.layers[-1].dinputs = dvalues
+            layers = self.layers[:-1]
+        else:
+            dvalues = self.loss.backward(output, y)
+            layers = self.layers
+        for layer in reversed(layers):
+            dvalues = layer.backward(dvalues)
+
+    def _optimize(self) -> None:
+        self.optimizer.pre_update_params()
+        for layer in self.trainable_layers:
+            self.optimizer.update_params(layer)
+        self.optimizer.post_update_params()
+
+    # --- training -----------------------------------------------------------------------------
+
+    def train(self, X, y, *, epochs: int = 1, batch_size: int | None = None,
+              print_every: int | None = 1, validation_data=None, shuffle: bool = False,
+              seed=None, progress: bool | None = None) -> dict:
+        """Train for ``epochs`` passes over ``(X, y)``; returns the history, a dict of lists
+        with one entry per epoch: ``epoch``, ``loss`` (data + regularization), ``data_loss``,
+        ``regularization_loss``, ``accuracy``, ``learning_rate``, and with
+        ``validation_data=(X_val, y_val)`` also ``val_loss`` and ``val_accuracy``.
+
+        ``batch_size=None`` trains on the whole set at once (one step per epoch); otherwise
+        each epoch takes ``ceil(n / batch_size)`` steps, in order, or in a fresh order drawn
+        from ``np.random.default_rng(seed)`` each epoch when ``shuffle=True`` (same seed, same
+        run). Every ``print_every`` epochs (``None`` or 0: never) the book's line is printed::
+
+            epoch: 100, acc: 0.713, loss: 0.653 (data_loss: 0.653, reg_loss: 0.000), lr: 0.0499
+
+        A progress bar goes to stderr when it is a terminal (``progress=None``), always
+        (``True``) or never (``False``). A NaN or infinite loss stops training with a
+        ``FloatingPointError`` naming the epoch and step.
+        """
+        if self.loss is None or self.optimizer is None:
+            raise ValueError("set(loss=..., optimizer=...) before train()")
+        if not self.finalized:
+            self.finalize()
+        epochs = _positive_int(epochs, "epochs")
+        if not hasattr(X, "shape"):
+            X = np.asarray(X)
+        if not hasattr(y, "shape"):
+            y = np.asarray(y)
+        n_samples = _n_rows(X, "X")
+        if _n_rows(y, "y") != n_samples:
+            raise ValueError(f"X has {n_samples} samples but y has {_n_rows(y, 'y')} targets")
+        if n_samples == 0:
+            raise ValueError("X is empty: nothing to train on")
+        if batch_size is not None:
+            batch_size = _positive_int(batch_size, "batch_size")
+        steps = 1 if batch_size is None else math.ceil(n_samples / batch_size)
+        if print_every is not None and print_every != 0:
+            print_every = _positive_int(print_every, "print_every")
+        if validation_data is not None and len(validation_data) != 2:
+            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        if shuffle and not isinstance(X, np.ndarray):
+            raise TypeError("shuffle=True needs X and y as host numpy arrays")
+        rng = np.random.default_rng(seed) if shuffle else None
+        if self.accuracy is not None:
+            self.accuracy.init(y)
+
+        history = {"epoch": [], "loss": [], "data_loss": [], "regularization_loss": [],
+                   "accuracy": [], "learning_rate": []}
+        if validation_data is not None:
+            history["val_loss"] = []
+            history["val_accuracy"] = []
+        show = sys.stderr.isatty() if progress is None else bool(progress)
+        bar = _ProgressBar(epochs, show)
+        try:
+            for epoch in range(1, epochs + 1):
+                X_epoch, y_epoch = X, y
+                if rng is not None:
+                    order = rng.permutation(n_samples)
+                    X_epoch, y_epoch = X[order], y[order]
+                self.loss.new_pass()
+                if self.accuracy is not None:
+                    self.accuracy.new_pass()
+                regularization_sum = 0.0
+                for step in range(steps):
+                    if batch_size is None:
+                        batch_X, batch_y = X_epoch, y_epoch
+                    else:
+                        batch_X = X_epoch[step * batch_size:(step + 1) * batch_size]
+                        batch_y = y_epoch[step * batch_size:(step + 1) * batch_size]
+                    output = self.forward(batch_X, training=True)
+                    data_loss, regularization_loss = self.loss.calculate(
+                        output, batch_y, include_regularization=True)
+                    if not (math.isfinite(data_loss) and math.isfinite(regularization_loss)):
+                        where = f"epoch {epoch}" + (f", step {step}" if steps > 1 else "")
+                        raise FloatingPointError(
+                            f"training diverged at {where}: data_loss={data_loss}, "
+                            f"reg_loss={regularization_loss} (learning rate "
+                            f"{self.optimizer.current_learning_rate}); lower the learning rate "
+                            "or check the data for NaN/inf values"
+                        )
+                    regularization_sum += regularization_loss * _n_rows(batch_X, "X")
+                    if self.accuracy is not None:
+                        self.accuracy.calculate(output, batch_y)
+                    self.backward(output, batch_y)
+                    self._optimize()
+
+                data_loss = self.loss.calculate_accumulated()
+                regularization_loss = regularization_sum / n_samples
+                loss = data_loss + regularization_loss
+                accuracy = (self.accuracy.calculate_accumulated()
+                            if self.accuracy is not None else float("nan"))
+                learning_rate = self.optimizer.current_learning_rate
+                history["epoch"].append(epoch)
+                history["loss"].append(loss)
+                history["data_loss"].append(data_loss)
+                history["regularization_loss"].append(regularization_loss)
+                history["accuracy"].append(accuracy)
+                history["learning_rate"].append(learning_rate)
+                if validation_data is not None:
+                    val_loss, val_accuracy = self.evaluate(*validation_data, batch_size=batch_size)
+                    history["val_loss"].append(val_loss)
+                    history["val_accuracy"].append(val_accuracy)
+                if print_every and epoch % print_every == 0:
+                    bar.clear()
+                    print(f"epoch: {epoch}, acc: {accuracy:.3f}, loss: {loss:.3f} "
+                          f"(data_loss: {data_loss:.3f}, reg_loss: {regularization_loss:.3f}), "
+                          f"lr: {learning_rate}", flush=True)
+                bar.update(epoch, loss, None if self.accuracy is None else accuracy)
+        finally:
+            bar.close()
+        if validation_data is not None and print_every:
+            print(f"validation, acc: {history['val_accuracy'][-1]:.3f}, "
+                  f"loss: {history['val_loss'][-1]:.3f}", flush=True)
+        return history
+
+    def evaluate(self, X_val, y_val, *, batch_size: int | None = None):
+        """``(data_loss, accuracy)`` on ``(X_val, y_val)`` without training (dropout off).
+        The accuracy is NaN when the model has none."""
+        if self.loss is None:
+            raise ValueError("set(loss=...) before evaluate()")
+        if not self.finalized:
+            self.finalize()
+        if not hasattr(X_val, "shape"):
+            X_val = np.asarray(X_val)
+        if not hasattr(y_val, "shape"):
+            y_val = np.asarray(y_val)
+        n_samples = _n_rows(X_val, "X_val")
+        if _n_rows(y_val, "y_val") != n_samples:
+            raise ValueError(f"X_val has {n_samples} samples but y_val has "
+                             f"{_n_rows(y_val, 'y_val')} targets")
+        self.loss.new_pass()
+        if self.accuracy is not None:
+            self.accuracy.new_pass()
+        size = n_samples if batch_size is None else _positive_int(batch_size, "batch_size")
+        for start in range(0, n_samples, size):
+            batch_X, batch_y = X_val[start:start + size], y_val[start:start + size]
+            output = self.forward(batch_X, training=False)
+            self.loss.calculate(output, batch_y)
+            if self.accuracy is not None:
+                self.accuracy.calculate(output, batch_y)
+        loss = self.loss.calculate_accumulated()
+        accuracy = (self.accuracy.calculate_accumulated() if self.accuracy is not None
+                    else float("nan"))
+        return loss, accuracy
+
+    def predict(self, X, *, batch_size: int | None = None) -> np.ndarray:
+        """The model's outputs for ``X`` (probabilities for a softmax model), as a numpy array;
+        ``self.output_layer_activation.predictions(...)`` turns them into classes."""
+        if not self.finalized:
+            self.finalize()
+        if not hasattr(X, "shape"):
+            X = np.asarray(X)
+        n_samples = _n_rows(X, "X")
+        size = n_samples if batch_size is None else _positive_int(batch_size, "batch_size")
+        outputs = [ops.to_numpy(self.forward(X[start:start + size], training=False))
+                   for start in range(0, n_samples, size)]
+        return outputs[0] if len(outputs) == 1 else np.vstack(outputs)
+
+    # --- parameters, saving and loading --------------------------------------------------------
+
+    def get_parameters(self) -> list:
+        """``[(weights, biases), ...]`` of the trainable layers (host numpy arrays)."""
+        return [tuple(ops.to_numpy(p) for p in layer.get_parameters())
+                for layer in self.trainable_layers or
+                [layer for layer in self.layers if hasattr(layer, "weights")]]
+
+    def set_parameters(self, parameters) -> None:
+        """Set every trainable layer's ``(weights, biases)`` (shapes must match)."""
+        layers = [layer for layer in self.layers if hasattr(layer, "weights")]
+        parameters = list(parameters)
+        if len(parameters) != len(layers):
+            raise ValueError(f"got parameters for {len(parameters)} layers, the model has "
+                             f"{len(layers)} trainable layers")
+        for layer, (weights, biases) in zip(layers, parameters):
+            layer.set_parameters(weights, biases)
+
+    def save_parameters(self, path) -> None:
+        """Write the trainable layers' weights and biases to ``path`` (``.npz``, no pickle)."""
+        from loopnet import saving
+
+        saving.save_parameters(self, path)
+
+    def load_parameters(self, path) -> None:
+        """Read weights and biases written by ``save_parameters`` into this model's layers."""
+        from loopnet import saving
+
+        saving.load_parameters(self, path)
+
+    def save(self, path) -> None:
+        """Write the whole model - layers, parameters, loss, optimizer with its state,
+        accuracy - to ``path`` (``.npz`` with a JSON architecture, no pickle, atomic)."""
+        from loopnet import saving
+
+        saving.save_model(self, path)
+
+    @staticmethod
+    def load(path) -> "Model":
+        """Rebuild a model written by ``save`` (bit-exact parameters and optimizer state)."""
+        from loopnet import saving
+
+        return saving.load_model(path)
+
+    def __repr__(self) -> str:
+        layers = ", ".join(repr(layer) for layer in self.layers)
+        return f"Model([{layers}], loss={self.loss!r}, optimizer={self.optimizer!r})"

@@ -1,0 +1,40 @@
+"""Shared pytest set-up: the hypothesis profile and the ``device`` fixture.
+
+Run the whole suite on other devices with ``LOOPNET_TEST_DEVICES`` (comma list), e.g. the CUDA
+kernels under numba's simulator::
+
+    NUMBA_ENABLE_CUDASIM=1 LOOPNET_TEST_DEVICES=cuda python -m pytest
+
+Constants, tolerances and strategies live in ``tests/helpers.py`` (import them from there).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from helpers import TEST_DEVICES
+
+# No deadline: the first call of a kernel compiles it (~1 s, numba), which hypothesis' default
+# 200 ms deadline would report as a flaky failure. 40 examples per property keeps the suite
+# quick on 2 cores; HYPOTHESIS_PROFILE=thorough runs 10x more.
+settings.register_profile(
+    "loopnet",
+    deadline=None,
+    max_examples=40,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("thorough", parent=settings.get_profile("loopnet"), max_examples=400)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "loopnet"))
+
+
+@pytest.fixture(scope="session", params=TEST_DEVICES)
+def device(request) -> str:
+    """Every test taking ``device`` runs once per device in ``LOOPNET_TEST_DEVICES``.
+
+    Session-scoped so that hypothesis tests can use it (hypothesis rejects function-scoped
+    fixtures, which would not be reset between its examples).
+    """
+    return request.param

@@ -1,0 +1,226 @@
+"""Every CUDA kernel against its numpy twin, plus the device-resident data path.
+
+Shapes are deliberately not multiples of the block sizes (128 threads, 16 x 16): the simulator
+raises IndexError on an out-of-bounds access, so a missing bounds check in a kernel fails here.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+import loopnet
+from loopnet import ops
+from loopnet.backends import cuda as gpu
+from loopnet.backends import numpy as twins
+
+from helpers import sum_tolerance
+
+N_ELEMENTS = 131            # > one 1-D block of 128, not a multiple of it
+N_SAMPLES, N_CLASSES = 19, 7
+N_INPUTS, N_NEURONS = 21, 18  # > one 16-wide tile and not a multiple of it
+
+SCALARS = {"learning_rate": 0.05, "epsilon": 1e-7, "momentum": 0.9, "rho": 0.9,
+           "beta_1": 0.9, "beta_2": 0.999, "correction_1": 0.19, "correction_2": 0.002,
+           "l1": 0.01, "l2": 0.02, "precision": 0.1, "value": 0.5}
+ELEMENTWISE = {"relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
+               "linear_forward", "linear_backward", "dropout_forward", "dropout_backward",
+               "binary_accuracy", "regression_accuracy", "fill", "regularization_backward",
+               "regularization_loss", "mean", "sgd_update", "sgd_momentum_update",
+               "adagrad_update", "rmsprop_update", "adam_update"}
+
+
+def _arguments(op, dtype, rng):
+    """Random host arguments for ``op``, built from its parameter names."""
+    names = list(inspect.signature(gpu.KERNEL_FUNCTIONS[op]).parameters)
+    if op.startswith("dense"):
+        shapes = {"inputs": (N_SAMPLES, N_INPUTS), "weights": (N_INPUTS, N_NEURONS),
+                  "biases": (N_NEURONS,), "output": (N_SAMPLES, N_NEURONS),
+                  "dvalues": (N_SAMPLES, N_NEURONS), "dweights": (N_INPUTS, N_NEURONS),
+                  "dbiases": (N_NEURONS,), "dinputs": (N_SAMPLES, N_INPUTS)}
+    else:
+        side = (N_ELEMENTS,) if op in ELEMENTWISE else (N_SAMPLES, N_CLASSES)
+        shapes = dict.fromkeys(names, side)
+        for per_sample in ("sample_losses", "correct"):
+            if len(side) == 2:
+                shapes[per_sample] = (N_SAMPLES,)
+    args = []
+    for name in names:
+        if name in SCALARS:
+            args.append(SCALARS[name])
+        elif name == "class_targets":
+            args.append(rng.integers(0, N_CLASSES, N_SAMPLES).astype(np.intp))
+        elif name == "output" and op in ("mean", "regularization_loss"):
+            args.append(np.zeros(1, np.float64))
+        else:
+            shape = shapes[name]
+            values = rng.standard_normal(shape)
+            if name in ("y_pred", "softmax_output") or (name == "output" and "softmax" in op) \
+                    or (name == "dvalues" and "crossentropy" in op):
+                values = rng.uniform(0.01, 1, shape)
+                if values.ndim == 2:
+                    values /= values.sum(axis=1, keepdims=True)
+            elif name == "y_true" and op == "categorical_crossentropy_onehot":
+                values = np.eye(N_CLASSES)[rng.integers(0, N_CLASSES, N_SAMPLES)]
+            elif name == "y_true" and "binary" in op:
+                values = rng.integers(0, 2, shape)
+            elif name == "mask":
+                values = rng.integers(0, 2, shape) * 2.0
+            elif name == "cache":
+                values = rng.uniform(0, 1, shape)
+            args.append(values.astype(dtype))
+    return args
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", sorted(gpu.KERNELS))
+def test_kernel_equals_numpy_twin(op, dtype):
+    """Each CUDA kernel writes what its numpy twin writes (device arguments, device outputs)."""
+    rng = np.random.default_rng(abs(hash(op)) % 2**32)
+    host_args = _arguments(op, dtype, rng)
+    expected = [a.copy() if isinstance(a, np.ndarray) else a for a in host_args]
+    twin = "dense_forward" if op == "dense_forward_tiled" else op
+    getattr(twins, twin)(*expected)
+    device_args = [gpu.asarray(a) if isinstance(a, np.ndarray) else a for a in host_args]
+    getattr(gpu, op)(*device_args)
+    for position in gpu._written_arguments(gpu.KERNEL_FUNCTIONS[op]):
+        got = gpu.to_numpy(device_args[position])
+        want = expected[position]
+        # Sums of up to N_INPUTS products of standard-normal-sized values (or one exp/log/sqrt):
+        # a few dozen roundings of numbers of order 10, the sum_tolerance bound with K = 32.
+        magnitude = np.abs(want) + 10.0
+        assert np.all(np.abs(got - want) <= sum_tolerance(32, magnitude, dtype)), (op, position)
+
+
+def test_every_host_kernel_has_a_cuda_form():
+    """A new ``<op>_loops`` without its ``<op>_kernel`` is reported here."""
+    from loopnet.backends import collect
+
+    missing = sorted(set(collect("loops")) - set(gpu.KERNELS))
+    assert missing == [], f"ops without a CUDA form: {missing}"
+    for op in collect("loops"):
+        assert callable(getattr(gpu, op))
+
+
+def test_tiled_and_simple_dense_kernels_give_the_same_bits():
+    rng = np.random.default_rng(1)
+    x, w, b = (gpu.asarray(rng.standard_normal(s).astype(np.float32))
+               for s in ((N_SAMPLES, 37), (37, N_NEURONS), (N_NEURONS,)))
+    tiled = gpu.empty((N_SAMPLES, N_NEURONS), np.float32)
+    simple = gpu.empty((N_SAMPLES, N_NEURONS), np.float32)
+    gpu.dense_forward(x, w, b, tiled)
+    gpu.dense_forward_simple(x, w, b, simple)
+    assert np.array_equal(gpu.to_numpy(tiled), gpu.to_numpy(simple))
+
+
+def test_reductions_are_deterministic():
+    rng = np.random.default_rng(2)
+    values = gpu.asarray(rng.standard_normal(300).astype(np.float32))
+    results = [ops.mean(values, device="cuda") for _ in range(3)]
+    assert results[0] == results[1] == results[2]
+    assert results[0] == pytest.approx(float(np.mean(gpu.to_numpy(values), dtype=np.float64)),
+                                       rel=1e-12, abs=1e-12)
+
+
+def test_host_outputs_given_to_a_backend_function_are_filled():
+    """Called directly with numpy arrays, a backend function copies in once and back out."""
+    x = np.linspace(-1, 1, N_ELEMENTS).astype(np.float32)
+    out = np.full_like(x, np.nan)
+    gpu.relu_forward(x, out)
+    assert np.array_equal(out, np.maximum(0, x))
+
+
+def _spiral_network(device):
+    from loopnet.datasets import spiral_data
+
+    X, y = spiral_data(samples=25, classes=3, seed=0)
+    dense1 = loopnet.Dense(2, 5, seed=1, device=device)
+    dense2 = loopnet.Dense(5, 3, seed=2, device=device)
+    relu, softmax = loopnet.ReLU(device=device), loopnet.Softmax(device=device)
+    loss = loopnet.CategoricalCrossentropy(device=device)
+    return X, y, dense1, dense2, relu, softmax, loss
+
+
+def test_spiral_forward_stays_on_the_device_and_matches_cpu():
+    results = {}
+    for device in ("cpu", "cuda"):
+        X, y, dense1, dense2, relu, softmax, loss_function = _spiral_network(device)
+        if device == "cuda":
+            assert gpu.is_device_array(dense1.weights) and gpu.is_device_array(dense2.biases)
+            X = loopnet.ops.to_device(X, "cuda")  # the data goes over once
+        dense1.forward(X)
+        relu.forward(dense1.output)
+        dense2.forward(relu.output)
+        softmax.forward(dense2.output)
+        loss = loss_function.calculate(softmax.output, y)
+        assert isinstance(loss, float)
+        if device == "cuda":
+            for array in (dense1.output, relu.output, dense2.output, softmax.output):
+                assert gpu.is_device_array(array)
+        results[device] = (np.asarray(softmax.output), loss)
+    # 2 -> 5 -> 3 sums of a few terms of order 1, then exp and log: float32 rounding, K ~ 8.
+    np.testing.assert_allclose(results["cuda"][0], results["cpu"][0], rtol=0, atol=1e-6)
+    assert results["cuda"][1] == pytest.approx(results["cpu"][1], rel=1e-6)
+
+
+def test_layer_to_moves_parameters_once_and_back():
+    layer = loopnet.Dense(3, 4, seed=0)
+    weights = layer.weights.copy()
+    layer.to("cuda")
+    assert layer.device == "cuda" and gpu.is_device_array(layer.weights)
+    out = layer.forward(np.ones((5, 3), np.float64))  # float64 host input: cast, copied once
+    assert gpu.is_device_array(out) and out.dtype == np.float32
+    layer.to("cpu")
+    assert isinstance(layer.weights, np.ndarray) and np.array_equal(layer.weights, weights)
+
+
+def test_device_arrays_of_another_dtype_are_converted_on_the_device():
+    x = gpu.asarray(np.arange(-3, 3, dtype=np.float64).reshape(2, 3))
+    out = ops.relu_forward(x, device="cuda")
+    assert out.dtype == np.float64 and np.array_equal(loopnet.to_numpy(out), [[0, 0, 0], [0, 1, 2]])
+    cast = gpu.asarray(x, np.float32)
+    assert cast.dtype == np.float32 and np.array_equal(gpu.to_numpy(cast), gpu.to_numpy(x))
+
+
+def test_labels_on_the_device_are_validated():
+    probs = gpu.asarray(np.full((4, 3), 1 / 3, np.float32))
+    with pytest.raises(ValueError, match="class index 3"):
+        ops.categorical_crossentropy(probs, gpu.asarray(np.array([0, 1, 2, 3])), device="cuda")
+
+
+def test_set_device_and_context_manager_select_cuda():
+    with loopnet.device("cuda"):
+        out = ops.relu_forward([-1.0, 2.0])
+    assert gpu.is_device_array(out)
+    with loopnet.device("cuda:0"):
+        assert gpu.is_device_array(ops.relu_forward([1.0]))
+
+
+def test_a_gpu_index_that_does_not_exist_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"cuda:7.*1 GPU"):
+        loopnet.set_device("cuda:7")
+
+
+def test_spiral_model_trains_on_cuda_like_on_cpu():
+    """A few epochs of the spiral model: the loss history on cuda matches cpu within float32
+    rounding (each epoch's loss is a mean of 30 logs of softmax outputs of 2 -> 8 -> 3 layers)."""
+    model_module = pytest.importorskip("loopnet.model")
+    from loopnet import optimizers
+    from loopnet.datasets import spiral_data
+
+    X, y = spiral_data(samples=10, classes=3, seed=0)
+    losses = {}
+    for device in ("cpu", "cuda"):
+        with loopnet.device(device):
+            model = model_module.Model()
+            for layer in (loopnet.Dense(2, 8, seed=1), loopnet.ReLU(),
+                          loopnet.Dense(8, 3, seed=2), loopnet.Softmax()):
+                model.add(layer)
+            model.set(loss=loopnet.CategoricalCrossentropy(),
+                      optimizer=optimizers.Adam(learning_rate=0.05))
+            model.finalize()
+            losses[device] = model.train(X, y, epochs=3, print_every=None)["loss"]
+    assert losses["cpu"][-1] < losses["cpu"][0]
+    np.testing.assert_allclose(losses["cuda"], losses["cpu"], rtol=1e-5)

@@ -1,0 +1,355 @@
+"""Backward passes and losses: every gradient equals its numpy twin (hypothesis, random shapes),
+equals central finite differences of its forward (float64, small shapes), and the fused softmax +
+cross-entropy gradient equals the chained one.
+
+Finite differences: for a forward ``f`` and a random weighting ``R`` of its outputs, the scalar
+``L = sum(f(x) * R)`` has gradient ``backward(R)``; the central difference
+``(L(x + h) - L(x - h)) / 2h`` is off by O(h^2 * f''') plus rounding O(eps * |L| / h). With
+h = 1e-6 in float64 both are ~1e-10 relative to the terms' size: we allow 1e-6 of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from helpers import arrays, assert_within, eps, float_dtypes, sides, sum_tolerance
+from loopnet import ops
+from loopnet.kernels import activations, dense, losses, regularization
+
+
+def host(x) -> np.ndarray:
+    return np.asarray(ops.to_numpy(x))
+
+
+def twin(kernel, shape, dtype, *args):
+    """Run a ``*_numpy`` kernel into a fresh output array and return it."""
+    out = np.empty(shape, dtype)
+    kernel(*args, out)
+    return out
+
+
+def elementwise_tol(expected, dtype, ulps=8):
+    """A few roundings of element-wise arithmetic (exp or log included): ``ulps * eps * |x|``."""
+    return ulps * eps(dtype) * np.abs(np.asarray(expected, np.float64)) + np.finfo(dtype).tiny
+
+
+# --- Twins (hypothesis) ---------------------------------------------------------------------------
+
+@st.composite
+def backward_cases(draw, bound=10.0):
+    dtype = draw(float_dtypes)
+    s, i, n = draw(sides), draw(sides), draw(sides)
+    return (draw(arrays(dtype, (s, n), bound)), draw(arrays(dtype, (s, i), bound)),
+            draw(arrays(dtype, (i, n), bound)))
+
+
+@given(case=backward_cases())
+def test_dense_backward_equals_twin(device, case):
+    dvalues, inputs, weights = case
+    dtype = dvalues.dtype
+    dweights, dbiases, dinputs = (host(a) for a in ops.dense_backward(dvalues, inputs, weights,
+                                                                       device=device))
+    s, n = dvalues.shape
+    i = inputs.shape[1]
+    a_x, a_d, a_w = (np.abs(a.astype(np.float64)) for a in (inputs, dvalues, weights))
+    assert dweights.shape == (i, n) and dbiases.shape == (1, n) and dinputs.shape == (s, i)
+    assert_within(dweights, twin(dense.dense_backward_weights_numpy, (i, n), dtype, inputs, dvalues),
+                  sum_tolerance(s, a_x.T @ a_d, dtype), "dweights")
+    assert_within(dbiases[0], twin(dense.dense_backward_biases_numpy, (n,), dtype, dvalues),
+                  sum_tolerance(s, a_d.sum(axis=0), dtype), "dbiases")
+    assert_within(dinputs, twin(dense.dense_backward_inputs_numpy, (s, i), dtype, dvalues, weights),
+                  sum_tolerance(n, a_d @ a_w.T, dtype), "dinputs")
+
+
+@st.composite
+def pairs(draw, bound=10.0):
+    """Two same-shaped arrays (a gradient and a forward array) of one dtype, 1-D or 2-D."""
+    dtype = draw(float_dtypes)
+    shape = draw(st.sampled_from([(draw(sides),), (draw(sides), draw(sides))]))
+    return draw(arrays(dtype, shape, bound)), draw(arrays(dtype, shape, bound))
+
+
+@given(case=pairs())
+def test_elementwise_backwards_equal_twins(device, case):
+    dvalues, values = case
+    dtype, shape = dvalues.dtype, dvalues.shape
+    probs = 1 / (1 + np.exp(-values))        # a sigmoid output to differentiate through
+    mask = (values > 0).astype(dtype) / dtype.type(0.7)
+    cases = [
+        ("relu_backward", ops.relu_backward(dvalues, values, device=device),
+         twin(activations.relu_backward_numpy, shape, dtype, dvalues, values), 0),
+        ("sigmoid_forward", ops.sigmoid_forward(values, device=device),
+         twin(activations.sigmoid_forward_numpy, shape, dtype, values), 8),
+        ("sigmoid_backward", ops.sigmoid_backward(dvalues, probs, device=device),
+         twin(activations.sigmoid_backward_numpy, shape, dtype, dvalues, probs), 4),
+        ("linear_backward", ops.linear_backward(dvalues, device=device), dvalues, 0),
+        ("linear_forward", ops.linear_forward(values, device=device), values, 0),
+        ("dropout_forward", ops.dropout_forward(values, mask, device=device),
+         twin(regularization.dropout_forward_numpy, shape, dtype, values, mask), 1),
+        ("dropout_backward", ops.dropout_backward(dvalues, mask, device=device),
+         twin(regularization.dropout_backward_numpy, shape, dtype, dvalues, mask), 1),
+    ]
+    for name, actual, expected, ulps in cases:
+        actual = host(actual)
+        assert actual.shape == shape and actual.dtype == dtype, name
+        assert_within(actual, expected, elementwise_tol(expected, dtype, ulps), name)
+
+
+@given(data=st.data())
+def test_softmax_backward_equals_twin_and_notes(device, data):
+    dtype = data.draw(float_dtypes)
+    s, c = data.draw(sides), data.draw(sides)
+    output = ops.softmax_forward(data.draw(arrays(dtype, (s, c), 10.0)), device="numpy")
+    dvalues = data.draw(arrays(dtype, (s, c), 10.0))
+    actual = host(ops.softmax_backward(dvalues, output, device=device))
+    expected = twin(activations.softmax_backward_numpy, (s, c), dtype, dvalues, output)
+    notes = twin(activations.softmax_backward_notes, (s, c), dtype, dvalues, output)
+    # dinputs[s, j] = sum_k J[j, k] * dvalues[k]: c terms, |J[j, k]| <= o_j (delta + o_k)
+    o = output.astype(np.float64)
+    jacobian_bound = o[:, :, None] * (np.eye(c) + o[:, None, :])
+    magnitude = np.einsum("sjk,sk->sj", jacobian_bound, np.abs(dvalues.astype(np.float64)))
+    tol = sum_tolerance(c + 1, magnitude, dtype)
+    assert_within(actual, expected, tol, "softmax backward vs twin")
+    assert_within(notes, expected, tol, "softmax backward: book form vs batched twin")
+
+
+@st.composite
+def class_cases(draw):
+    dtype = draw(float_dtypes)
+    s, c = draw(sides), draw(sides)
+    logits = draw(arrays(dtype, (s, c), 8.0))
+    targets = draw(arrays(np.intp, (s,), elements=st.integers(0, c - 1)))
+    return ops.softmax_forward(logits, device="numpy"), targets
+
+
+@given(case=class_cases(), as_one_hot=st.booleans())
+def test_crossentropy_backwards_equal_twins(device, case, as_one_hot):
+    probs, targets = case
+    dtype, shape = probs.dtype, probs.shape
+    y_true = np.eye(shape[1], dtype=np.intp)[targets] if as_one_hot else targets
+    actual = host(ops.categorical_crossentropy_backward(probs, y_true, device=device))
+    expected = twin(losses.categorical_crossentropy_backward_numpy, shape, dtype, probs, targets)
+    assert_within(actual, expected, elementwise_tol(expected, dtype, 2), "CCE backward")
+    actual = host(ops.softmax_crossentropy_backward(probs, y_true, device=device))
+    expected = twin(losses.softmax_crossentropy_backward_numpy, shape, dtype, probs, targets)
+    assert_within(actual, expected, elementwise_tol(expected, dtype, 2), "fused backward")
+
+
+@given(case=class_cases())
+def test_fused_backward_equals_chained(device, case):
+    """(softmax - one_hot) / n == softmax's Jacobian applied to -1 / p_target / n."""
+    probs, targets = case
+    n = probs.shape[0]
+    fused = host(ops.softmax_crossentropy_backward(probs, targets, device=device))
+    dloss = ops.categorical_crossentropy_backward(probs, targets, device=device)
+    chained = host(ops.softmax_backward(dloss, probs, device=device))
+    # The chain forms p_j * p_t * (1 / p_t): a few roundings relative to 1 / n, unless p_t is
+    # so small that 1 / p_t overflows (excluded: logits are bounded by 8, so p_t > 1e-8).
+    tol = 16 * eps(probs.dtype) * (1 + np.abs(fused) * n) / n
+    assert_within(chained, fused, tol, "chained vs fused")
+
+
+@st.composite
+def target_cases(draw, kind):
+    dtype = draw(float_dtypes)
+    s, o = draw(sides), draw(sides)
+    if kind == "binary":
+        y_pred = draw(arrays(dtype, (s, o), elements=st.floats(0.0625, 0.9375, width=32)))
+        y_true = draw(arrays(dtype, (s, o), elements=st.sampled_from([0.0, 1.0])))
+    else:
+        y_pred = draw(arrays(dtype, (s, o), 10.0))
+        y_true = draw(arrays(dtype, (s, o), 10.0))
+    return y_pred, y_true
+
+
+LOSSES = {
+    "binary": ("binary_crossentropy", losses.binary_crossentropy_numpy,
+               losses.binary_crossentropy_backward_numpy),
+    "mse": ("mean_squared_error", losses.mean_squared_error_numpy,
+            losses.mean_squared_error_backward_numpy),
+    "mae": ("mean_absolute_error", losses.mean_absolute_error_numpy,
+            losses.mean_absolute_error_backward_numpy),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSES))
+@given(data=st.data())
+def test_target_losses_equal_twins(device, kind, data):
+    y_pred, y_true = data.draw(target_cases("binary" if kind == "binary" else "regression"))
+    name, forward_twin, backward_twin = LOSSES[kind]
+    dtype, (s, o) = y_pred.dtype, y_pred.shape
+    sample_losses = host(getattr(ops, name)(y_pred, y_true, device=device))
+    expected = twin(forward_twin, (s,), dtype, y_pred, y_true)
+    per_term = {"binary": 17.0, "mse": 400.0, "mae": 20.0}[kind]    # bound on one term
+    assert_within(sample_losses, expected, sum_tolerance(o + 8, per_term, dtype), name)
+    dinputs = host(getattr(ops, name + "_backward")(y_pred, y_true, device=device))
+    expected = twin(backward_twin, (s, o), dtype, y_pred, y_true)
+    assert_within(dinputs, expected, elementwise_tol(expected, dtype, 8), name + " backward")
+
+
+@given(case=pairs(), l1=st.sampled_from([0.0, 1e-3, 0.5]), l2=st.sampled_from([0.0, 5e-4, 0.3]))
+def test_regularization_equals_twin(device, case, l1, l2):
+    dvalues, values = case
+    dtype = values.dtype
+    penalty = ops.regularization_loss(values, l1=l1, l2=l2, device=device)
+    expected = twin(regularization.regularization_loss_numpy, (1,), np.float64,
+                    values.reshape(-1), l1, l2)[0]
+    magnitude = l1 * np.abs(values).sum(dtype=np.float64) + l2 * (values.astype(np.float64) ** 2).sum()
+    assert_within(penalty, expected, sum_tolerance(values.size + 1, magnitude, dtype), "penalty")
+    actual = dvalues.copy()
+    returned = ops.regularization_backward(values, actual, l1=l1, l2=l2, device=device)
+    expected = dvalues.copy()
+    regularization.regularization_backward_numpy(values, l1, l2, expected)
+    assert returned is actual
+    assert_within(actual, expected, elementwise_tol(np.abs(expected) + np.abs(dvalues), dtype, 4),
+                  "penalty gradient")
+
+
+# --- Central finite differences (float64, small shapes) --------------------------------------------
+
+H = 1e-6
+
+
+def numeric_gradient(loss, x):
+    """Central differences of the scalar ``loss()`` with respect to every element of ``x``
+    (changed in place and restored)."""
+    grad = np.empty_like(x)
+    flat, g = x.reshape(-1), grad.reshape(-1)
+    for k in range(flat.size):
+        saved = flat[k]
+        flat[k] = saved + H
+        up = loss()
+        flat[k] = saved - H
+        down = loss()
+        flat[k] = saved
+        g[k] = (up - down) / (2 * H)
+    return grad
+
+
+def assert_gradient(analytic, numeric, scale, what):
+    assert_within(host(analytic), numeric, 1e-6 * (scale + np.abs(numeric)), what)
+
+
+def weighted(f, weights):
+    return lambda: float(np.sum(host(f()) * weights))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def test_dense_backward_matches_finite_differences(device, rng):
+    inputs, weights = rng.standard_normal((4, 3)), rng.standard_normal((3, 5))
+    biases, R = rng.standard_normal((1, 5)), rng.standard_normal((4, 5))
+    dweights, dbiases, dinputs = ops.dense_backward(R, inputs, weights, device=device)
+    loss = weighted(lambda: ops.dense_forward(inputs, weights, biases, device=device), R)
+    for name, analytic, x in (("dinputs", dinputs, inputs), ("dweights", dweights, weights),
+                              ("dbiases", dbiases, biases)):
+        assert_gradient(analytic, numeric_gradient(loss, x), 1.0, name)
+
+
+@pytest.mark.parametrize("name", ["relu", "softmax", "sigmoid", "linear", "dropout"])
+def test_activation_backwards_match_finite_differences(device, rng, name):
+    x = rng.standard_normal((3, 4))
+    x[np.abs(x) < 1e-2] = 0.5          # ReLU has a kink at 0: stay away from it
+    R = rng.standard_normal((3, 4))
+    mask = ops.dropout_mask(x.shape, 0.25, np.random.default_rng(0), np.float64)
+    forward = {
+        "relu": lambda: ops.relu_forward(x, device=device),
+        "softmax": lambda: ops.softmax_forward(x, device=device),
+        "sigmoid": lambda: ops.sigmoid_forward(x, device=device),
+        "linear": lambda: ops.linear_forward(x, device=device),
+        "dropout": lambda: ops.dropout_forward(x, mask, device=device),
+    }[name]
+    output = host(forward()).copy()
+    analytic = {
+        "relu": lambda: ops.relu_backward(R, x, device=device),
+        "softmax": lambda: ops.softmax_backward(R, output, device=device),
+        "sigmoid": lambda: ops.sigmoid_backward(R, output, device=device),
+        "linear": lambda: ops.linear_backward(R, device=device),
+        "dropout": lambda: ops.dropout_backward(R, mask, device=device),
+    }[name]()
+    assert_gradient(analytic, numeric_gradient(weighted(forward, R), x), 1.0, name)
+
+
+@pytest.mark.parametrize("name", ["categorical", "fused", "binary", "mse", "mae"])
+def test_loss_backwards_match_finite_differences(device, rng, name):
+    """The gradient of the *mean* loss, as ``Loss.calculate`` reports it."""
+    n, c = 4, 3
+    targets = rng.integers(0, c, size=n)
+    if name in ("categorical", "binary"):
+        y_pred = rng.uniform(0.05, 0.95, size=(n, c))
+    else:
+        y_pred = rng.standard_normal((n, c))
+    y_true = {"binary": rng.integers(0, 2, size=(n, c)).astype(np.float64),
+              "mse": rng.standard_normal((n, c)), "mae": y_pred + rng.choice([-1, 1], (n, c)),
+              "categorical": targets, "fused": targets}[name]
+    mean = lambda f: (lambda: ops.mean(host(f()), device="numpy"))   # noqa: E731
+    if name == "fused":
+        logits = y_pred
+        loss = mean(lambda: ops.categorical_crossentropy(
+            ops.softmax_forward(logits, device=device), targets, device=device))
+        analytic = ops.softmax_crossentropy_backward(ops.softmax_forward(logits, device=device),
+                                                     targets, device=device)
+    else:
+        forward, backward = {
+            "categorical": (ops.categorical_crossentropy, ops.categorical_crossentropy_backward),
+            "binary": (ops.binary_crossentropy, ops.binary_crossentropy_backward),
+            "mse": (ops.mean_squared_error, ops.mean_squared_error_backward),
+            "mae": (ops.mean_absolute_error, ops.mean_absolute_error_backward),
+        }[name]
+        loss = mean(lambda: forward(y_pred, y_true, device=device))
+        analytic = backward(y_pred, y_true, device=device)
+    assert_gradient(analytic, numeric_gradient(loss, y_pred), 1.0 / n, name)
+
+
+def test_regularization_gradient_matches_finite_differences(device, rng):
+    values = rng.standard_normal((3, 4))
+    values[np.abs(values) < 1e-2] = 0.5          # |w| has a kink at 0
+    l1, l2 = 0.01, 0.3
+    analytic = ops.regularization_backward(values, np.zeros_like(values), l1=l1, l2=l2,
+                                           device=device)
+    loss = lambda: ops.regularization_loss(values, l1=l1, l2=l2, device=device)  # noqa: E731
+    assert_gradient(analytic, numeric_gradient(loss, values), 1.0, "regularization")
+
+
+# --- Layers use these ops --------------------------------------------------------------------------
+
+def test_dense_layer_backward_adds_penalties(device, rng):
+    import loopnet
+
+    layer = loopnet.Dense(3, 4, weight_regularizer_l1=0.01, weight_regularizer_l2=0.02,
+                          bias_regularizer_l1=0.03, bias_regularizer_l2=0.04, seed=0,
+                          dtype=np.float64, device=device)
+    layer.biases = rng.standard_normal((1, 4))
+    inputs, dvalues = rng.standard_normal((5, 3)), rng.standard_normal((5, 4))
+    layer.forward(inputs)
+    dinputs = layer.backward(dvalues)
+    w, b = layer.weights, layer.biases
+    expected_dw = inputs.T @ dvalues + 0.01 * np.where(w < 0, -1, 1) + 2 * 0.02 * w
+    expected_db = dvalues.sum(axis=0, keepdims=True) + 0.03 * np.where(b < 0, -1, 1) + 2 * 0.04 * b
+    tol = 1e-12
+    assert_within(host(layer.dweights), expected_dw, tol, "dweights")
+    assert_within(host(layer.dbiases), expected_db, tol, "dbiases")
+    assert_within(host(dinputs), dvalues @ w.T, tol, "dinputs")
+    # A second backward reuses the gradient buffers and still gives the right values.
+    first = host(layer.dweights).copy()
+    layer.backward(dvalues * 2)
+    assert_within(host(layer.dweights) - first, inputs.T @ dvalues, tol, "second backward")
+
+
+def test_backward_shape_errors_name_the_shapes(device):
+    with pytest.raises(ValueError, match=r"dvalues has shape \(4, 2\)"):
+        ops.dense_backward(np.ones((4, 2)), np.ones((4, 3)), np.ones((3, 5)), device=device)
+    with pytest.raises(ValueError, match=r"\(3, 3\).*\(3, 4\)"):
+        ops.relu_backward(np.ones((3, 3)), np.ones((3, 4)), device=device)
+    with pytest.raises(ValueError, match=r"y_true has shape \(3,\).*\(3, 2\)"):
+        ops.mean_squared_error(np.ones((3, 2)), np.ones(3), device=device)
+    with pytest.raises(ValueError, match="buffer has shape"):
+        ops.relu_backward(np.ones(3), np.ones(3), out=np.empty(4), device=device)
+    with pytest.raises(ValueError, match="class index 5"):
+        ops.softmax_crossentropy_backward(np.full((2, 3), 1 / 3), [0, 5], device=device)

@@ -1,0 +1,236 @@
+"""Model: the issue's snippet trains on every device, logs the book's lines, returns a history,
+uses the fused softmax + cross-entropy backward, is deterministic (runs, thread counts, shuffled
+minibatches, dropout), and stops with a clear error when the loss becomes NaN/inf.
+
+Runs are short and small (a 60-sample spiral, tens of epochs) so the uncompiled ``python``
+device stays quick; the long book runs are in ``scripts/acceptance_training.py``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import loopnet
+from helpers import HOST_DEVICES, assert_within, bits
+from loopnet import ops
+from loopnet.datasets import sine_data, spiral_data
+
+
+def classifier(device=None, dropout=None, l2=0.0, lr=0.05):
+    model = loopnet.Model()
+    model.add(loopnet.Dense(2, 16, weight_regularizer_l2=l2, bias_regularizer_l2=l2, seed=1,
+                            device=device))
+    model.add(loopnet.ReLU(device=device))
+    if dropout:
+        model.add(loopnet.Dropout(dropout, seed=2, device=device))
+    model.add(loopnet.Dense(16, 3, seed=3, device=device))
+    model.add(loopnet.Softmax(device=device))
+    model.set(loss=loopnet.CategoricalCrossentropy(device=device),
+              optimizer=loopnet.Adam(learning_rate=lr, decay=5e-7),
+              accuracy=loopnet.CategoricalAccuracy(device=device))
+    model.finalize()
+    return model
+
+
+@pytest.fixture(scope="module")
+def spiral():
+    return spiral_data(20, 3, seed=0), spiral_data(10, 3, seed=1)
+
+
+def test_issue_snippet_trains_and_reports(device, spiral, capsys):
+    (X, y), (X_test, y_test) = spiral
+    model = classifier(device, l2=5e-4)
+    assert model.softmax_classifier_output is not None       # fused backward chosen
+    history = model.train(X, y, epochs=60, print_every=20, validation_data=(X_test, y_test))
+    out = capsys.readouterr().out.splitlines()
+    line = re.compile(r"epoch: (\d+), acc: \d\.\d{3}, loss: \d+\.\d{3} \(data_loss: \d+\.\d{3}, "
+                      r"reg_loss: \d+\.\d{3}\), lr: [0-9.e-]+$")
+    epochs = [int(line.match(text).group(1)) for text in out if line.match(text)]
+    assert epochs == [20, 40, 60]
+    assert re.fullmatch(r"validation, acc: \d\.\d{3}, loss: \d+\.\d{3}", out[-1])
+    assert set(history) == {"epoch", "loss", "data_loss", "regularization_loss", "accuracy",
+                            "learning_rate", "val_loss", "val_accuracy"}
+    assert all(len(values) == 60 for values in history.values())
+    assert history["epoch"] == list(range(1, 61))
+    assert history["loss"][-1] < 0.8 * history["loss"][0]
+    assert all(r > 0 for r in history["regularization_loss"])
+    assert_within(np.array(history["loss"]),
+                  np.array(history["data_loss"]) + np.array(history["regularization_loss"]),
+                  1e-12, "loss = data + reg")
+    loss, acc = model.evaluate(X_test, y_test)
+    assert (loss, acc) == (history["val_loss"][-1], history["val_accuracy"][-1])
+    probabilities = model.predict(X_test)
+    assert isinstance(probabilities, np.ndarray) and probabilities.shape == (30, 3)
+    assert acc == ops.accuracy(probabilities, y_test, device="numpy")
+    assert_within(probabilities.sum(axis=1), np.ones(30), 1e-6, "softmax rows")
+    batched = model.predict(X_test, batch_size=7)
+    assert bits(batched) == bits(probabilities)
+
+
+def test_fused_backward_equals_chained_in_a_model(device, spiral):
+    """The fused path gives the same gradients as Softmax.backward after the loss's backward."""
+    (X, y), _ = spiral
+    fused, chained = classifier(device), classifier(device)
+    chained.softmax_classifier_output = None
+    for model in (fused, chained):
+        output = model.forward(X, training=True)
+        model.backward(output, y)
+    for a, b in zip(fused.trainable_layers, chained.trainable_layers):
+        assert_within(ops.to_numpy(a.dweights), ops.to_numpy(b.dweights), 1e-6, "dweights")
+        assert_within(ops.to_numpy(a.dbiases), ops.to_numpy(b.dbiases), 1e-6, "dbiases")
+
+
+def history_bits(history):
+    return bits(np.array(history["loss"])) + bits(np.array(history["accuracy"]))
+
+
+def test_same_seed_same_history(device, spiral):
+    (X, y), _ = spiral
+    runs = []
+    for _ in range(2):
+        model = classifier(device, dropout=0.1)
+        runs.append(history_bits(model.train(X, y, epochs=15, batch_size=16, shuffle=True,
+                                             seed=5, print_every=0)))
+    assert runs[0] == runs[1]
+    other = classifier(device, dropout=0.1).train(X, y, epochs=15, batch_size=16, shuffle=True,
+                                                  seed=6, print_every=0)
+    assert history_bits(other) != runs[0]       # the seed does pick the order
+
+
+def test_history_is_identical_across_thread_counts(spiral):
+    numba = pytest.importorskip("numba")
+    (X, y), _ = spiral
+    X, y = np.vstack([X] * 4), np.concatenate([y] * 4)     # enough rows for both threads
+    original = numba.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2) if numba.config.NUMBA_NUM_THREADS >= 2 else (1, 1):
+            numba.set_num_threads(threads)
+            model = classifier("cpu", dropout=0.1, l2=5e-4)
+            history = model.train(X, y, epochs=20, batch_size=100, shuffle=True, seed=1,
+                                  print_every=0)
+            runs.append(history_bits(history) + bits(model.layers[0].weights))
+    finally:
+        numba.set_num_threads(original)
+    assert runs[0] == runs[1]
+
+
+def test_devices_agree_on_a_short_run(device, spiral):
+    """Every device follows the numpy device's loss history within float32 tolerance."""
+    (X, y), _ = spiral
+    ours = classifier(device).train(X, y, epochs=10, print_every=0)["loss"]
+    reference = classifier("numpy").train(X, y, epochs=10, print_every=0)["loss"]
+    assert_within(np.array(ours), np.array(reference), 1e-4, "loss histories")
+
+
+def test_nan_loss_stops_training_naming_the_epoch(device):
+    X, y = sine_data(40)
+    model = loopnet.Model()
+    model.add(loopnet.Dense(1, 8, seed=0, device=device))
+    model.add(loopnet.ReLU(device=device))
+    model.add(loopnet.Dense(8, 1, seed=1, device=device))
+    model.add(loopnet.Linear(device=device))
+    model.set(loss=loopnet.MeanSquaredError(device=device),
+              optimizer=loopnet.SGD(learning_rate=100.0))
+    model.finalize()
+    with pytest.raises(FloatingPointError, match=r"diverged at epoch \d+: data_loss=(inf|nan)"):
+        model.train(X, y, epochs=200, print_every=0)
+    X_bad = X.copy()
+    X_bad[3] = np.nan
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step 0"):
+        model.train(X_bad, y, epochs=2, batch_size=20, print_every=0)
+
+
+def test_binary_and_regression_models_train(device):
+    X, y = spiral_data(15, 2, seed=0)
+    model = loopnet.Model()
+    model.add(loopnet.Dense(2, 16, seed=0, device=device))
+    model.add(loopnet.ReLU(device=device))
+    model.add(loopnet.Dense(16, 1, seed=1, device=device))
+    model.add(loopnet.Sigmoid(device=device))
+    model.set(loss=loopnet.BinaryCrossentropy(device=device),
+              optimizer=loopnet.Adam(learning_rate=0.05), accuracy=loopnet.BinaryAccuracy())
+    model.finalize()
+    history = model.train(X, y.reshape(-1, 1), epochs=40, print_every=0)
+    assert history["loss"][-1] < 0.9 * history["loss"][0]
+    assert 0.0 <= history["accuracy"][-1] <= 1.0
+
+    X, y = sine_data(50)
+    model = loopnet.Model()
+    model.add(loopnet.Dense(1, 16, seed=0, device=device))
+    model.add(loopnet.ReLU(device=device))
+    model.add(loopnet.Dense(16, 1, seed=1, device=device))
+    model.add(loopnet.Linear(device=device))
+    model.set(loss=loopnet.MeanSquaredError(device=device),
+              optimizer=loopnet.Adam(learning_rate=0.01), accuracy=loopnet.RegressionAccuracy())
+    model.finalize()
+    history = model.train(X, y, epochs=40, print_every=0)
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    assert model.accuracy.precision == pytest.approx(np.std(y) / 250)
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(spiral, capsys):
+    (X, y), _ = spiral
+    model = classifier("numpy")
+    model.train(X, y, epochs=3, print_every=0)           # stderr is captured: not a TTY
+    assert capsys.readouterr().err == ""
+    model.train(X, y, epochs=3, print_every=0, progress=True)
+    err = capsys.readouterr().err
+    assert "[" + "#" * 30 + "] 3/3" in err
+
+
+def test_train_validates_its_arguments(spiral):
+    (X, y), _ = spiral
+    model = classifier("numpy")
+    with pytest.raises(ValueError, match="60 samples but y has 59"):
+        model.train(X, y[:-1])
+    with pytest.raises(ValueError, match="epochs"):
+        model.train(X, y, epochs=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        model.train(X, y, batch_size=-3)
+    with pytest.raises(ValueError, match="set\\(loss"):
+        loopnet.Model().train(X, y)
+
+
+def test_book_names_run_the_books_code(spiral, capsys):
+    """Chapter-18 code with its class definitions replaced by ``from loopnet.nnfs import *``."""
+    from loopnet.nnfs import (Accuracy_Categorical, Activation_ReLU, Activation_Softmax,
+                              Activation_Softmax_Loss_CategoricalCrossentropy, Layer_Dense,
+                              Layer_Dropout, Loss_CategoricalCrossentropy, Model, Optimizer_Adam)
+
+    (X, y), (X_test, y_test) = spiral
+    with loopnet.device("numpy"):
+        model = Model()
+        model.add(Layer_Dense(2, 16, weight_regularizer_l2=5e-4, bias_regularizer_l2=5e-4))
+        model.add(Activation_ReLU())
+        model.add(Layer_Dropout(0.1))
+        model.add(Layer_Dense(16, 3))
+        model.add(Activation_Softmax())
+        model.set(loss=Loss_CategoricalCrossentropy(),
+                  optimizer=Optimizer_Adam(learning_rate=0.05, decay=5e-5),
+                  accuracy=Accuracy_Categorical())
+        model.finalize()
+        model.train(X, y, validation_data=(X_test, y_test), epochs=5, print_every=5)
+        assert isinstance(model.softmax_classifier_output,
+                          Activation_Softmax_Loss_CategoricalCrossentropy)
+        predictions = model.output_layer_activation.predictions(model.predict(X_test))
+        assert predictions.shape == (30,)
+        # Chapter 10's standalone form of the fused class: forward returns the loss.
+        fused = Activation_Softmax_Loss_CategoricalCrossentropy()
+        loss = fused.forward(np.zeros((3, 3)), [0, 1, 2])
+        assert loss == pytest.approx(np.log(3))
+        assert fused.backward(fused.output, [0, 1, 2]).shape == (3, 3)
+    assert "epoch: 5, acc:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device_name", HOST_DEVICES)
+def test_dropout_is_off_outside_training(device_name):
+    layer = loopnet.Dropout(0.5, seed=0, device=device_name)
+    x = np.ones((4, 6), np.float32)
+    assert layer.forward(x, training=False) is x
+    out = ops.to_numpy(layer.forward(x))
+    assert set(np.unique(out)) <= {0.0, 2.0} and (out == 0).any() and (out == 2).any()
+    assert bits(ops.to_numpy(layer.backward(np.ones_like(x)))) == bits(out)

@@ -1,0 +1,157 @@
+"""Optimizer updates: each loop kernel equals its numpy twin over several steps (bit for bit on the
+host devices, where both run the same IEEE operations in the same order), the classes follow the
+book (defaults, learning-rate decay, state on the layer), and every optimizer descends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import loopnet
+from helpers import HOST_DEVICES, arrays, assert_within, bits, eps, float_dtypes
+from loopnet import ops
+from loopnet.kernels import optimizers as kernels
+
+
+def host(x) -> np.ndarray:
+    return np.asarray(ops.to_numpy(x))
+
+
+UPDATES = {
+    # name: (ops call, numpy twin call, state names)
+    "sgd": (lambda p, g, s, it, device: ops.sgd_update(p, g, learning_rate=0.5, device=device),
+            lambda p, g, s, it, device: kernels.sgd_update_numpy(p, g, 0.5), ()),
+    "momentum": (lambda p, g, s, it, device: ops.sgd_update(p, g, learning_rate=0.5, momentum=0.9,
+                                                    momentums=s[0], device=device),
+                 lambda p, g, s, it, device: kernels.sgd_momentum_update_numpy(p, g, s[0], 0.5, 0.9),
+                 ("momentums",)),
+    "adagrad": (lambda p, g, s, it, device: ops.adagrad_update(p, g, s[0], learning_rate=1.0,
+                                                       device=device),
+                lambda p, g, s, it, device: kernels.adagrad_update_numpy(p, g, s[0], 1.0, 1e-7),
+                ("cache",)),
+    "rmsprop": (lambda p, g, s, it, device: ops.rmsprop_update(p, g, s[0], learning_rate=0.02, rho=0.95,
+                                                       device=device),
+                lambda p, g, s, it, device: kernels.rmsprop_update_numpy(p, g, s[0], 0.02, 1e-7, 0.95),
+                ("cache",)),
+    "adam": (lambda p, g, s, it, device: ops.adam_update(p, g, s[0], s[1], learning_rate=0.05,
+                                                 iteration=it, device=device),
+             lambda p, g, s, it, device: kernels.adam_update_numpy(
+                 p, g, s[0], s[1], 0.05, 1e-7, 0.9, 0.999, 1 - 0.9 ** (it + 1),
+                 1 - 0.999 ** (it + 1)),
+             ("momentums", "cache")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UPDATES))
+@given(data=st.data())
+def test_update_equals_twin_over_three_steps(device, name, data):
+    update, twin, state_names = UPDATES[name]
+    dtype = data.draw(float_dtypes)
+    shape = data.draw(st.sampled_from([(3,), (1, 4), (5, 2), (7, 3)]))
+    params = data.draw(arrays(dtype, shape, 10.0))
+    grads = [data.draw(arrays(dtype, shape, 10.0)) for _ in range(3)]
+    ours, theirs = params.copy(), params.copy()
+    our_state = [ops.zeros(shape, dtype, device=device) for _ in state_names]
+    their_state = [np.zeros(shape, dtype) for _ in state_names]
+    for iteration, g in enumerate(grads):
+        update(ours, g, our_state, iteration, device)
+        twin(theirs, g, their_state, iteration, None)
+    results = [host(ours)] + [host(s) for s in our_state]
+    expected = [theirs] + their_state
+    for what, actual, wanted in zip(("params",) + state_names, results, expected):
+        if device in HOST_DEVICES:
+            assert bits(actual) == bits(wanted), f"{name} {what}: not bit-identical to the twin"
+        else:   # GPUs may fuse multiply-adds: a few roundings apart per step
+            scale = np.abs(wanted) + np.abs(params) + 1.0
+            assert_within(actual, wanted, 64 * eps(dtype) * scale, f"{name} {what}")
+
+
+def test_updates_validate_their_arrays(device):
+    params = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"grads has shape \(3, 2\)"):
+        ops.sgd_update(params, np.zeros((3, 2)), learning_rate=0.1, device=device)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ops.sgd_update(np.zeros(3, np.int64), np.zeros(3), learning_rate=0.1, device=device)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ops.sgd_update(np.zeros((3, 4), np.float32)[:, ::2], np.zeros((3, 2)),
+                       learning_rate=0.1, device=device)
+    with pytest.raises(TypeError, match="cache has dtype float64"):
+        ops.adagrad_update(params, params, np.zeros((2, 3)), learning_rate=0.1, device=device)
+    with pytest.raises(ValueError, match="momentums array"):
+        ops.sgd_update(params, params, learning_rate=0.1, momentum=0.9, device=device)
+    with pytest.raises(ValueError, match="iteration"):
+        ops.adam_update(params, params, params.copy(), params.copy(), learning_rate=0.1,
+                        iteration=-1, device=device)
+
+
+def test_book_defaults():
+    assert (loopnet.SGD().learning_rate, loopnet.SGD().decay, loopnet.SGD().momentum) == (1.0, 0, 0)
+    assert (loopnet.Adagrad().learning_rate, loopnet.Adagrad().epsilon) == (1.0, 1e-7)
+    rms = loopnet.RMSprop()
+    assert (rms.learning_rate, rms.epsilon, rms.rho) == (0.001, 1e-7, 0.9)
+    adam = loopnet.Adam()
+    assert (adam.learning_rate, adam.epsilon, adam.beta_1, adam.beta_2) == (0.001, 1e-7, 0.9, 0.999)
+
+
+def test_learning_rate_decay_is_the_books():
+    """``lr / (1 + decay * iterations)``; book_figures.md: Adam(0.05, decay 5e-7) prints
+    0.04975126853296942 at epoch 10,000, when 9,999 updates were made before the last one."""
+    adam = loopnet.Adam(learning_rate=0.05, decay=5e-7)
+    adam.iterations = 9_999
+    adam.pre_update_params()
+    assert repr(adam.current_learning_rate) == "0.04975126853296942"
+    sgd = loopnet.SGD(learning_rate=1.0, decay=0.1)
+    rates = []
+    for _ in range(3):
+        sgd.pre_update_params()
+        rates.append(sgd.current_learning_rate)
+        sgd.post_update_params()
+    assert rates == [1.0, 1 / 1.1, 1 / 1.2]
+
+
+def test_hyper_parameters_are_validated():
+    with pytest.raises(ValueError, match="learning_rate"):
+        loopnet.Adam(learning_rate=0)
+    with pytest.raises(ValueError, match="beta_1"):
+        loopnet.Adam(beta_1=1.0)
+    with pytest.raises(ValueError, match="decay"):
+        loopnet.SGD(decay=-1)
+    with pytest.raises(TypeError, match="momentum"):
+        loopnet.SGD(momentum="0.9")
+
+
+OPTIMIZERS = {
+    "SGD": lambda: loopnet.SGD(learning_rate=0.1),
+    "SGD momentum": lambda: loopnet.SGD(learning_rate=0.1, decay=1e-3, momentum=0.5),
+    "Adagrad": lambda: loopnet.Adagrad(learning_rate=0.3),
+    "RMSprop": lambda: loopnet.RMSprop(learning_rate=0.02),
+    "Adam": lambda: loopnet.Adam(learning_rate=0.05),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_optimizer_classes_descend_and_keep_state_on_the_layer(device, name):
+    """Minimise ``|inputs @ weights + biases - targets|^2`` with the class API; the state
+    arrays are the book's attributes on the layer, on the layer's device."""
+    rng = np.random.default_rng(0)
+    inputs = rng.standard_normal((16, 3)).astype(np.float32)
+    targets = (inputs @ rng.standard_normal((3, 2)) + 0.5).astype(np.float32)
+    layer = loopnet.Dense(3, 2, seed=1, device=device)
+    loss = loopnet.MeanSquaredError(device=device)
+    optimizer = OPTIMIZERS[name]()
+    losses = []
+    for _ in range(40):
+        output = layer.forward(inputs)
+        losses.append(loss.calculate(output, targets))
+        layer.backward(loss.backward(output, targets))
+        optimizer.pre_update_params()
+        optimizer.update_params(layer)
+        optimizer.post_update_params()
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert optimizer.iterations == 40
+    for prefix in ("weight", "bias"):
+        for state in optimizer.state_names:
+            assert host(getattr(layer, f"{prefix}_{state}")).shape == \
+                (layer.weights if prefix == "weight" else layer.biases).shape
