@@ -115,6 +115,10 @@ def _csv_matrix(path, header, rows, columns):
 def _load_npz(path, require_labels: bool):
     import numpy as np
 
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):     # every .npz is a zip archive
+        raise UsageError(f"data file {path!r} is not a readable .npz archive (not a zip file)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.files)
@@ -128,7 +132,10 @@ def _load_npz(path, require_labels: bool):
         raise
     except (zipfile.BadZipFile, EOFError, OSError) as err:
         raise UsageError(f"data file {path!r} is not a readable .npz archive ({err})") from None
-    except ValueError as err:     # object arrays need pickle, which is refused
+    except ValueError as err:
+        if "pickle" in str(err):    # object arrays need pickle, which could run code: refused
+            raise UsageError(f"data file {path!r} holds object arrays, which loopnet does not "
+                             "load (unpickling can run code); save plain numeric arrays") from None
         raise UsageError(f"data file {path!r}: {err}") from None
     return X, y
 

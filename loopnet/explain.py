@@ -73,13 +73,14 @@ def _kernel_modules():
 
 
 def _forms() -> dict[str, dict[str, object]]:
-    """``{op: {"loops": f, "numpy": f, "notes": f, "example": f, "module": m}}`` from the kernels."""
+    """``{op: {"loops": f, "numpy": f, "notes": f, "kernel": f, "example": f, "module": m}}``
+    from the kernel files (``kernel`` is the CUDA form, shown but not run here)."""
     found: dict[str, dict[str, object]] = {}
     for module in _kernel_modules():
         for name, obj in vars(module).items():
             if not callable(obj) or getattr(obj, "__module__", None) != module.__name__:
                 continue
-            for suffix in ("loops", "numpy", "notes", "example"):
+            for suffix in ("loops", "numpy", "notes", "kernel", "example"):
                 if name.endswith("_" + suffix):
                     op = name[: -len(suffix) - 1]
                     found.setdefault(op, {"module": module})[suffix] = obj
@@ -277,6 +278,7 @@ class Explanation:
     loops_source: str | None
     numpy_source: str | None
     notes_source: str | None = None
+    cuda_source: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
     shapes: dict = dataclasses.field(default_factory=dict)
@@ -292,10 +294,11 @@ class Explanation:
 def _compare(op: str, forms: dict, device: str, dtype, seed: int) -> Explanation:
     module = forms["module"]
     source = {k: inspect.getsource(forms[k]) if k in forms else None
-              for k in ("loops", "numpy", "notes")}
+              for k in ("loops", "numpy", "notes", "kernel")}
     result = Explanation(op=op, module=module.__name__, loops_source=source["loops"],
                          numpy_source=source["numpy"], notes_source=source["notes"],
-                         device=device, dtype=np.dtype(dtype).name)
+                         cuda_source=source["kernel"], device=device,
+                         dtype=np.dtype(dtype).name)
     if "loops" not in forms or "numpy" not in forms:
         missing = "numpy twin" if "numpy" not in forms else "loop form"
         result.message = f"{op} has no {missing}: nothing to compare."
@@ -384,6 +387,9 @@ def format_explanation(result: Explanation, width: int | None = None) -> str:
     if result.notes_source:
         title = f"the notes' literal form: {result.op}_notes"
         parts += ["", title, "-" * len(title), result.notes_source.rstrip()]
+    if result.cuda_source:
+        title = f"the CUDA kernel: {result.op}_kernel  (the cuda device; not run here)"
+        parts += ["", title, "-" * len(title), result.cuda_source.rstrip()]
     parts.append("")
     if result.max_difference is None:
         parts.append(result.message)

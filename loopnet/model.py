@@ -358,11 +358,12 @@ class Model:
         saving.save_model(self, path)
 
     @staticmethod
-    def load(path) -> "Model":
-        """Rebuild a model written by ``save`` (bit-exact parameters and optimizer state)."""
+    def load(path, *, device: str | None = None) -> "Model":
+        """Rebuild a model written by ``save`` (bit-exact parameters and optimizer state);
+        ``device=`` puts every layer, the loss and the accuracy on that device."""
         from loopnet import saving
 
-        return saving.load_model(path)
+        return saving.load_model(path, device=device)
 
     def __repr__(self) -> str:
         layers = ", ".join(repr(layer) for layer in self.layers)

@@ -144,6 +144,7 @@ def plot_history(history, ax=None, *, title: str | None = None):
             lr_ax.spines["right"].set_position(("axes", 1.15))   # beside the accuracy scale
         lines.append(curve(lr_ax, "learning_rate", "learning rate", color="tab:gray", linestyle=":"))
         lr_ax.set_ylabel("learning rate")
+        lr_ax.ticklabel_format(axis="y", useOffset=False)   # 0.04998, not 1e-6 + 4.999e-2
     lines = [line for line in lines if line is not None]
     if one_axes:        # one legend for every curve sharing the plot
         acc_ax.legend(lines, [line.get_label() for line in lines], loc="center right",

@@ -226,8 +226,10 @@ def save_model(model, path) -> None:
     _write(path, header, arrays)
 
 
-def load_model(path):
-    """Rebuild a ``Model`` written by ``save_model``."""
+def load_model(path, device=None):
+    """Rebuild a ``Model`` written by ``save_model``; ``device`` (optional) is given to every
+    layer, the loss and the accuracy (otherwise they follow the current default device)."""
+    from loopnet.devices import normalize
     from loopnet.model import Model
 
     header, arrays = _read(path, MODEL_FORMAT)
@@ -287,6 +289,11 @@ def load_model(path):
             raise ModelFileError(f"{name}: corrupted optimizer state: {err}") from err
     accuracy = build(header.get("accuracy"), accuracy_types, "accuracy")
     model.set(loss=loss, optimizer=optimizer, accuracy=accuracy)
+    if device is not None:
+        device = normalize(device)
+        for obj in [*model.layers, loss, accuracy]:
+            if obj is not None:
+                obj.device = device
     if model.layers:
         model.finalize()
     return model

@@ -15,15 +15,16 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from helpers import TEST_DEVICES
+from helpers import CUDASIM, TEST_DEVICES
 
 # No deadline: the first call of a kernel compiles it (~1 s, numba), which hypothesis' default
 # 200 ms deadline would report as a flaky failure. 40 examples per property keeps the suite
-# quick on 2 cores; HYPOTHESIS_PROFILE=thorough runs 10x more.
+# quick on 2 cores (20 under the CUDA simulator, which runs every GPU thread in Python);
+# HYPOTHESIS_PROFILE=thorough runs 10x more.
 settings.register_profile(
     "loopnet",
     deadline=None,
-    max_examples=40,
+    max_examples=20 if CUDASIM else 40,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("thorough", parent=settings.get_profile("loopnet"), max_examples=400)

@@ -55,7 +55,7 @@ def test_issue_snippet_trains_and_reports(device, spiral, capsys):
                             "learning_rate", "val_loss", "val_accuracy"}
     assert all(len(values) == 60 for values in history.values())
     assert history["epoch"] == list(range(1, 61))
-    assert history["loss"][-1] < 0.8 * history["loss"][0]
+    assert history["loss"][-1] < 0.9 * history["loss"][0]
     assert all(r > 0 for r in history["regularization_loss"])
     assert_within(np.array(history["loss"]),
                   np.array(history["data_loss"]) + np.array(history["regularization_loss"]),
@@ -126,6 +126,7 @@ def test_devices_agree_on_a_short_run(device, spiral):
     assert_within(np.array(ours), np.array(reference), 1e-4, "loss histories")
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_nan_loss_stops_training_naming_the_epoch(device):
     X, y = sine_data(40)
     model = loopnet.Model()

@@ -452,3 +452,19 @@ def test_dataset_seed_leaves_global_rng_alone(name):
     np.random.seed(5)
     X_theirs, y_theirs = getattr(nnfs.datasets, name)(20, 3)
     assert np.array_equal(X_seeded, X_theirs) and np.array_equal(y_seeded, y_theirs)
+
+
+def test_nnfs_names_and_no_nnfs_init():
+    """``loopnet.nnfs`` exports the notes' class names (both spellings of the loss), and using
+    loopnet never calls ``nnfs.init()`` (which would make numpy's defaults float32)."""
+    import loopnet.nnfs as notes_names
+
+    assert set(notes_names.__all__) >= {
+        "Layer_Dense", "Activation_ReLU", "Activation_Softmax", "Loss",
+        "Loss_CategoricalCrossentropy", "Loss_CategoricalCrossEntropy"}
+    assert notes_names.Loss_CategoricalCrossEntropy is notes_names.Loss_CategoricalCrossentropy
+    assert issubclass(notes_names.Loss_CategoricalCrossentropy, notes_names.Loss)
+    X, y = loopnet.datasets.spiral_data(10, 3)
+    notes_names.Layer_Dense(2, 3).forward(X)
+    assert np.zeros(1).dtype == np.float64 and np.random.randn(1).dtype == np.float64
+    assert np.dot(np.ones(2), np.ones(2)).dtype == np.float64
