@@ -215,17 +215,27 @@ class Model:
             history["val_accuracy"] = []
         show = sys.stderr.isatty() if progress is None else bool(progress)
         bar = _ProgressBar(epochs, show)
+        # Fast path (issue 5, loopnet/fused_training.py): on the cpu device a Dense/ReLU/Softmax
+        # classifier with Adam trains whole epochs in one compiled kernel, which fills the same
+        # loss/accuracy/optimizer fields the step loop below would; None: the step loop runs.
+        from loopnet import fused_training
+
+        fused = fused_training.prepare(self, X, y, batch_size, shuffle)
         try:
             for epoch in range(1, epochs + 1):
                 X_epoch, y_epoch = X, y
+                order = None
                 if rng is not None:
                     order = rng.permutation(n_samples)
-                    X_epoch, y_epoch = X[order], y[order]
+                    if fused is None:
+                        X_epoch, y_epoch = X[order], y[order]
                 self.loss.new_pass()
                 if self.accuracy is not None:
                     self.accuracy.new_pass()
                 regularization_sum = 0.0
-                for step in range(steps):
+                if fused is not None:
+                    fused.epoch(epoch, epochs, order, one_at_a_time=validation_data is not None)
+                for step in range(steps if fused is None else 0):
                     if batch_size is None:
                         batch_X, batch_y = X_epoch, y_epoch
                     else:

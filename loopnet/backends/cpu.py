@@ -4,12 +4,47 @@ Each ``<op>_loops`` function is wrapped in ``numba.njit(cache=True)``, with ``pa
 when it uses ``prange`` (a kernel without one would only pay the parallel set-up and make numba
 warn). numba compiles on the first call for each dtype, and ``cache=True`` stores the machine
 code in ``__pycache__`` beside the kernel file, so the next process loads it instead of compiling.
+
+Speed (issue 5; numbers in BENCHMARKS.md):
+
+- The dense ops pick, by shape, between loops that keep the notes' bits (``dense_*_blocked``:
+  ``dense_*_loops`` reordered to reuse loaded values, same sums in the same order) and the
+  register-tiled kernel (``dense_nt_tiled``, fastmath: the same sums in another fixed order),
+  and between a serial and a parallel build of each: starting threads costs microseconds,
+  more than a small layer takes. Every choice is deterministic: one owner per output element.
+- ``train_epochs`` is the fused trainer of ``loopnet.kernels.fused`` (used by ``Model.train``).
+- 512-bit vector code on CPUs with AVX-512 (see ``_prefer_512_bit_vectors``).
 """
+
+import os
+import types
 
 import numba
 import numpy as np
 
 from loopnet.backends import collect
+
+
+def _prefer_512_bit_vectors():
+    """Let LLVM emit 512-bit (zmm) vector code on AVX-512 CPUs; it emits 256-bit code by default.
+
+    Measured on this project's machine (design notes): a tiled dense kernel ran 132 -> 205
+    GFLOP/s with it. It must be set before
+    numba compiles anything, and it is process-wide (it also applies to other numba code in this
+    process), which is why it is decided here, once, when the cpu backend is first imported.
+    The features are part of numba's cache key, so cached code of another setting is not reused.
+    Opt out with ``LOOPNET_PREFER_512_BIT=0``; a user's own ``NUMBA_CPU_FEATURES`` always wins.
+    """
+    if os.environ.get("LOOPNET_PREFER_512_BIT", "1") == "0" or numba.config.CPU_FEATURES:
+        return
+    import llvmlite.binding as llvm
+
+    features = llvm.get_host_cpu_features().flatten()
+    if "+avx512f" in features.split(","):
+        numba.config.CPU_FEATURES = features + ",-prefer-256-bit"
+
+
+_prefer_512_bit_vectors()
 
 
 def compile_loops(function):
@@ -18,7 +53,206 @@ def compile_loops(function):
     return numba.njit(parallel=parallel, cache=True)(function)
 
 
-globals().update({name: compile_loops(f) for name, f in collect("loops").items()})
+def _copy(function, suffix):
+    """The same Python function under another name: numba's cache file is named after the
+    function, so a serial and a parallel build of one function compiled with ``cache=True``
+    would share (and overwrite) one cache file; distinct names give each its own."""
+    copy = types.FunctionType(function.__code__, function.__globals__,
+                              function.__name__ + suffix, function.__defaults__,
+                              function.__closure__)
+    copy.__qualname__ = function.__qualname__ + suffix
+    copy.__doc__ = function.__doc__
+    copy.__module__ = function.__module__
+    return copy
 
-empty = np.empty
+
+def compile_twice(function, **options):
+    """``(serial, parallel)`` builds of a ``prange`` kernel (a serial build runs prange as range)."""
+    return (numba.njit(parallel=False, cache=True, **options)(_copy(function, "__serial")),
+            numba.njit(parallel=True, cache=True, **options)(function))
+
+
+LOOPS = {name: compile_loops(f) for name, f in collect("loops").items()}
+globals().update(LOOPS)
+
 to_numpy = np.asarray
+
+
+def empty(shape, dtype):
+    """Where ``loopnet.ops`` allocates outputs: arrays of 4096 elements or more start on a
+    64-byte boundary (see ``aligned_empty``), so the activations and gradients that the next
+    op reads are aligned for the tiled kernels; smaller ones are plain ``np.empty``."""
+    shape = tuple(shape) if not isinstance(shape, int) else (shape,)
+    if int(np.prod(shape)) < 4096:
+        return np.empty(shape, dtype)
+    return aligned_empty(shape, dtype)
+
+
+# --- Dense: simple or tiled, serial or parallel, by size -------------------------------------------
+# Thresholds in multiply-adds per call (n_samples * n_inputs * n_neurons), from the crossover
+# table of `python benchmarks/bench.py --crossover` on the 2-core machine of BENCHMARKS.md:
+# - a parallel region (omp) costs a few microseconds: serial below PARALLEL_MIN (the spiral
+#   model's 300x2x64 layer, 38k, stays serial: 4.5 us either way; 300x64x3, 58k, ran 16 -> 9 us
+#   in parallel), and with fewer than PARALLEL_MIN_ROWS rows there is not enough to share;
+# - the tiled kernel pays for packing weights.T on every call and only wins from ~10M
+#   multiply-adds with >= 128 inputs (300x784x128: 0.39 ms against 0.57 blocked; 4096x64x64:
+#   a tie) and enough samples to amortize the packing; and for narrow layers (_use_tiled).
+# Override with the environment variables of the same names (LOOPNET_PARALLEL_MIN, ...).
+PARALLEL_MIN = int(os.environ.get("LOOPNET_PARALLEL_MIN", 50_000))
+PARALLEL_MIN_ROWS = int(os.environ.get("LOOPNET_PARALLEL_MIN_ROWS", 16))
+TILED_MIN = int(os.environ.get("LOOPNET_TILED_MIN", 10_000_000))
+TILED_MIN_INPUTS = int(os.environ.get("LOOPNET_TILED_MIN_INPUTS", 128))
+TILED_MIN_ROWS = int(os.environ.get("LOOPNET_TILED_MIN_ROWS", 64))
+
+from loopnet.kernels import dense as _dense  # noqa: E402
+
+# (serial, parallel) builds of the simple loops; the parallel one is the build LOOPS already has
+_simple = {op: (numba.njit(cache=True)(_copy(getattr(_dense, op + "_loops"), "__serial")),
+                LOOPS[op])
+           for op in ("dense_forward", "dense_backward_weights", "dense_backward_inputs")}
+# fastmath (FASTMATH: reassociation, no nnan/ninf) is set on nt_rows_tiled, which they call
+dense_nt_tiled_serial, dense_nt_tiled_parallel = compile_twice(_dense.dense_nt_tiled)
+transpose_serial, transpose_parallel = compile_twice(_dense.transpose_tiled)
+# no fastmath: it must keep the loops' bits (no fused multiply-adds, no reordering)
+dense_forward_blocked_serial, dense_forward_blocked_parallel = compile_twice(
+    _dense.dense_forward_blocked)
+dense_backward_weights_blocked_serial, dense_backward_weights_blocked_parallel = compile_twice(
+    _dense.dense_backward_weights_blocked)
+
+
+def aligned_empty(shape, dtype, align=64):
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary (a cache
+    line, and one 512-bit vector): the tiled kernels' vector loads then never straddle lines."""
+    dtype = np.dtype(dtype)
+    n_bytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(n_bytes + align, np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return raw[offset:offset + n_bytes].view(dtype).reshape(shape)
+
+
+_scratch = {}
+
+
+def _packed(source, slot):
+    """``source.T`` packed into a reused aligned scratch buffer (one per ``slot`` and shape).
+
+    Not thread-safe across Python threads (the buffer is shared); loopnet's own training loop
+    is single-threaded in Python."""
+    shape = (source.shape[1], source.shape[0])
+    key = (slot, shape, source.dtype.str)
+    target = _scratch.get(key)
+    if target is None:
+        if len(_scratch) > 32:  # many layer shapes: do not hoard memory
+            _scratch.clear()
+        target = _scratch[key] = aligned_empty(shape, source.dtype)
+    transpose = transpose_parallel if source.size >= 4 * PARALLEL_MIN else transpose_serial
+    transpose(source, target)
+    return target
+
+
+def _aligned(source, slot):
+    """``source`` itself when its data starts on a 64-byte boundary, else an aligned copy in a
+    reused scratch buffer: unaligned 512-bit loads cost the tiled kernel ~30% here (measured
+    12.5 -> 8.4 ms at 1024^3), more than the copy (a memcpy, ~0.3 ms for 4 MB)."""
+    if source.ctypes.data % 64 == 0:
+        return source
+    key = (slot, source.shape, source.dtype.str)
+    target = _scratch.get(key)
+    if target is None:
+        if len(_scratch) > 32:
+            _scratch.clear()
+        target = _scratch[key] = aligned_empty(source.shape, source.dtype)
+    np.copyto(target, source)
+    return target
+
+
+def _parallel(work, rows):
+    return work >= PARALLEL_MIN and rows >= PARALLEL_MIN_ROWS
+
+
+def _use_tiled(n_samples, n_inputs, n_neurons):
+    """Whether the forward and dweights of this layer shape run the tiled (dot-product) kernel.
+
+    Large layers (see TILED_MIN), and narrow ones: with fewer than 16 neurons and 32 or more
+    inputs the blocked loops' inner loop over neurons is too short to vectorize, while the
+    tiled kernel's dot products run along the inputs (300x64x3: 16.6 -> 6.4 us, packing
+    included). The fused trainer asks the same question, so both paths use the same kernels.
+    """
+    if n_samples < 4:
+        return False
+    if n_neurons < 16 and n_inputs >= 32:
+        return True
+    return (n_samples * n_inputs * n_neurons >= TILED_MIN and n_inputs >= TILED_MIN_INPUTS
+            and n_samples >= TILED_MIN_ROWS)
+
+
+def _use_tiled_dweights(n_samples, n_inputs, n_neurons):
+    """Like ``_use_tiled`` for large layers only: for ``dweights`` the tiled kernel packs two
+    transposes per call, which narrow layers do not repay (300x64x3: 22 us against ~10)."""
+    return (n_samples >= 4 and n_samples * n_inputs * n_neurons >= TILED_MIN
+            and n_inputs >= TILED_MIN_INPUTS and n_samples >= TILED_MIN_ROWS)
+
+
+def _tiled(work, rows):
+    return dense_nt_tiled_parallel if _parallel(work, rows) else dense_nt_tiled_serial
+
+
+def dense_forward(inputs, weights, biases, output):
+    """``output = inputs @ weights + biases``: ``dense_forward_blocked`` (bit-identical to the
+    loops and the notes' neuron) for small and middle layers, else ``dense_nt_tiled`` on the
+    packed ``weights.T``."""
+    n_samples, n_inputs = inputs.shape
+    work = n_samples * n_inputs * weights.shape[1]
+    if _use_tiled(n_samples, n_inputs, weights.shape[1]):
+        _tiled(work, n_samples)(_aligned(inputs, "inputs"), _packed(weights, "weights_t"),
+                                biases, True, output)
+    elif _parallel(work, n_samples):
+        dense_forward_blocked_parallel(inputs, weights, biases, output)
+    else:
+        dense_forward_blocked_serial(inputs, weights, biases, output)
+
+
+def dense_backward_inputs(dvalues, weights, dinputs):
+    """``dinputs = dvalues @ weights.T``: already the NT form, no packing needed; the simple
+    loops (rows of dot products) for small layers."""
+    n_samples = dvalues.shape[0]
+    n_inputs, n_neurons = weights.shape
+    work = n_samples * n_inputs * n_neurons
+    # Each dinputs element is a dot product over neurons: the simple loops add its terms one
+    # after another (each add waits for the last: ~4 cycles a term), the tiled kernel splits
+    # them over vector lanes. No packing is needed, so it pays from small sizes on, e.g.
+    # 32x784x128: 574 -> ~60 us. Below 16 neurons (the spiral's 3) a dot product is too short.
+    if n_neurons >= 16 and n_samples >= 4:
+        _tiled(work, n_samples)(_aligned(dvalues, "dvalues"), _aligned(weights, "weights"),
+                                dinputs[0], False, dinputs)
+    else:
+        serial, parallel = _simple["dense_backward_inputs"]
+        (parallel if _parallel(work, n_samples) else serial)(dvalues, weights, dinputs)
+
+
+def dense_backward_weights(inputs, dvalues, dweights):
+    """``dweights = inputs.T @ dvalues``: ``dense_backward_weights_blocked`` (the loops' bits),
+    or for large layers the NT form of the packed ``inputs.T`` and ``dvalues.T``."""
+    n_samples, n_inputs = inputs.shape
+    work = n_samples * n_inputs * dvalues.shape[1]
+    if _use_tiled_dweights(n_samples, n_inputs, dvalues.shape[1]):
+        _tiled(work, n_inputs)(_packed(inputs, "inputs_t"), _packed(dvalues, "dvalues_t"),
+                               dweights[0], False, dweights)
+    elif _parallel(work, n_inputs // 4 * 4):
+        dense_backward_weights_blocked_parallel(inputs, dvalues, dweights)
+    else:
+        dense_backward_weights_blocked_serial(inputs, dvalues, dweights)
+
+
+# --- Fused training (loopnet.kernels.fused) -----------------------------------------------------------
+
+from loopnet.kernels import fused as _fused  # noqa: E402
+
+train_epochs_serial, train_epochs_parallel = compile_twice(_fused.train_epochs_fused)
+
+
+def train_epochs(work, *args):
+    """Run ``train_epochs_fused``; ``work`` = multiply-adds of one step's forward pass picks the
+    serial build for small models (the spiral model: ~100k), the parallel one above."""
+    kernel = train_epochs_parallel if work >= 4 * PARALLEL_MIN else train_epochs_serial
+    return kernel(*args)

@@ -1,0 +1,390 @@
+"""The fast paths of issue 5 give the numpy twins' results: the register-tiled dense kernels of
+the ``cpu`` device, the fused trainer behind ``Model.train``, Adam's flush of tiny moments.
+
+No timings here (see benchmarks/bench.py): only values, NaN/inf propagation and determinism
+across thread counts and runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import loopnet
+from helpers import arrays, assert_within, bits, float_dtypes, sum_tolerance
+from loopnet.backends import cpu
+from loopnet.datasets import spiral_data
+from loopnet.kernels import dense, fused, optimizers
+
+# Sides that cross the 4 x 4 tiles and the 64-column panel of dense_nt_tiled (1 included).
+tile_sides = st.integers(1, 70)
+THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})
+
+
+def nt_tolerance(rows, columns_t, biases):
+    """Each output is a sum of n_k products (+ the bias) in some order: ``sum_tolerance`` with
+    the magnitude ``|rows| @ |columns_t|.T + |biases|`` (float64)."""
+    magnitude = np.abs(rows.astype(np.float64)) @ np.abs(columns_t.astype(np.float64)).T
+    magnitude += np.abs(biases.astype(np.float64))
+    return sum_tolerance(rows.shape[1] + 1, magnitude, rows.dtype)
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_tiled_kernel_matches_the_twin(data):
+    dtype = data.draw(float_dtypes)
+    n_rows, n_k, n_columns = data.draw(tile_sides), data.draw(tile_sides), data.draw(tile_sides)
+    rows = data.draw(arrays(dtype, (n_rows, n_k), bound=10.0))
+    columns_t = data.draw(arrays(dtype, (n_columns, n_k), bound=10.0))
+    biases = data.draw(arrays(dtype, (n_columns,), bound=10.0))
+    add = data.draw(st.booleans())
+    expected = np.dot(rows, columns_t.T) + (biases if add else 0)
+    for kernel in (cpu.dense_nt_tiled_serial, cpu.dense_nt_tiled_parallel):
+        output = np.full((n_rows, n_columns), np.nan, dtype)
+        kernel(rows, columns_t, biases, add, output)
+        assert_within(output, expected, nt_tolerance(rows, columns_t, biases * add), "tiled")
+
+
+@given(data=st.data())
+def test_transpose_tiled(data):
+    dtype = data.draw(float_dtypes)
+    source = data.draw(arrays(dtype, (data.draw(tile_sides), data.draw(tile_sides))))
+    for kernel in (cpu.transpose_serial, cpu.transpose_parallel):
+        target = np.empty(source.shape[::-1], dtype)
+        kernel(source, target)
+        assert np.array_equal(target, source.T)
+
+
+@contextlib.contextmanager
+def tiled_path():
+    """Route every dense op of the cpu backend through the tiled, parallel kernels."""
+    names = ("TILED_MIN", "TILED_MIN_INPUTS", "TILED_MIN_ROWS", "PARALLEL_MIN",
+             "PARALLEL_MIN_ROWS")
+    saved = [getattr(cpu, name) for name in names]
+    for name in names:
+        setattr(cpu, name, 0)
+    try:
+        yield
+    finally:
+        for name, value in zip(names, saved):
+            setattr(cpu, name, value)
+
+
+@pytest.fixture
+def tiled_always():
+    with tiled_path():
+        yield
+
+
+@settings(max_examples=30)
+@given(data=st.data())
+def test_cpu_dense_ops_on_the_tiled_path_match_the_twins(data):
+    dtype = data.draw(float_dtypes)
+    n_samples, n_inputs, n_neurons = (data.draw(tile_sides) for _ in range(3))
+    inputs = data.draw(arrays(dtype, (n_samples, n_inputs), bound=10.0))
+    weights = data.draw(arrays(dtype, (n_inputs, n_neurons), bound=10.0))
+    biases = data.draw(arrays(dtype, (n_neurons,), bound=10.0))
+    dvalues = data.draw(arrays(dtype, (n_samples, n_neurons), bound=10.0))
+
+    output = np.empty((n_samples, n_neurons), dtype)
+    dweights = np.empty_like(weights)
+    dinputs = np.empty_like(inputs)
+    with tiled_path():
+        cpu.dense_forward(inputs, weights, biases, output)
+        cpu.dense_backward_weights(inputs, dvalues, dweights)
+        cpu.dense_backward_inputs(dvalues, weights, dinputs)
+    assert_within(output, inputs @ weights + biases, nt_tolerance(inputs, weights.T, biases),
+                  "forward")
+    assert_within(dweights, inputs.T @ dvalues,
+                  nt_tolerance(inputs.T, dvalues.T, np.zeros(n_neurons, dtype)), "dweights")
+    assert_within(dinputs, dvalues @ weights.T,
+                  nt_tolerance(dvalues, weights, np.zeros(n_inputs, dtype)), "dinputs")
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_blocked_forward_gives_the_loops_bits(data):
+    """``dense_forward_blocked`` adds the same products in the same order as
+    ``dense_forward_loops``: the very same bits, serial or parallel, NaN/inf included."""
+    dtype = data.draw(float_dtypes)
+    n_samples, n_inputs, n_neurons = (data.draw(st.integers(1, 300 if k == 2 else 70))
+                                      for k in range(3))
+    inputs = data.draw(arrays(dtype, (n_samples, n_inputs)))
+    weights = data.draw(arrays(dtype, (n_inputs, n_neurons)))
+    biases = data.draw(arrays(dtype, (n_neurons,)))
+    if data.draw(st.booleans()):
+        inputs[data.draw(st.integers(0, n_samples - 1)), 0] = data.draw(
+            st.sampled_from([np.nan, np.inf, -np.inf]))
+    results = set()
+    for kernel in (cpu.LOOPS["dense_forward"], cpu.dense_forward_blocked_serial,
+                   cpu.dense_forward_blocked_parallel):
+        output = np.empty((n_samples, n_neurons), dtype)
+        with np.errstate(all="ignore"):
+            kernel(inputs, weights, biases, output)
+        results.add(bits(output))
+    assert len(results) == 1
+
+
+@settings(max_examples=40)
+@given(data=st.data())
+def test_blocked_dweights_give_the_loops_bits(data):
+    dtype = data.draw(float_dtypes)
+    n_samples, n_inputs, n_neurons = (data.draw(st.integers(1, 300 if k == 2 else 70))
+                                      for k in range(3))
+    inputs = data.draw(arrays(dtype, (n_samples, n_inputs)))
+    dvalues = data.draw(arrays(dtype, (n_samples, n_neurons)))
+    results = set()
+    kernels = [cpu.LOOPS["dense_backward_weights"], cpu.dense_backward_weights_blocked_serial,
+               cpu.dense_backward_weights_blocked_parallel]
+    if n_samples * n_inputs * n_neurons < 5000:  # uncompiled too (the python device's view)
+        kernels.append(dense.dense_backward_weights_blocked)
+    for kernel in kernels:
+        dweights = np.empty((n_inputs, n_neurons), dtype)
+        kernel(inputs, dvalues, dweights)
+        results.add(bits(dweights))
+    assert len(results) == 1
+
+
+def test_small_layers_keep_the_notes_bits():
+    """Below the crossover the cpu device runs dense_forward_loops: the notes' exact bits."""
+    rng = np.random.default_rng(0)
+    inputs = rng.standard_normal((300, 2)).astype(np.float32)
+    weights = rng.standard_normal((2, 64)).astype(np.float32)
+    biases = rng.standard_normal(64).astype(np.float32)
+    fast, notes = np.empty((300, 64), np.float32), np.empty((300, 64), np.float32)
+    cpu.dense_forward(inputs, weights, biases, fast)
+    dense.dense_forward_notes(inputs[:5], weights, biases, notes[:5])
+    assert bits(fast[:5]) == bits(notes[:5])
+
+
+def test_nan_and_inf_propagate_through_the_tiled_kernels(tiled_always):
+    """fastmath here leaves out nnan/ninf: a NaN or inf input reaches exactly the outputs whose
+    sums it enters, as in numpy."""
+    rng = np.random.default_rng(1)
+    inputs = rng.standard_normal((9, 70)).astype(np.float32)
+    weights = rng.standard_normal((70, 67)).astype(np.float32)
+    biases = np.zeros(67, np.float32)
+    inputs[2, 5] = np.nan
+    inputs[7, 69] = np.inf
+    weights[3, 66] = -np.inf
+    dvalues = rng.standard_normal((9, 67)).astype(np.float32)
+    dvalues[4, 0] = np.nan
+    with np.errstate(invalid="ignore", over="ignore"):
+        cases = [
+            (cpu.dense_forward, (inputs, weights, biases), inputs @ weights + biases),
+            (cpu.dense_backward_weights, (inputs, dvalues), inputs.T @ dvalues),
+            (cpu.dense_backward_inputs, (dvalues, weights), dvalues @ weights.T),
+        ]
+        for op, args, expected in cases:
+            output = np.empty(expected.shape, np.float32)
+            op(*args, output)
+            assert np.array_equal(np.isnan(output), np.isnan(expected)), op.__name__
+            assert np.array_equal(np.isposinf(output), np.isposinf(expected)), op.__name__
+            assert np.array_equal(np.isneginf(output), np.isneginf(expected)), op.__name__
+
+
+def test_tiled_kernels_do_not_depend_on_the_thread_count(tiled_always):
+    rng = np.random.default_rng(2)
+    inputs = rng.standard_normal((203, 131)).astype(np.float32)
+    weights = rng.standard_normal((131, 77)).astype(np.float32)
+    biases = rng.standard_normal(77).astype(np.float32)
+    dvalues = rng.standard_normal((203, 77)).astype(np.float32)
+    results = set()
+    before = numba.get_num_threads()
+    try:
+        for threads in THREAD_COUNTS * 2:
+            numba.set_num_threads(threads)
+            out = np.empty((203, 77), np.float32)
+            dweights = np.empty((131, 77), np.float32)
+            dinputs = np.empty((203, 131), np.float32)
+            cpu.dense_forward(inputs, weights, biases, out)
+            cpu.dense_backward_weights(inputs, dvalues, dweights)
+            cpu.dense_backward_inputs(dvalues, weights, dinputs)
+            results.add(bits(out) + bits(dweights) + bits(dinputs))
+    finally:
+        numba.set_num_threads(before)
+    assert len(results) == 1
+
+
+# --- Adam: tiny moments are flushed to zero, in the loops and the twin alike -------------------------
+
+@pytest.mark.parametrize("kernel", [cpu.adam_update, optimizers.adam_update_loops,
+                                    optimizers.adam_update_numpy])
+def test_adam_flushes_tiny_moments(kernel):
+    dtype = np.float32
+    params = np.ones(5, dtype)
+    grads = np.array([0, 0, 1e-3, np.nan, 0], dtype)
+    momentums = np.array([1e-31, -5e-31, 0.5, 0, 1e-20], dtype)
+    cache = np.array([1e-31, 1e-10, 0.5, 0, 2e-31], dtype)
+    kernel(params, grads, momentums, cache, 0.01, 1e-7, 0.9, 0.999, 0.1, 0.001)
+    assert momentums[0] == 0 and momentums[1] == 0 and cache[0] == 0 and cache[4] == 0
+    assert momentums[2] != 0 and cache[1] != 0 and momentums[4] != 0
+    assert np.isnan(momentums[3]) and np.isnan(cache[3]) and np.isnan(params[3])  # NaN stays
+
+
+# --- Fused training ---------------------------------------------------------------------------------
+
+def classifier(sizes=(2, 16, 3), lr=0.05, decay=5e-7, optimizer=None, dtype=np.float32):
+    model = loopnet.Model()
+    for k, (n_inputs, n_neurons) in enumerate(zip(sizes[:-1], sizes[1:])):
+        model.add(loopnet.Dense(n_inputs, n_neurons, seed=k + 1, dtype=dtype))
+        if k < len(sizes) - 2:
+            model.add(loopnet.ReLU())
+    model.add(loopnet.Softmax())
+    model.set(loss=loopnet.CategoricalCrossentropy(),
+              optimizer=optimizer or loopnet.Adam(learning_rate=lr, decay=decay),
+              accuracy=loopnet.CategoricalAccuracy())
+    model.finalize()
+    return model
+
+
+def train_both(monkeypatch, build, X, y, **kwargs):
+    """(history, parameters, optimizer state) of the fused and of the layered path."""
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("LOOPNET_FUSED", flag)
+        model = build()
+        history = model.train(X, y, print_every=0, **kwargs)
+        state = [getattr(layer, name) for layer in model.trainable_layers
+                 for name in ("weight_momentums", "weight_cache", "bias_momentums", "bias_cache")]
+        results.append((history, model.get_parameters(), state, model.optimizer.get_state()))
+    return results
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(epochs=30),
+    dict(epochs=12, batch_size=16),
+    dict(epochs=8, batch_size=25, shuffle=True, seed=3),
+], ids=["full-batch", "minibatch", "shuffled"])
+@pytest.mark.parametrize("sizes", [(2, 16, 3), (2, 8, 5, 3), (2, 3), (2, 40, 3)], ids=str)
+def test_fused_training_equals_the_layered_path(monkeypatch, sizes, kwargs):
+    """The fused kernel runs the layered path's very loops in the same order (blocked loops;
+    for the narrow 40 -> 3 layer both pick the tiled kernel): the same bits for history,
+    parameters and Adam's state."""
+    X, y = spiral_data(20, 3, seed=0)
+    (h1, p1, s1, o1), (h2, p2, s2, o2) = train_both(
+        monkeypatch, lambda: classifier(sizes), X, y, **kwargs)
+    assert monkeypatch and h1 == h2
+    assert o1 == o2
+    for a, b in zip([x for pair in p1 for x in pair] + s1, [x for pair in p2 for x in pair] + s2):
+        assert bits(a) == bits(b)
+
+
+def test_fused_training_takes_validation_and_float64(monkeypatch):
+    X, y = spiral_data(20, 3, seed=0)
+    X_val, y_val = spiral_data(10, 3, seed=1)
+    (h1, p1, _, _), (h2, p2, _, _) = train_both(
+        monkeypatch, lambda: classifier(dtype=np.float64), X, y, epochs=10,
+        validation_data=(X_val, y_val))
+    assert h1 == h2 and len(h1["val_loss"]) == 10
+
+
+def test_fused_training_of_a_large_layer_is_close_to_the_layered_path(monkeypatch):
+    """Here the layered path's dense ops take the tiled kernels (another summation order):
+    the two runs agree within float32 rounding, amplified a little by 3 Adam steps."""
+    for name in ("TILED_MIN", "TILED_MIN_INPUTS", "TILED_MIN_ROWS"):
+        monkeypatch.setattr(cpu, name, 0)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 40)).astype(np.float32)
+    y = rng.integers(0, 10, 64)
+    (h1, p1, _, _), (h2, p2, _, _) = train_both(
+        monkeypatch, lambda: classifier((40, 32, 10), lr=1e-3), X, y, epochs=3)
+    assert np.allclose(h1["loss"], h2["loss"], rtol=1e-5)
+    for (w1, b1), (w2, b2) in zip(p1, p2):
+        # Adam moves each parameter by at most ~lr per step: 3 steps, 1e-3
+        assert np.abs(w1 - w2).max() < 1e-4 and np.abs(b1 - b2).max() < 1e-4
+
+
+def test_fused_step_matches_its_numpy_twin():
+    """One step of the kernel against ``train_step_numpy`` (float64: tolerance from the few
+    dozen roundings of sums of ~16 terms, far below 1e-12)."""
+    X, y = spiral_data(10, 3, seed=0)
+    X = X.astype(np.float64)
+    rng = np.random.default_rng(0)
+    sizes = (2, 16, 8, 3)
+    weights = [0.1 * rng.standard_normal((a, b)) for a, b in zip(sizes[:-1], sizes[1:])]
+    biases = [0.1 * rng.standard_normal(b) for b in sizes[1:]]
+    states = [[np.zeros_like(p) for p in weights] for _ in range(2)] + \
+             [[np.zeros_like(p) for p in biases] for _ in range(2)]
+    twin = ([w.copy() for w in weights], [b.copy() for b in biases],
+            *[[s.copy() for s in group] for group in states])
+    loss, accuracy = fused.train_step_numpy(X, y, *twin, 0.01, 0, 1e-7, 0.9, 0.999)
+    n = len(X)
+    widths = [2] + list(sizes[1:])
+    history = np.zeros((1, 3))
+    failed = cpu.train_epochs_serial(
+        X, y.astype(np.intp), np.arange(n)[None, :], n, tuple(weights), tuple(biases),
+        tuple(np.zeros_like(w) for w in weights), tuple(np.zeros_like(b) for b in biases),
+        tuple(np.zeros((n, w)) for w in widths), tuple(np.zeros((n, w)) for w in widths),
+        *[tuple(group) for group in states], np.array([0.01, 0, 1e-7, 0.9, 0.999]), 0,
+        np.zeros(n), np.zeros(n), history, np.zeros(3, np.int64),
+        tuple(np.ascontiguousarray(w.T) for w in weights),
+        *[tuple(np.zeros(1) for _ in weights)] * 2)
+    assert failed == -1
+    assert abs(history[0, 0] / n - loss) < 1e-12 and history[0, 1] / n == accuracy
+    for got, want in zip(weights + biases + sum(states, []), sum(twin, [])):
+        assert np.allclose(got, want, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["blocked", "tiled"])
+def test_fused_training_is_bit_identical_across_thread_counts_and_runs(monkeypatch, tiled):
+    monkeypatch.setattr(cpu, "PARALLEL_MIN", 0)   # the parallel build, even for this size
+    monkeypatch.setattr(cpu, "PARALLEL_MIN_ROWS", 0)
+    if tiled:  # the fused kernel's register-tiled branch for every layer
+        for name in ("TILED_MIN", "TILED_MIN_INPUTS", "TILED_MIN_ROWS"):
+            monkeypatch.setattr(cpu, name, 0)
+    X, y = spiral_data(30, 3, seed=0)
+    results = set()
+    before = numba.get_num_threads()
+    try:
+        for threads in THREAD_COUNTS * 2:
+            numba.set_num_threads(threads)
+            model = classifier((2, 16, 3))
+            history = model.train(X, y, epochs=15, batch_size=32, print_every=0)
+            results.add(repr(history).encode()
+                        + b"".join(bits(p) for pair in model.get_parameters() for p in pair))
+    finally:
+        numba.set_num_threads(before)
+    assert len(results) == 1
+
+
+def test_fused_path_is_used_only_where_it_applies(monkeypatch):
+    from loopnet import fused_training
+
+    X, y = spiral_data(10, 3, seed=0)
+    monkeypatch.delenv("LOOPNET_FUSED", raising=False)
+    assert fused_training.prepare(classifier(), X, y, None, False) is not None
+    sgd = classifier(optimizer=loopnet.SGD())
+    assert fused_training.prepare(sgd, X, y, None, False) is None
+    assert fused_training.prepare(classifier(), X, np.eye(3)[y], None, False) is None  # one-hot
+    assert fused_training.prepare(classifier(), X, y + 5, None, False) is None    # bad labels
+    monkeypatch.setenv("LOOPNET_FUSED", "0")
+    assert fused_training.prepare(classifier(), X, y, None, False) is None
+
+
+def test_fused_training_stops_on_nan_like_the_layered_path(monkeypatch):
+    X, y = spiral_data(10, 3, seed=0)
+    X = X.copy()
+    messages = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("LOOPNET_FUSED", flag)
+        X_bad = X.copy()
+        X_bad[7, 1] = np.nan
+        with pytest.raises(FloatingPointError) as error:
+            classifier().train(X_bad, y, epochs=5, print_every=0)
+        messages.append(str(error.value).split(":")[0])
+    assert messages[0] == messages[1] == "training diverged at epoch 1"
+
+
+def test_numba_cache_names_of_the_serial_and_parallel_builds_differ():
+    """Two builds of one function with cache=True would share one cache file (and overwrite
+    each other's code); the serial copy carries its own name."""
+    assert cpu.train_epochs_serial.py_func.__qualname__ != \
+        cpu.train_epochs_parallel.py_func.__qualname__
+    assert os.path.basename(cpu.dense_nt_tiled_serial.py_func.__code__.co_filename) == "dense.py"
