@@ -73,7 +73,38 @@ def compile_twice(function, **options):
 
 
 LOOPS = {name: compile_loops(f) for name, f in collect("loops").items()}
-globals().update(LOOPS)
+
+# Every other prange kernel (activations, losses, optimizers, ...) also runs serially below
+# PARALLEL_MIN_ELEMENTS elements: waking the second thread costs microseconds (far more when
+# the other core is busy: numba's threads spin, measured 1.1 -> 5 ms per epoch of a small
+# sigmoid model under load), more than a small array takes. The dense ops choose by
+# multiply-adds below, with their own thresholds.
+PARALLEL_MIN_ELEMENTS = int(os.environ.get("LOOPNET_PARALLEL_MIN_ELEMENTS", 50_000))
+
+
+def by_size(function, parallel_build):
+    """``parallel_build`` for large arrays, a serial build of ``function`` for small ones.
+
+    The size is that of the largest array argument. Both builds compute every output element
+    in the same order (each has one owner), so the choice never changes a result.
+    """
+    if "prange" not in function.__code__.co_names:
+        return parallel_build
+    serial_build = numba.njit(cache=True)(_copy(function, "__serial"))
+
+    def run(*args):
+        size = max([a.size for a in args if isinstance(a, np.ndarray)], default=0)
+        kernel = parallel_build if size >= PARALLEL_MIN_ELEMENTS else serial_build
+        return kernel(*args)
+
+    run.__name__ = function.__name__
+    run.__doc__ = function.__doc__
+    run.serial, run.parallel = serial_build, parallel_build
+    return run
+
+
+# (dense_forward and the dense backward products are redefined below with their own choice.)
+globals().update({name: by_size(f, LOOPS[name]) for name, f in collect("loops").items()})
 
 to_numpy = np.asarray
 
