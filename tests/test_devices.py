@@ -217,11 +217,21 @@ def test_host_devices_agree(dtype):
 
 # --- Determinism: the same bits whatever numba's thread count -------------------------------------
 
+@pytest.mark.parametrize("parallel_min_elements", [0, None], ids=["parallel-builds", "by-size"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cpu_results_do_not_depend_on_the_thread_count(dtype):
+def test_cpu_results_do_not_depend_on_the_thread_count(dtype, parallel_min_elements, monkeypatch):
     """Each output element is owned by one prange iteration and summed in a fixed order, so
-    ``numba.set_num_threads(1)`` and ``(2)`` (or more) give identical bits for every op."""
+    ``numba.set_num_threads(1)`` and ``(2)`` (or more) give identical bits for every op.
+
+    The cpu backend runs small arrays through a serial build of each kernel (see
+    ``PARALLEL_MIN_ELEMENTS``); with the threshold at 0 every op takes its parallel build, so
+    both builds are checked, and they must agree with each other too."""
     import numba
+
+    from loopnet.backends import cpu
+
+    if parallel_min_elements is not None:
+        monkeypatch.setattr(cpu, "PARALLEL_MIN_ELEMENTS", parallel_min_elements)
 
     counts = sorted({1, 2, numba.config.NUMBA_NUM_THREADS} & set(
         range(1, numba.config.NUMBA_NUM_THREADS + 1)))
@@ -258,6 +268,9 @@ def test_cpu_results_do_not_depend_on_the_thread_count(dtype):
         numba.set_num_threads(before)
     for other in results[1:]:
         assert other == results[0]
+    if parallel_min_elements is not None:  # the serial builds give the same bits
+        monkeypatch.setattr(cpu, "PARALLEL_MIN_ELEMENTS", 2**62)
+        assert run() == results[0]
 
 
 # --- import loopnet stays light -------------------------------------------------------------------

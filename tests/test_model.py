@@ -100,8 +100,14 @@ def test_same_seed_same_history(device, spiral):
     assert history_bits(other) != runs[0]       # the seed does pick the order
 
 
-def test_history_is_identical_across_thread_counts(spiral):
+@pytest.mark.parametrize("force_parallel", [False, True], ids=["by-size", "parallel-builds"])
+def test_history_is_identical_across_thread_counts(spiral, force_parallel, monkeypatch):
     numba = pytest.importorskip("numba")
+    if force_parallel:  # small arrays normally run serial builds: make every kernel go parallel
+        from loopnet.backends import cpu
+
+        for name in ("PARALLEL_MIN_ELEMENTS", "PARALLEL_MIN", "PARALLEL_MIN_ROWS"):
+            monkeypatch.setattr(cpu, name, 0)
     (X, y), _ = spiral
     X, y = np.vstack([X] * 4), np.concatenate([y] * 4)     # enough rows for both threads
     original = numba.get_num_threads()
