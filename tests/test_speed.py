@@ -388,3 +388,154 @@ def test_numba_cache_names_of_the_serial_and_parallel_builds_differ():
     assert cpu.train_epochs_serial.py_func.__qualname__ != \
         cpu.train_epochs_parallel.py_func.__qualname__
     assert os.path.basename(cpu.dense_nt_tiled_serial.py_func.__code__.co_filename) == "dense.py"
+
+
+# --- The 6 x 4 tile's blocks of K_BLOCK, and the fastmath blocked loops (middle-sized layers) ------
+
+def test_tiled_kernel_across_k_blocks():
+    """Sums longer than ``dense.K_BLOCK`` go in blocks whose totals are added in order: the
+    result matches the twin, a NaN/inf in a later block still reaches its outputs, and the
+    bits do not depend on the thread count."""
+    rng = np.random.default_rng(3)
+    n_k = 2 * dense.K_BLOCK + 37
+    rows = rng.standard_normal((13, n_k)).astype(np.float32)
+    columns_t = rng.standard_normal((11, n_k)).astype(np.float32)
+    biases = rng.standard_normal(11).astype(np.float32)
+    rows[2, dense.K_BLOCK + 5] = np.nan
+    columns_t[9, 2 * dense.K_BLOCK + 1] = np.inf
+    with np.errstate(invalid="ignore"):
+        expected = np.dot(rows, columns_t.T) + biases
+    results = set()
+    before = numba.get_num_threads()
+    try:
+        for threads in THREAD_COUNTS:
+            numba.set_num_threads(threads)
+            for kernel in (cpu.dense_nt_tiled_serial, cpu.dense_nt_tiled_parallel):
+                output = np.full((13, 11), np.nan, np.float32)
+                kernel(rows, columns_t, biases, True, output)
+                results.add(bits(output))
+    finally:
+        numba.set_num_threads(before)
+    assert len(results) == 1
+    finite = np.isfinite(expected)
+    assert np.array_equal(np.isnan(output), np.isnan(expected))
+    assert np.array_equal(np.isposinf(output), np.isposinf(expected))
+    tolerance = nt_tolerance(np.nan_to_num(rows), np.nan_to_num(columns_t, posinf=0), biases)
+    assert_within(output[finite], expected[finite], tolerance[finite], "tiled, k blocks")
+
+
+FAST_KERNELS = [("forward", cpu.dense_forward_fast_serial),
+                ("forward", cpu.dense_forward_fast_parallel),
+                ("dweights", cpu.dense_backward_weights_fast_serial),
+                ("dweights", cpu.dense_backward_weights_fast_parallel)]
+
+
+@settings(max_examples=40)
+@given(data=st.data())
+def test_fast_blocked_kernels_match_the_twins(data):
+    dtype = data.draw(float_dtypes)
+    n_samples, n_inputs, n_neurons = (data.draw(tile_sides) for _ in range(3))
+    inputs = data.draw(arrays(dtype, (n_samples, n_inputs), bound=10.0))
+    weights = data.draw(arrays(dtype, (n_inputs, n_neurons), bound=10.0))
+    biases = data.draw(arrays(dtype, (n_neurons,), bound=10.0))
+    dvalues = data.draw(arrays(dtype, (n_samples, n_neurons), bound=10.0))
+    for op, kernel in FAST_KERNELS:
+        if op == "forward":
+            output = np.full((n_samples, n_neurons), np.nan, dtype)
+            kernel(inputs, weights, biases, output)
+            assert_within(output, inputs @ weights + biases,
+                          nt_tolerance(inputs, weights.T, biases), "forward fast")
+        else:
+            output = np.full((n_inputs, n_neurons), np.nan, dtype)
+            kernel(inputs, dvalues, output)
+            assert_within(output, inputs.T @ dvalues,
+                          nt_tolerance(inputs.T, dvalues.T, np.zeros(n_neurons, dtype)),
+                          "dweights fast")
+
+
+def test_fast_blocked_kernels_propagate_nan_and_do_not_depend_on_the_thread_count():
+    rng = np.random.default_rng(4)
+    inputs = rng.standard_normal((37, 141)).astype(np.float32)
+    weights = rng.standard_normal((141, 530)).astype(np.float32)  # crosses the 512 width
+    biases = rng.standard_normal(530).astype(np.float32)
+    dvalues = rng.standard_normal((37, 530)).astype(np.float32)
+    inputs[5, 7] = np.nan
+    weights[140, 529] = np.inf
+    dvalues[36, 3] = -np.inf
+    with np.errstate(invalid="ignore", over="ignore"):
+        expected = {"forward": inputs @ weights + biases, "dweights": inputs.T @ dvalues}
+    results = {}
+    before = numba.get_num_threads()
+    try:
+        for threads in THREAD_COUNTS:
+            numba.set_num_threads(threads)
+            for op, kernel in FAST_KERNELS:
+                output = np.empty(expected[op].shape, np.float32)
+                if op == "forward":
+                    kernel(inputs, weights, biases, output)
+                else:
+                    kernel(inputs, dvalues, output)
+                results.setdefault(op, set()).add(bits(output))
+                for test in (np.isnan, np.isposinf, np.isneginf):
+                    assert np.array_equal(test(output), test(expected[op])), (op, test)
+    finally:
+        numba.set_num_threads(before)
+    assert all(len(found) == 1 for found in results.values())
+
+
+def test_cpu_dense_ops_pick_the_fast_blocked_loops_for_middle_layers():
+    """32x784x128 (a minibatch of an MNIST-sized layer) takes ``dense_*_fast``: the same bits
+    as calling them directly; the spiral model's layers keep the blocked loops' bits."""
+    assert cpu._use_fast(32, 784, 128)
+    assert not cpu._use_fast(300, 2, 64) and not cpu._use_fast(300, 64, 3)
+    rng = np.random.default_rng(5)
+    inputs = rng.standard_normal((32, 784)).astype(np.float32)
+    weights = rng.standard_normal((784, 128)).astype(np.float32)
+    biases = rng.standard_normal(128).astype(np.float32)
+    dvalues = rng.standard_normal((32, 128)).astype(np.float32)
+    got, want = np.empty((32, 128), np.float32), np.empty((32, 128), np.float32)
+    cpu.dense_forward(inputs, weights, biases, got)
+    cpu.dense_forward_fast_parallel(inputs, weights, biases, want)
+    assert bits(got) == bits(want)
+    got, want = np.empty((784, 128), np.float32), np.empty((784, 128), np.float32)
+    cpu.dense_backward_weights(inputs, dvalues, got)
+    cpu.dense_backward_weights_fast_parallel(inputs, dvalues, want)
+    assert bits(got) == bits(want)
+
+
+def test_fused_training_with_fast_blocked_layers_is_close_to_the_layered_path(monkeypatch):
+    """The layered path runs the fastmath blocked loops for every layer that qualifies (here
+    all but the 16 -> 3 one), the fused kernel the bit-identical ones: they agree within
+    float32 rounding, amplified a little by 3 Adam steps."""
+    monkeypatch.setattr(cpu, "FAST_MIN", 0)
+    monkeypatch.setattr(cpu, "TILED_MIN_INPUTS", 0)
+    X, y = spiral_data(20, 3, seed=0)
+    (h1, p1, _, _), (h2, p2, _, _) = train_both(
+        monkeypatch, lambda: classifier((2, 16, 16, 3), lr=1e-3), X, y, epochs=3)
+    assert np.allclose(h1["loss"], h2["loss"], rtol=1e-5)
+    for (w1, b1), (w2, b2) in zip(p1, p2):
+        assert np.abs(w1 - w2).max() < 1e-4 and np.abs(b1 - b2).max() < 1e-4
+
+
+def test_tiled_kernel_does_not_depend_on_the_alignment_of_its_operands():
+    """The cpu backend passes operands that are read few times as they are (aligned to 64
+    bytes or not, see ``cpu.ALIGN_COPY_MIN_REUSE``): the sums, hence the bits, must not depend
+    on where the data starts."""
+    rng = np.random.default_rng(6)
+
+    def placed(array, offset):  # a copy starting `offset` elements after a 64-byte boundary
+        buffer = cpu.aligned_empty(array.size + 16, array.dtype)
+        view = buffer[offset:offset + array.size].reshape(array.shape)
+        view[...] = array
+        return view
+
+    rows = rng.standard_normal((37, 300)).astype(np.float32)
+    columns_t = rng.standard_normal((45, 300)).astype(np.float32)
+    biases = rng.standard_normal(45).astype(np.float32)
+    results = set()
+    for offset in (0, 1, 3, 4, 8):
+        output = np.empty((37, 45), np.float32)
+        cpu.dense_nt_tiled_parallel(placed(rows, offset), placed(columns_t, (offset * 5) % 16),
+                                    biases, True, output)
+        results.add(bits(output))
+    assert len(results) == 1

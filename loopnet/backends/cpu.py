@@ -10,6 +10,7 @@ Speed (issue 5; numbers in BENCHMARKS.md):
 - The dense ops pick, by shape, between loops that keep the notes' bits (``dense_*_blocked``:
   ``dense_*_loops`` reordered to reuse loaded values, same sums in the same order) and the
   register-tiled kernel (``dense_nt_tiled``, fastmath: the same sums in another fixed order),
+  with the blocked loops compiled with fastmath (``dense_*_fast``) for middle-sized layers,
   and between a serial and a parallel build of each: starting threads costs microseconds,
   more than a small layer takes. Every choice is deterministic: one owner per output element.
 - ``train_epochs`` is the fused trainer of ``loopnet.kernels.fused`` (used by ``Model.train``).
@@ -134,6 +135,11 @@ PARALLEL_MIN_ROWS = int(os.environ.get("LOOPNET_PARALLEL_MIN_ROWS", 16))
 TILED_MIN = int(os.environ.get("LOOPNET_TILED_MIN", 10_000_000))
 TILED_MIN_INPUTS = int(os.environ.get("LOOPNET_TILED_MIN_INPUTS", 128))
 TILED_MIN_ROWS = int(os.environ.get("LOOPNET_TILED_MIN_ROWS", 64))
+# Middle-sized layers that do not take the tiled kernel but have >= TILED_MIN_INPUTS inputs,
+# >= 16 neurons and FAST_MIN multiply-adds or more run the blocked loops compiled with fastmath
+# (``dense_*_fast``; 32x784x128: forward 59 -> 48 us, dweights 68 -> 52 us). Smaller layers
+# (the spiral model's) keep the blocked loops' bits.
+FAST_MIN = int(os.environ.get("LOOPNET_FAST_MIN", 1_000_000))
 
 from loopnet.kernels import dense as _dense  # noqa: E402
 
@@ -149,6 +155,10 @@ dense_forward_blocked_serial, dense_forward_blocked_parallel = compile_twice(
     _dense.dense_forward_blocked)
 dense_backward_weights_blocked_serial, dense_backward_weights_blocked_parallel = compile_twice(
     _dense.dense_backward_weights_blocked)
+# fastmath is set on forward_rows_fast / weights_rows_fast, which they call
+dense_forward_fast_serial, dense_forward_fast_parallel = compile_twice(_dense.dense_forward_fast)
+dense_backward_weights_fast_serial, dense_backward_weights_fast_parallel = compile_twice(
+    _dense.dense_backward_weights_fast)
 
 
 def aligned_empty(shape, dtype, align=64):
@@ -197,6 +207,24 @@ def _aligned(source, slot):
     return target
 
 
+# An operand of the tiled kernel is read once per row of the other operand's side of the
+# output (``reuse`` times: once per output column for ``rows``, per output row for
+# ``columns_t``), while an aligned copy costs one pass over it (np.copyto, ~10 GB/s here) and
+# unaligned loads cost ~10% of each pass: below this reuse the copy costs more than it saves.
+# Measured: 4096x784x128 forward, unaligned inputs (reuse 128): 4.2 ms copying, 3.3 ms read in
+# place, 3.0 ms already aligned; 32x784x128 dinputs, unaligned weights (reuse 32): 96-125 us
+# copying, 54 us in place; 1024^3 (reuse 1024): 9.1 ms copying, 9.9-13.5 ms in place.
+ALIGN_COPY_MIN_REUSE = int(os.environ.get("LOOPNET_ALIGN_COPY_MIN_REUSE", 512))
+
+
+def _aligned_for(source, reuse, slot):
+    """``_aligned(source)`` if the tiled kernel reads it ``reuse`` >= ALIGN_COPY_MIN_REUSE
+    times, else ``source`` as it is (aligned or not: the results are the same)."""
+    if reuse < ALIGN_COPY_MIN_REUSE:
+        return source
+    return _aligned(source, slot)
+
+
 def _parallel(work, rows):
     return work >= PARALLEL_MIN and rows >= PARALLEL_MIN_ROWS
 
@@ -224,19 +252,33 @@ def _use_tiled_dweights(n_samples, n_inputs, n_neurons):
             and n_inputs >= TILED_MIN_INPUTS and n_samples >= TILED_MIN_ROWS)
 
 
+def _use_fast(n_samples, n_inputs, n_neurons):
+    """Whether a layer that does not run the tiled kernel runs the fastmath blocked loops
+    (``dense_forward_fast``, ``dense_backward_weights_fast``) rather than the bit-identical
+    ones: middle-sized layers (see FAST_MIN). The fused trainer keeps the bit-identical loops
+    for such layers (see ``loopnet.kernels.fused``)."""
+    return (n_samples * n_inputs * n_neurons >= FAST_MIN and n_inputs >= TILED_MIN_INPUTS
+            and n_neurons >= 16)
+
+
 def _tiled(work, rows):
     return dense_nt_tiled_parallel if _parallel(work, rows) else dense_nt_tiled_serial
 
 
 def dense_forward(inputs, weights, biases, output):
     """``output = inputs @ weights + biases``: ``dense_forward_blocked`` (bit-identical to the
-    loops and the notes' neuron) for small and middle layers, else ``dense_nt_tiled`` on the
-    packed ``weights.T``."""
+    loops and the notes' neuron) for small layers, its fastmath build ``dense_forward_fast``
+    for middle ones, else ``dense_nt_tiled`` on the packed ``weights.T``."""
     n_samples, n_inputs = inputs.shape
     work = n_samples * n_inputs * weights.shape[1]
     if _use_tiled(n_samples, n_inputs, weights.shape[1]):
-        _tiled(work, n_samples)(_aligned(inputs, "inputs"), _packed(weights, "weights_t"),
+        _tiled(work, n_samples)(_aligned_for(inputs, weights.shape[1], "inputs"),
+                                _packed(weights, "weights_t"),
                                 biases, True, output)
+    elif _use_fast(n_samples, n_inputs, weights.shape[1]):
+        kernel = (dense_forward_fast_parallel if _parallel(work, n_samples)
+                  else dense_forward_fast_serial)
+        kernel(inputs, weights, biases, output)
     elif _parallel(work, n_samples):
         dense_forward_blocked_parallel(inputs, weights, biases, output)
     else:
@@ -254,7 +296,8 @@ def dense_backward_inputs(dvalues, weights, dinputs):
     # them over vector lanes. No packing is needed, so it pays from small sizes on, e.g.
     # 32x784x128: 574 -> ~60 us. Below 16 neurons (the spiral's 3) a dot product is too short.
     if n_neurons >= 16 and n_samples >= 4:
-        _tiled(work, n_samples)(_aligned(dvalues, "dvalues"), _aligned(weights, "weights"),
+        _tiled(work, n_samples)(_aligned_for(dvalues, n_inputs, "dvalues"),
+                                _aligned_for(weights, n_samples, "weights"),
                                 dinputs[0], False, dinputs)
     else:
         serial, parallel = _simple["dense_backward_inputs"]
@@ -269,6 +312,10 @@ def dense_backward_weights(inputs, dvalues, dweights):
     if _use_tiled_dweights(n_samples, n_inputs, dvalues.shape[1]):
         _tiled(work, n_inputs)(_packed(inputs, "inputs_t"), _packed(dvalues, "dvalues_t"),
                                dweights[0], False, dweights)
+    elif _use_fast(n_samples, n_inputs, dvalues.shape[1]):
+        kernel = (dense_backward_weights_fast_parallel if _parallel(work, n_inputs // 4 * 4)
+                  else dense_backward_weights_fast_serial)
+        kernel(inputs, dvalues, dweights)
     elif _parallel(work, n_inputs // 4 * 4):
         dense_backward_weights_blocked_parallel(inputs, dvalues, dweights)
     else:

@@ -22,9 +22,12 @@ Every stage is the very loop of the layered kernel it replaces (``dense_forward_
 ``accuracy_loops``, ``softmax_crossentropy_backward_loops``, ``dense_backward_*_loops``,
 ``relu_backward_loops``, ``adam_update_loops``; the blocked dense kernels give the bits of
 ``dense_*_loops``): the same sums in the same order, so while the layered path runs the
-blocked/simple (non-tiled) dense kernels the two paths give the same bits. Each output element is owned
-by one ``prange`` iteration (a sample row, an input row of ``dweights``, a parameter row):
-results do not depend on the thread count.
+blocked/simple (non-tiled, non-fastmath) dense kernels the two paths give the same bits. (For
+middle-sized layers the layered path runs the blocked loops compiled with fastmath,
+``dense_*_fast``; this kernel keeps the bit-identical ones there: the fastmath copies would add
+~1.3 s to its cold compile.) Each output element is owned by one ``prange`` iteration (a
+sample row, an input row of ``dweights``, a parameter row): results do not depend on the
+thread count.
 
 The relu backward tests the relu *output* (``acts[l][s, i] <= 0``) where ``relu_backward_loops``
 tests its input: the same mask (an input <= 0 gives output 0, a positive input itself, a NaN a NaN).
@@ -42,7 +45,8 @@ import numpy as np
 from numba import prange
 from numba.extending import register_jitable
 
-from loopnet.kernels.dense import forward_rows_blocked, nt_rows_tiled, weights_rows_blocked
+from loopnet.kernels.dense import (TILE_ROWS, forward_rows_blocked, nt_rows_tiled,
+                                   weights_rows_blocked)
 
 # Same clip as the cross-entropy kernels (losses.CLIP): probabilities in [1e-7, 1 - 1e-7].
 CLIP = 1e-7
@@ -124,9 +128,9 @@ def train_epochs_fused(X, y, orders, batch_size, weights, biases, dweights, dbia
                 relu = l < n_layers - 1
                 if tiled[l] & TILED_FORWARD:
                     n_neurons = weights[l].shape[1]
-                    for block in prange((m + 3) // 4):
+                    for block in prange((m + TILE_ROWS - 1) // TILE_ROWS):
                         nt_rows_tiled(batch_inputs, weights_t[l], biases[l], True, batch_output,
-                                      block * 4, 0, n_neurons, relu)
+                                      block * TILE_ROWS, 0, n_neurons, relu)
                 else:
                     for block in prange((m + 3) // 4):
                         forward_rows_blocked(batch_inputs, weights[l], biases[l], batch_output,
@@ -201,9 +205,9 @@ def train_epochs_fused(X, y, orders, batch_size, weights, biases, dweights, dbia
                     for n in prange(n_neurons):
                         for s in range(m):
                             batch_dvalues_t[n, s] = dvalues[s, n]
-                    for band in prange((n_in + 3) // 4):
+                    for band in prange((n_in + TILE_ROWS - 1) // TILE_ROWS):
                         nt_rows_tiled(batch_inputs_t, batch_dvalues_t, layer_dbiases, False,
-                                      layer_dweights, band * 4, 0, n_neurons, False)
+                                      layer_dweights, band * TILE_ROWS, 0, n_neurons, False)
                 else:
                     for band in prange((n_in + 3) // 4):
                         weights_rows_blocked(inputs, dvalues, layer_dweights, band * 4, m)
