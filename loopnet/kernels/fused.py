@@ -9,7 +9,7 @@ What the layered path (``Model.train`` calling ``Dense.forward``, ``ReLU.forward
 one call per block of epochs, with every buffer allocated once by the caller and reused:
 
     per step (one batch of rows ``order[start:end]``):
-      acts[0][s]     = X[order[start + s]]                                      (gather the batch)
+      acts[0][s]     = X[order[start + s]]          (gather; unshuffled: X's rows read in place)
       acts[l + 1][s] = relu(acts[l][s] @ weights[l] + biases[l])      (last layer: no relu)
       probs          = softmax(acts[L][s]);  loss[s] = -log(clip(probs[y]))
       dacts[L][s]    = (probs - one_hot(y)) / n_batch                (softmax + CE backward)
@@ -108,6 +108,11 @@ def train_epochs_fused(X, y, orders, batch_size, weights, biases, dweights, dbia
     n_steps = (n_samples + batch_size - 1) // batch_size
     for epoch in range(history.shape[0]):
         order = orders[epoch if orders.shape[0] > 1 else 0]
+        in_order = True                  # order == 0, 1, 2, ...: no gather needed
+        for s in range(n_samples):
+            if order[s] != s:
+                in_order = False
+                break
         loss_sum = 0.0        # float64 running sums, as Loss/Accuracy.accumulated_sum
         correct_sum = 0.0
         learning_rate = hyper[LEARNING_RATE]
@@ -116,14 +121,20 @@ def train_epochs_fused(X, y, orders, batch_size, weights, biases, dweights, dbia
             m = min(batch_size, n_samples - start)
 
             # --- forward: gather the batch, then dense (+ relu) layer by layer --------------
-            batch = acts[0]
-            for s in prange(m):
-                row = X[order[start + s]]
-                for i in range(n_inputs):
-                    batch[s, i] = row[i]
+            if in_order:
+                # the batch is rows start .. start + m - 1 of X: read them in place (copying
+                # them first cost ~7% of an MNIST-size epoch; same values, so same bits)
+                first_inputs = X[start:start + m]
+            else:
+                batch = acts[0]
+                for s in prange(m):
+                    row = X[order[start + s]]
+                    for i in range(n_inputs):
+                        batch[s, i] = row[i]
+                first_inputs = acts[0][:m]
             for l in range(n_layers):
                 # dense_forward_blocked's rows (4 samples per iteration), relu on all but the last
-                batch_inputs = acts[l][:m]
+                batch_inputs = first_inputs if l == 0 else acts[l][:m]
                 batch_output = acts[l + 1][:m]
                 relu = l < n_layers - 1
                 if tiled[l] & TILED_FORWARD:
@@ -186,7 +197,7 @@ def train_epochs_fused(X, y, orders, batch_size, weights, biases, dweights, dbia
             # --- backward, last layer first ------------------------------------------------
             for l in range(n_layers - 1, -1, -1):
                 layer_weights = weights[l]
-                inputs = acts[l]
+                inputs = first_inputs if l == 0 else acts[l]  # rows 0 .. m - 1 are read
                 dvalues = dacts[l + 1]
                 layer_dweights = dweights[l]
                 layer_dbiases = dbiases[l]
@@ -198,10 +209,13 @@ def train_epochs_fused(X, y, orders, batch_size, weights, biases, dweights, dbia
                     # the NT form: dweights[i, n] = sum_s inputs_t[i, s] * dvalues_t[n, s]
                     batch_inputs_t = inputs_t[l][:n_in * m].reshape((n_in, m))
                     batch_dvalues_t = dvalues_t[l][:n_neurons * m].reshape((n_neurons, m))
+                    # row by row of inputs_t (contiguous writes, strided reads): 128x784 in
+                    # 33 us, against 55 us sample by sample (scattered writes)
                     for band in prange((n_in + 31) // 32):
-                        for s in range(m):
-                            for i in range(band * 32, min(band * 32 + 32, n_in)):
-                                batch_inputs_t[i, s] = inputs[s, i]
+                        for i in range(band * 32, min(band * 32 + 32, n_in)):
+                            inputs_t_row = batch_inputs_t[i]
+                            for s in range(m):
+                                inputs_t_row[s] = inputs[s, i]
                     for n in prange(n_neurons):
                         for s in range(m):
                             batch_dvalues_t[n, s] = dvalues[s, n]
