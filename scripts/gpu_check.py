@@ -18,7 +18,6 @@ Timings are medians of repeated runs after a warm-up (compilation excluded), eac
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import statistics
 import sys
@@ -26,53 +25,9 @@ import time
 
 import numpy as np
 
+from loopnet.kernels.examples import kernel_arguments
+
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-SCALARS = {"learning_rate": 0.05, "epsilon": 1e-7, "momentum": 0.9, "rho": 0.9, "beta_1": 0.9,
-           "beta_2": 0.999, "correction_1": 0.19, "correction_2": 0.002, "l1": 0.01, "l2": 0.02,
-           "precision": 0.1, "value": 0.5}
-
-
-def arguments(op, function, dtype, rng, n_samples, n_inputs, n_neurons, n_classes):
-    """Random host arguments for a kernel, from its parameter names."""
-    names = list(inspect.signature(function).parameters)
-    two_d = any(n in names for n in ("class_targets", "sample_losses")) or "softmax" in op \
-        or ("y_true" in names and "accuracy" not in op)
-    if op.startswith("dense"):
-        shapes = {"inputs": (n_samples, n_inputs), "weights": (n_inputs, n_neurons),
-                  "biases": (n_neurons,), "output": (n_samples, n_neurons),
-                  "dvalues": (n_samples, n_neurons), "dweights": (n_inputs, n_neurons),
-                  "dbiases": (n_neurons,), "dinputs": (n_samples, n_inputs)}
-    else:
-        side = (n_samples, n_classes) if two_d else (n_samples * n_classes,)
-        shapes = dict.fromkeys(names, side)
-        shapes["sample_losses"] = shapes["correct"] = (
-            (n_samples,) if two_d else side)
-    args = []
-    for name in names:
-        if name in SCALARS:
-            args.append(SCALARS[name])
-        elif name == "class_targets":
-            args.append(rng.integers(0, n_classes, n_samples).astype(np.intp))
-        elif name == "output" and op in ("mean", "regularization_loss"):
-            args.append(np.zeros(1, np.float64))
-        else:
-            shape = shapes[name]
-            values = rng.standard_normal(shape)
-            if name in ("y_pred", "softmax_output") or (name == "output" and "softmax" in op) \
-                    or (name == "dvalues" and "crossentropy" in op):
-                values = rng.uniform(0.01, 1, shape)
-                if values.ndim == 2:
-                    values /= values.sum(axis=1, keepdims=True)
-            elif name == "y_true" and op == "categorical_crossentropy_onehot":
-                values = np.eye(n_classes)[rng.integers(0, n_classes, n_samples)]
-            elif name == "y_true" and "binary" in op:
-                values = rng.integers(0, 2, shape)
-            elif name == "mask":
-                values = rng.integers(0, 2, shape) * 2.0
-            elif name == "cache":
-                values = rng.uniform(0, 1, shape)
-            args.append(values.astype(dtype))
-    return args
 
 
 def check_ops(gpu, twins, quick):
@@ -83,8 +38,9 @@ def check_ops(gpu, twins, quick):
     for op in sorted(gpu.KERNELS):
         for dtype in (np.float32, np.float64):
             rng = np.random.default_rng(0)
-            host = arguments(op, gpu.KERNEL_FUNCTIONS[op], dtype, rng, n_samples, n_inputs,
-                             n_neurons, n_classes)
+            host = kernel_arguments(op, gpu.KERNEL_FUNCTIONS[op], dtype, rng,
+                                    n_samples=n_samples, n_inputs=n_inputs, n_neurons=n_neurons,
+                                    n_classes=n_classes, n_elements=n_samples * n_classes)
             expected = [a.copy() if isinstance(a, np.ndarray) else a for a in host]
             getattr(twins, "dense_forward" if op == "dense_forward_tiled" else op)(*expected)
             device = [gpu.asarray(a) if isinstance(a, np.ndarray) else a for a in host]

@@ -6,8 +6,6 @@ raises IndexError on an out-of-bounds access, so a missing bounds check in a ker
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
 
@@ -15,6 +13,7 @@ import loopnet
 from loopnet import ops
 from loopnet.backends import cuda as gpu
 from loopnet.backends import numpy as twins
+from loopnet.kernels.examples import kernel_arguments
 
 from helpers import sum_tolerance
 
@@ -22,56 +21,13 @@ N_ELEMENTS = 131            # > one 1-D block of 128, not a multiple of it
 N_SAMPLES, N_CLASSES = 19, 7
 N_INPUTS, N_NEURONS = 21, 18  # > one 16-wide tile and not a multiple of it
 
-SCALARS = {"learning_rate": 0.05, "epsilon": 1e-7, "momentum": 0.9, "rho": 0.9,
-           "beta_1": 0.9, "beta_2": 0.999, "correction_1": 0.19, "correction_2": 0.002,
-           "l1": 0.01, "l2": 0.02, "precision": 0.1, "value": 0.5}
-ELEMENTWISE = {"relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
-               "linear_forward", "linear_backward", "dropout_forward", "dropout_backward",
-               "binary_accuracy", "regression_accuracy", "fill", "regularization_backward",
-               "regularization_loss", "mean", "sgd_update", "sgd_momentum_update",
-               "adagrad_update", "rmsprop_update", "adam_update"}
 
 
 def _arguments(op, dtype, rng):
     """Random host arguments for ``op``, built from its parameter names."""
-    names = list(inspect.signature(gpu.KERNEL_FUNCTIONS[op]).parameters)
-    if op.startswith("dense"):
-        shapes = {"inputs": (N_SAMPLES, N_INPUTS), "weights": (N_INPUTS, N_NEURONS),
-                  "biases": (N_NEURONS,), "output": (N_SAMPLES, N_NEURONS),
-                  "dvalues": (N_SAMPLES, N_NEURONS), "dweights": (N_INPUTS, N_NEURONS),
-                  "dbiases": (N_NEURONS,), "dinputs": (N_SAMPLES, N_INPUTS)}
-    else:
-        side = (N_ELEMENTS,) if op in ELEMENTWISE else (N_SAMPLES, N_CLASSES)
-        shapes = dict.fromkeys(names, side)
-        for per_sample in ("sample_losses", "correct"):
-            if len(side) == 2:
-                shapes[per_sample] = (N_SAMPLES,)
-    args = []
-    for name in names:
-        if name in SCALARS:
-            args.append(SCALARS[name])
-        elif name == "class_targets":
-            args.append(rng.integers(0, N_CLASSES, N_SAMPLES).astype(np.intp))
-        elif name == "output" and op in ("mean", "regularization_loss"):
-            args.append(np.zeros(1, np.float64))
-        else:
-            shape = shapes[name]
-            values = rng.standard_normal(shape)
-            if name in ("y_pred", "softmax_output") or (name == "output" and "softmax" in op) \
-                    or (name == "dvalues" and "crossentropy" in op):
-                values = rng.uniform(0.01, 1, shape)
-                if values.ndim == 2:
-                    values /= values.sum(axis=1, keepdims=True)
-            elif name == "y_true" and op == "categorical_crossentropy_onehot":
-                values = np.eye(N_CLASSES)[rng.integers(0, N_CLASSES, N_SAMPLES)]
-            elif name == "y_true" and "binary" in op:
-                values = rng.integers(0, 2, shape)
-            elif name == "mask":
-                values = rng.integers(0, 2, shape) * 2.0
-            elif name == "cache":
-                values = rng.uniform(0, 1, shape)
-            args.append(values.astype(dtype))
-    return args
+    return kernel_arguments(op, gpu.KERNEL_FUNCTIONS[op], dtype, rng, n_samples=N_SAMPLES,
+                            n_inputs=N_INPUTS, n_neurons=N_NEURONS, n_classes=N_CLASSES,
+                            n_elements=N_ELEMENTS)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
