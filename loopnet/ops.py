@@ -395,23 +395,24 @@ def softmax_forward(inputs, *, device: str | None = None):
     return output.reshape(x.shape)
 
 
-def _elementwise_pair(first, first_name, second, second_name):
-    """Two same-shaped arrays (a gradient and a forward array), flattened, in a common dtype."""
+def _elementwise(kernel: str, first, first_name, second, second_name, out, device):
+    """Run the element-wise ``kernel`` on two same-shaped arrays (a gradient or an input, and a
+    forward array or mask), flattened, in a common dtype; returns the result in their shape."""
     a = _array(first, first_name)
     b = _array(second, second_name)
     _check_not_empty(a, first_name)
     _same_shape(a, first_name, b.shape, second_name)
     dtype = _float_dtype(a, b)
-    return _contiguous(a, dtype).reshape(-1), _contiguous(b, dtype).reshape(-1), a.shape, dtype
+    be = _backend(device)
+    result = _output(be, out, a.shape, dtype)
+    getattr(be, kernel)(_contiguous(a, dtype).reshape(-1), _contiguous(b, dtype).reshape(-1),
+                        result.reshape(-1))
+    return result
 
 
 def relu_backward(dvalues, inputs, *, out=None, device: str | None = None):
     """ReLU's gradient: ``dvalues`` where the forward ``inputs`` were > 0, else 0; any shape."""
-    d, x, shape, dtype = _elementwise_pair(dvalues, "dvalues", inputs, "inputs")
-    be = _backend(device)
-    dinputs = _output(be, out, shape, dtype)
-    be.relu_backward(d, x, dinputs.reshape(-1))
-    return dinputs
+    return _elementwise("relu_backward", dvalues, "dvalues", inputs, "inputs", out, device)
 
 
 def softmax_backward(dvalues, output, *, out=None, device: str | None = None):
@@ -441,11 +442,7 @@ def sigmoid_forward(inputs, *, out=None, device: str | None = None):
 
 def sigmoid_backward(dvalues, output, *, out=None, device: str | None = None):
     """Sigmoid's gradient ``dvalues * (1 - output) * output`` from the forward ``output``."""
-    d, o, shape, dtype = _elementwise_pair(dvalues, "dvalues", output, "output")
-    be = _backend(device)
-    dinputs = _output(be, out, shape, dtype)
-    be.sigmoid_backward(d, o, dinputs.reshape(-1))
-    return dinputs
+    return _elementwise("sigmoid_backward", dvalues, "dvalues", output, "output", out, device)
 
 
 def linear_forward(inputs, *, out=None, device: str | None = None):
@@ -658,20 +655,12 @@ def dropout_mask(shape, rate: float, rng, dtype=np.float32) -> np.ndarray:
 
 def dropout_forward(inputs, mask, *, out=None, device: str | None = None):
     """``inputs * mask`` element-wise (``mask`` from ``dropout_mask``); any shape."""
-    x, m, shape, dtype = _elementwise_pair(inputs, "inputs", mask, "mask")
-    be = _backend(device)
-    output = _output(be, out, shape, dtype)
-    be.dropout_forward(x, m, output.reshape(-1))
-    return output
+    return _elementwise("dropout_forward", inputs, "inputs", mask, "mask", out, device)
 
 
 def dropout_backward(dvalues, mask, *, out=None, device: str | None = None):
     """``dvalues * mask``: dropped neurons pass no gradient back."""
-    d, m, shape, dtype = _elementwise_pair(dvalues, "dvalues", mask, "mask")
-    be = _backend(device)
-    dinputs = _output(be, out, shape, dtype)
-    be.dropout_backward(d, m, dinputs.reshape(-1))
-    return dinputs
+    return _elementwise("dropout_backward", dvalues, "dvalues", mask, "mask", out, device)
 
 
 # --- Optimizer updates (in place) ------------------------------------------------------------------

@@ -82,15 +82,23 @@ def tiled_always():
         yield
 
 
-@settings(max_examples=30)
-@given(data=st.data())
-def test_cpu_dense_ops_on_the_tiled_path_match_the_twins(data):
+def draw_dense_case(data):
+    """dtype, inputs, weights, biases and dvalues of one dense layer with sides crossing the
+    tile edges (``tile_sides``), values in [-10, 10]."""
     dtype = data.draw(float_dtypes)
     n_samples, n_inputs, n_neurons = (data.draw(tile_sides) for _ in range(3))
     inputs = data.draw(arrays(dtype, (n_samples, n_inputs), bound=10.0))
     weights = data.draw(arrays(dtype, (n_inputs, n_neurons), bound=10.0))
     biases = data.draw(arrays(dtype, (n_neurons,), bound=10.0))
     dvalues = data.draw(arrays(dtype, (n_samples, n_neurons), bound=10.0))
+    return dtype, inputs, weights, biases, dvalues
+
+
+@settings(max_examples=30)
+@given(data=st.data())
+def test_cpu_dense_ops_on_the_tiled_path_match_the_twins(data):
+    dtype, inputs, weights, biases, dvalues = draw_dense_case(data)
+    (n_samples, n_inputs), n_neurons = inputs.shape, weights.shape[1]
 
     output = np.empty((n_samples, n_neurons), dtype)
     dweights = np.empty_like(weights)
@@ -433,12 +441,8 @@ FAST_KERNELS = [("forward", cpu.dense_forward_fast_serial),
 @settings(max_examples=40)
 @given(data=st.data())
 def test_fast_blocked_kernels_match_the_twins(data):
-    dtype = data.draw(float_dtypes)
-    n_samples, n_inputs, n_neurons = (data.draw(tile_sides) for _ in range(3))
-    inputs = data.draw(arrays(dtype, (n_samples, n_inputs), bound=10.0))
-    weights = data.draw(arrays(dtype, (n_inputs, n_neurons), bound=10.0))
-    biases = data.draw(arrays(dtype, (n_neurons,), bound=10.0))
-    dvalues = data.draw(arrays(dtype, (n_samples, n_neurons), bound=10.0))
+    dtype, inputs, weights, biases, dvalues = draw_dense_case(data)
+    (n_samples, n_inputs), n_neurons = inputs.shape, weights.shape[1]
     for op, kernel in FAST_KERNELS:
         if op == "forward":
             output = np.full((n_samples, n_neurons), np.nan, dtype)
