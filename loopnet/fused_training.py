@@ -103,7 +103,7 @@ class FusedRun:
 
     def __init__(self, model, dense, X, y, batch_size, shuffle):
         from loopnet.backends import cpu
-        from loopnet.kernels import fused as _fused
+        from loopnet.kernels import dense as _dense, fused as _fused
 
         self.cpu = cpu
         self.model = model
@@ -139,7 +139,8 @@ class FusedRun:
         # Large layers run the register-tiled kernel, decided as the cpu backend decides for
         # a dense forward of this batch; they keep weights.T packed (Adam updates both copies).
         forward = [cpu._use_tiled(self.batch_size, a, b) for a, b in zip(widths, widths[1:])]
-        backward = [cpu._use_tiled_dweights(self.batch_size, a, b)
+        # (the broadcast form's tile needs TN_ROWS inputs: fewer run the blocked loops)
+        backward = [cpu._use_tiled_dweights(self.batch_size, a, b) and a >= _dense.TN_ROWS
                     for a, b in zip(widths, widths[1:])]
         self.tiled = np.array([_fused.TILED_FORWARD * f + _fused.TILED_DWEIGHTS * b
                                for f, b in zip(forward, backward)], np.int64)
@@ -150,10 +151,9 @@ class FusedRun:
         for w, w_t in zip(self.weights, self.weights_t):
             if w_t.shape == w.shape[::-1]:
                 w_t[...] = w.T
-        self.inputs_t = tuple(zeros(self.batch_size * a) if b else one
-                              for a, b in zip(widths, backward))
-        self.dvalues_t = tuple(zeros(self.batch_size * n) if b else one
-                               for n, b in zip(widths[1:], backward))
+        panel = _dense.PANEL_WIDTH  # scratch for dvalues packed into panels (tiled dweights)
+        self.dvalues_panels = tuple(zeros(-(-n // panel) * panel * self.batch_size) if b else one
+                                    for n, b in zip(widths[1:], backward))
         self.sample_losses = np.zeros(self.batch_size, dtype)
         self.correct = np.zeros(self.batch_size, dtype)
         self.hyper = np.array([optimizer.learning_rate, optimizer.decay, optimizer.epsilon,
@@ -175,7 +175,7 @@ class FusedRun:
             self.dweights, self.dbiases, self.acts, self.dacts, self.weight_momentums,
             self.weight_cache, self.bias_momentums, self.bias_cache, self.hyper,
             start_iteration, self.sample_losses, self.correct, history, self.tiled,
-            self.weights_t, self.inputs_t, self.dvalues_t)
+            self.weights_t, self.dvalues_panels)
         if failed >= 0:
             done_epochs, step = divmod(int(failed), self.steps)
             model.optimizer.iterations = start_iteration + failed

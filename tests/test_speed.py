@@ -333,7 +333,7 @@ def test_fused_step_matches_its_numpy_twin():
         *[tuple(group) for group in states], np.array([0.01, 0, 1e-7, 0.9, 0.999]), 0,
         np.zeros(n), np.zeros(n), history, np.zeros(3, np.int64),
         tuple(np.ascontiguousarray(w.T) for w in weights),
-        *[tuple(np.zeros(1) for _ in weights)] * 2)
+        tuple(np.zeros(1) for _ in weights))
     assert failed == -1
     assert abs(history[0, 0] / n - loss) < 1e-12 and history[0, 1] / n == accuracy
     for got, want in zip(weights + biases + sum(states, []), sum(twin, [])):
@@ -543,3 +543,109 @@ def test_tiled_kernel_does_not_depend_on_the_alignment_of_its_operands():
                                     biases, True, output)
         results.add(bits(output))
     assert len(results) == 1
+
+
+# --- The broadcast form (dense_tn_tiled): no transposes -------------------------------------------
+
+# Column counts that cross the 64-wide panels (1 included), row counts that cross the 5-row
+# tiles (below one tile too).
+panel_sides = st.integers(1, 140)
+
+
+@given(data=st.data())
+def test_pack_panels(data):
+    dtype = data.draw(float_dtypes)
+    b = data.draw(arrays(dtype, (data.draw(tile_sides), data.draw(panel_sides))))
+    if data.draw(st.booleans()):
+        b = np.ascontiguousarray(b.T).T  # a transposed view, as for weights.T
+    n_k, n_columns = b.shape
+    width = dense.PANEL_WIDTH
+    expected = np.zeros(((n_columns + width - 1) // width, n_k, width), dtype)
+    for p in range(expected.shape[0]):
+        strip = b[:, p * width:(p + 1) * width]
+        expected[p, :, :strip.shape[1]] = strip
+    for kernel in (cpu.pack_panels_serial, cpu.pack_panels_parallel):
+        panels = np.full(expected.shape, np.nan, dtype)
+        kernel(b, panels)
+        assert np.array_equal(panels, expected)
+
+
+def broadcast(a, b, biases, add, kernel):
+    panels = np.empty(((b.shape[1] + dense.PANEL_WIDTH - 1) // dense.PANEL_WIDTH, b.shape[0],
+                       dense.PANEL_WIDTH), b.dtype)
+    cpu.pack_panels_serial(b, panels)
+    output = np.full((a.shape[1], b.shape[1]), np.nan, a.dtype)
+    kernel(a, panels, biases, add, output)
+    return output
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_broadcast_kernel_matches_the_twin(data):
+    """``output = a.T @ b (+ biases)``, ``a`` C-ordered (dweights' ``inputs``) or a transposed
+    view (forward's ``inputs.T``); serial and parallel builds give the same bits."""
+    dtype = data.draw(float_dtypes)
+    n_k, n_rows, n_columns = data.draw(tile_sides), data.draw(tile_sides), data.draw(panel_sides)
+    a = data.draw(arrays(dtype, (n_k, n_rows), bound=10.0))
+    if data.draw(st.booleans()):
+        a = np.ascontiguousarray(a.T).T
+    b = data.draw(arrays(dtype, (n_k, n_columns), bound=10.0))
+    biases = data.draw(arrays(dtype, (n_columns,), bound=10.0))
+    add = data.draw(st.booleans())
+    expected = np.dot(a.T, b) + (biases if add else 0)
+    results = set()
+    for kernel in (cpu.dense_tn_tiled_serial, cpu.dense_tn_tiled_parallel):
+        output = broadcast(a, b, biases, add, kernel)
+        assert_within(output, expected, nt_tolerance(a.T, b.T, biases * add), "broadcast")
+        results.add(bits(output))
+    assert len(results) == 1
+
+
+def test_broadcast_kernel_across_k_blocks():
+    """Panels too big for L2 (``dense.PANELS_IN_L2``) are summed in blocks of
+    ``K_BLOCK_BROADCAST`` whose totals are added in order: the result matches the twin, a
+    NaN/inf in a later block still reaches its outputs, and the bits depend neither on the
+    thread count nor on the build."""
+    rng = np.random.default_rng(7)
+    n_columns = 2 * dense.PANEL_WIDTH - 5
+    n_k = dense.PANELS_IN_L2 // (2 * dense.PANEL_WIDTH) + dense.K_BLOCK_BROADCAST + 3
+    a = rng.standard_normal((n_k, 13)).astype(np.float32)
+    b = rng.standard_normal((n_k, n_columns)).astype(np.float32)
+    biases = rng.standard_normal(n_columns).astype(np.float32)
+    a[dense.K_BLOCK_BROADCAST + 5, 2] = np.nan
+    b[n_k - 1, 9] = np.inf
+    with np.errstate(invalid="ignore"):
+        expected = np.dot(a.T, b) + biases
+    results = set()
+    before = numba.get_num_threads()
+    try:
+        for threads in THREAD_COUNTS:
+            numba.set_num_threads(threads)
+            for kernel in (cpu.dense_tn_tiled_serial, cpu.dense_tn_tiled_parallel):
+                with np.errstate(invalid="ignore"):
+                    output = broadcast(a, b, biases, True, kernel)
+                results.add(bits(output))
+    finally:
+        numba.set_num_threads(before)
+    assert len(results) == 1
+    finite = np.isfinite(expected)
+    assert np.array_equal(np.isnan(output), np.isnan(expected))
+    assert np.array_equal(np.isposinf(output), np.isposinf(expected))
+    tolerance = nt_tolerance(np.nan_to_num(a.T), np.nan_to_num(b.T, posinf=0), biases)
+    assert_within(output[finite], expected[finite], tolerance[finite], "broadcast, k blocks")
+
+
+def test_dweights_with_rows_a_multiple_of_1kb_apart(tiled_always):
+    """Such ``inputs`` are copied with their rows spread (``cpu._spread_rows``): same bits as
+    the kernel on the inputs as they are, and the twin's values."""
+    rng = np.random.default_rng(8)
+    inputs = rng.standard_normal((70, 256)).astype(np.float32)  # rows 1 KB apart
+    dvalues = rng.standard_normal((70, 30)).astype(np.float32)
+    assert cpu._spread_rows(inputs, "test").strides[0] != inputs.strides[0]
+    dweights = np.empty((256, 30), np.float32)
+    cpu.dense_backward_weights(inputs, dvalues, dweights)
+    direct = broadcast(inputs, dvalues, np.zeros(30, np.float32), False,
+                       cpu.dense_tn_tiled_parallel)
+    assert bits(dweights) == bits(direct)
+    assert_within(dweights, inputs.T @ dvalues,
+                  nt_tolerance(inputs.T, dvalues.T, np.zeros(30, np.float32)), "dweights")

@@ -15,8 +15,9 @@ Shapes: inputs (n_samples, n_inputs), weights (n_inputs, n_neurons), biases (n_n
 """
 
 import numpy as np
-from numba import prange
-from numba.extending import register_jitable
+from numba import carray, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, register_jitable
 
 # The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
 # ``numba.cuda``, sets it to that module before compiling them (see that module's docstring).
@@ -424,6 +425,186 @@ def nt_rows_tiled(rows, columns_t, biases, add_biases, output, r0, panel_start, 
                 value = o[c]
                 if not (value > 0 or value != value):
                     o[c] = zero
+
+
+# --- The broadcast form: no transposes (issue 5) ---------------------------------------------------
+# The NT kernel above needs both operands contiguous along the summed index, so ``dweights``
+# (summed over samples) paid two transposes per call, ~1.6 ms of a 4096x784x128 product's ~6.
+# The broadcast form (BLIS's micro-kernel) needs neither: the summed index is the *outer* loop,
+#     for k:  acc[r, :] += a[k, r] * b[k, :]     (one value of ``a`` times a row of ``b``)
+# so ``a`` is read a few scalars at a time in any layout, and ``b`` along its rows, which
+# ``pack_panels`` copies (a plain copy, not a transpose) into PANEL_WIDTH-wide panels. The
+# TN_ROWS x PANEL_WIDTH accumulator tile lives on the stack (``_stack_tile``): LLVM keeps such
+# a tile in registers (20 zmm registers for 5 x 64 float32), where numpy arrays, whose memory
+# could alias ``output``, are loaded and stored on every step. Like the NT kernel this is
+# fastmath (the multiply-adds fused: within rounding of the loops, not their bits), with one
+# owner per output element and one fixed order of sums, whatever the thread count.
+#
+#     dweights = inputs.T @ dvalues -> a = inputs (k = sample),   b = dvalues (a plain copy)
+#     forward  = inputs @ weights   -> a = inputs.T (a view),     b = weights
+#     dinputs  = dvalues @ weights.T -> a = dvalues.T (a view),   b = weights.T (packed)
+
+# Columns per panel and per tile: 64 float32 are 4 zmm registers, so a 5 x 64 tile holds 20
+# accumulators, and each step loads 4 vectors of ``b`` and 5 scalars of ``a`` for 20
+# multiply-adds (32 columns, 12 accumulators, ran 4096x784x128's dweights 25% slower).
+PANEL_WIDTH = 64
+# Summed indices per block: a block of the panels (256 x 128 float32 = 128 KB for an MNIST
+# layer's dweights) stays in the L2 cache while every tile of ``a`` streams past (512: 15%
+# slower there; 128: a tie).
+K_BLOCK_BROADCAST = 256
+# Panels up to this many scalars (1 MB of float32, half the L2 cache here) are summed in one
+# go: one parallel region instead of one per block (32x784x128's forward: ~20 us less).
+PANELS_IN_L2 = 256 * 1024
+
+
+# Rows per tile: 5 x 64 float32 = 20 accumulator registers, + 4 vectors of ``b`` and 5
+# broadcast values of ``a`` = 29 of the 32 zmm registers. 6 rows (24 + 4 + 6 = 34) spilled an
+# accumulator to the stack on every step and ran 10-15% slower; 7 x 48 and 8 x 32 measured
+# within noise of 5 x 64 or slower (single-threaded, 1024^3: 115-126 GFLOP/s; OpenBLAS 155).
+TN_ROWS = 5
+
+
+@intrinsic
+def _stack_tile(typingctx, like):
+    """A pointer to ``TN_ROWS * PANEL_WIDTH`` uninitialised scalars of ``like``'s dtype on the
+    stack of the calling kernel (LLVM's ``alloca``): a scratch tile the optimizer may keep in
+    registers, because nothing outside the kernel can see it."""
+    dtype = like.dtype
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(dtype),
+                                   size=TN_ROWS * PANEL_WIDTH)
+
+    return types.CPointer(dtype)(like), codegen
+
+
+def pack_panels(b, panels):
+    """``panels[p, k, c] = b[k, p * PANEL_WIDTH + c]``, zeros past ``b``'s last column.
+
+    Each panel is one PANEL_WIDTH-wide column strip of ``b``, its rows now 256 bytes apart
+    instead of a whole row of ``b`` (4 KB for 1024 columns: rows that far apart share L1 cache
+    sets and evict each other). ``b`` may be a transposed view (``weights.T``)."""
+    for p in prange(panels.shape[0]):
+        pack_panel(b, panels, p)
+
+
+@register_jitable
+def pack_panel(b, panels, p):
+    """Panel ``p`` of ``pack_panels`` (also called by the fused trainer)."""
+    n_k, n_columns = b.shape
+    c0 = p * PANEL_WIDTH
+    width = min(PANEL_WIDTH, n_columns - c0)
+    target = panels[p]
+    if width == PANEL_WIDTH:  # a full panel: a copy of constant length, one vector store per
+        for k in range(n_k):  # 16 values (a variable length ran 784x128 in 50 us, this in ~15)
+            source = b[k, c0:c0 + PANEL_WIDTH]
+            row = target[k]
+            for c in range(PANEL_WIDTH):
+                row[c] = source[c]
+        return
+    for k in range(n_k):
+        source = b[k, c0:c0 + width]
+        row = target[k]
+        for c in range(width):
+            row[c] = source[c]
+        for c in range(width, PANEL_WIDTH):
+            row[c] = 0
+
+
+def dense_tn_tiled(a, panels, biases, add_biases, output):
+    """``output[i, j] = sum_k a[k, i] * b[k, j]`` (``+ biases[j]`` if ``add_biases``), with
+    ``panels = pack_panels(b)``.
+
+    Twin: ``np.dot(a.T, b) (+ biases)``. One ``prange`` iteration owns a tile: ``TN_ROWS`` rows
+    of ``output`` times one panel's columns (``tn_tile``). The last tile of rows, when fewer
+    are left, starts earlier (overlapping the tile before) and stores only its own rows, so
+    that every tile is a full one; fewer rows than one tile run ``tn_rows_plain``. When the
+    panels are too big for the L2 cache (see PANELS_IN_L2) the summed index goes in blocks of
+    K_BLOCK_BROADCAST, the outer loop, in order: a fixed order of sums in any case.
+    """
+    n_k, n_rows = a.shape
+    if n_rows < TN_ROWS:
+        tn_rows_plain(a, panels, biases, add_biases, output)
+        return
+    n_panels = panels.shape[0]
+    n_blocks = (n_rows + TN_ROWS - 1) // TN_ROWS
+    # Consecutive tiles go to one thread (numba splits a prange into contiguous chunks): with
+    # fewer rows than columns a thread takes whole panels (and all of ``a``), else whole rows
+    # of tiles (and all the panels), whichever it reads less of (32x784x128's forward:
+    # 64 -> 49 us panel by panel; 4096x784x128's dweights: 3.4 -> 3.8 ms so).
+    panel_major = n_rows < n_panels * PANEL_WIDTH
+    k_step = max(n_k, 1)
+    if n_k * n_panels * PANEL_WIDTH > PANELS_IN_L2:
+        k_step = K_BLOCK_BROADCAST
+    for k0 in range(0, max(n_k, 1), k_step):
+        k1 = min(n_k, k0 + k_step)
+        for tile in prange(n_blocks * n_panels):
+            if panel_major:
+                p, block = tile // n_blocks, tile % n_blocks
+            else:
+                block, p = tile // n_panels, tile % n_panels
+            owned = block * TN_ROWS
+            tn_tile(a, panels[p], biases, add_biases, output, min(owned, n_rows - TN_ROWS),
+                    owned, p * PANEL_WIDTH, k0, k1)
+
+
+@register_jitable
+def tn_rows_plain(a, panels, biases, add_biases, output):
+    """``dense_tn_tiled`` for fewer than ``TN_ROWS`` rows: plain loops (a sum per output)."""
+    n_k, n_rows = a.shape
+    n_columns = output.shape[1]
+    for r in range(n_rows):
+        for c in range(n_columns):
+            panel = panels[c // PANEL_WIDTH]
+            total = output.dtype.type(0)
+            for k in range(n_k):
+                total += a[k, r] * panel[k, c % PANEL_WIDTH]
+            if add_biases:
+                total += biases[c]
+            output[r, c] = total
+
+
+@register_jitable(fastmath=FASTMATH)
+def tn_tile(a, panel, biases, add_biases, output, r0, owned, c0, k0, k1):
+    """Rows ``r0 .. r0 + TN_ROWS - 1`` and columns ``c0 .. c0 + PANEL_WIDTH - 1`` (fewer at the
+    end) of ``dense_tn_tiled``, summed over ``k0 .. k1 - 1``: rows from ``owned`` on are
+    stored, or added to ``output`` unless ``k0 == 0``.
+
+    The accumulators are the rows of a stack tile, each updated by a loop over the panel's
+    columns that LLVM turns into 4 vector multiply-adds: the readable form of a 5 x 64
+    register tile. The values of ``a`` come from one row slice with constant indices, and the
+    loop over ``k`` starts at 0 over views of the block: with offset ranges numba's index
+    wraparound checks stayed in the loop (126 against 115 GFLOP/s single-threaded).
+    """
+    n_columns = output.shape[1]
+    tile = carray(_stack_tile(output), (TN_ROWS, PANEL_WIDTH))
+    acc0 = tile[0]; acc1 = tile[1]; acc2 = tile[2]  # noqa: E702
+    acc3 = tile[3]; acc4 = tile[4]  # noqa: E702
+    for c in range(PANEL_WIDTH):
+        acc0[c] = 0; acc1[c] = 0; acc2[c] = 0; acc3[c] = 0; acc4[c] = 0  # noqa: E702,E501
+    a_block = a[k0:k1, r0:r0 + TN_ROWS]
+    b_block = panel[k0:k1]
+    for k in range(k1 - k0):
+        x = a_block[k]
+        y_k = b_block[k]
+        for c in range(PANEL_WIDTH):
+            y = y_k[c]
+            acc0[c] += x[0] * y; acc1[c] += x[1] * y; acc2[c] += x[2] * y  # noqa: E702
+            acc3[c] += x[3] * y; acc4[c] += x[4] * y  # noqa: E702
+    width = min(PANEL_WIDTH, n_columns - c0)
+    for r in range(owned - r0, TN_ROWS):
+        total = tile[r]
+        o = output[r0 + r, c0:c0 + width]
+        if k0 > 0:  # a later block of k: add to the totals so far
+            for c in range(width):
+                o[c] += total[c]
+        elif add_biases:
+            b = biases[c0:c0 + width]
+            for c in range(width):
+                o[c] = total[c] + b[c]
+        else:
+            for c in range(width):
+                o[c] = total[c]
 
 
 def dense_forward_blocked(inputs, weights, biases, output):

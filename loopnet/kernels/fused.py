@@ -45,8 +45,8 @@ import numpy as np
 from numba import prange
 from numba.extending import register_jitable
 
-from loopnet.kernels.dense import (TILE_ROWS, forward_rows_blocked, nt_rows_tiled,
-                                   weights_rows_blocked)
+from loopnet.kernels.dense import (PANEL_WIDTH, TILE_ROWS, TN_ROWS, forward_rows_blocked,
+                                   nt_rows_tiled, pack_panel, tn_tile, weights_rows_blocked)
 
 # Same clip as the cross-entropy kernels (losses.CLIP): probabilities in [1e-7, 1 - 1e-7].
 CLIP = 1e-7
@@ -69,8 +69,8 @@ LEARNING_RATE, DECAY, EPSILON, BETA_1, BETA_2 = range(5)
 
 def train_epochs_fused(X, y, orders, batch_size, weights, biases, dweights, dbiases, acts, dacts,
                        weight_momentums, weight_cache, bias_momentums, bias_cache, hyper,
-                       iteration, sample_losses, correct, history, tiled, weights_t, inputs_t,
-                       dvalues_t):
+                       iteration, sample_losses, correct, history, tiled, weights_t,
+                       dvalues_panels):
     """Train ``history.shape[0]`` epochs; returns -1, or the global step index at which the loss
     became NaN/inf (before that step's update, as the layered path stops).
 
@@ -81,10 +81,11 @@ def train_epochs_fused(X, y, orders, batch_size, weights, biases, dweights, dbia
     ``hyper`` float64 (learning_rate, decay, epsilon, beta_1, beta_2); ``iteration`` the number
     of optimizer steps already made; ``sample_losses``, ``correct`` (batch_size,) scratch;
     ``tiled`` (L,) int: bit ``TILED_FORWARD`` / ``TILED_DWEIGHTS`` set where that layer's
-    forward / dweights runs the register-tiled kernel (``nt_rows_tiled``; the caller decides
-    as the cpu backend does), the dweights ones with flat scratch ``inputs_t[l]``,
-    ``dvalues_t[l]`` of ``batch_size * n_inputs`` and ``batch_size * n_neurons`` values for the
-    transposed batch (other layers: any 1-element arrays); ``weights_t[l]`` = ``weights[l].T``
+    forward / dweights runs a register-tiled kernel (forward: ``nt_rows_tiled``, dweights:
+    the broadcast form's ``tn_tile``; the caller decides as the cpu backend does), the
+    dweights ones with a flat scratch ``dvalues_panels[l]`` of ``batch_size * PANEL_WIDTH``
+    values per panel of ``pack_panels(dvalues)`` (other layers: any 1-element array);
+    ``weights_t[l]`` = ``weights[l].T``
     for tiled layers and every layer but the first (the backward pass reads it; the Adam step
     keeps it in step), any (1, 1) array for a first layer whose forward is not tiled.
     ``history`` float64 (n_epochs, 3) receives per epoch the summed data loss and accuracy
@@ -206,22 +207,20 @@ def train_epochs_fused(X, y, orders, batch_size, weights, biases, dweights, dbia
                 # dweights = inputs.T @ dvalues: dense_backward_weights_blocked's rows (4 rows
                 # of dweights per iteration, samples added in order: the loops' bits)
                 if tiled[l] & TILED_DWEIGHTS:
-                    # the NT form: dweights[i, n] = sum_s inputs_t[i, s] * dvalues_t[n, s]
-                    batch_inputs_t = inputs_t[l][:n_in * m].reshape((n_in, m))
-                    batch_dvalues_t = dvalues_t[l][:n_neurons * m].reshape((n_neurons, m))
-                    # row by row of inputs_t (contiguous writes, strided reads): 128x784 in
-                    # 33 us, against 55 us sample by sample (scattered writes)
-                    for band in prange((n_in + 31) // 32):
-                        for i in range(band * 32, min(band * 32 + 32, n_in)):
-                            inputs_t_row = batch_inputs_t[i]
-                            for s in range(m):
-                                inputs_t_row[s] = inputs[s, i]
-                    for n in prange(n_neurons):
-                        for s in range(m):
-                            batch_dvalues_t[n, s] = dvalues[s, n]
-                    for band in prange((n_in + TILE_ROWS - 1) // TILE_ROWS):
-                        nt_rows_tiled(batch_inputs_t, batch_dvalues_t, layer_dbiases, False,
-                                      layer_dweights, band * TILE_ROWS, 0, n_neurons, False)
+                    # the broadcast form (dense_tn_tiled): dvalues copied into panels, the
+                    # batch's inputs read as they are (no transposes: 128x784x128 ran 185 us
+                    # as the NT form with both operands transposed, ~110 us so)
+                    n_panels = (n_neurons + PANEL_WIDTH - 1) // PANEL_WIDTH
+                    panels = dvalues_panels[l][:n_panels * m * PANEL_WIDTH].reshape(
+                        (n_panels, m, PANEL_WIDTH))
+                    for p in prange(n_panels):
+                        pack_panel(dvalues[:m], panels, p)
+                    n_blocks = (n_in + TN_ROWS - 1) // TN_ROWS
+                    for tile in prange(n_blocks * n_panels):
+                        owned = tile // n_panels * TN_ROWS
+                        p = tile % n_panels
+                        tn_tile(inputs[:m], panels[p], layer_dbiases, False, layer_dweights,
+                                min(owned, n_in - TN_ROWS), owned, p * PANEL_WIDTH, 0, m)
                 else:
                     for band in prange((n_in + 3) // 4):
                         weights_rows_blocked(inputs, dvalues, layer_dweights, band * 4, m)
