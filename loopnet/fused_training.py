@@ -144,6 +144,8 @@ class FusedRun:
                     for a, b in zip(widths, widths[1:])]
         self.tiled = np.array([_fused.TILED_FORWARD * f + _fused.TILED_DWEIGHTS * b
                                for f, b in zip(forward, backward)], np.int64)
+        # the kernel's build without the broadcast-form dweights compiles faster
+        self.tiled_dweights = any(backward)
         one = np.zeros(1, dtype)
         # weights.T: read by the tiled forward and by every backward dinputs (layers 1..)
         self.weights_t = tuple(zeros(w.shape[::-1]) if (f or l > 0) else one.reshape(1, 1)
@@ -171,10 +173,10 @@ class FusedRun:
         orders = self.arange if order is None else order.astype(np.intp)[None, :]
         start_iteration = model.optimizer.iterations
         failed = self.cpu.train_epochs(
-            self.step_work, self.X, self.y, orders, self.batch_size, self.weights, self.biases,
-            self.dweights, self.dbiases, self.acts, self.dacts, self.weight_momentums,
-            self.weight_cache, self.bias_momentums, self.bias_cache, self.hyper,
-            start_iteration, self.sample_losses, self.correct, history, self.tiled,
+            self.step_work, self.tiled_dweights, self.X, self.y, orders, self.batch_size,
+            self.weights, self.biases, self.dweights, self.dbiases, self.acts, self.dacts,
+            self.weight_momentums, self.weight_cache, self.bias_momentums, self.bias_cache,
+            self.hyper, start_iteration, self.sample_losses, self.correct, history, self.tiled,
             self.weights_t, self.dvalues_panels)
         if failed >= 0:
             done_epochs, step = divmod(int(failed), self.steps)

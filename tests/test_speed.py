@@ -362,6 +362,26 @@ def test_fused_training_is_bit_identical_across_thread_counts_and_runs(monkeypat
     assert len(results) == 1
 
 
+def test_fused_builds_with_and_without_the_broadcast_dweights_agree(monkeypatch):
+    """Models without a tiled dweights run a build of the fused kernel compiled without that
+    branch (it compiles faster); forcing the full build must not change a bit."""
+    X, y = spiral_data(30, 3, seed=0)
+    original = cpu.train_epochs
+    results = []
+    for force_full in (False, True):
+        def train_epochs(work, tiled_dweights, *args, force_full=force_full):
+            results.append(tiled_dweights or force_full)
+            return original(work, tiled_dweights or force_full, *args)
+
+        monkeypatch.setattr(cpu, "train_epochs", train_epochs)
+        model = classifier((2, 16, 3))
+        history = model.train(X, y, epochs=5, batch_size=32, print_every=0)
+        results.append(repr(history).encode()
+                       + b"".join(bits(p) for pair in model.get_parameters() for p in pair))
+    assert results[0] is False and results[2] is True  # the small build, then the full one
+    assert results[1] == results[3]
+
+
 def test_fused_path_is_used_only_where_it_applies(monkeypatch):
     from loopnet import fused_training
 
@@ -393,8 +413,10 @@ def test_fused_training_stops_on_nan_like_the_layered_path(monkeypatch):
 def test_numba_cache_names_of_the_serial_and_parallel_builds_differ():
     """Two builds of one function with cache=True would share one cache file (and overwrite
     each other's code); the serial copy carries its own name."""
-    assert cpu.train_epochs_serial.py_func.__qualname__ != \
-        cpu.train_epochs_parallel.py_func.__qualname__
+    names = {kernel.py_func.__qualname__ for kernel in (
+        cpu.train_epochs_serial, cpu.train_epochs_parallel, cpu.train_epochs_small_serial,
+        cpu.train_epochs_small_parallel)}
+    assert len(names) == 4
     assert os.path.basename(cpu.dense_nt_tiled_serial.py_func.__code__.co_filename) == "dense.py"
 
 

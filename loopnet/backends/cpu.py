@@ -54,11 +54,13 @@ def compile_loops(function):
     return numba.njit(parallel=parallel, cache=True)(function)
 
 
-def _copy(function, suffix):
+def _copy(function, suffix, **constants):
     """The same Python function under another name: numba's cache file is named after the
     function, so a serial and a parallel build of one function compiled with ``cache=True``
-    would share (and overwrite) one cache file; distinct names give each its own."""
-    copy = types.FunctionType(function.__code__, function.__globals__,
+    would share (and overwrite) one cache file; distinct names give each its own.
+    ``constants`` replace module globals in the copy (numba freezes globals at compile time)."""
+    namespace = dict(function.__globals__, **constants) if constants else function.__globals__
+    copy = types.FunctionType(function.__code__, namespace,
                               function.__name__ + suffix, function.__defaults__,
                               function.__closure__)
     copy.__qualname__ = function.__qualname__ + suffix
@@ -379,10 +381,17 @@ def dense_backward_weights(inputs, dvalues, dweights):
 from loopnet.kernels import fused as _fused  # noqa: E402
 
 train_epochs_serial, train_epochs_parallel = compile_twice(_fused.train_epochs_fused)
+train_epochs_small_serial, train_epochs_small_parallel = compile_twice(
+    _copy(_fused.train_epochs_fused, "__small", TILED_DWEIGHTS_BRANCH=False))
 
 
-def train_epochs(work, *args):
+def train_epochs(work, tiled_dweights, *args):
     """Run ``train_epochs_fused``; ``work`` = multiply-adds of one step's forward pass picks the
-    serial build for small models (the spiral model: ~100k), the parallel one above."""
-    kernel = train_epochs_parallel if work >= 4 * PARALLEL_MIN else train_epochs_serial
+    serial build for small models (the spiral model: ~100k), the parallel one above;
+    ``tiled_dweights`` (some layer's dweights runs the broadcast form) the build that has it."""
+    if tiled_dweights:
+        kernel = train_epochs_parallel if work >= 4 * PARALLEL_MIN else train_epochs_serial
+    else:
+        kernel = (train_epochs_small_parallel if work >= 4 * PARALLEL_MIN
+                  else train_epochs_small_serial)
     return kernel(*args)

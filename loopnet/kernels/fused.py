@@ -59,6 +59,11 @@ FLUSH = 1e-30
 # Bits of the per-layer `tiled` argument.
 TILED_FORWARD = 1
 TILED_DWEIGHTS = 2
+# False in the build for models without a tiled dweights (``loopnet.backends.cpu`` compiles a
+# copy of ``train_epochs_fused`` with this global False): numba drops a branch on a constant
+# before typing it, so such models (the spiral's) do not compile the broadcast-form code (a
+# cold compile of a spiral training run: 6.9 -> 5.3 s, and 6.1-6.3 s before that form).
+TILED_DWEIGHTS_BRANCH = True
 
 # Elements per prange iteration of the Adam update.
 ADAM_CHUNK = 4096
@@ -206,7 +211,7 @@ def train_epochs_fused(X, y, orders, batch_size, weights, biases, dweights, dbia
                 n_neurons = layer_weights.shape[1]
                 # dweights = inputs.T @ dvalues: dense_backward_weights_blocked's rows (4 rows
                 # of dweights per iteration, samples added in order: the loops' bits)
-                if tiled[l] & TILED_DWEIGHTS:
+                if TILED_DWEIGHTS_BRANCH and tiled[l] & TILED_DWEIGHTS:
                     # the broadcast form (dense_tn_tiled): dvalues copied into panels, the
                     # batch's inputs read as they are (no transposes: 128x784x128 ran 185 us
                     # as the NT form with both operands transposed, ~110 us so)
