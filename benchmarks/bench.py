@@ -274,10 +274,10 @@ def crossover():
     from loopnet.backends import cpu
 
     rng = np.random.default_rng(0)
-    print("dense forward: blocked loops (serial, parallel) and tiled with packing (serial, "
-          "parallel)")
+    print("dense forward: blocked loops (serial, parallel), NT tiled with packing (serial, "
+          "parallel), broadcast form with packing (serial, parallel)")
     print(f"{'shape':>16} {'MACs':>10} {'blocked ser.':>13} {'blocked par.':>13} "
-          f"{'tiled ser.':>11} {'tiled par.':>11} {'numpy':>10}")
+          f"{'NT ser.':>11} {'NT par.':>11} {'bcast ser.':>11} {'bcast par.':>11} {'numpy':>10}")
     for K, N in ((2, 64), (64, 3), (64, 64), (256, 256), (784, 128)):
         for M in (4, 32, 128, 300, 1024, 4096):
             x = rng.standard_normal((M, K)).astype(np.float32)
@@ -288,10 +288,16 @@ def crossover():
             def tiled(kernel):
                 return lambda: kernel(cpu._aligned(x, "x"), cpu._packed(w, "w"), b, True, o)
 
+            def broadcast(parallel):
+                return lambda: cpu._broadcast(parallel)(x.T, cpu._panels(w, "w", parallel), b,
+                                                        True, o)
+
             times = [median_time(lambda: cpu.dense_forward_blocked_serial(x, w, b, o), 21, 0.3),
                      median_time(lambda: cpu.dense_forward_blocked_parallel(x, w, b, o), 21, 0.3),
                      median_time(tiled(cpu.dense_nt_tiled_serial), 21, 0.3),
                      median_time(tiled(cpu.dense_nt_tiled_parallel), 21, 0.3),
+                     median_time(broadcast(False), 21, 0.3),
+                     median_time(broadcast(True), 21, 0.3),
                      median_time(lambda: np.dot(x, w) + b, 21, 0.3)]
             print(f"{f'{M}x{K}x{N}':>16} {M * K * N:>10} " + " ".join(
                 f"{fmt(t):>11}" for t in times))

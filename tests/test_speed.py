@@ -454,29 +454,19 @@ def test_tiled_kernel_across_k_blocks():
     assert_within(output[finite], expected[finite], tolerance[finite], "tiled, k blocks")
 
 
-FAST_KERNELS = [("forward", cpu.dense_forward_fast_serial),
-                ("forward", cpu.dense_forward_fast_parallel),
-                ("dweights", cpu.dense_backward_weights_fast_serial),
-                ("dweights", cpu.dense_backward_weights_fast_parallel)]
+FAST_KERNELS = [cpu.dense_forward_fast_serial, cpu.dense_forward_fast_parallel]
 
 
 @settings(max_examples=40)
 @given(data=st.data())
 def test_fast_blocked_kernels_match_the_twins(data):
     dtype, inputs, weights, biases, dvalues = draw_dense_case(data)
-    (n_samples, n_inputs), n_neurons = inputs.shape, weights.shape[1]
-    for op, kernel in FAST_KERNELS:
-        if op == "forward":
-            output = np.full((n_samples, n_neurons), np.nan, dtype)
-            kernel(inputs, weights, biases, output)
-            assert_within(output, inputs @ weights + biases,
-                          nt_tolerance(inputs, weights.T, biases), "forward fast")
-        else:
-            output = np.full((n_inputs, n_neurons), np.nan, dtype)
-            kernel(inputs, dvalues, output)
-            assert_within(output, inputs.T @ dvalues,
-                          nt_tolerance(inputs.T, dvalues.T, np.zeros(n_neurons, dtype)),
-                          "dweights fast")
+    n_samples, n_neurons = inputs.shape[0], weights.shape[1]
+    for kernel in FAST_KERNELS:
+        output = np.full((n_samples, n_neurons), np.nan, dtype)
+        kernel(inputs, weights, biases, output)
+        assert_within(output, inputs @ weights + biases, nt_tolerance(inputs, weights.T, biases),
+                      "forward fast")
 
 
 def test_fast_blocked_kernels_propagate_nan_and_do_not_depend_on_the_thread_count():
@@ -484,55 +474,57 @@ def test_fast_blocked_kernels_propagate_nan_and_do_not_depend_on_the_thread_coun
     inputs = rng.standard_normal((37, 141)).astype(np.float32)
     weights = rng.standard_normal((141, 530)).astype(np.float32)  # crosses the 512 width
     biases = rng.standard_normal(530).astype(np.float32)
-    dvalues = rng.standard_normal((37, 530)).astype(np.float32)
     inputs[5, 7] = np.nan
     weights[140, 529] = np.inf
-    dvalues[36, 3] = -np.inf
     with np.errstate(invalid="ignore", over="ignore"):
-        expected = {"forward": inputs @ weights + biases, "dweights": inputs.T @ dvalues}
-    results = {}
+        expected = inputs @ weights + biases
+    results = set()
     before = numba.get_num_threads()
     try:
         for threads in THREAD_COUNTS:
             numba.set_num_threads(threads)
-            for op, kernel in FAST_KERNELS:
-                output = np.empty(expected[op].shape, np.float32)
-                if op == "forward":
-                    kernel(inputs, weights, biases, output)
-                else:
-                    kernel(inputs, dvalues, output)
-                results.setdefault(op, set()).add(bits(output))
+            for kernel in FAST_KERNELS:
+                output = np.empty(expected.shape, np.float32)
+                kernel(inputs, weights, biases, output)
+                results.add(bits(output))
                 for test in (np.isnan, np.isposinf, np.isneginf):
-                    assert np.array_equal(test(output), test(expected[op])), (op, test)
+                    assert np.array_equal(test(output), test(expected)), test
     finally:
         numba.set_num_threads(before)
-    assert all(len(found) == 1 for found in results.values())
+    assert len(results) == 1
 
 
-def test_cpu_dense_ops_pick_the_fast_blocked_loops_for_middle_layers():
-    """32x784x128 (a minibatch of an MNIST-sized layer) takes ``dense_*_fast``: the same bits
-    as calling them directly; the spiral model's layers keep the blocked loops' bits."""
-    assert cpu._use_fast(32, 784, 128)
+def test_cpu_dense_ops_pick_the_fastmath_kernels_for_middle_layers():
+    """32x784x128 (a minibatch of an MNIST-sized layer) takes the broadcast form, a forward of
+    4 samples through 784x512 ``dense_forward_fast``: the same bits as calling them directly;
+    the spiral model's layers keep the blocked loops' bits."""
+    assert cpu._use_fast(32, 784, 128) and cpu._use_fast(4, 784, 512)
     assert not cpu._use_fast(300, 2, 64) and not cpu._use_fast(300, 64, 3)
     rng = np.random.default_rng(5)
     inputs = rng.standard_normal((32, 784)).astype(np.float32)
     weights = rng.standard_normal((784, 128)).astype(np.float32)
     biases = rng.standard_normal(128).astype(np.float32)
     dvalues = rng.standard_normal((32, 128)).astype(np.float32)
-    got, want = np.empty((32, 128), np.float32), np.empty((32, 128), np.float32)
+    got = np.empty((32, 128), np.float32)
+    cpu.dense_forward(inputs, weights, biases, got)
+    assert bits(got) == bits(broadcast(inputs.T, weights, biases, True,
+                                       cpu.dense_tn_tiled_parallel))
+    got = np.empty((784, 128), np.float32)
+    cpu.dense_backward_weights(inputs, dvalues, got)
+    assert bits(got) == bits(broadcast(inputs, dvalues, biases, False,
+                                       cpu.dense_tn_tiled_parallel))
+    inputs, weights = inputs[:4], rng.standard_normal((784, 512)).astype(np.float32)
+    biases = rng.standard_normal(512).astype(np.float32)
+    got, want = np.empty((4, 512), np.float32), np.empty((4, 512), np.float32)
     cpu.dense_forward(inputs, weights, biases, got)
     cpu.dense_forward_fast_parallel(inputs, weights, biases, want)
-    assert bits(got) == bits(want)
-    got, want = np.empty((784, 128), np.float32), np.empty((784, 128), np.float32)
-    cpu.dense_backward_weights(inputs, dvalues, got)
-    cpu.dense_backward_weights_fast_parallel(inputs, dvalues, want)
     assert bits(got) == bits(want)
 
 
 def test_fused_training_with_fast_blocked_layers_is_close_to_the_layered_path(monkeypatch):
-    """The layered path runs the fastmath blocked loops for every layer that qualifies (here
-    all but the 16 -> 3 one), the fused kernel the bit-identical ones: they agree within
-    float32 rounding, amplified a little by 3 Adam steps."""
+    """The layered path runs the fastmath kernels of middle-sized layers for every layer that
+    qualifies (here all but the 16 -> 3 one), the fused kernel the bit-identical loops: they
+    agree within float32 rounding, amplified a little by 3 Adam steps."""
     monkeypatch.setattr(cpu, "FAST_MIN", 0)
     monkeypatch.setattr(cpu, "TILED_MIN_INPUTS", 0)
     X, y = spiral_data(20, 3, seed=0)

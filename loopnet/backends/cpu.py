@@ -137,10 +137,10 @@ PARALLEL_MIN_ROWS = int(os.environ.get("LOOPNET_PARALLEL_MIN_ROWS", 16))
 TILED_MIN = int(os.environ.get("LOOPNET_TILED_MIN", 10_000_000))
 TILED_MIN_INPUTS = int(os.environ.get("LOOPNET_TILED_MIN_INPUTS", 128))
 TILED_MIN_ROWS = int(os.environ.get("LOOPNET_TILED_MIN_ROWS", 64))
-# Middle-sized layers that do not take the tiled kernel but have >= TILED_MIN_INPUTS inputs,
-# >= 16 neurons and FAST_MIN multiply-adds or more run the blocked loops compiled with fastmath
-# (``dense_*_fast``; 32x784x128: forward 59 -> 48 us, dweights 68 -> 52 us). Smaller layers
-# (the spiral model's) keep the blocked loops' bits.
+# Middle-sized layers, with >= TILED_MIN_INPUTS inputs, >= 16 neurons and FAST_MIN
+# multiply-adds or more, run fastmath kernels: the broadcast form (``_use_broadcast``), or for
+# a forward of 1-4 samples the blocked loops compiled with fastmath (``dense_forward_fast``).
+# Smaller layers (the spiral model's) keep the blocked loops' bits.
 FAST_MIN = int(os.environ.get("LOOPNET_FAST_MIN", 1_000_000))
 
 from loopnet.kernels import dense as _dense  # noqa: E402
@@ -160,10 +160,8 @@ dense_forward_blocked_serial, dense_forward_blocked_parallel = compile_twice(
     _dense.dense_forward_blocked)
 dense_backward_weights_blocked_serial, dense_backward_weights_blocked_parallel = compile_twice(
     _dense.dense_backward_weights_blocked)
-# fastmath is set on forward_rows_fast / weights_rows_fast, which they call
+# fastmath is set on forward_rows_fast, which it calls
 dense_forward_fast_serial, dense_forward_fast_parallel = compile_twice(_dense.dense_forward_fast)
-dense_backward_weights_fast_serial, dense_backward_weights_fast_parallel = compile_twice(
-    _dense.dense_backward_weights_fast)
 
 
 def aligned_empty(shape, dtype, align=64):
@@ -257,10 +255,9 @@ def _use_tiled_dweights(n_samples, n_inputs, n_neurons):
 
 
 def _use_fast(n_samples, n_inputs, n_neurons):
-    """Whether a layer that does not run the tiled kernel runs the fastmath blocked loops
-    (``dense_forward_fast``, ``dense_backward_weights_fast``) rather than the bit-identical
-    ones: middle-sized layers (see FAST_MIN). The fused trainer keeps the bit-identical loops
-    for such layers (see ``loopnet.kernels.fused``)."""
+    """Whether a layer is middle-sized (see FAST_MIN): its ops run fastmath kernels rather than
+    the bit-identical blocked loops. The fused trainer keeps the bit-identical loops for such
+    layers (see ``loopnet.kernels.fused``)."""
     return (n_samples * n_inputs * n_neurons >= FAST_MIN and n_inputs >= TILED_MIN_INPUTS
             and n_neurons >= 16)
 

@@ -756,17 +756,16 @@ def weights_rows_blocked(inputs, dvalues, dweights, i0, n_samples):
                     row[n] += a * d[n]
 
 
-# --- The blocked loops with fastmath: middle-sized layers ---------------------------------------
-# Between the small layers (the blocked loops, the notes' bits) and the large ones (the tiled
-# kernel, which packs weights.T on every call) lie layers like a 32-sample batch of an
-# MNIST-sized layer (32x784x128), where packing costs more than the tiled kernel saves. There
-# the cpu device runs the very loops of ``forward_rows_blocked`` / ``weights_rows_blocked``
-# compiled with ``FASTMATH``: LLVM may then fuse each multiply-add and reorder the four-term
-# sums, which the bit-identical builds forbid (measured at 32x784x128, 2 threads: forward
-# 59 -> 48 us, dweights 68 -> 52 us). Still one owner per output element and one fixed order:
-# the result does not depend on the thread count. They are separate functions (clones under
-# other names), not the same ``register_jitable`` function called from a fastmath kernel,
-# so that the bit-identical builds can never pick up a fastmath compilation.
+# --- The blocked loops with fastmath: middle-sized layers of 1-4 samples -----------------------
+# Middle-sized layers (a 32-sample batch of an MNIST-sized layer, 32x784x128) run the
+# broadcast form (``dense_tn_tiled``), which needs a tile of 5 rows; a forward of 1-4 samples
+# through such a layer (4x784x512) runs the very loops of ``forward_rows_blocked`` compiled
+# with ``FASTMATH``: LLVM may then fuse each multiply-add and reorder the four-term sums,
+# which the bit-identical build forbids (measured at 32x784x128, 2 threads, when it served
+# those too: 59 -> 48 us). Still one owner per output element and one fixed order: the
+# result does not depend on the thread count. It is a separate function (a clone under another
+# name), not the same ``register_jitable`` function called from a fastmath kernel, so that
+# the bit-identical build can never pick up a fastmath compilation.
 
 def _clone(function, name):
     """``function`` under another name (its own numba overload and cache entry)."""
@@ -781,8 +780,6 @@ def _clone(function, name):
 
 forward_rows_fast = register_jitable(fastmath=FASTMATH)(
     _clone(forward_rows_blocked, "forward_rows_fast"))
-weights_rows_fast = register_jitable(fastmath=FASTMATH)(
-    _clone(weights_rows_blocked, "weights_rows_fast"))
 
 
 def dense_forward_fast(inputs, weights, biases, output):
@@ -790,10 +787,3 @@ def dense_forward_fast(inputs, weights, biases, output):
     the loops, not their bits. One ``prange`` iteration owns 4 sample rows."""
     for block in prange((inputs.shape[0] + 3) // 4):
         forward_rows_fast(inputs, weights, biases, output, block * 4, False)
-
-
-def dense_backward_weights_fast(inputs, dvalues, dweights):
-    """``dense_backward_weights_blocked`` with fastmath (``weights_rows_fast``). One ``prange``
-    iteration owns 4 rows of ``dweights``."""
-    for block in prange((inputs.shape[1] + 3) // 4):
-        weights_rows_fast(inputs, dvalues, dweights, block * 4, inputs.shape[0])
