@@ -615,14 +615,16 @@ def test_broadcast_kernel_matches_the_twin(data):
     assert len(results) == 1
 
 
-def test_broadcast_kernel_across_k_blocks():
+@pytest.mark.parametrize("n_panels", [2, dense.LOCAL_A_MIN_PANELS])
+def test_broadcast_kernel_across_k_blocks(n_panels):
     """Panels too big for L2 (``dense.PANELS_IN_L2``) are summed in blocks of
-    ``K_BLOCK_BROADCAST`` whose totals are added in order: the result matches the twin, a
-    NaN/inf in a later block still reaches its outputs, and the bits depend neither on the
-    thread count nor on the build."""
+    ``K_BLOCK_BROADCAST`` whose totals are added in order (with LOCAL_A_MIN_PANELS panels, from
+    a copy of each tile's values of ``a``): the result matches the twin, a NaN/inf in a later
+    block still reaches its outputs, and the bits depend neither on the thread count nor on
+    the build."""
     rng = np.random.default_rng(7)
-    n_columns = 2 * dense.PANEL_WIDTH - 5
-    n_k = dense.PANELS_IN_L2 // (2 * dense.PANEL_WIDTH) + dense.K_BLOCK_BROADCAST + 3
+    n_columns = n_panels * dense.PANEL_WIDTH - 5
+    n_k = dense.PANELS_IN_L2 // (n_panels * dense.PANEL_WIDTH) + dense.K_BLOCK_BROADCAST + 3
     a = rng.standard_normal((n_k, 13)).astype(np.float32)
     b = rng.standard_normal((n_k, n_columns)).astype(np.float32)
     biases = rng.standard_normal(n_columns).astype(np.float32)
@@ -647,19 +649,3 @@ def test_broadcast_kernel_across_k_blocks():
     assert np.array_equal(np.isposinf(output), np.isposinf(expected))
     tolerance = nt_tolerance(np.nan_to_num(a.T), np.nan_to_num(b.T, posinf=0), biases)
     assert_within(output[finite], expected[finite], tolerance[finite], "broadcast, k blocks")
-
-
-def test_dweights_with_rows_a_multiple_of_1kb_apart(tiled_always):
-    """Such ``inputs`` are copied with their rows spread (``cpu._spread_rows``): same bits as
-    the kernel on the inputs as they are, and the twin's values."""
-    rng = np.random.default_rng(8)
-    inputs = rng.standard_normal((70, 256)).astype(np.float32)  # rows 1 KB apart
-    dvalues = rng.standard_normal((70, 30)).astype(np.float32)
-    assert cpu._spread_rows(inputs, "test").strides[0] != inputs.strides[0]
-    dweights = np.empty((256, 30), np.float32)
-    cpu.dense_backward_weights(inputs, dvalues, dweights)
-    direct = broadcast(inputs, dvalues, np.zeros(30, np.float32), False,
-                       cpu.dense_tn_tiled_parallel)
-    assert bits(dweights) == bits(direct)
-    assert_within(dweights, inputs.T @ dvalues,
-                  nt_tolerance(inputs.T, dvalues.T, np.zeros(30, np.float32)), "dweights")

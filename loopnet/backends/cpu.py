@@ -287,20 +287,6 @@ def _panels(b, slot, parallel):
     return target
 
 
-def _spread_rows(source, slot):
-    """``source``, or a copy whose rows are 64 bytes further apart when its rows are a multiple
-    of 1 KB apart: the broadcast kernel reads a few values from each of hundreds of successive
-    rows, and rows 4 KB apart all fall into one set of the L1 cache (12 lines) and evict each
-    other (1024^3 dweights: 9.9 -> 8.4 ms with the copy, which takes 0.3 ms)."""
-    if source.strides[0] % 1024 or source.shape[0] < 64:
-        return source
-    n_rows, n_columns = source.shape
-    padded = _scratch_buffer(slot, (n_rows, n_columns + 64 // source.itemsize), source.dtype)
-    target = padded[:, :n_columns]
-    np.copyto(target, source)
-    return target
-
-
 def _broadcast(parallel):
     return dense_tn_tiled_parallel if parallel else dense_tn_tiled_serial
 
@@ -364,9 +350,8 @@ def dense_backward_weights(inputs, dvalues, dweights):
     work = n_samples * n_inputs * n_neurons
     if _use_broadcast(n_samples, n_inputs, n_neurons, n_inputs):
         parallel = _parallel(work, n_inputs)
-        _broadcast(parallel)(_spread_rows(inputs, "inputs_spread"),
-                             _panels(dvalues, "dvalues_panels", parallel), dweights[0], False,
-                             dweights)
+        _broadcast(parallel)(inputs, _panels(dvalues, "dvalues_panels", parallel), dweights[0],
+                             False, dweights)
     elif _parallel(work, n_inputs // 4 * 4):
         dense_backward_weights_blocked_parallel(inputs, dvalues, dweights)
     else:

@@ -455,6 +455,11 @@ K_BLOCK_BROADCAST = 256
 # Panels up to this many scalars (1 MB of float32, half the L2 cache here) are summed in one
 # go: one parallel region instead of one per block (32x784x128's forward: ~20 us less).
 PANELS_IN_L2 = 256 * 1024
+# From this many panels on (and with blocks of the summed index), a tile of rows copies its
+# values of ``a`` once for all the panels (see ``dense_tn_tiled``): 1024^3's dweights 8.4 ->
+# 7.8 ms (0.75 -> 0.87 of OpenBLAS, same run); with 2 panels (4096x784x128's dweights) the
+# copy cost more than it saved (3.3 -> 3.4 ms).
+LOCAL_A_MIN_PANELS = 4
 
 
 # Rows per tile: 5 x 64 float32 = 20 accumulator registers, + 4 vectors of ``b`` and 5
@@ -464,18 +469,25 @@ PANELS_IN_L2 = 256 * 1024
 TN_ROWS = 5
 
 
-@intrinsic
-def _stack_tile(typingctx, like):
-    """A pointer to ``TN_ROWS * PANEL_WIDTH`` uninitialised scalars of ``like``'s dtype on the
-    stack of the calling kernel (LLVM's ``alloca``): a scratch tile the optimizer may keep in
-    registers, because nothing outside the kernel can see it."""
-    dtype = like.dtype
+def _stack_array(size):
+    """An intrinsic ``f(like)``: a pointer to ``size`` uninitialised scalars of ``like``'s dtype
+    on the stack of the calling kernel (LLVM's ``alloca``): scratch space the optimizer may
+    keep in registers, because nothing outside the kernel can see it."""
 
-    def codegen(context, builder, signature, args):
-        return cgutils.alloca_once(builder, context.get_value_type(dtype),
-                                   size=TN_ROWS * PANEL_WIDTH)
+    @intrinsic
+    def stack_array(typingctx, like):
+        dtype = like.dtype
 
-    return types.CPointer(dtype)(like), codegen
+        def codegen(context, builder, signature, args):
+            return cgutils.alloca_once(builder, context.get_value_type(dtype), size=size)
+
+        return types.CPointer(dtype)(like), codegen
+
+    return stack_array
+
+
+_stack_tile = _stack_array(TN_ROWS * PANEL_WIDTH)  # the accumulators of a tile
+_stack_copy = _stack_array(K_BLOCK_BROADCAST * TN_ROWS)  # a tile's values of ``a``
 
 
 def pack_panels(b, panels):
@@ -520,7 +532,9 @@ def dense_tn_tiled(a, panels, biases, add_biases, output):
     are left, starts earlier (overlapping the tile before) and stores only its own rows, so
     that every tile is a full one; fewer rows than one tile run ``tn_rows_plain``. When the
     panels are too big for the L2 cache (see PANELS_IN_L2) the summed index goes in blocks of
-    K_BLOCK_BROADCAST, the outer loop, in order: a fixed order of sums in any case.
+    K_BLOCK_BROADCAST, the outer loop, in order: a fixed order of sums in any case; then with
+    LOCAL_A_MIN_PANELS panels or more an iteration owns a tile of rows across all the panels,
+    and copies its values of ``a`` first.
     """
     n_k, n_rows = a.shape
     if n_rows < TN_ROWS:
@@ -536,16 +550,38 @@ def dense_tn_tiled(a, panels, biases, add_biases, output):
     k_step = max(n_k, 1)
     if n_k * n_panels * PANEL_WIDTH > PANELS_IN_L2:
         k_step = K_BLOCK_BROADCAST
+    local_a = k_step == K_BLOCK_BROADCAST and n_panels >= LOCAL_A_MIN_PANELS and not panel_major
     for k0 in range(0, max(n_k, 1), k_step):
         k1 = min(n_k, k0 + k_step)
-        for tile in prange(n_blocks * n_panels):
-            if panel_major:
-                p, block = tile // n_blocks, tile % n_blocks
-            else:
-                block, p = tile // n_panels, tile % n_panels
-            owned = block * TN_ROWS
-            tn_tile(a, panels[p], biases, add_biases, output, min(owned, n_rows - TN_ROWS),
-                    owned, p * PANEL_WIDTH, k0, k1)
+        accumulate = k0 > 0
+        if local_a:
+            # one iteration per tile of rows, over all the panels, with its values of ``a``
+            # copied first: a row of ``a`` gives a tile 5 values, so each step of ``k``
+            # touched a new cache line (and, for rows 4 KB apart, a set of the L1 cache
+            # they all share); in the copy they are 20 bytes apart, and every panel reuses it
+            for block in prange(n_blocks):
+                owned = block * TN_ROWS
+                start = min(owned, n_rows - TN_ROWS)
+                copy = carray(_stack_copy(output), (K_BLOCK_BROADCAST, TN_ROWS))[:k1 - k0]
+                source = a[k0:k1, start:start + TN_ROWS]
+                for k in range(k1 - k0):
+                    row = source[k]
+                    target = copy[k]
+                    for r in range(TN_ROWS):
+                        target[r] = row[r]
+                for p in range(n_panels):
+                    tn_tile(copy, panels[p, k0:k1], biases, add_biases, output, start, owned,
+                            p * PANEL_WIDTH, accumulate)
+        else:
+            for tile in prange(n_blocks * n_panels):
+                if panel_major:
+                    p, block = tile // n_blocks, tile % n_blocks
+                else:
+                    block, p = tile // n_panels, tile % n_panels
+                owned = block * TN_ROWS
+                start = min(owned, n_rows - TN_ROWS)
+                tn_tile(a[k0:k1, start:start + TN_ROWS], panels[p, k0:k1], biases, add_biases,
+                        output, start, owned, p * PANEL_WIDTH, accumulate)
 
 
 @register_jitable
@@ -565,15 +601,17 @@ def tn_rows_plain(a, panels, biases, add_biases, output):
 
 
 @register_jitable(fastmath=FASTMATH)
-def tn_tile(a, panel, biases, add_biases, output, r0, owned, c0, k0, k1):
-    """Rows ``r0 .. r0 + TN_ROWS - 1`` and columns ``c0 .. c0 + PANEL_WIDTH - 1`` (fewer at the
-    end) of ``dense_tn_tiled``, summed over ``k0 .. k1 - 1``: rows from ``owned`` on are
-    stored, or added to ``output`` unless ``k0 == 0``.
+def tn_tile(a_block, b_block, biases, add_biases, output, r0, owned, c0, accumulate):
+    """One tile of ``dense_tn_tiled``: ``a_block`` (n x TN_ROWS) holds ``a[k, r0:r0 + 5]`` and
+    ``b_block`` (n x PANEL_WIDTH) a panel's rows for the same n values of ``k``; their sums
+    are rows ``r0 .. r0 + TN_ROWS - 1``, columns ``c0 .. c0 + PANEL_WIDTH - 1`` (fewer at
+    the end) of ``output``: rows from ``owned`` on are stored, or added to ``output`` if
+    ``accumulate`` (a later block of ``k``).
 
     The accumulators are the rows of a stack tile, each updated by a loop over the panel's
     columns that LLVM turns into 4 vector multiply-adds: the readable form of a 5 x 64
-    register tile. The values of ``a`` come from one row slice with constant indices, and the
-    loop over ``k`` starts at 0 over views of the block: with offset ranges numba's index
+    register tile. The values of ``a`` come from one row with constant indices, and the loop
+    over ``k`` starts at 0 over views of the blocks: with offset ranges numba's index
     wraparound checks stayed in the loop (126 against 115 GFLOP/s single-threaded).
     """
     n_columns = output.shape[1]
@@ -582,9 +620,7 @@ def tn_tile(a, panel, biases, add_biases, output, r0, owned, c0, k0, k1):
     acc3 = tile[3]; acc4 = tile[4]  # noqa: E702
     for c in range(PANEL_WIDTH):
         acc0[c] = 0; acc1[c] = 0; acc2[c] = 0; acc3[c] = 0; acc4[c] = 0  # noqa: E702,E501
-    a_block = a[k0:k1, r0:r0 + TN_ROWS]
-    b_block = panel[k0:k1]
-    for k in range(k1 - k0):
+    for k in range(b_block.shape[0]):
         x = a_block[k]
         y_k = b_block[k]
         for c in range(PANEL_WIDTH):
@@ -595,7 +631,7 @@ def tn_tile(a, panel, biases, add_biases, output, r0, owned, c0, k0, k1):
     for r in range(owned - r0, TN_ROWS):
         total = tile[r]
         o = output[r0 + r, c0:c0 + width]
-        if k0 > 0:  # a later block of k: add to the totals so far
+        if accumulate:
             for c in range(width):
                 o[c] += total[c]
         elif add_biases:

@@ -224,8 +224,9 @@ def train_epochs_fused(X, y, orders, batch_size, weights, biases, dweights, dbia
                     for tile in prange(n_blocks * n_panels):
                         owned = tile // n_panels * TN_ROWS
                         p = tile % n_panels
-                        tn_tile(inputs[:m], panels[p], layer_dbiases, False, layer_dweights,
-                                min(owned, n_in - TN_ROWS), owned, p * PANEL_WIDTH, 0, m)
+                        start = min(owned, n_in - TN_ROWS)
+                        tn_tile(inputs[:m, start:start + TN_ROWS], panels[p], layer_dbiases,
+                                False, layer_dweights, start, owned, p * PANEL_WIDTH, False)
                 else:
                     for band in prange((n_in + 3) // 4):
                         weights_rows_blocked(inputs, dvalues, layer_dweights, band * 4, m)
