@@ -159,6 +159,55 @@ def test_blocked_dweights_give_the_loops_bits(data):
     assert len(results) == 1
 
 
+@settings(max_examples=40)
+@given(data=st.data())
+def test_narrow_kernels_give_the_loops_bits(data):
+    """The backward kernels for layers of few neurons add the loops' products in the loops'
+    order, vectors along the inputs: the very same bits, serial or parallel, NaN/inf
+    included (bands of NARROW_BAND inputs crossed)."""
+    dtype = data.draw(float_dtypes)
+    n_samples = data.draw(st.integers(1, 70))
+    n_inputs = data.draw(st.integers(1, 2 * dense.NARROW_BAND + 7))
+    n_neurons = data.draw(st.integers(1, 15))
+    inputs = data.draw(arrays(dtype, (n_samples, n_inputs)))
+    dvalues = data.draw(arrays(dtype, (n_samples, n_neurons)))
+    weights = data.draw(arrays(dtype, (n_inputs, n_neurons)))
+    if data.draw(st.booleans()):
+        inputs[data.draw(st.integers(0, n_samples - 1)), 0] = data.draw(
+            st.sampled_from([np.nan, np.inf, -np.inf]))
+    with np.errstate(all="ignore"):
+        want = np.empty((n_inputs, n_neurons), dtype)
+        cpu.LOOPS["dense_backward_weights"](inputs, dvalues, want)
+        for kernel in (cpu.dense_backward_weights_narrow_serial,
+                       cpu.dense_backward_weights_narrow_parallel):
+            got = np.full((n_inputs, n_neurons), np.nan, dtype)
+            kernel(inputs, dvalues, np.empty((n_neurons, n_inputs), dtype), got)
+            assert bits(got) == bits(want)
+        want = np.empty((n_samples, n_inputs), dtype)
+        cpu.LOOPS["dense_backward_inputs"](dvalues, weights, want)
+        for kernel in (cpu.dense_backward_inputs_narrow_serial,
+                       cpu.dense_backward_inputs_narrow_parallel):
+            got = np.full((n_samples, n_inputs), np.nan, dtype)
+            kernel(dvalues, np.ascontiguousarray(weights.T), got)
+            assert bits(got) == bits(want)
+
+
+def test_narrow_layers_backward_keeps_the_loops_bits():
+    """The spiral model's last layer (300x64x3) takes the narrow kernels: the loops' bits."""
+    rng = np.random.default_rng(9)
+    inputs = rng.standard_normal((300, 64)).astype(np.float32)
+    weights = rng.standard_normal((64, 3)).astype(np.float32)
+    dvalues = rng.standard_normal((300, 3)).astype(np.float32)
+    got, want = np.empty((64, 3), np.float32), np.empty((64, 3), np.float32)
+    cpu.dense_backward_weights(inputs, dvalues, got)
+    cpu.LOOPS["dense_backward_weights"](inputs, dvalues, want)
+    assert bits(got) == bits(want)
+    got, want = np.empty((300, 64), np.float32), np.empty((300, 64), np.float32)
+    cpu.dense_backward_inputs(dvalues, weights, got)
+    cpu.LOOPS["dense_backward_inputs"](dvalues, weights, want)
+    assert bits(got) == bits(want)
+
+
 def test_small_layers_keep_the_notes_bits():
     """Below the crossover the cpu device runs dense_forward_loops: the notes' exact bits."""
     rng = np.random.default_rng(0)

@@ -160,6 +160,11 @@ dense_forward_blocked_serial, dense_forward_blocked_parallel = compile_twice(
     _dense.dense_forward_blocked)
 dense_backward_weights_blocked_serial, dense_backward_weights_blocked_parallel = compile_twice(
     _dense.dense_backward_weights_blocked)
+# no fastmath: the loops' bits, vectors along the inputs (narrow layers)
+dense_backward_weights_narrow_serial, dense_backward_weights_narrow_parallel = compile_twice(
+    _dense.dense_backward_weights_narrow)
+dense_backward_inputs_narrow_serial, dense_backward_inputs_narrow_parallel = compile_twice(
+    _dense.dense_backward_inputs_narrow)
 # fastmath is set on forward_rows_fast, which it calls
 dense_forward_fast_serial, dense_forward_fast_parallel = compile_twice(_dense.dense_forward_fast)
 
@@ -337,8 +342,9 @@ def dense_backward_inputs(dvalues, weights, dinputs):
                                 _aligned_for(weights, n_samples, "weights"),
                                 dinputs[0], False, dinputs)
     else:
-        serial, parallel = _simple["dense_backward_inputs"]
-        (parallel if _parallel(work, n_samples) else serial)(dvalues, weights, dinputs)
+        kernel = (dense_backward_inputs_narrow_parallel if _parallel(work, n_samples)
+                  else dense_backward_inputs_narrow_serial)
+        kernel(dvalues, _packed(weights, "weights_t"), dinputs)
 
 
 def dense_backward_weights(inputs, dvalues, dweights):
@@ -352,6 +358,13 @@ def dense_backward_weights(inputs, dvalues, dweights):
         parallel = _parallel(work, n_inputs)
         _broadcast(parallel)(inputs, _panels(dvalues, "dvalues_panels", parallel), dweights[0],
                              False, dweights)
+    elif n_neurons < 16 and n_inputs >= 16:
+        # one thread per band of NARROW_BAND inputs: a single band stays serial
+        kernel = (dense_backward_weights_narrow_parallel
+                  if _parallel(work, n_samples) and n_inputs > _dense.NARROW_BAND
+                  else dense_backward_weights_narrow_serial)
+        kernel(inputs, dvalues, _scratch_buffer("dweights_t", (n_neurons, n_inputs),
+                                                inputs.dtype), dweights)
     elif _parallel(work, n_inputs // 4 * 4):
         dense_backward_weights_blocked_parallel(inputs, dvalues, dweights)
     else:
