@@ -89,10 +89,21 @@ def _array(x, name: str) -> np.ndarray:
                 f"{name} is ragged: every row must have the same length ({err})"
             ) from None
     if arr.dtype == object:
-        raise TypeError(f"{name} must hold numbers only, got a ragged or mixed sequence (dtype object)")
+        raise TypeError(f"{name} must hold numbers only, {_first_non_number(arr)}")
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     return arr
+
+
+def _first_non_number(arr: np.ndarray) -> str:
+    """What made numpy fall back to dtype object, for ``_array``'s message."""
+    for index, value in np.ndenumerate(arr):
+        if isinstance(value, int) and not -2**63 <= value < 2**64:  # beyond int64/uint64
+            return (f"got the integer {value} at index {index}, too large for a fixed-size "
+                    f"integer (write it as a float: {float(value):g})")
+        if not isinstance(value, (int, float, np.number)):
+            return f"got {type(value).__name__} {value!r} at index {index}"
+    return "got a ragged or mixed sequence (dtype object)"
 
 
 def _float_dtype(*arrays: np.ndarray) -> np.dtype:
