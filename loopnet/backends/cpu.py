@@ -7,12 +7,14 @@ code in ``__pycache__`` beside the kernel file, so the next process loads it ins
 
 Speed (issue 5; numbers in BENCHMARKS.md):
 
-- The dense ops pick, by shape, between loops that keep the notes' bits (``dense_*_blocked``:
-  ``dense_*_loops`` reordered to reuse loaded values, same sums in the same order) and the
-  register-tiled kernel (``dense_nt_tiled``, fastmath: the same sums in another fixed order),
-  with the blocked loops compiled with fastmath (``dense_*_fast``) for middle-sized layers,
-  and between a serial and a parallel build of each: starting threads costs microseconds,
-  more than a small layer takes. Every choice is deterministic: one owner per output element.
+- The dense ops pick, by shape, between loops that keep the notes' bits (``dense_*_blocked``
+  and, for layers of few neurons, ``dense_backward_*_narrow``: ``dense_*_loops`` reordered to
+  reuse loaded values or to run vectors along the inputs, same sums in the same order) and
+  register-tiled kernels (fastmath: the same sums in another fixed order): the broadcast form
+  ``dense_tn_tiled`` (no transposes) for large and middle-sized layers, the dot-product form
+  ``dense_nt_tiled`` for narrow layers' forward and mid-sized ``dinputs``; and between a
+  serial and a parallel build of each: starting threads costs microseconds, more than a
+  small layer takes. Every choice is deterministic: one owner per output element.
 - ``train_epochs`` is the fused trainer of ``loopnet.kernels.fused`` (used by ``Model.train``).
 - 512-bit vector code on CPUs with AVX-512 (see ``_prefer_512_bit_vectors``).
 """
@@ -122,15 +124,17 @@ def empty(shape, dtype):
     return aligned_empty(shape, dtype)
 
 
-# --- Dense: simple or tiled, serial or parallel, by size -------------------------------------------
+# --- Dense: blocked or tiled, serial or parallel, by size ------------------------------------------
 # Thresholds in multiply-adds per call (n_samples * n_inputs * n_neurons), from the crossover
 # table of `python benchmarks/bench.py --crossover` on the 2-core machine of BENCHMARKS.md:
 # - a parallel region (omp) costs a few microseconds: serial below PARALLEL_MIN (the spiral
 #   model's 300x2x64 layer, 38k, stays serial: 4.5 us either way; 300x64x3, 58k, ran 16 -> 9 us
 #   in parallel), and with fewer than PARALLEL_MIN_ROWS rows there is not enough to share;
-# - the tiled kernel pays for packing weights.T on every call and only wins from ~10M
-#   multiply-adds with >= 128 inputs (300x784x128: 0.39 ms against 0.57 blocked; 4096x64x64:
-#   a tie) and enough samples to amortize the packing; and for narrow layers (_use_tiled).
+# - the broadcast form (dense_tn_tiled) packs a plain copy of one operand and wins from
+#   ~0.5M multiply-adds with >= 64 inputs (_use_broadcast; 128x64x64: forward 21 -> 16 us);
+#   the NT form (dense_nt_tiled), which transposes weights, serves the forward of narrow
+#   layers (_use_tiled) and the fused trainer's large layers (TILED_MIN: ~10M multiply-adds,
+#   >= 128 inputs, >= 64 samples).
 # Override with the environment variables of the same names (LOOPNET_PARALLEL_MIN, ...).
 PARALLEL_MIN = int(os.environ.get("LOOPNET_PARALLEL_MIN", 50_000))
 PARALLEL_MIN_ROWS = int(os.environ.get("LOOPNET_PARALLEL_MIN_ROWS", 16))
@@ -142,6 +146,9 @@ TILED_MIN_ROWS = int(os.environ.get("LOOPNET_TILED_MIN_ROWS", 64))
 # a forward of 1-4 samples the blocked loops compiled with fastmath (``dense_forward_fast``).
 # Smaller layers (the spiral model's) keep the blocked loops' bits.
 FAST_MIN = int(os.environ.get("LOOPNET_FAST_MIN", 1_000_000))
+# Smaller layers of >= 64 inputs take the broadcast form from this many multiply-adds (see
+# ``_use_broadcast``; 128x64x64 = 524k: forward 21 -> 16 us, dinputs 16 -> 14 us).
+BROADCAST_MIN = int(os.environ.get("LOOPNET_BROADCAST_MIN", 500_000))
 
 from loopnet.kernels import dense as _dense  # noqa: E402
 
@@ -271,15 +278,25 @@ def _tiled(work, rows):
     return dense_nt_tiled_parallel if _parallel(work, rows) else dense_nt_tiled_serial
 
 
-def _use_broadcast(n_samples, n_inputs, n_neurons, n_rows):
-    """Whether a dense op of this layer shape, whose output has ``n_rows`` rows, runs the
-    broadcast-form kernel (``dense_tn_tiled``): large layers (those of
-    ``_use_tiled_dweights``) and middle-sized ones (``_use_fast``) with at least one tile of
-    rows. It needs no transposes and keeps a 5 x 64 tile in registers (4096x784x128:
+def _use_broadcast(n_samples, n_inputs, n_neurons, n_rows, n_columns):
+    """Whether a dense op of this layer shape, whose output is ``n_rows`` x ``n_columns``, runs
+    the broadcast-form kernel (``dense_tn_tiled``): it needs a tile of rows, and pays from
+    BROADCAST_MIN multiply-adds on for layers of 64 or more inputs, 16 or more neurons and at
+    least half a panel of output columns, besides the large and middle-sized layers of 128 or
+    more inputs. It needs no transposes and keeps a 5 x 64 tile in registers (4096x784x128:
     forward 3.1 -> 2.7 ms, dweights 6.3 -> 3.4 ms, dinputs 4.8 -> 3.2 ms; 32x784x128:
-    forward 55 -> 49 us, dweights 60 -> 46 us; 1024^3: about the NT kernel's times)."""
-    return n_rows >= _dense.TN_ROWS and (_use_tiled_dweights(n_samples, n_inputs, n_neurons)
-                                         or _use_fast(n_samples, n_inputs, n_neurons))
+    forward 55 -> 49 us, dweights 60 -> 46 us; 1024x64x64: forward 103 -> 50 us, dweights
+    116 -> 70 us, dinputs 82 -> 47 us; 1024^3: about the NT kernel's times)."""
+    if n_rows < _dense.TN_ROWS:
+        return False
+    if (_use_tiled_dweights(n_samples, n_inputs, n_neurons)
+            or _use_fast(n_samples, n_inputs, n_neurons)):
+        return True
+    # With fewer columns most of each 64-wide panel is padding (1024x64x16's dweights: 57 ->
+    # 79 us), with fewer multiply-adds packing and the tile's edges cost more than they save
+    # (32x64x64's forward: 7.9 -> 12.8 us).
+    return (n_samples * n_inputs * n_neurons >= BROADCAST_MIN and n_inputs >= 64
+            and n_neurons >= 16 and 2 * n_columns >= _dense.PANEL_WIDTH)
 
 
 def _panels(b, slot, parallel):
@@ -304,7 +321,7 @@ def dense_forward(inputs, weights, biases, output):
     n_samples, n_inputs = inputs.shape
     n_neurons = weights.shape[1]
     work = n_samples * n_inputs * n_neurons
-    if _use_broadcast(n_samples, n_inputs, n_neurons, n_samples):
+    if _use_broadcast(n_samples, n_inputs, n_neurons, n_samples, n_neurons):
         parallel = _parallel(work, n_samples)
         _broadcast(parallel)(inputs.T, _panels(weights, "weights_panels", parallel), biases,
                              True, output)
@@ -333,7 +350,7 @@ def dense_backward_inputs(dvalues, weights, dinputs):
     # after another (each add waits for the last: ~4 cycles a term), the tiled kernel splits
     # them over vector lanes. No packing is needed, so it pays from small sizes on, e.g.
     # 32x784x128: 574 -> ~60 us. Below 16 neurons (the spiral's 3) a dot product is too short.
-    if _use_broadcast(n_samples, n_inputs, n_neurons, n_samples):
+    if _use_broadcast(n_samples, n_inputs, n_neurons, n_samples, n_inputs):
         parallel = _parallel(work, n_samples)
         _broadcast(parallel)(dvalues.T, _panels(weights.T, "weights_t_panels", parallel),
                              dinputs[0], False, dinputs)
@@ -354,7 +371,7 @@ def dense_backward_weights(inputs, dvalues, dweights):
     n_samples, n_inputs = inputs.shape
     n_neurons = dvalues.shape[1]
     work = n_samples * n_inputs * n_neurons
-    if _use_broadcast(n_samples, n_inputs, n_neurons, n_inputs):
+    if _use_broadcast(n_samples, n_inputs, n_neurons, n_inputs, n_neurons):
         parallel = _parallel(work, n_inputs)
         _broadcast(parallel)(inputs, _panels(dvalues, "dvalues_panels", parallel), dweights[0],
                              False, dweights)
