@@ -37,6 +37,8 @@ def normalize(name) -> str:
 
     ``"CPU"`` -> ``"cpu"``, ``" cuda:0 "`` -> ``"cuda:0"``; ``"cuda:1"`` keeps its index.
     """
+    if name in DEVICES and type(name) is str:  # already canonical: every layer's op calls this
+        return name
     if not isinstance(name, str):
         raise TypeError(f"device must be a string such as 'cpu', got {type(name).__name__}: {name!r}")
     canon = name.strip().lower()
@@ -96,11 +98,16 @@ def base_name(device: str) -> str:
     return device.partition(":")[0]
 
 
+_backends: dict = {}
+
+
 def backend(device: str | None = None):
     """The backend module of a device: it exports every op under its plain name."""
     device = get_device(device)
     name = base_name(device)
-    module = importlib.import_module(f"loopnet.backends.{name}")
+    module = _backends.get(name)
+    if module is None:  # first use: import it (compiles nothing yet), then a dict lookup
+        module = _backends[name] = importlib.import_module(f"loopnet.backends.{name}")
     if name == "cuda":
         module.select(device)  # cuda:N -> GPU N (a no-op when it is already current)
     return module

@@ -13,6 +13,7 @@ copied to contiguous ones. Every function takes ``device=`` (see ``loopnet.devic
 from __future__ import annotations
 
 import importlib
+import math
 
 import numpy as np
 
@@ -108,8 +109,14 @@ def _first_non_number(arr: np.ndarray) -> str:
 
 def _float_dtype(*arrays: np.ndarray) -> np.dtype:
     """float32 when every argument fits in it (float32, float16, small ints), else float64."""
+    first = arrays[0].dtype
+    if first in _FLOATS and all(a.dtype == first for a in arrays):  # the common case, fast
+        return first
     dtype = np.result_type(*(a.dtype for a in arrays), np.float32)
-    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    return dtype if dtype in _FLOATS else np.dtype(np.float64)
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _contiguous(arr: np.ndarray, dtype) -> np.ndarray:
@@ -268,7 +275,7 @@ def _scalar(value, name: str, *, minimum=None, strict=False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
-    if not np.isfinite(value):
+    if not math.isfinite(value):  # (math: np.isfinite on a Python float costs ~1 us)
         raise ValueError(f"{name} must be finite, got {value}")
     if minimum is not None and (value < minimum or (strict and value == minimum)):
         relation = ">" if strict else ">="
