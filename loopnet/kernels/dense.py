@@ -855,7 +855,7 @@ def dinputs_row_narrow(dvalues_row, weights_t, dinputs_row):
     """``dinputs_row[i] = sum_n dvalues_row[n] * weights_t[n, i]``: each element adds its terms
     for ``n = 0, 1, ...`` (``dense_backward_inputs_loops``' order, so its bits), but the inner
     loop runs over ``i`` along ``weights_t[n]``, so the row is updated as a vector. (The fused
-    trainer calls it too.)"""
+    trainer writes the same loops out.)"""
     n_inputs = dinputs_row.shape[0]
     for i in range(n_inputs):
         dinputs_row[i] = 0

@@ -45,9 +45,8 @@ import numpy as np
 from numba import prange
 from numba.extending import register_jitable
 
-from loopnet.kernels.dense import (PANEL_WIDTH, TILE_ROWS, TN_ROWS, dinputs_row_narrow,
-                                   forward_rows_blocked, nt_rows_tiled, pack_panel, tn_tile,
-                                   weights_rows_blocked)
+from loopnet.kernels.dense import (PANEL_WIDTH, TILE_ROWS, TN_ROWS, forward_rows_blocked,
+                                   nt_rows_tiled, pack_panel, tn_tile, weights_rows_blocked)
 
 # Same clip as the cross-entropy kernels (losses.CLIP): probabilities in [1e-7, 1 - 1e-7].
 CLIP = 1e-7
@@ -238,14 +237,24 @@ def train_epochs_fused(X, y, orders, batch_size, weights, biases, dweights, dbia
                     for n in range(n_neurons):
                         layer_dbiases[n] += dvalues_row[n]
                 if l > 0:
-                    # dinputs = dvalues @ weights.T (dense_backward_inputs_loops' bits, a row
-                    # at a time as a vector: dinputs_row_narrow), then the relu mask
+                    # dinputs = dvalues @ weights.T, then the relu mask. Each dinputs[s, i] adds
+                    # dvalues[s, n] * weights[i, n] for n = 0, 1, ... (dense_backward_inputs_loops'
+                    # order, so its bits), but the inner loop runs over i along weights_t[n], so
+                    # one sample's row of dinputs is updated as a vector (dinputs_row_narrow's
+                    # loops, written out here: called, the spiral epoch ran 3 us slower).
                     dinputs = dacts[l]
                     layer_weights_t = weights_t[l]
                     for s in prange(m):
+                        dvalues_row = dvalues[s]
                         dinputs_row = dinputs[s]
                         inputs_row = inputs[s]
-                        dinputs_row_narrow(dvalues[s], layer_weights_t, dinputs_row)
+                        for i in range(n_in):
+                            dinputs_row[i] = 0
+                        for n in range(n_neurons):
+                            dvalue = dvalues_row[n]
+                            weights_t_row = layer_weights_t[n]
+                            for i in range(n_in):
+                                dinputs_row[i] += dvalue * weights_t_row[i]
                         for i in range(n_in):
                             if inputs_row[i] <= 0:
                                 dinputs_row[i] = 0
