@@ -289,8 +289,7 @@ def crossover():
                 return lambda: kernel(cpu._aligned(x, "x"), cpu._packed(w, "w"), b, True, o)
 
             def broadcast(parallel):
-                return lambda: cpu._broadcast(parallel)(x.T, cpu._panels(w, "w", parallel), b,
-                                                        True, o)
+                return lambda: cpu._broadcast(parallel)(x.T, w, cpu._panels(w, "w"), b, True, o)
 
             times = [median_time(lambda: cpu.dense_forward_blocked_serial(x, w, b, o), 21, 0.3),
                      median_time(lambda: cpu.dense_forward_blocked_parallel(x, w, b, o), 21, 0.3),

@@ -615,30 +615,24 @@ def test_tiled_kernel_does_not_depend_on_the_alignment_of_its_operands():
 panel_sides = st.integers(1, 140)
 
 
-@given(data=st.data())
-def test_pack_panels(data):
-    dtype = data.draw(float_dtypes)
-    b = data.draw(arrays(dtype, (data.draw(tile_sides), data.draw(panel_sides))))
-    if data.draw(st.booleans()):
-        b = np.ascontiguousarray(b.T).T  # a transposed view, as for weights.T
+def packed(b):
+    """``b`` cut into zero-padded panels, as ``dense.pack_panel`` does (numpy)."""
     n_k, n_columns = b.shape
     width = dense.PANEL_WIDTH
-    expected = np.zeros(((n_columns + width - 1) // width, n_k, width), dtype)
-    for p in range(expected.shape[0]):
+    panels = np.zeros(((n_columns + width - 1) // width, n_k, width), b.dtype)
+    for p in range(panels.shape[0]):
         strip = b[:, p * width:(p + 1) * width]
-        expected[p, :, :strip.shape[1]] = strip
-    for kernel in (cpu.pack_panels_serial, cpu.pack_panels_parallel):
-        panels = np.full(expected.shape, np.nan, dtype)
-        kernel(b, panels)
-        assert np.array_equal(panels, expected)
+        panels[p, :, :strip.shape[1]] = strip
+    return panels
 
 
 def broadcast(a, b, biases, add, kernel):
-    panels = np.empty(((b.shape[1] + dense.PANEL_WIDTH - 1) // dense.PANEL_WIDTH, b.shape[0],
-                       dense.PANEL_WIDTH), b.dtype)
-    cpu.pack_panels_serial(b, panels)
+    """``kernel(a, b, panels, ...)``'s output; its panels must be ``packed(b)``."""
+    panels = np.full(((b.shape[1] + dense.PANEL_WIDTH - 1) // dense.PANEL_WIDTH, b.shape[0],
+                      dense.PANEL_WIDTH), np.nan, b.dtype)
     output = np.full((a.shape[1], b.shape[1]), np.nan, a.dtype)
-    kernel(a, panels, biases, add, output)
+    kernel(a, b, panels, biases, add, output)
+    assert np.array_equal(panels, packed(b))
     return output
 
 
@@ -646,13 +640,16 @@ def broadcast(a, b, biases, add, kernel):
 @given(data=st.data())
 def test_broadcast_kernel_matches_the_twin(data):
     """``output = a.T @ b (+ biases)``, ``a`` C-ordered (dweights' ``inputs``) or a transposed
-    view (forward's ``inputs.T``); serial and parallel builds give the same bits."""
+    view (forward's ``inputs.T``), ``b`` too; the panels are ``b`` cut up (``broadcast``
+    checks); serial and parallel builds give the same bits."""
     dtype = data.draw(float_dtypes)
     n_k, n_rows, n_columns = data.draw(tile_sides), data.draw(tile_sides), data.draw(panel_sides)
     a = data.draw(arrays(dtype, (n_k, n_rows), bound=10.0))
     if data.draw(st.booleans()):
         a = np.ascontiguousarray(a.T).T
     b = data.draw(arrays(dtype, (n_k, n_columns), bound=10.0))
+    if data.draw(st.booleans()):
+        b = np.ascontiguousarray(b.T).T  # a transposed view, as weights.T for dinputs
     biases = data.draw(arrays(dtype, (n_columns,), bound=10.0))
     add = data.draw(st.booleans())
     expected = np.dot(a.T, b) + (biases if add else 0)

@@ -162,7 +162,6 @@ dense_nt_tiled_serial, dense_nt_tiled_parallel = compile_twice(_dense.dense_nt_t
 transpose_serial, transpose_parallel = compile_twice(_dense.transpose_tiled)
 # fastmath is set on tn_tile, which dense_tn_tiled calls
 dense_tn_tiled_serial, dense_tn_tiled_parallel = compile_twice(_dense.dense_tn_tiled)
-pack_panels_serial, pack_panels_parallel = compile_twice(_dense.pack_panels)
 # no fastmath: it must keep the loops' bits (no fused multiply-adds, no reordering)
 dense_forward_blocked_serial, dense_forward_blocked_parallel = compile_twice(
     _dense.dense_forward_blocked)
@@ -301,14 +300,11 @@ def _use_broadcast(n_samples, n_inputs, n_neurons, n_rows, n_columns):
             and n_neurons >= 16 and 2 * n_columns >= _dense.PANEL_WIDTH)
 
 
-def _panels(b, slot, parallel):
-    """``pack_panels(b)`` in a reused aligned scratch buffer (one per ``slot`` and shape)."""
+def _panels(b, slot):
+    """Scratch (reused, aligned) for ``b`` cut into panels by ``dense_tn_tiled``."""
     n_k, n_columns = b.shape
     shape = ((n_columns + _dense.PANEL_WIDTH - 1) // _dense.PANEL_WIDTH, n_k, _dense.PANEL_WIDTH)
-    target = _scratch_buffer(slot, shape, b.dtype)
-    pack = pack_panels_parallel if parallel else pack_panels_serial
-    pack(b, target)
-    return target
+    return _scratch_buffer(slot, shape, b.dtype)
 
 
 def _broadcast(parallel):
@@ -325,7 +321,7 @@ def dense_forward(inputs, weights, biases, output):
     work = n_samples * n_inputs * n_neurons
     if _use_broadcast(n_samples, n_inputs, n_neurons, n_samples, n_neurons):
         parallel = _parallel(work, n_samples)
-        _broadcast(parallel)(inputs.T, _panels(weights, "weights_panels", parallel), biases,
+        _broadcast(parallel)(inputs.T, weights, _panels(weights, "weights_panels"), biases,
                              True, output)
     elif _use_tiled(n_samples, n_inputs, n_neurons):
         _tiled(work, n_samples)(_aligned_for(inputs, n_neurons, "inputs"),
@@ -354,7 +350,7 @@ def dense_backward_inputs(dvalues, weights, dinputs):
     # 32x784x128: 574 -> ~60 us. Below 16 neurons (the spiral's 3) a dot product is too short.
     if _use_broadcast(n_samples, n_inputs, n_neurons, n_samples, n_inputs):
         parallel = _parallel(work, n_samples)
-        _broadcast(parallel)(dvalues.T, _panels(weights.T, "weights_t_panels", parallel),
+        _broadcast(parallel)(dvalues.T, weights.T, _panels(weights.T, "weights_t_panels"),
                              dinputs[0], False, dinputs)
     elif n_neurons >= 16 and n_samples >= 4:
         _tiled(work, n_samples)(_aligned_for(dvalues, n_inputs, "dvalues"),
@@ -375,7 +371,7 @@ def dense_backward_weights(inputs, dvalues, dweights):
     work = n_samples * n_inputs * n_neurons
     if _use_broadcast(n_samples, n_inputs, n_neurons, n_inputs, n_neurons):
         parallel = _parallel(work, n_inputs)
-        _broadcast(parallel)(inputs, _panels(dvalues, "dvalues_panels", parallel), dweights[0],
+        _broadcast(parallel)(inputs, dvalues, _panels(dvalues, "dvalues_panels"), dweights[0],
                              False, dweights)
     elif n_neurons < 16 and n_inputs >= 16:
         # one thread per band of NARROW_BAND inputs: a single band stays serial

@@ -89,10 +89,10 @@ def train_epochs_fused(X, y, orders, batch_size, weights, biases, dweights, dbia
     forward / dweights runs a register-tiled kernel (forward: ``nt_rows_tiled``, dweights:
     the broadcast form's ``tn_tile``; the caller decides as the cpu backend does), the
     dweights ones with a flat scratch ``dvalues_panels[l]`` of ``batch_size * PANEL_WIDTH``
-    values per panel of ``pack_panels(dvalues)`` (other layers: any 1-element array);
-    ``weights_t[l]`` = ``weights[l].T``
-    for tiled layers and every layer but the first (the backward pass reads it; the Adam step
-    keeps it in step), any (1, 1) array for a first layer whose forward is not tiled.
+    values per panel of ``dvalues`` (``pack_panel``; other layers: any 1-element array);
+    ``weights_t[l]`` = ``weights[l].T`` for tiled layers and every layer but the first (the
+    backward pass reads it; the Adam step keeps it in step), any (1, 1) array for a first
+    layer whose forward is not tiled.
     ``history`` float64 (n_epochs, 3) receives per epoch the summed data loss and accuracy
     (``sum over steps of mean * n_batch``, as ``Loss.accumulated_sum``) and the learning rate.
     """
