@@ -661,17 +661,22 @@ def test_broadcast_kernel_matches_the_twin(data):
     assert len(results) == 1
 
 
+@pytest.mark.parametrize("a_view", [False, True], ids=["a", "a.T view"])
 @pytest.mark.parametrize("n_panels", [2, dense.LOCAL_A_MIN_PANELS])
-def test_broadcast_kernel_across_k_blocks(n_panels):
+def test_broadcast_kernel_across_k_blocks(n_panels, a_view):
     """Panels too big for L2 (``dense.PANELS_IN_L2``) are summed in blocks of
     ``K_BLOCK_BROADCAST`` whose totals are added in order (with LOCAL_A_MIN_PANELS panels, from
-    a copy of each tile's values of ``a``): the result matches the twin, a NaN/inf in a later
-    block still reaches its outputs, and the bits depend neither on the thread count nor on
-    the build."""
+    a copy of each tile's values of ``a``, packed along the rows of ``a`` or tile by tile):
+    the result matches the twin, a NaN/inf in a later block still reaches its outputs, and
+    the bits depend neither on the thread count nor on the build."""
     rng = np.random.default_rng(7)
     n_columns = n_panels * dense.PANEL_WIDTH - 5
     n_k = dense.PANELS_IN_L2 // (n_panels * dense.PANEL_WIDTH) + dense.K_BLOCK_BROADCAST + 3
-    a = rng.standard_normal((n_k, 13)).astype(np.float32)
+    # 2 panels: fewer rows than columns (tiles go panel by panel); 4: more (the copies of a)
+    n_rows = 13 if n_panels == 2 else n_columns + 7
+    a = rng.standard_normal((n_k, n_rows)).astype(np.float32)
+    if a_view:  # rows not contiguous (the forward's inputs.T): copied tile by tile
+        a = np.ascontiguousarray(a.T).T
     b = rng.standard_normal((n_k, n_columns)).astype(np.float32)
     biases = rng.standard_normal(n_columns).astype(np.float32)
     a[dense.K_BLOCK_BROADCAST + 5, 2] = np.nan

@@ -459,7 +459,9 @@ PANELS_IN_L2 = 256 * 1024
 # From this many panels on (and with blocks of the summed index), a tile of rows copies its
 # values of ``a`` once for all the panels (see ``dense_tn_tiled``): 1024^3's dweights 8.4 ->
 # 7.8 ms (0.75 -> 0.87 of OpenBLAS, same run); with 2 panels (4096x784x128's dweights) the
-# copy cost more than it saved (3.3 -> 3.4 ms).
+# copy cost more than it saved (3.3 -> 3.4 ms). When ``a``'s rows are contiguous (dweights'
+# ``inputs``) one pass along them packs every tile's values (each copy read 256 rows 4 KB
+# apart): 1024^3 in the dweights form 9.4-9.8 -> 8.4-8.9 ms, the forward form's 8.4-8.6.
 LOCAL_A_MIN_PANELS = 4
 
 
@@ -530,7 +532,8 @@ def dense_tn_tiled(a, b, panels, biases, add_biases, output):
     panels are too big for the L2 cache (see PANELS_IN_L2) the summed index goes in blocks of
     K_BLOCK_BROADCAST, the outer loop, in order: a fixed order of sums in any case; then with
     LOCAL_A_MIN_PANELS panels or more an iteration owns a tile of rows across all the panels,
-    and copies its values of ``a`` first. For outputs with fewer rows than columns and
+    and reads its values of ``a`` from a copy (packed for all tiles in one pass along the
+    rows of ``a`` when they are contiguous, else copied by the tile itself). For outputs with fewer rows than columns and
     panels to share, an iteration owns a whole panel: it packs it and runs its tiles.
     """
     n_k, n_rows = a.shape
@@ -561,10 +564,32 @@ def dense_tn_tiled(a, b, panels, biases, add_biases, output):
         tn_rows_plain(a, panels, biases, add_biases, output)
         return
     local_a = k_step == K_BLOCK_BROADCAST and n_panels >= LOCAL_A_MIN_PANELS and not panel_major
+    rows_contiguous = a.strides[1] == a.itemsize
+    a_tiles = np.empty((n_blocks if local_a and rows_contiguous else 0, K_BLOCK_BROADCAST,
+                        TN_ROWS), a.dtype)
     for k0 in range(0, max(n_k, 1), k_step):
         k1 = min(n_k, k0 + k_step)
         accumulate = k0 > 0
-        if local_a:
+        if local_a and rows_contiguous:
+            # ``a``'s rows are contiguous (dweights' ``inputs``): pack the block's values of
+            # ``a`` tile by tile in one pass along its rows (full cache lines, in order), then
+            # one iteration per tile of rows, over all the panels
+            n_here = k1 - k0
+            for chunk in prange((n_here + 31) // 32):
+                for k in range(chunk * 32, min(n_here, chunk * 32 + 32)):
+                    row = a[k0 + k]
+                    for block in range(n_blocks):
+                        start = min(block * TN_ROWS, n_rows - TN_ROWS)
+                        target = a_tiles[block, k]
+                        for r in range(TN_ROWS):
+                            target[r] = row[start + r]
+            for block in prange(n_blocks):
+                owned = block * TN_ROWS
+                start = min(owned, n_rows - TN_ROWS)
+                for p in range(n_panels):
+                    tn_tile(a_tiles[block, :n_here], panels[p, k0:k1], biases, add_biases,
+                            output, start, owned, p * PANEL_WIDTH, accumulate)
+        elif local_a:
             # one iteration per tile of rows, over all the panels, with its values of ``a``
             # copied first: a row of ``a`` gives a tile 5 values, so each step of ``k``
             # touched a new cache line (and, for rows 4 KB apart, a set of the L1 cache
