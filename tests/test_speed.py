@@ -484,23 +484,41 @@ def test_tiled_kernel_across_k_blocks():
     columns_t[9, 2 * dense.K_BLOCK + 1] = np.inf
     with np.errstate(invalid="ignore"):
         expected = np.dot(rows, columns_t.T) + biases
+
+    def run(kernel):
+        output = np.full((13, 11), np.nan, np.float32)
+        kernel(rows, columns_t, biases, True, output)
+        return output
+
+    output = same_bits_for_every_thread_count(
+        run, (cpu.dense_nt_tiled_serial, cpu.dense_nt_tiled_parallel))
+    assert_matches_with_nan_and_inf(output, expected, rows, columns_t, biases, "tiled, k blocks")
+
+
+def same_bits_for_every_thread_count(run, kernels):
+    """``run(kernel)`` for each kernel and numba thread count: asserts one bit pattern, returns
+    the last output."""
     results = set()
     before = numba.get_num_threads()
     try:
         for threads in THREAD_COUNTS:
             numba.set_num_threads(threads)
-            for kernel in (cpu.dense_nt_tiled_serial, cpu.dense_nt_tiled_parallel):
-                output = np.full((13, 11), np.nan, np.float32)
-                kernel(rows, columns_t, biases, True, output)
+            for kernel in kernels:
+                output = run(kernel)
                 results.add(bits(output))
     finally:
         numba.set_num_threads(before)
     assert len(results) == 1
+    return output
+
+
+def assert_matches_with_nan_and_inf(output, expected, rows, columns_t, biases, what):
+    """NaN and +inf where the twin has them, the finite outputs within ``nt_tolerance``."""
     finite = np.isfinite(expected)
     assert np.array_equal(np.isnan(output), np.isnan(expected))
     assert np.array_equal(np.isposinf(output), np.isposinf(expected))
     tolerance = nt_tolerance(np.nan_to_num(rows), np.nan_to_num(columns_t, posinf=0), biases)
-    assert_within(output[finite], expected[finite], tolerance[finite], "tiled, k blocks")
+    assert_within(output[finite], expected[finite], tolerance[finite], what)
 
 
 FAST_KERNELS = [cpu.dense_forward_fast_serial, cpu.dense_forward_fast_parallel]
@@ -683,20 +701,11 @@ def test_broadcast_kernel_across_k_blocks(n_panels, a_view):
     b[n_k - 1, 9] = np.inf
     with np.errstate(invalid="ignore"):
         expected = np.dot(a.T, b) + biases
-    results = set()
-    before = numba.get_num_threads()
-    try:
-        for threads in THREAD_COUNTS:
-            numba.set_num_threads(threads)
-            for kernel in (cpu.dense_tn_tiled_serial, cpu.dense_tn_tiled_parallel):
-                with np.errstate(invalid="ignore"):
-                    output = broadcast(a, b, biases, True, kernel)
-                results.add(bits(output))
-    finally:
-        numba.set_num_threads(before)
-    assert len(results) == 1
-    finite = np.isfinite(expected)
-    assert np.array_equal(np.isnan(output), np.isnan(expected))
-    assert np.array_equal(np.isposinf(output), np.isposinf(expected))
-    tolerance = nt_tolerance(np.nan_to_num(a.T), np.nan_to_num(b.T, posinf=0), biases)
-    assert_within(output[finite], expected[finite], tolerance[finite], "broadcast, k blocks")
+
+    def run(kernel):
+        with np.errstate(invalid="ignore"):
+            return broadcast(a, b, biases, True, kernel)
+
+    output = same_bits_for_every_thread_count(
+        run, (cpu.dense_tn_tiled_serial, cpu.dense_tn_tiled_parallel))
+    assert_matches_with_nan_and_inf(output, expected, a.T, b.T, biases, "broadcast, k blocks")
