@@ -153,10 +153,6 @@ BROADCAST_MIN = int(os.environ.get("LOOPNET_BROADCAST_MIN", 500_000))
 
 from loopnet.kernels import dense as _dense  # noqa: E402
 
-# (serial, parallel) builds of the simple loops; the parallel one is the build LOOPS already has
-_simple = {op: (numba.njit(cache=True)(_copy(getattr(_dense, op + "_loops"), "__serial")),
-                LOOPS[op])
-           for op in ("dense_forward", "dense_backward_weights", "dense_backward_inputs")}
 # fastmath (FASTMATH: reassociation, no nnan/ninf) is set on nt_rows_tiled, which they call
 dense_nt_tiled_serial, dense_nt_tiled_parallel = compile_twice(_dense.dense_nt_tiled)
 transpose_serial, transpose_parallel = compile_twice(_dense.transpose_tiled)
@@ -287,7 +283,7 @@ def _use_broadcast(n_samples, n_inputs, n_neurons, n_rows, n_columns):
     more inputs. It needs no transposes and keeps a 5 x 64 tile in registers (4096x784x128:
     forward 3.1 -> 2.7 ms, dweights 6.3 -> 3.4 ms, dinputs 4.8 -> 3.2 ms; 32x784x128:
     forward 55 -> 49 us, dweights 60 -> 46 us; 1024x64x64: forward 103 -> 50 us, dweights
-    116 -> 70 us, dinputs 82 -> 47 us; 1024^3: about the NT kernel's times)."""
+    116 -> 70 us, dinputs 82 -> 47 us; 1024^3 dweights: 0.75 -> ~0.9x OpenBLAS)."""
     if n_rows < _dense.TN_ROWS:
         return False
     if (_use_tiled_dweights(n_samples, n_inputs, n_neurons)
@@ -312,10 +308,11 @@ def _broadcast(parallel):
 
 
 def dense_forward(inputs, weights, biases, output):
-    """``output = inputs @ weights + biases``: ``dense_forward_blocked`` (bit-identical to the
-    loops and the notes' neuron) for small layers, its fastmath build ``dense_forward_fast``
-    for middle ones, ``dense_nt_tiled`` on the packed ``weights.T`` for narrow ones (see
-    ``_use_tiled``), else the broadcast form ``dense_tn_tiled`` on ``inputs.T`` (a view)."""
+    """``output = inputs @ weights + biases``: the broadcast form ``dense_tn_tiled`` on
+    ``inputs.T`` (a view) for large and middle-sized layers (``_use_broadcast``),
+    ``dense_nt_tiled`` on the packed ``weights.T`` for narrow ones (``_use_tiled``), the
+    fastmath build ``dense_forward_fast`` for 1-4 samples through a middle-sized layer, else
+    ``dense_forward_blocked`` (bit-identical to the loops and the notes' neuron)."""
     n_samples, n_inputs = inputs.shape
     n_neurons = weights.shape[1]
     work = n_samples * n_inputs * n_neurons
@@ -338,9 +335,10 @@ def dense_forward(inputs, weights, biases, output):
 
 
 def dense_backward_inputs(dvalues, weights, dinputs):
-    """``dinputs = dvalues @ weights.T``: the broadcast form on ``dvalues.T`` and the packed
-    ``weights.T`` for large layers, else the NT kernel (no packing needed: ``weights`` already
-    is ``(weights.T).T``) or, below 16 neurons, the simple loops."""
+    """``dinputs = dvalues @ weights.T``: the broadcast form on ``dvalues.T`` and ``weights.T``
+    for large and middle-sized layers, else the NT kernel (no packing needed: ``weights``
+    already is ``(weights.T).T``) or, below 16 neurons or 4 samples, the narrow kernel (the
+    loops' bits, vectors along the inputs)."""
     n_samples = dvalues.shape[0]
     n_inputs, n_neurons = weights.shape
     work = n_samples * n_inputs * n_neurons
