@@ -46,6 +46,19 @@ def _n_rows(data, name: str) -> int:
     return int(shape[0])
 
 
+def _paired_rows(X, y, x_name: str, y_name: str):
+    """``X`` and ``y`` as arrays (other array-likes converted; device arrays kept) and their
+    common number of rows, or a ``ValueError`` naming both counts."""
+    if not hasattr(X, "shape"):
+        X = np.asarray(X)
+    if not hasattr(y, "shape"):
+        y = np.asarray(y)
+    n_samples, n_targets = _n_rows(X, x_name), _n_rows(y, y_name)
+    if n_targets != n_samples:
+        raise ValueError(f"{x_name} has {n_samples} samples but {y_name} has {n_targets} targets")
+    return X, y, n_samples
+
+
 class _ProgressBar:
     """A one-line progress bar on stderr, drawn only when stderr is a terminal, redrawn at most
     ten times a second (so it costs nothing measurable per epoch)."""
@@ -186,13 +199,7 @@ class Model:
         if not self.finalized:
             self.finalize()
         epochs = _positive_int(epochs, "epochs")
-        if not hasattr(X, "shape"):
-            X = np.asarray(X)
-        if not hasattr(y, "shape"):
-            y = np.asarray(y)
-        n_samples = _n_rows(X, "X")
-        if _n_rows(y, "y") != n_samples:
-            raise ValueError(f"X has {n_samples} samples but y has {_n_rows(y, 'y')} targets")
+        X, y, n_samples = _paired_rows(X, y, "X", "y")
         if n_samples == 0:
             raise ValueError("X is empty: nothing to train on")
         if batch_size is not None:
@@ -294,14 +301,7 @@ class Model:
             raise ValueError("set(loss=...) before evaluate()")
         if not self.finalized:
             self.finalize()
-        if not hasattr(X_val, "shape"):
-            X_val = np.asarray(X_val)
-        if not hasattr(y_val, "shape"):
-            y_val = np.asarray(y_val)
-        n_samples = _n_rows(X_val, "X_val")
-        if _n_rows(y_val, "y_val") != n_samples:
-            raise ValueError(f"X_val has {n_samples} samples but y_val has "
-                             f"{_n_rows(y_val, 'y_val')} targets")
+        X_val, y_val, n_samples = _paired_rows(X_val, y_val, "X_val", "y_val")
         self.loss.new_pass()
         if self.accuracy is not None:
             self.accuracy.new_pass()

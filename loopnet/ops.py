@@ -387,14 +387,7 @@ def dense_backward(dvalues, inputs, weights, *, dweights=None, dbiases=None, din
 
 def relu_forward(inputs, *, device: str | None = None):
     """Rectified linear unit, element-wise: ``max(0, x)``; any shape; NaN stays NaN."""
-    x = _array(inputs, "inputs")
-    _check_not_empty(x, "inputs")
-    dtype = _float_dtype(x)
-    flat = _contiguous(x, dtype).reshape(-1)
-    be = _backend(device)
-    output = be.empty(flat.shape, dtype)
-    be.relu_forward(flat, output)
-    return output.reshape(x.shape)
+    return _unary("relu_forward", inputs, "inputs", None, device)
 
 
 def softmax_forward(inputs, *, device: str | None = None):
@@ -411,6 +404,16 @@ def softmax_forward(inputs, *, device: str | None = None):
     output = be.empty(rows.shape, dtype)
     be.softmax_forward(rows, output)
     return output.reshape(x.shape)
+
+
+def _unary(kernel: str, x, name, out, device):
+    """Run the element-wise ``kernel`` on one array, flattened; returns the result in its
+    shape (in ``out`` when given)."""
+    flat, shape = _flat_like(x, name)
+    be = _backend(device)
+    result = _output(be, out, shape, flat.dtype)
+    getattr(be, kernel)(flat, result.reshape(-1))
+    return result
 
 
 def _elementwise(kernel: str, first, first_name, second, second_name, out, device):
@@ -451,11 +454,7 @@ def softmax_backward(dvalues, output, *, out=None, device: str | None = None):
 
 def sigmoid_forward(inputs, *, out=None, device: str | None = None):
     """The logistic function ``1 / (1 + exp(-x))``, element-wise; any shape."""
-    x, shape = _flat_like(inputs, "inputs")
-    be = _backend(device)
-    output = _output(be, out, shape, x.dtype)
-    be.sigmoid_forward(x, output.reshape(-1))
-    return output
+    return _unary("sigmoid_forward", inputs, "inputs", out, device)
 
 
 def sigmoid_backward(dvalues, output, *, out=None, device: str | None = None):
@@ -465,20 +464,12 @@ def sigmoid_backward(dvalues, output, *, out=None, device: str | None = None):
 
 def linear_forward(inputs, *, out=None, device: str | None = None):
     """The identity activation: a copy of ``inputs`` (a regression model's output layer)."""
-    x, shape = _flat_like(inputs, "inputs")
-    be = _backend(device)
-    output = _output(be, out, shape, x.dtype)
-    be.linear_forward(x, output.reshape(-1))
-    return output
+    return _unary("linear_forward", inputs, "inputs", out, device)
 
 
 def linear_backward(dvalues, *, out=None, device: str | None = None):
     """The identity's gradient: a copy of ``dvalues``."""
-    d, shape = _flat_like(dvalues, "dvalues")
-    be = _backend(device)
-    dinputs = _output(be, out, shape, d.dtype)
-    be.linear_backward(d, dinputs.reshape(-1))
-    return dinputs
+    return _unary("linear_backward", dvalues, "dvalues", out, device)
 
 
 # --- Losses and metrics --------------------------------------------------------------------------
@@ -534,23 +525,26 @@ def categorical_crossentropy_backward(dvalues, y_true, *, out=None, device: str 
     """Gradient of the mean categorical cross-entropy with respect to the probabilities
     ``dvalues`` (n_samples, n_classes): ``-1 / p_target / n_samples`` on the target class, 0
     elsewhere. ``y_true`` as class indices or one-hot rows."""
-    probs = _probabilities(dvalues, "dvalues")
-    targets = _class_targets(y_true, probs.shape[0], probs.shape[1], probs.shape)
-    be = _backend(device)
-    dinputs = _output(be, out, probs.shape, probs.dtype)
-    be.categorical_crossentropy_backward(probs, targets, dinputs)
-    return dinputs
+    return _class_gradient("categorical_crossentropy_backward", dvalues, "dvalues", y_true, out,
+                           device)
 
 
 def softmax_crossentropy_backward(softmax_output, y_true, *, out=None,
                                   device: str | None = None):
     """The fused softmax + categorical cross-entropy gradient with respect to the softmax
     *inputs*: ``(softmax_output - one_hot(y_true)) / n_samples``."""
-    probs = _probabilities(softmax_output, "softmax_output")
+    return _class_gradient("softmax_crossentropy_backward", softmax_output, "softmax_output",
+                           y_true, out, device)
+
+
+def _class_gradient(kernel_name, probabilities, name, y_true, out, device):
+    """Run a cross-entropy gradient kernel on (n_samples, n_classes) ``probabilities`` and
+    class targets (indices or one-hot rows), validated."""
+    probs = _probabilities(probabilities, name)
     targets = _class_targets(y_true, probs.shape[0], probs.shape[1], probs.shape)
     be = _backend(device)
     dinputs = _output(be, out, probs.shape, probs.dtype)
-    be.softmax_crossentropy_backward(probs, targets, dinputs)
+    getattr(be, kernel_name)(probs, targets, dinputs)
     return dinputs
 
 

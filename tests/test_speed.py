@@ -545,20 +545,15 @@ def test_fast_blocked_kernels_propagate_nan_and_do_not_depend_on_the_thread_coun
     weights[140, 529] = np.inf
     with np.errstate(invalid="ignore", over="ignore"):
         expected = inputs @ weights + biases
-    results = set()
-    before = numba.get_num_threads()
-    try:
-        for threads in THREAD_COUNTS:
-            numba.set_num_threads(threads)
-            for kernel in FAST_KERNELS:
-                output = np.empty(expected.shape, np.float32)
-                kernel(inputs, weights, biases, output)
-                results.add(bits(output))
-                for test in (np.isnan, np.isposinf, np.isneginf):
-                    assert np.array_equal(test(output), test(expected)), test
-    finally:
-        numba.set_num_threads(before)
-    assert len(results) == 1
+
+    def run(kernel):
+        output = np.empty(expected.shape, np.float32)
+        kernel(inputs, weights, biases, output)
+        for test in (np.isnan, np.isposinf, np.isneginf):
+            assert np.array_equal(test(output), test(expected)), test
+        return output
+
+    same_bits_for_every_thread_count(run, FAST_KERNELS)
 
 
 def test_cpu_dense_ops_pick_the_fastmath_kernels_for_middle_layers():
