@@ -222,12 +222,7 @@ class Model:
             history["val_accuracy"] = []
         show = sys.stderr.isatty() if progress is None else bool(progress)
         bar = _ProgressBar(epochs, show)
-        # Fast path (issue 5, loopnet/fused_training.py): on the cpu device a Dense/ReLU/Softmax
-        # classifier with Adam trains whole epochs in one compiled kernel, which fills the same
-        # loss/accuracy/optimizer fields the step loop below would; None: the step loop runs.
-        from loopnet import fused_training
-
-        fused = fused_training.prepare(self, X, y, batch_size, shuffle)
+        fused = None
         try:
             for epoch in range(1, epochs + 1):
                 X_epoch, y_epoch = X, y

@@ -41,10 +41,12 @@ import math
 import os
 import textwrap
 import threading
+import types
 
 import numpy as np
 
 from loopnet import kernels as _kernels
+from loopnet.kernels import scalars as _scalars
 from loopnet.backends import collect
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
@@ -216,7 +218,8 @@ def _launch(kernel, threads, args, written=(), blocks=None):
 
 def _written_arguments(function) -> tuple[int, ...]:
     """Positions of the parameters ``function`` stores into (``param[...] = ...``, also through a
-    row alias such as ``row = output[s]``), found by reading its source."""
+    row alias such as ``row = output[s]``, or by passing it to a loop body that stores into
+    it), found by reading the sources."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     params = [a.arg for a in tree.body[0].args.args]
     aliases = {p: p for p in params}
@@ -237,6 +240,14 @@ def _written_arguments(function) -> tuple[int, ...]:
                 target = target.value
                 if isinstance(target, ast.Name) and target.id in aliases:
                     written.add(params.index(aliases[target.id]))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            body = function.__globals__.get(node.func.id)
+            if isinstance(body, types.FunctionType) and body is not function:
+                for position in _written_arguments(body):
+                    if position < len(node.args):
+                        argument = node.args[position]
+                        if isinstance(argument, ast.Name) and argument.id in aliases:
+                            written.add(params.index(aliases[argument.id]))
     return tuple(sorted(written))
 
 
@@ -245,6 +256,8 @@ def _written_arguments(function) -> tuple[int, ...]:
 for _module_name in _kernels.MODULES:
     # Supply the `cuda` name the kernel files' `<op>_kernel` functions use (see the docstring).
     importlib.import_module(f"loopnet.kernels.{_module_name}").cuda = cuda
+# The bodies' exp/log/sqrt: math.exp ... on the GPU (loopnet.kernels.scalars)
+_scalars.register_cuda()
 
 KERNEL_FUNCTIONS = collect("kernel")  # {op: plain Python function}, for reading and for tests
 KERNELS = {op: cuda.jit(function) for op, function in KERNEL_FUNCTIONS.items()}

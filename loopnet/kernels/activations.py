@@ -4,46 +4,57 @@ Index legend: s = sample, j = class (softmax column), k = flat element index (Re
 linear work on any shape: ``loopnet.ops`` hands them the flattened array).
 Backward kernels take ``dvalues``, the gradient of the loss with respect to this activation's
 ``output``, and write ``dinputs``, the gradient with respect to its ``inputs`` (chain rule).
+
+Each op is written once, as a *body* that computes one element or one row (``relu_element``,
+``softmax_row``, ...); the devices only differ in how they walk the indices:
+
+    relu_forward_loops   for k in prange(n): relu_element(inputs, output, k)    (cpu, python)
+    relu_forward_kernel  k = cuda.grid(1); if k < n: relu_element(inputs, output, k)  (cuda)
+    relu_forward_numpy   output[...] = np.maximum(0, inputs)                    (the twin)
+
+and the compiled training step calls the same bodies. ``register_jitable`` leaves a body a plain
+Python function and lets numba compile it into whichever kernel calls it, CPU or GPU.
 """
 
 import numpy as np
 from numba import prange
-import math
+from numba.extending import register_jitable
+
+from loopnet.kernels.scalars import exp
 
 # The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
 # ``numba.cuda``, sets it to that module before compiling them (see that module's docstring).
-# They are the loop bodies above them, with the ``prange`` index taken from ``cuda.grid(1)``;
-# numba-cuda has no ``np.exp``, so they call ``math.exp`` (float32 in, float32 out on the GPU).
 cuda = None
 
 
 # --- ReLU ---------------------------------------------------------------------------------------
 #     output[k] = max(0, inputs[k])        (twin: np.maximum(0, inputs))
 
-def relu_forward_loops(inputs, output):
-    """Keep positive values, replace the rest by 0.
+@register_jitable
+def relu_element(inputs, output, k):
+    """Keep a positive value, replace anything else by 0.
 
     ``x > 0 or x != x`` instead of ``max(0, x)``: a NaN must come out as NaN, as
     ``np.maximum`` gives, not be silently turned into 0 (``x != x`` is only true for NaN).
     """
-    zero = output.dtype.type(0)
+    x = inputs[k]
+    if x > 0 or x != x:
+        output[k] = x
+    else:
+        output[k] = 0
+
+
+def relu_forward_loops(inputs, output):
+    """``relu_element`` for every element."""
     for k in prange(inputs.shape[0]):
-        x = inputs[k]
-        if x > 0 or x != x:
-            output[k] = x
-        else:
-            output[k] = zero
+        relu_element(inputs, output, k)
 
 
 def relu_forward_kernel(inputs, output):
-    """CUDA: one thread per element ``k``, the loop body of ``relu_forward_loops``."""
+    """CUDA: one thread per element ``k``."""
     k = cuda.grid(1)
     if k < inputs.shape[0]:
-        x = inputs[k]
-        if x > 0 or x != x:
-            output[k] = x
-        else:
-            output[k] = 0
+        relu_element(inputs, output, k)
 
 
 def relu_forward_numpy(inputs, output):
@@ -56,51 +67,45 @@ def relu_forward_numpy(inputs, output):
 #     (twin: exp_values = np.exp(inputs - inputs.max(axis=1, keepdims=True));
 #            exp_values / exp_values.sum(axis=1, keepdims=True))
 
-def softmax_forward_loops(inputs, output):
-    """Row-wise softmax, one sample per ``prange`` iteration.
+@register_jitable
+def softmax_row(inputs, output, s):
+    """Softmax of sample ``s``'s row (``output`` may be ``inputs`` itself: each value is read
+    before it is overwritten).
 
     Subtracting the row's maximum first keeps every exponent <= 0, so ``exp`` lies in (0, 1]
     and cannot overflow for large finite inputs (the notes' overflow trick); the result is the
-    same because the factor ``exp(-max)`` cancels in the division. Each row is summed in
-    column order by the one iteration that owns it: deterministic for any thread count.
+    same because the factor ``exp(-max)`` cancels in the division. The row is summed in column
+    order by the one caller that owns it: deterministic for any thread count.
     """
     n_classes = inputs.shape[1]
+    row = inputs[s]
+    row_max = row[0]
+    for j in range(1, n_classes):
+        # `or row[j] != row[j]`: once a NaN is seen it stays the maximum, so the whole row
+        # becomes NaN, as the twin's np.max (which propagates NaN) makes it.
+        if row[j] > row_max or row[j] != row[j]:
+            row_max = row[j]
+    norm_base = output.dtype.type(0)
+    for j in range(n_classes):
+        exp_value = exp(row[j] - row_max)
+        output[s, j] = exp_value
+        norm_base += exp_value
+    for j in range(n_classes):
+        output[s, j] = output[s, j] / norm_base
+
+
+def softmax_forward_loops(inputs, output):
+    """``softmax_row`` for every sample, one row per ``prange`` iteration."""
     for s in prange(inputs.shape[0]):
-        row = inputs[s]
-        row_max = row[0]
-        for j in range(1, n_classes):
-            # `or row_max != row_max`: once a NaN is seen it stays the maximum, so the whole
-            # row becomes NaN, as the twin's np.max (which propagates NaN) makes it.
-            if row[j] > row_max or row[j] != row[j]:
-                row_max = row[j]
-        norm_base = output.dtype.type(0)
-        for j in range(n_classes):
-            exp_value = np.exp(row[j] - row_max)
-            output[s, j] = exp_value
-            norm_base += exp_value
-        for j in range(n_classes):
-            output[s, j] = output[s, j] / norm_base
+        softmax_row(inputs, output, s)
 
 
 def softmax_forward_kernel(inputs, output):
-    """CUDA: one thread per sample ``s`` running ``softmax_forward_loops``' row body, so each row
-    is summed in column order by one thread (deterministic). Rows are short (one value per
-    class), so a block-wide reduction per row would not pay off here."""
+    """CUDA: one thread per sample ``s`` (rows are short, one value per class: a block-wide
+    reduction per row would not pay off)."""
     s = cuda.grid(1)
     if s < inputs.shape[0]:
-        n_classes = inputs.shape[1]
-        row = inputs[s]
-        row_max = row[0]
-        for j in range(1, n_classes):
-            if row[j] > row_max or row[j] != row[j]:
-                row_max = row[j]
-        norm_base = output.dtype.type(0)
-        for j in range(n_classes):
-            exp_value = math.exp(row[j] - row_max)
-            output[s, j] = exp_value
-            norm_base += exp_value
-        for j in range(n_classes):
-            output[s, j] = output[s, j] / norm_base
+        softmax_row(inputs, output, s)
 
 
 def softmax_forward_numpy(inputs, output):
@@ -113,28 +118,31 @@ def softmax_forward_numpy(inputs, output):
 #     dinputs[k] = dvalues[k] if inputs[k] > 0 else 0
 #     (twin: dinputs = dvalues.copy(); dinputs[inputs <= 0] = 0)
 
-def relu_backward_loops(dvalues, inputs, dinputs):
+@register_jitable
+def relu_backward_element(dvalues, inputs, dinputs, k):
     """ReLU's derivative is 1 where the input was positive and 0 elsewhere.
 
     Written as the notes' ``inputs <= 0`` test so that a NaN input (for which ``<=`` is false)
-    lets the gradient through exactly as the twin does.
+    lets the gradient through exactly as the twin does. (ReLU's *output* gives the same mask:
+    an input <= 0 gives 0, a positive input itself, a NaN a NaN; the training step passes it.)
     """
-    zero = dinputs.dtype.type(0)
+    if inputs[k] <= 0:
+        dinputs[k] = 0
+    else:
+        dinputs[k] = dvalues[k]
+
+
+def relu_backward_loops(dvalues, inputs, dinputs):
+    """``relu_backward_element`` for every element."""
     for k in prange(dvalues.shape[0]):
-        if inputs[k] <= 0:
-            dinputs[k] = zero
-        else:
-            dinputs[k] = dvalues[k]
+        relu_backward_element(dvalues, inputs, dinputs, k)
 
 
 def relu_backward_kernel(dvalues, inputs, dinputs):
-    """CUDA: one thread per element ``k``, the loop body of ``relu_backward_loops``."""
+    """CUDA: one thread per element ``k``."""
     k = cuda.grid(1)
     if k < dvalues.shape[0]:
-        if inputs[k] <= 0:
-            dinputs[k] = 0
-        else:
-            dinputs[k] = dvalues[k]
+        relu_backward_element(dvalues, inputs, dinputs, k)
 
 
 def relu_backward_numpy(dvalues, inputs, dinputs):
@@ -148,44 +156,42 @@ def relu_backward_numpy(dvalues, inputs, dinputs):
 #     dinputs[s, j]     = sum_k jacobian[s, j, k] * dvalues[s, k]
 #     (twin: np.diagflat(output[s]) - np.dot(output[s], output[s].T), times dvalues[s])
 
-def softmax_backward_loops(dvalues, output, dinputs):
-    """Softmax's gradient through its full Jacobian matrix, one sample per ``prange`` iteration.
+@register_jitable
+def softmax_backward_row(dvalues, output, dinputs, s):
+    """Softmax's gradient through its full Jacobian matrix, for sample ``s``.
 
     Each output ``j`` depends on every input ``k``: ``d output_j / d input_k = output_j *
     (delta_jk - output_k)`` (``delta_jk`` is 1 on the diagonal, else 0). The Jacobian element is
     formed on the fly and multiplied with ``dvalues``, summed in ``k`` order. It costs
-    ``n_classes**2`` per sample; the fused softmax + cross-entropy backward (``losses.py``) avoids
-    it, which is why ``Model`` uses that one when it can.
+    ``n_classes**2`` per sample; the
+    fused softmax + cross-entropy backward (``losses.py``) avoids it, which is why ``Model``
+    uses that one when it can.
     """
     n_classes = output.shape[1]
     zero = output.dtype.type(0)
+    out = output[s]
+    row = dvalues[s]
+    for j in range(n_classes):
+        dinput = zero
+        for k in range(n_classes):
+            # diagflat(output) - output output^T, element (j, k), as the book builds it
+            diagonal = out[j] if j == k else zero
+            jacobian = diagonal - out[j] * out[k]
+            dinput += jacobian * row[k]
+        dinputs[s, j] = dinput
+
+
+def softmax_backward_loops(dvalues, output, dinputs):
+    """``softmax_backward_row`` for every sample, one row per ``prange`` iteration."""
     for s in prange(output.shape[0]):
-        out = output[s]
-        for j in range(n_classes):
-            dinput = zero
-            for k in range(n_classes):
-                # diagflat(output) - output output^T, element (j, k), as the book builds it
-                diagonal = out[j] if j == k else zero
-                jacobian = diagonal - out[j] * out[k]
-                dinput += jacobian * dvalues[s, k]
-            dinputs[s, j] = dinput
+        softmax_backward_row(dvalues, output, dinputs, s)
 
 
 def softmax_backward_kernel(dvalues, output, dinputs):
-    """CUDA: one thread per sample ``s``, the row body of ``softmax_backward_loops`` (the Jacobian
-    formed on the fly, summed in ``k`` order)."""
+    """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
     if s < output.shape[0]:
-        n_classes = output.shape[1]
-        zero = output.dtype.type(0)
-        out = output[s]
-        for j in range(n_classes):
-            dinput = zero
-            for k in range(n_classes):
-                diagonal = out[j] if j == k else zero
-                jacobian = diagonal - out[j] * out[k]
-                dinput += jacobian * dvalues[s, k]
-            dinputs[s, j] = dinput
+        softmax_backward_row(dvalues, output, dinputs, s)
 
 
 def softmax_backward_notes(dvalues, output, dinputs):
@@ -209,22 +215,27 @@ def softmax_backward_numpy(dvalues, output, dinputs):
 #     dinputs[k] = dvalues[k] * (1 - output[k]) * output[k]
 #     (twin: dvalues * (1 - output) * output)
 
-def sigmoid_forward_loops(inputs, output):
+@register_jitable
+def sigmoid_element(inputs, output, k):
     """The logistic function, squashing any value into (0, 1) (one output per binary label).
 
     For very negative inputs ``exp(-x)`` overflows to inf and the result is 0, as numpy gives.
     """
     one = output.dtype.type(1)
+    output[k] = one / (one + exp(-inputs[k]))
+
+
+def sigmoid_forward_loops(inputs, output):
+    """``sigmoid_element`` for every element."""
     for k in prange(inputs.shape[0]):
-        output[k] = one / (one + np.exp(-inputs[k]))
+        sigmoid_element(inputs, output, k)
 
 
 def sigmoid_forward_kernel(inputs, output):
-    """CUDA: one thread per element ``k``, the loop body of ``sigmoid_forward_loops``."""
+    """CUDA: one thread per element ``k``."""
     k = cuda.grid(1)
     if k < inputs.shape[0]:
-        one = output.dtype.type(1)
-        output[k] = one / (one + math.exp(-inputs[k]))
+        sigmoid_element(inputs, output, k)
 
 
 def sigmoid_forward_numpy(inputs, output):
@@ -233,19 +244,24 @@ def sigmoid_forward_numpy(inputs, output):
         output[...] = 1 / (1 + np.exp(-inputs))
 
 
-def sigmoid_backward_loops(dvalues, output, dinputs):
+@register_jitable
+def sigmoid_backward_element(dvalues, output, dinputs, k):
     """Sigmoid's derivative written with its own output: ``s' = s * (1 - s)``."""
     one = output.dtype.type(1)
+    dinputs[k] = dvalues[k] * (one - output[k]) * output[k]
+
+
+def sigmoid_backward_loops(dvalues, output, dinputs):
+    """``sigmoid_backward_element`` for every element."""
     for k in prange(dvalues.shape[0]):
-        dinputs[k] = dvalues[k] * (one - output[k]) * output[k]
+        sigmoid_backward_element(dvalues, output, dinputs, k)
 
 
 def sigmoid_backward_kernel(dvalues, output, dinputs):
-    """CUDA: one thread per element ``k``, the loop body of ``sigmoid_backward_loops``."""
+    """CUDA: one thread per element ``k``."""
     k = cuda.grid(1)
     if k < dvalues.shape[0]:
-        one = output.dtype.type(1)
-        dinputs[k] = dvalues[k] * (one - output[k]) * output[k]
+        sigmoid_backward_element(dvalues, output, dinputs, k)
 
 
 def sigmoid_backward_numpy(dvalues, output, dinputs):
@@ -255,18 +271,25 @@ def sigmoid_backward_numpy(dvalues, output, dinputs):
 
 # --- Linear -----------------------------------------------------------------------------------------
 #     output[k] = inputs[k]; dinputs[k] = dvalues[k]  (twin: inputs.copy(); dvalues.copy())
+# The identity (a regression output layer, ``y = x``) and its derivative, 1: both are a copy.
+
+@register_jitable
+def copy_element(source, target, k):
+    """``target[k] = source[k]``."""
+    target[k] = source[k]
+
 
 def linear_forward_loops(inputs, output):
-    """The identity (a regression output layer): ``y = x``, a copy."""
+    """The identity: ``copy_element`` for every element."""
     for k in prange(inputs.shape[0]):
-        output[k] = inputs[k]
+        copy_element(inputs, output, k)
 
 
 def linear_forward_kernel(inputs, output):
-    """CUDA: one thread per element ``k``: a copy."""
+    """CUDA: one thread per element ``k``."""
     k = cuda.grid(1)
     if k < inputs.shape[0]:
-        output[k] = inputs[k]
+        copy_element(inputs, output, k)
 
 
 def linear_forward_numpy(inputs, output):
@@ -275,16 +298,16 @@ def linear_forward_numpy(inputs, output):
 
 
 def linear_backward_loops(dvalues, dinputs):
-    """The derivative of ``y = x`` is 1: the gradient passes through unchanged (a copy)."""
+    """The gradient passes through unchanged: ``copy_element`` for every element."""
     for k in prange(dvalues.shape[0]):
-        dinputs[k] = dvalues[k]
+        copy_element(dvalues, dinputs, k)
 
 
 def linear_backward_kernel(dvalues, dinputs):
-    """CUDA: one thread per element ``k``: the gradient passes through (a copy)."""
+    """CUDA: one thread per element ``k``."""
     k = cuda.grid(1)
     if k < dvalues.shape[0]:
-        dinputs[k] = dvalues[k]
+        copy_element(dvalues, dinputs, k)
 
 
 def linear_backward_numpy(dvalues, dinputs):

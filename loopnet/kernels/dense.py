@@ -12,12 +12,17 @@ Shapes: inputs (n_samples, n_inputs), weights (n_inputs, n_neurons), biases (n_n
     dweights[i, n] = sum_s inputs[s, i] * dvalues[s, n]     (twin: np.dot(inputs.T, dvalues))
     dbiases[n]     = sum_s dvalues[s, n]                    (twin: np.sum(dvalues, axis=0))
     dinputs[s, i]  = sum_n dvalues[s, n] * weights[i, n]    (twin: np.dot(dvalues, weights.T))
+
+This file is what a learner reads: the notes' zip-loop neuron (``dense_forward_notes``), the
+loops with the body each ``prange`` iteration runs (``dense_forward_row``, ...), the numpy twins
+and the CUDA kernels. The ``cpu`` device runs faster forms of the very same sums for larger
+layers (blocked, narrow and register-tiled kernels, all tested against these loops and twins):
+they live in ``loopnet/kernels/dense_fast.py``, whose top says which runs for which shapes.
 """
 
 import numpy as np
-from numba import carray, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic, register_jitable
+from numba import prange
+from numba.extending import register_jitable
 
 # The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
 # ``numba.cuda``, sets it to that module before compiling them (see that module's docstring).
@@ -32,7 +37,7 @@ def dense_forward_notes(inputs, weights, biases, output):
 
     Readable, but the weights column ``weights[:, n]`` is strided: each step of the inner loop
     jumps a whole row of ``weights`` in memory, which makes this ~9x slower than the loop order
-    of ``dense_forward_loops`` on large layers. Same sums in the same order, so the same bits.
+    of ``dense_forward_row`` on large layers. Same sums in the same order, so the same bits.
     """
     for s in prange(inputs.shape[0]):
         for n in range(weights.shape[1]):
@@ -43,35 +48,44 @@ def dense_forward_notes(inputs, weights, biases, output):
             output[s, n] = neuron_output
 
 
-def dense_forward_loops(inputs, weights, biases, output):
-    """The same sums with the two inner loops swapped (sample, input, neuron).
+@register_jitable
+def dense_forward_row(inputs, weights, biases, output, s):
+    """Sample ``s``'s outputs: the notes' sums with the two inner loops swapped (input, neuron).
 
     The innermost loop now walks ``weights[i, :]`` and ``output[s, :]`` contiguously, which the
     compiler vectorizes. Every ``output[s, n]`` still accumulates its terms in input order
     ``i = 0, 1, ...`` and adds the bias last, exactly as the notes' neuron does, so the result is
-    bit-identical to ``dense_forward_notes``. Each sample row is owned by one ``prange``
-    iteration: the result does not depend on the thread count.
+    bit-identical to ``dense_forward_notes``.
     """
     n_inputs = inputs.shape[1]
     n_neurons = weights.shape[1]
-    for s in prange(inputs.shape[0]):
-        neuron_outputs = output[s]
+    neuron_outputs = output[s]
+    for n in range(n_neurons):
+        neuron_outputs[n] = 0
+    for i in range(n_inputs):
+        n_input = inputs[s, i]
+        weights_row = weights[i]
         for n in range(n_neurons):
-            neuron_outputs[n] = 0
-        for i in range(n_inputs):
-            n_input = inputs[s, i]
-            weights_row = weights[i]
-            for n in range(n_neurons):
-                neuron_outputs[n] += n_input * weights_row[n]
-        for n in range(n_neurons):
-            neuron_outputs[n] += biases[n]
+            neuron_outputs[n] += n_input * weights_row[n]
+    for n in range(n_neurons):
+        neuron_outputs[n] += biases[n]
 
+
+def dense_forward_loops(inputs, weights, biases, output):
+    """``dense_forward_row`` for every sample. Each sample row is owned by one ``prange``
+    iteration: the result does not depend on the thread count."""
+    for s in prange(inputs.shape[0]):
+        dense_forward_row(inputs, weights, biases, output, s)
+
+
+# The CUDA dense kernels run one thread per output *element* (not per row as the loops): a GPU
+# needs thousands of threads, and a row per thread would read weights uncoalesced.
 
 def dense_forward_kernel(inputs, weights, biases, output):
     """CUDA: one thread per output element ``(s, n)``: the notes' two outer loops become the grid.
 
     Each thread runs the notes' neuron: its sample's inputs times its neuron's weights, summed in
-    input order, plus the bias last (the same sums as ``dense_forward_loops``). The fast x index
+    input order, plus the bias last (the same sums as ``dense_forward_row``). The fast x index
     is the neuron, so neighbouring threads read neighbouring ``weights[i, n]`` (coalesced).
     """
     n, s = cuda.grid(2)
@@ -132,24 +146,27 @@ def dense_forward_numpy(inputs, weights, biases, output):
 # and a sum whose order, hence whose bits, depends on the thread count). As in llm.c's
 # ``matmul_backward``, every output element is owned by one iteration and summed in a fixed order.
 
-def dense_backward_weights_loops(inputs, dvalues, dweights):
-    """``dweights[i, n] = sum_s inputs[s, i] * dvalues[s, n]``: how much each weight moved the loss.
-
-    One ``prange`` iteration owns the row ``dweights[i, :]`` (one input feature, every neuron)
-    and adds the samples in order ``s = 0, 1, ...``; the inner loop walks ``dvalues[s, :]`` and
-    ``dweights[i, :]`` contiguously.
-    """
-    n_samples = inputs.shape[0]
+@register_jitable
+def dweights_row(inputs, dvalues, dweights, i):
+    """``dweights[i, n] = sum_s inputs[s, i] * dvalues[s, n]`` for input ``i`` and every neuron:
+    how much each weight moved the loss. The samples are added in order ``s = 0, 1, ...``; the
+    inner loop walks ``dvalues[s, :]`` and ``dweights[i, :]`` contiguously."""
     n_neurons = dvalues.shape[1]
-    for i in prange(inputs.shape[1]):
-        dweights_row = dweights[i]
+    dweights_i = dweights[i]
+    for n in range(n_neurons):
+        dweights_i[n] = 0
+    for s in range(inputs.shape[0]):
+        n_input = inputs[s, i]
+        dvalues_row = dvalues[s]
         for n in range(n_neurons):
-            dweights_row[n] = 0
-        for s in range(n_samples):
-            n_input = inputs[s, i]
-            dvalues_row = dvalues[s]
-            for n in range(n_neurons):
-                dweights_row[n] += n_input * dvalues_row[n]
+            dweights_i[n] += n_input * dvalues_row[n]
+
+
+def dense_backward_weights_loops(inputs, dvalues, dweights):
+    """``dweights_row`` for every input feature, one row of ``dweights`` per ``prange``
+    iteration."""
+    for i in prange(inputs.shape[1]):
+        dweights_row(inputs, dvalues, dweights, i)
 
 
 def dense_backward_weights_kernel(inputs, dvalues, dweights):
@@ -167,11 +184,12 @@ def dense_backward_weights_numpy(inputs, dvalues, dweights):
     dweights[...] = np.dot(inputs.T, dvalues)
 
 
-def dense_backward_biases_loops(dvalues, dbiases):
+@register_jitable
+def dbiases_sum(dvalues, dbiases):
     """``dbiases[n] = sum_s dvalues[s, n]``: a bias moves its neuron's output one for one.
 
-    Serial on purpose: each neuron's sum runs over samples in order; the loop over samples is
-    outside so the inner loop reads ``dvalues[s, :]`` contiguously. It is ``n_samples *
+    Each neuron's sum runs over the samples in order; the loop over samples is outside so the
+    inner loop reads ``dvalues[s, :]`` contiguously. Serial on purpose: it is ``n_samples *
     n_neurons`` additions, far fewer than the two products, so threads would not pay off.
     """
     n_neurons = dvalues.shape[1]
@@ -183,9 +201,14 @@ def dense_backward_biases_loops(dvalues, dbiases):
             dbiases[n] += dvalues_row[n]
 
 
+def dense_backward_biases_loops(dvalues, dbiases):
+    """``dbiases_sum``: the column sums of ``dvalues``."""
+    dbiases_sum(dvalues, dbiases)
+
+
 def dense_backward_biases_kernel(dvalues, dbiases):
-    """CUDA: one thread per neuron ``n``, adding the samples in order (neighbouring threads read
-    neighbouring ``dvalues[s, n]``)."""
+    """CUDA: one thread per neuron ``n`` (a GPU needs a thread per output, where the loops run
+    the samples outermost), adding the samples in order: the same sums."""
     n = cuda.grid(1)
     if n < dbiases.shape[0]:
         dbias = dbiases.dtype.type(0)
@@ -199,29 +222,30 @@ def dense_backward_biases_numpy(dvalues, dbiases):
     dbiases[...] = np.sum(dvalues, axis=0)
 
 
-def dense_backward_inputs_loops(dvalues, weights, dinputs):
-    """``dinputs[s, i] = sum_n dvalues[s, n] * weights[i, n]``: the gradient passed to the layer
-    before.
-
-    One ``prange`` iteration owns the row ``dinputs[s, :]`` (one sample); each element is a dot
-    product of two contiguous rows, ``dvalues[s, :]`` and ``weights[i, :]``, summed in neuron
-    order.
-    """
-    n_inputs = weights.shape[0]
+@register_jitable
+def dinputs_row(dvalues, weights, dinputs, s):
+    """``dinputs[s, i] = sum_n dvalues[s, n] * weights[i, n]`` for sample ``s``: the gradient
+    passed to the layer before. Each element is a dot product of two contiguous rows,
+    ``dvalues[s, :]`` and ``weights[i, :]``, summed in neuron order."""
     n_neurons = weights.shape[1]
+    dvalues_row = dvalues[s]
+    for i in range(weights.shape[0]):
+        weights_row = weights[i]
+        dinput = dinputs.dtype.type(0)
+        for n in range(n_neurons):
+            dinput += dvalues_row[n] * weights_row[n]
+        dinputs[s, i] = dinput
+
+
+def dense_backward_inputs_loops(dvalues, weights, dinputs):
+    """``dinputs_row`` for every sample, one row of ``dinputs`` per ``prange`` iteration."""
     for s in prange(dvalues.shape[0]):
-        dvalues_row = dvalues[s]
-        for i in range(n_inputs):
-            weights_row = weights[i]
-            dinput = dinputs.dtype.type(0)
-            for n in range(n_neurons):
-                dinput += dvalues_row[n] * weights_row[n]
-            dinputs[s, i] = dinput
+        dinputs_row(dvalues, weights, dinputs, s)
 
 
 def dense_backward_inputs_kernel(dvalues, weights, dinputs):
-    """CUDA: one thread per ``(s, i)``, the dot product of ``dvalues[s, :]`` and ``weights[i, :]``
-    in neuron order."""
+    """CUDA: one thread per ``(s, i)``, the dot product of ``dvalues[s, :]`` and
+    ``weights[i, :]`` in neuron order."""
     i, s = cuda.grid(2)
     if s < dinputs.shape[0] and i < dinputs.shape[1]:
         dinput = dinputs.dtype.type(0)
@@ -233,702 +257,3 @@ def dense_backward_inputs_kernel(dvalues, weights, dinputs):
 def dense_backward_inputs_numpy(dvalues, weights, dinputs):
     """Twin: ``dinputs = np.dot(dvalues, weights.T)``."""
     dinputs[...] = np.dot(dvalues, weights.T)
-
-
-# --- The fast cpu path: register tiles (issue 5) -------------------------------------------------
-# The loops above are what the notes say; these compute the very same products, arranged so that
-# a CPU can run them near its peak. The ``cpu`` backend (``loopnet.backends.cpu``) picks them for
-# large layers and keeps the simple loops for small ones; it compiles them with ``fastmath``
-# (reassociation only: NaN and inf still propagate), which lets LLVM split each dot product
-# into vector lanes. They are not ``<op>_loops``, so no other backend collects them.
-#
-# The idea, "NT" form: every output element is a dot product of two *contiguous* rows,
-#     output[r, c] = sum_k rows[r, k] * columns_t[c, k]
-# (``columns_t`` is the right-hand matrix stored transposed). A 4 x 4 tile of outputs keeps its
-# 16 running sums in 16 local variables, which LLVM holds in vector registers for the whole k
-# loop: each step loads 4 + 4 values and does 16 multiply-adds, instead of 2 loads per
-# multiply-add. With fastmath each of those sums is split across the vector lanes (16 partial
-# sums of float32 with 512-bit code) and added up at the end: a different order than the simple
-# loops (so not bit-identical to them, but within float rounding), and still one fixed order
-# decided at compile time: every output has one owner, the result does not depend on the
-# thread count.
-#
-#     forward:    output   = inputs  @ weights    -> rows = inputs,   columns_t = weights.T (packed)
-#     backward:   dinputs  = dvalues @ weights.T  -> rows = dvalues,  columns_t = weights
-#                 dweights = inputs.T @ dvalues   -> rows = inputs.T, columns_t = dvalues.T (packed)
-
-# Output columns handled per panel: PANEL rows of ``columns_t`` (128 x 784 floats = 400 KB for
-# an MNIST layer) stay in the L2 cache while every row block of ``rows`` streams past them
-# (64, 128 and 256 measured within 5% of each other at 1024^3; 128 the best). The blocked
-# kernels update 4 rows of 4 * PANEL outputs, 8 KB, which stay in the L1 cache.
-PANEL = 128
-
-# fastmath without `nnan`/`ninf`: reassociating sums is what lets LLVM vectorize them, while NaN
-# and inf must still come out where the numpy twin gives them.
-FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
-
-# Rows of ``output`` per tile of ``nt_rows_tiled`` (its columns per tile: 4), and the length of
-# the blocks in which it walks the summed index ``k`` (see its docstring).
-TILE_ROWS = 6
-K_BLOCK = 1024
-
-
-def transpose_tiled(source, target):
-    """``target[c, r] = source[r, c]`` (pack a matrix transposed), in 32 x 32 blocks.
-
-    Copying block by block keeps both the rows read and the rows written in the L1 cache; a
-    plain double loop would touch a new cache line of ``target`` on every element. Each
-    ``prange`` iteration owns a band of 32 rows of ``target``.
-    """
-    n_rows, n_columns = source.shape
-    for band in prange((n_columns + 31) // 32):
-        c0 = band * 32
-        c1 = min(c0 + 32, n_columns)
-        for r0 in range(0, n_rows, 32):
-            r1 = min(r0 + 32, n_rows)
-            for c in range(c0, c1):
-                target_row = target[c]
-                for r in range(r0, r1):
-                    target_row[r] = source[r, c]
-
-
-def dense_nt_tiled(rows, columns_t, biases, add_biases, output):
-    """``output[r, c] = sum_k rows[r, k] * columns_t[c, k]`` (``+ biases[c]`` if ``add_biases``).
-
-    Twin: ``np.dot(rows, columns_t.T) (+ biases)``. The columns go in panels of ``PANEL``; within
-    a panel one ``prange`` iteration owns ``TILE_ROWS`` rows of ``output`` (``nt_rows_tiled``).
-    """
-    n_rows = rows.shape[0]
-    n_columns = columns_t.shape[0]
-    for panel_start in range(0, n_columns, PANEL):
-        panel_end = min(n_columns, panel_start + PANEL)
-        for block in prange((n_rows + TILE_ROWS - 1) // TILE_ROWS):
-            nt_rows_tiled(rows, columns_t, biases, add_biases, output, block * TILE_ROWS,
-                          panel_start, panel_end, False)
-
-
-@register_jitable(fastmath=FASTMATH)
-def nt_rows_tiled(rows, columns_t, biases, add_biases, output, r0, panel_start, panel_end,
-                  relu):
-    """Rows ``r0 .. r0 + 5`` (fewer at the end) and columns ``panel_start .. panel_end - 1`` of
-    ``dense_nt_tiled``, then ``relu`` (``relu_forward_loops``' test) if asked.
-
-    6 x 4 tiles, each with 24 scalar accumulators over a contiguous ``k`` loop (24 vector
-    registers with the 4 column vectors and a row value: 29 of the 32 zmm registers). Each step
-    loads 6 + 4 vectors for 24 multiply-adds; the 4 x 4 tile this replaced loaded 4 + 4 for 16
-    and ran 10-15% slower (measured single-threaded: 1024^3 131 -> 145 GFLOP/s). The sum over
-    ``k`` goes in blocks of ``K_BLOCK``: a block of the 6 rows (24 KB) stays in the L1 cache while
-    the panel's columns stream past from L2 (784x4096x128, the dweights of a 4096-sample batch:
-    97 -> 104-116 GFLOP/s); block totals are added to ``output`` in block order, a fixed order.
-    With fewer than 6 rows left, the missing rows repeat the last one and are not stored: the
-    same code for every row (the same bits as in a full tile), at the price of a few wasted
-    rows per call (running the last rows as plain dot products doubled 32x784x128's dinputs).
-    Fewer than 4 columns left run the plain dot product. Rows are taken as views
-    (``rows[r, k0:k1]``): loops that start at 0 over a row vectorize, offset ranges did not
-    (numba's index checks). ``register_jitable(fastmath=...)``: compiled, with these flags,
-    into the kernels that call it (``dense_nt_tiled`` and the fused trainer).
-    """
-    n_rows, n_k = rows.shape
-    zero = output.dtype.type(0)
-    last = n_rows - 1
-    n_here = min(TILE_ROWS, n_rows - r0)  # rows of output this call stores
-    first_left = panel_start
-    for k0 in range(0, max(n_k, 1), K_BLOCK):
-        k1 = min(n_k, k0 + K_BLOCK)
-        a0 = rows[r0, k0:k1]
-        a1 = rows[min(r0 + 1, last), k0:k1]
-        a2 = rows[min(r0 + 2, last), k0:k1]
-        a3 = rows[min(r0 + 3, last), k0:k1]
-        a4 = rows[min(r0 + 4, last), k0:k1]
-        a5 = rows[min(r0 + 5, last), k0:k1]
-        c = panel_start
-        while c + 4 <= panel_end:
-            b0 = columns_t[c + 0, k0:k1]
-            b1 = columns_t[c + 1, k0:k1]
-            b2 = columns_t[c + 2, k0:k1]
-            b3 = columns_t[c + 3, k0:k1]
-            s00 = zero; s01 = zero; s02 = zero; s03 = zero  # noqa: E702
-            s10 = zero; s11 = zero; s12 = zero; s13 = zero  # noqa: E702
-            s20 = zero; s21 = zero; s22 = zero; s23 = zero  # noqa: E702
-            s30 = zero; s31 = zero; s32 = zero; s33 = zero  # noqa: E702
-            s40 = zero; s41 = zero; s42 = zero; s43 = zero  # noqa: E702
-            s50 = zero; s51 = zero; s52 = zero; s53 = zero  # noqa: E702
-            for k in range(k1 - k0):
-                y0 = b0[k]; y1 = b1[k]; y2 = b2[k]; y3 = b3[k]  # noqa: E702
-                x = a0[k]
-                s00 += x * y0; s01 += x * y1; s02 += x * y2; s03 += x * y3  # noqa: E702
-                x = a1[k]
-                s10 += x * y0; s11 += x * y1; s12 += x * y2; s13 += x * y3  # noqa: E702
-                x = a2[k]
-                s20 += x * y0; s21 += x * y1; s22 += x * y2; s23 += x * y3  # noqa: E702
-                x = a3[k]
-                s30 += x * y0; s31 += x * y1; s32 += x * y2; s33 += x * y3  # noqa: E702
-                x = a4[k]
-                s40 += x * y0; s41 += x * y1; s42 += x * y2; s43 += x * y3  # noqa: E702
-                x = a5[k]
-                s50 += x * y0; s51 += x * y1; s52 += x * y2; s53 += x * y3  # noqa: E702
-            if add_biases and k0 == 0:
-                d0 = biases[c]; d1 = biases[c + 1]; d2 = biases[c + 2]; d3 = biases[c + 3]  # noqa: E702,E501
-                s00 += d0; s01 += d1; s02 += d2; s03 += d3  # noqa: E702
-                s10 += d0; s11 += d1; s12 += d2; s13 += d3  # noqa: E702
-                s20 += d0; s21 += d1; s22 += d2; s23 += d3  # noqa: E702
-                s30 += d0; s31 += d1; s32 += d2; s33 += d3  # noqa: E702
-                s40 += d0; s41 += d1; s42 += d2; s43 += d3  # noqa: E702
-                s50 += d0; s51 += d1; s52 += d2; s53 += d3  # noqa: E702
-            if k0 > 0:  # a later block of k: add to the totals so far
-                o = output[r0]
-                s00 += o[c]; s01 += o[c + 1]; s02 += o[c + 2]; s03 += o[c + 3]  # noqa: E702,E501
-                o = output[min(r0 + 1, last)]
-                s10 += o[c]; s11 += o[c + 1]; s12 += o[c + 2]; s13 += o[c + 3]  # noqa: E702,E501
-                o = output[min(r0 + 2, last)]
-                s20 += o[c]; s21 += o[c + 1]; s22 += o[c + 2]; s23 += o[c + 3]  # noqa: E702,E501
-                o = output[min(r0 + 3, last)]
-                s30 += o[c]; s31 += o[c + 1]; s32 += o[c + 2]; s33 += o[c + 3]  # noqa: E702,E501
-                o = output[min(r0 + 4, last)]
-                s40 += o[c]; s41 += o[c + 1]; s42 += o[c + 2]; s43 += o[c + 3]  # noqa: E702,E501
-                o = output[min(r0 + 5, last)]
-                s50 += o[c]; s51 += o[c + 1]; s52 += o[c + 2]; s53 += o[c + 3]  # noqa: E702,E501
-            o = output[r0]
-            o[c] = s00; o[c + 1] = s01; o[c + 2] = s02; o[c + 3] = s03  # noqa: E702
-            if n_here > 1:
-                o = output[r0 + 1]
-                o[c] = s10; o[c + 1] = s11; o[c + 2] = s12; o[c + 3] = s13  # noqa: E702
-            if n_here > 2:
-                o = output[r0 + 2]
-                o[c] = s20; o[c + 1] = s21; o[c + 2] = s22; o[c + 3] = s23  # noqa: E702
-            if n_here > 3:
-                o = output[r0 + 3]
-                o[c] = s30; o[c + 1] = s31; o[c + 2] = s32; o[c + 3] = s33  # noqa: E702
-            if n_here > 4:
-                o = output[r0 + 4]
-                o[c] = s40; o[c + 1] = s41; o[c + 2] = s42; o[c + 3] = s43  # noqa: E702
-            if n_here > 5:
-                o = output[r0 + 5]
-                o[c] = s50; o[c + 1] = s51; o[c + 2] = s52; o[c + 3] = s53  # noqa: E702
-            c += 4
-        first_left = c
-    # ragged edge: the last 1-3 columns of the panel
-    for r in range(r0, r0 + n_here):
-        a = rows[r]
-        for c in range(first_left, panel_end):
-            b = columns_t[c]
-            total = zero
-            for k in range(n_k):
-                total += a[k] * b[k]
-            if add_biases:
-                total += biases[c]
-            output[r, c] = total
-    if relu:
-        for r in range(r0, r0 + n_here):
-            o = output[r]
-            for c in range(panel_start, panel_end):
-                value = o[c]
-                if not (value > 0 or value != value):
-                    o[c] = zero
-
-
-# --- The broadcast form: no transposes (issue 5) ---------------------------------------------------
-# The NT kernel above needs both operands contiguous along the summed index, so ``dweights``
-# (summed over samples) paid two transposes per call, ~1.6 ms of a 4096x784x128 product's ~6.
-# The broadcast form (BLIS's micro-kernel) needs neither: the summed index is the *outer* loop,
-#     for k:  acc[r, :] += a[k, r] * b[k, :]     (one value of ``a`` times a row of ``b``)
-# so ``a`` is read a few scalars at a time in any layout, and ``b`` along its rows, which
-# ``pack_panel`` copies (a plain copy, not a transpose) into PANEL_WIDTH-wide panels. The
-# TN_ROWS x PANEL_WIDTH accumulator tile lives on the stack (``_stack_tile``): LLVM keeps such
-# a tile in registers (20 zmm registers for 5 x 64 float32), where numpy arrays, whose memory
-# could alias ``output``, are loaded and stored on every step. Like the NT kernel this is
-# fastmath (the multiply-adds fused: within rounding of the loops, not their bits), with one
-# owner per output element and one fixed order of sums, whatever the thread count.
-#
-#     dweights = inputs.T @ dvalues -> a = inputs (k = sample),   b = dvalues (a plain copy)
-#     forward  = inputs @ weights   -> a = inputs.T (a view),     b = weights
-#     dinputs  = dvalues @ weights.T -> a = dvalues.T (a view),   b = weights.T (packed)
-
-# Columns per panel and per tile: 64 float32 are 4 zmm registers, so a 5 x 64 tile holds 20
-# accumulators, and each step loads 4 vectors of ``b`` and 5 scalars of ``a`` for 20
-# multiply-adds (32 columns, 12 accumulators, ran 4096x784x128's dweights 25% slower).
-PANEL_WIDTH = 64
-# Summed indices per block: a block of the panels (256 x 128 float32 = 128 KB for an MNIST
-# layer's dweights) stays in the L2 cache while every tile of ``a`` streams past (512: 15%
-# slower there; 128: a tie).
-K_BLOCK_BROADCAST = 256
-# Panels up to this many scalars (1 MB of float32, half the L2 cache here) are summed in one
-# go: one parallel region instead of one per block (32x784x128's forward, packing included:
-# 74-79 -> 62 us).
-PANELS_IN_L2 = 256 * 1024
-# From this many panels on (and with blocks of the summed index), a tile of rows copies its
-# values of ``a`` once for all the panels (see ``dense_tn_tiled``): 1024^3's dweights 8.4 ->
-# 7.8 ms (0.75 -> 0.87 of OpenBLAS, same run); with 2 panels (4096x784x128's dweights) the
-# copy cost more than it saved (3.3 -> 3.4 ms). When ``a``'s rows are contiguous (dweights'
-# ``inputs``) one pass along them packs every tile's values (each copy read 256 rows 4 KB
-# apart): 1024^3 in the dweights form 9.4-9.8 -> 8.4-8.9 ms, the forward form's 8.4-8.6.
-LOCAL_A_MIN_PANELS = 4
-
-
-# Rows per tile: 5 x 64 float32 = 20 accumulator registers, + 4 vectors of ``b`` and 5
-# broadcast values of ``a`` = 29 of the 32 zmm registers. 6 rows (24 + 4 + 6 = 34) spilled an
-# accumulator to the stack on every step and ran 10-15% slower; 7 x 48 and 8 x 32 measured
-# within noise of 5 x 64 or slower (single-threaded, 1024^3: 115-126 GFLOP/s; OpenBLAS 155).
-TN_ROWS = 5
-
-
-def _stack_array(size):
-    """An intrinsic ``f(like)``: a pointer to ``size`` uninitialised scalars of ``like``'s dtype
-    on the stack of the calling kernel (LLVM's ``alloca``): scratch space the optimizer may
-    keep in registers, because nothing outside the kernel can see it."""
-
-    @intrinsic
-    def stack_array(typingctx, like):
-        dtype = like.dtype
-
-        def codegen(context, builder, signature, args):
-            return cgutils.alloca_once(builder, context.get_value_type(dtype), size=size)
-
-        return types.CPointer(dtype)(like), codegen
-
-    return stack_array
-
-
-_stack_tile = _stack_array(TN_ROWS * PANEL_WIDTH)  # the accumulators of a tile
-_stack_copy = _stack_array(K_BLOCK_BROADCAST * TN_ROWS)  # a tile's values of ``a``
-
-
-@register_jitable
-def pack_panel(b, panels, p):
-    """``panels[p, k, c] = b[k, p * PANEL_WIDTH + c]``, zeros past ``b``'s last column.
-
-    Panel ``p`` is one PANEL_WIDTH-wide column strip of ``b``, its rows now 256 bytes apart
-    instead of a whole row of ``b`` (4 KB for 1024 columns: rows that far apart share L1 cache
-    sets and evict each other). ``b`` may be a transposed view (``weights.T``)."""
-    n_k, n_columns = b.shape
-    c0 = p * PANEL_WIDTH
-    width = min(PANEL_WIDTH, n_columns - c0)
-    target = panels[p]
-    if width == PANEL_WIDTH:  # a full panel: a copy of constant length, one vector store per
-        for k in range(n_k):  # 16 values (a variable length ran 784x128 in 50 us, this in ~15)
-            source = b[k, c0:c0 + PANEL_WIDTH]
-            row = target[k]
-            for c in range(PANEL_WIDTH):
-                row[c] = source[c]
-        return
-    for k in range(n_k):
-        source = b[k, c0:c0 + width]
-        row = target[k]
-        for c in range(width):
-            row[c] = source[c]
-        for c in range(width, PANEL_WIDTH):
-            row[c] = 0
-
-
-def dense_tn_tiled(a, b, panels, biases, add_biases, output):
-    """``output[i, j] = sum_k a[k, i] * b[k, j]`` (``+ biases[j]`` if ``add_biases``); ``panels``
-    (ceil(n_columns / PANEL_WIDTH), n_k, PANEL_WIDTH) is scratch for ``b`` cut into panels
-    (``pack_panel``).
-
-    Twin: ``np.dot(a.T, b) (+ biases)``. One ``prange`` iteration owns a tile: ``TN_ROWS`` rows
-    of ``output`` times one panel's columns (``tn_tile``). The last tile of rows, when fewer
-    are left, starts earlier (overlapping the tile before) and stores only its own rows, so
-    that every tile is a full one; fewer rows than one tile run ``tn_rows_plain``. When the
-    panels are too big for the L2 cache (see PANELS_IN_L2) the summed index goes in blocks of
-    K_BLOCK_BROADCAST, the outer loop, in order: a fixed order of sums in any case; then with
-    LOCAL_A_MIN_PANELS panels or more an iteration owns a tile of rows across all the panels,
-    and reads its values of ``a`` from a copy (packed for all tiles in one pass along the
-    rows of ``a`` when they are contiguous, else copied by the tile itself). For outputs with fewer rows than columns and
-    panels to share, an iteration owns a whole panel: it packs it and runs its tiles.
-    """
-    n_k, n_rows = a.shape
-    n_panels = panels.shape[0]
-    n_blocks = (n_rows + TN_ROWS - 1) // TN_ROWS
-    # Consecutive tiles go to one thread (numba splits a prange into contiguous chunks): with
-    # fewer rows than columns a thread takes whole panels (and all of ``a``), else whole rows
-    # of tiles (and all the panels), whichever it reads less of (32x784x128's forward:
-    # 64 -> 49 us panel by panel; 4096x784x128's dweights: 3.4 -> 3.8 ms so).
-    panel_major = n_rows < n_panels * PANEL_WIDTH
-    k_step = max(n_k, 1)
-    if n_k * n_panels * PANEL_WIDTH > PANELS_IN_L2:
-        k_step = K_BLOCK_BROADCAST
-    if panel_major and n_panels >= 2 and k_step == max(n_k, 1) and n_rows >= TN_ROWS:
-        # a thread packs the panels it then reads: one parallel region, and each panel stays
-        # in the cache of the core that wrote it (32x784x128's forward: 44 -> 40 us)
-        for p in prange(n_panels):
-            pack_panel(b, panels, p)
-            for block in range(n_blocks):
-                owned = block * TN_ROWS
-                start = min(owned, n_rows - TN_ROWS)
-                tn_tile(a[:, start:start + TN_ROWS], panels[p], biases, add_biases, output,
-                        start, owned, p * PANEL_WIDTH, False)
-        return
-    for p in prange(n_panels):
-        pack_panel(b, panels, p)
-    if n_rows < TN_ROWS:
-        tn_rows_plain(a, panels, biases, add_biases, output)
-        return
-    local_a = k_step == K_BLOCK_BROADCAST and n_panels >= LOCAL_A_MIN_PANELS and not panel_major
-    rows_contiguous = a.strides[1] == a.itemsize
-    a_tiles = np.empty((n_blocks if local_a and rows_contiguous else 0, K_BLOCK_BROADCAST,
-                        TN_ROWS), a.dtype)
-    for k0 in range(0, max(n_k, 1), k_step):
-        k1 = min(n_k, k0 + k_step)
-        accumulate = k0 > 0
-        if local_a and rows_contiguous:
-            # ``a``'s rows are contiguous (dweights' ``inputs``): pack the block's values of
-            # ``a`` tile by tile in one pass along its rows (full cache lines, in order), then
-            # one iteration per tile of rows, over all the panels
-            n_here = k1 - k0
-            for chunk in prange((n_here + 31) // 32):
-                for k in range(chunk * 32, min(n_here, chunk * 32 + 32)):
-                    row = a[k0 + k]
-                    for block in range(n_blocks):
-                        start = min(block * TN_ROWS, n_rows - TN_ROWS)
-                        target = a_tiles[block, k]
-                        for r in range(TN_ROWS):
-                            target[r] = row[start + r]
-            for block in prange(n_blocks):
-                owned = block * TN_ROWS
-                start = min(owned, n_rows - TN_ROWS)
-                for p in range(n_panels):
-                    tn_tile(a_tiles[block, :n_here], panels[p, k0:k1], biases, add_biases,
-                            output, start, owned, p * PANEL_WIDTH, accumulate)
-        elif local_a:
-            # one iteration per tile of rows, over all the panels, with its values of ``a``
-            # copied first: a row of ``a`` gives a tile 5 values, so each step of ``k``
-            # touched a new cache line (and, for rows 4 KB apart, a set of the L1 cache
-            # they all share); in the copy they are 20 bytes apart, and every panel reuses it
-            for block in prange(n_blocks):
-                owned = block * TN_ROWS
-                start = min(owned, n_rows - TN_ROWS)
-                copy = carray(_stack_copy(output), (K_BLOCK_BROADCAST, TN_ROWS))[:k1 - k0]
-                source = a[k0:k1, start:start + TN_ROWS]
-                for k in range(k1 - k0):
-                    row = source[k]
-                    target = copy[k]
-                    for r in range(TN_ROWS):
-                        target[r] = row[r]
-                for p in range(n_panels):
-                    tn_tile(copy, panels[p, k0:k1], biases, add_biases, output, start, owned,
-                            p * PANEL_WIDTH, accumulate)
-        else:
-            for tile in prange(n_blocks * n_panels):
-                if panel_major:
-                    p, block = tile // n_blocks, tile % n_blocks
-                else:
-                    block, p = tile // n_panels, tile % n_panels
-                owned = block * TN_ROWS
-                start = min(owned, n_rows - TN_ROWS)
-                tn_tile(a[k0:k1, start:start + TN_ROWS], panels[p, k0:k1], biases, add_biases,
-                        output, start, owned, p * PANEL_WIDTH, accumulate)
-
-
-@register_jitable
-def tn_rows_plain(a, panels, biases, add_biases, output):
-    """``dense_tn_tiled`` for fewer than ``TN_ROWS`` rows: plain loops (a sum per output)."""
-    n_k, n_rows = a.shape
-    n_columns = output.shape[1]
-    for r in range(n_rows):
-        for c in range(n_columns):
-            panel = panels[c // PANEL_WIDTH]
-            total = output.dtype.type(0)
-            for k in range(n_k):
-                total += a[k, r] * panel[k, c % PANEL_WIDTH]
-            if add_biases:
-                total += biases[c]
-            output[r, c] = total
-
-
-@register_jitable(fastmath=FASTMATH)
-def tn_tile(a_block, b_block, biases, add_biases, output, r0, owned, c0, accumulate):
-    """One tile of ``dense_tn_tiled``. ``a_block`` (n x TN_ROWS) holds ``a[k, r0:r0 + 5]``
-    and ``b_block`` (n x PANEL_WIDTH) a panel's rows, for the same n values of ``k``; their
-    sums are rows ``r0 .. r0 + TN_ROWS - 1``, columns ``c0 .. c0 + PANEL_WIDTH - 1`` (fewer
-    at the end) of ``output``: rows from ``owned`` on are stored, or added to ``output`` if
-    ``accumulate`` (a later block of ``k``).
-
-    The accumulators are the rows of a stack tile, each updated by a loop over the panel's
-    columns that LLVM turns into 4 vector multiply-adds: the readable form of a 5 x 64
-    register tile. The values of ``a`` come from one row with constant indices, and the loop
-    over ``k`` starts at 0 over views of the blocks: with offset ranges numba's index
-    wraparound checks stayed in the loop (126 against 115 GFLOP/s single-threaded).
-    """
-    n_columns = output.shape[1]
-    tile = carray(_stack_tile(output), (TN_ROWS, PANEL_WIDTH))
-    acc0 = tile[0]; acc1 = tile[1]; acc2 = tile[2]  # noqa: E702
-    acc3 = tile[3]; acc4 = tile[4]  # noqa: E702
-    for c in range(PANEL_WIDTH):
-        acc0[c] = 0; acc1[c] = 0; acc2[c] = 0; acc3[c] = 0; acc4[c] = 0  # noqa: E702,E501
-    for k in range(b_block.shape[0]):
-        x = a_block[k]
-        y_k = b_block[k]
-        for c in range(PANEL_WIDTH):
-            y = y_k[c]
-            acc0[c] += x[0] * y; acc1[c] += x[1] * y; acc2[c] += x[2] * y  # noqa: E702
-            acc3[c] += x[3] * y; acc4[c] += x[4] * y  # noqa: E702
-    width = min(PANEL_WIDTH, n_columns - c0)
-    for r in range(owned - r0, TN_ROWS):
-        total = tile[r]
-        o = output[r0 + r, c0:c0 + width]
-        if accumulate:
-            for c in range(width):
-                o[c] += total[c]
-        elif add_biases:
-            b = biases[c0:c0 + width]
-            for c in range(width):
-                o[c] = total[c] + b[c]
-        else:
-            for c in range(width):
-                o[c] = total[c]
-
-
-def dense_forward_blocked(inputs, weights, biases, output):
-    """``dense_forward_loops`` for 4 samples and 4 inputs at a time: the same bits, ~2x faster.
-
-    Each pass over a row of neurons adds 4 inputs' products into 4 samples' outputs, so every
-    weight loaded from memory is used 4 times and every output loaded and stored once per 4
-    products (``dense_forward_loops`` loads and stores an output per product). Each
-    ``output[s, n]`` still adds ``inputs[s, i] * weights[i, n]`` for ``i = 0, 1, ...`` one at a
-    time, left to right, then the bias: exactly the sums of the loops and of the notes' neuron,
-    so the very same bits (compiled without ``fastmath``, which would fuse or reorder them). One
-    ``prange`` iteration owns 4 sample rows (``forward_rows_blocked``).
-    """
-    for block in prange((inputs.shape[0] + 3) // 4):
-        forward_rows_blocked(inputs, weights, biases, output, block * 4, False)
-
-
-@register_jitable
-def forward_rows_blocked(inputs, weights, biases, output, s0, relu):
-    """Rows ``s0 .. s0 + 3`` of ``dense_forward_blocked`` (fewer at the end), then ``relu``
-    (``relu_forward_loops``' test) if asked: the body one ``prange`` iteration runs.
-
-    ``register_jitable``: a plain Python function, which numba compiles into any compiled
-    kernel that calls it (the fused trainer calls it too).
-    """
-    n_samples, n_inputs = inputs.shape
-    n_neurons = weights.shape[1]
-    width = 4 * PANEL  # 4 output rows of this many neurons stay in the L1 cache
-    zero = output.dtype.type(0)
-    s_end = min(s0 + 4, n_samples)
-    for n0 in range(0, n_neurons, width):
-        nw = min(width, n_neurons - n0)
-        if s_end - s0 == 4:
-            o0 = output[s0, n0:n0 + nw]
-            o1 = output[s0 + 1, n0:n0 + nw]
-            o2 = output[s0 + 2, n0:n0 + nw]
-            o3 = output[s0 + 3, n0:n0 + nw]
-            for n in range(nw):
-                o0[n] = 0; o1[n] = 0; o2[n] = 0; o3[n] = 0  # noqa: E702
-            x0 = inputs[s0]
-            x1 = inputs[s0 + 1]
-            x2 = inputs[s0 + 2]
-            x3 = inputs[s0 + 3]
-            i = 0
-            while i + 4 <= n_inputs:
-                w0 = weights[i, n0:n0 + nw]
-                w1 = weights[i + 1, n0:n0 + nw]
-                w2 = weights[i + 2, n0:n0 + nw]
-                w3 = weights[i + 3, n0:n0 + nw]
-                a00 = x0[i]; a01 = x0[i + 1]; a02 = x0[i + 2]; a03 = x0[i + 3]  # noqa: E702
-                a10 = x1[i]; a11 = x1[i + 1]; a12 = x1[i + 2]; a13 = x1[i + 3]  # noqa: E702
-                a20 = x2[i]; a21 = x2[i + 1]; a22 = x2[i + 2]; a23 = x2[i + 3]  # noqa: E702
-                a30 = x3[i]; a31 = x3[i + 1]; a32 = x3[i + 2]; a33 = x3[i + 3]  # noqa: E702
-                for n in range(nw):
-                    y0 = w0[n]; y1 = w1[n]; y2 = w2[n]; y3 = w3[n]  # noqa: E702
-                    # left to right: ((o + a0*y0) + a1*y1) + ...: input order, as the loops
-                    o0[n] = o0[n] + a00 * y0 + a01 * y1 + a02 * y2 + a03 * y3
-                    o1[n] = o1[n] + a10 * y0 + a11 * y1 + a12 * y2 + a13 * y3
-                    o2[n] = o2[n] + a20 * y0 + a21 * y1 + a22 * y2 + a23 * y3
-                    o3[n] = o3[n] + a30 * y0 + a31 * y1 + a32 * y2 + a33 * y3
-                i += 4
-            for i in range(i, n_inputs):  # the last 0-3 inputs
-                w0 = weights[i, n0:n0 + nw]
-                a0 = x0[i]; a1 = x1[i]; a2 = x2[i]; a3 = x3[i]  # noqa: E702
-                for n in range(nw):
-                    y0 = w0[n]
-                    o0[n] += a0 * y0; o1[n] += a1 * y0; o2[n] += a2 * y0; o3[n] += a3 * y0  # noqa: E702,E501
-        else:  # the last 1-3 samples: dense_forward_loops' body
-            for s in range(s0, s_end):
-                o = output[s, n0:n0 + nw]
-                for n in range(nw):
-                    o[n] = 0
-                for i in range(n_inputs):
-                    a = inputs[s, i]
-                    w = weights[i, n0:n0 + nw]
-                    for n in range(nw):
-                        o[n] += a * w[n]
-        b = biases[n0:n0 + nw]
-        for s in range(s0, s_end):
-            o = output[s, n0:n0 + nw]
-            for n in range(nw):
-                value = o[n] + b[n]
-                if relu and not (value > 0 or value != value):
-                    value = zero
-                o[n] = value
-
-
-def dense_backward_weights_blocked(inputs, dvalues, dweights):
-    """``dense_backward_weights_loops`` for 4 weight rows and 4 samples at a time: same bits.
-
-    One ``prange`` iteration owns 4 rows of ``dweights`` (``weights_rows_blocked``).
-    """
-    for block in prange((inputs.shape[1] + 3) // 4):
-        weights_rows_blocked(inputs, dvalues, dweights, block * 4, inputs.shape[0])
-
-
-@register_jitable
-def weights_rows_blocked(inputs, dvalues, dweights, i0, n_samples):
-    """Rows ``i0 .. i0 + 3`` of ``dweights = inputs[:n_samples].T @ dvalues[:n_samples]``.
-
-    Each pass over the neurons adds 4 samples' products into 4 rows of ``dweights``, left to
-    right in sample order: the very sums of ``dense_backward_weights_loops`` (s = 0, 1, ...).
-    """
-    n_inputs = inputs.shape[1]
-    n_neurons = dvalues.shape[1]
-    width = 4 * PANEL
-    i_end = min(i0 + 4, n_inputs)
-    for n0 in range(0, n_neurons, width):
-        nw = min(width, n_neurons - n0)
-        for i in range(i0, i_end):
-            row = dweights[i, n0:n0 + nw]
-            for n in range(nw):
-                row[n] = 0
-        if i_end - i0 == 4:
-            g0 = dweights[i0, n0:n0 + nw]
-            g1 = dweights[i0 + 1, n0:n0 + nw]
-            g2 = dweights[i0 + 2, n0:n0 + nw]
-            g3 = dweights[i0 + 3, n0:n0 + nw]
-            s = 0
-            while s + 4 <= n_samples:
-                d0 = dvalues[s, n0:n0 + nw]
-                d1 = dvalues[s + 1, n0:n0 + nw]
-                d2 = dvalues[s + 2, n0:n0 + nw]
-                d3 = dvalues[s + 3, n0:n0 + nw]
-                x0 = inputs[s]
-                x1 = inputs[s + 1]
-                x2 = inputs[s + 2]
-                x3 = inputs[s + 3]
-                a00 = x0[i0]; a10 = x1[i0]; a20 = x2[i0]; a30 = x3[i0]  # noqa: E702
-                a01 = x0[i0 + 1]; a11 = x1[i0 + 1]; a21 = x2[i0 + 1]; a31 = x3[i0 + 1]  # noqa: E702,E501
-                a02 = x0[i0 + 2]; a12 = x1[i0 + 2]; a22 = x2[i0 + 2]; a32 = x3[i0 + 2]  # noqa: E702,E501
-                a03 = x0[i0 + 3]; a13 = x1[i0 + 3]; a23 = x2[i0 + 3]; a33 = x3[i0 + 3]  # noqa: E702,E501
-                for n in range(nw):
-                    y0 = d0[n]; y1 = d1[n]; y2 = d2[n]; y3 = d3[n]  # noqa: E702
-                    g0[n] = g0[n] + a00 * y0 + a10 * y1 + a20 * y2 + a30 * y3
-                    g1[n] = g1[n] + a01 * y0 + a11 * y1 + a21 * y2 + a31 * y3
-                    g2[n] = g2[n] + a02 * y0 + a12 * y1 + a22 * y2 + a32 * y3
-                    g3[n] = g3[n] + a03 * y0 + a13 * y1 + a23 * y2 + a33 * y3
-                s += 4
-            first = s
-        else:
-            first = 0
-        for s in range(first, n_samples):  # the last samples (or every one for 1-3 rows)
-            d = dvalues[s, n0:n0 + nw]
-            for i in range(i0, i_end):
-                a = inputs[s, i]
-                row = dweights[i, n0:n0 + nw]
-                for n in range(nw):
-                    row[n] += a * d[n]
-
-
-# --- Narrow layers: the backward products with vectors along the inputs ------------------------
-# With few neurons (the spiral model's last layer has 3) the loops' inner loops run over the
-# neurons, 3 steps: too short to vectorize, and a thread's start-up costs more than the work
-# (300x64x3: dweights ~10 us, dinputs ~17 us, against 2.3 and 5.7 for numpy). These kernels
-# add the very same products in the very same order as the loops (so their bits), with the
-# inner loop over the inputs instead: one vector for 16 inputs.
-
-def dense_backward_weights_narrow(inputs, dvalues, dweights_t, dweights):
-    """``dweights = inputs.T @ dvalues`` summed into ``dweights_t`` (its transpose, scratch)
-    sample by sample, ``s = 0, 1, ...``, as ``dense_backward_weights_loops`` does (4 samples per
-    pass over ``dweights_t``, which then is loaded and stored a quarter as often), then copied
-    into ``dweights``. One ``prange`` iteration owns a band of NARROW_BAND inputs."""
-    n_samples, n_inputs = inputs.shape
-    n_neurons = dvalues.shape[1]
-    for band in prange((n_inputs + NARROW_BAND - 1) // NARROW_BAND):
-        i0 = band * NARROW_BAND
-        width = min(NARROW_BAND, n_inputs - i0)
-        for n in range(n_neurons):
-            row = dweights_t[n, i0:i0 + width]
-            for i in range(width):
-                row[i] = 0
-        s = 0
-        while s + 4 <= n_samples:  # 4 samples per pass, added left to right: the same sums
-            x0 = inputs[s, i0:i0 + width]
-            x1 = inputs[s + 1, i0:i0 + width]
-            x2 = inputs[s + 2, i0:i0 + width]
-            x3 = inputs[s + 3, i0:i0 + width]
-            for n in range(n_neurons):
-                d0 = dvalues[s, n]; d1 = dvalues[s + 1, n]  # noqa: E702
-                d2 = dvalues[s + 2, n]; d3 = dvalues[s + 3, n]  # noqa: E702
-                row = dweights_t[n, i0:i0 + width]
-                for i in range(width):
-                    row[i] = row[i] + x0[i] * d0 + x1[i] * d1 + x2[i] * d2 + x3[i] * d3
-            s += 4
-        for s in range(s, n_samples):
-            inputs_row = inputs[s, i0:i0 + width]
-            for n in range(n_neurons):
-                dvalue = dvalues[s, n]
-                row = dweights_t[n, i0:i0 + width]
-                for i in range(width):
-                    row[i] += inputs_row[i] * dvalue
-        for i in range(i0, i0 + width):
-            for n in range(n_neurons):
-                dweights[i, n] = dweights_t[n, i]
-
-
-# Inputs per band of dense_backward_weights_narrow: 4 vectors of float32, 256 bytes per row of
-# dweights_t, which stay in the L1 cache for every neuron.
-NARROW_BAND = 64
-
-
-def dense_backward_inputs_narrow(dvalues, weights_t, dinputs):
-    """``dinputs = dvalues @ weights.T`` from ``weights_t`` = ``weights.T``: the bits of
-    ``dense_backward_inputs_loops``. One ``prange`` iteration owns a sample's row."""
-    for s in prange(dvalues.shape[0]):
-        dinputs_row_narrow(dvalues[s], weights_t, dinputs[s])
-
-
-@register_jitable
-def dinputs_row_narrow(dvalues_row, weights_t, dinputs_row):
-    """``dinputs_row[i] = sum_n dvalues_row[n] * weights_t[n, i]``: each element adds its terms
-    for ``n = 0, 1, ...`` (``dense_backward_inputs_loops``' order, so its bits), but the inner
-    loop runs over ``i`` along ``weights_t[n]``, so the row is updated as a vector. (The fused
-    trainer writes the same loops out.)"""
-    n_inputs = dinputs_row.shape[0]
-    for i in range(n_inputs):
-        dinputs_row[i] = 0
-    for n in range(dvalues_row.shape[0]):
-        dvalue = dvalues_row[n]
-        weights_t_row = weights_t[n]
-        for i in range(n_inputs):
-            dinputs_row[i] += dvalue * weights_t_row[i]
-
-
-# --- The blocked loops with fastmath: middle-sized layers of 1-4 samples -----------------------
-# Middle-sized layers (a 32-sample batch of an MNIST-sized layer, 32x784x128) run the
-# broadcast form (``dense_tn_tiled``), which needs a tile of 5 rows; a forward of 1-4 samples
-# through such a layer (4x784x512) runs the very loops of ``forward_rows_blocked`` compiled
-# with ``FASTMATH``: LLVM may then fuse each multiply-add and reorder the four-term sums,
-# which the bit-identical build forbids (measured at 32x784x128, 2 threads, when it served
-# those too: 59 -> 48 us). Still one owner per output element and one fixed order: the
-# result does not depend on the thread count. It is a separate function (a clone under another
-# name), not the same ``register_jitable`` function called from a fastmath kernel, so that
-# the bit-identical build can never pick up a fastmath compilation.
-
-def _clone(function, name):
-    """``function`` under another name (its own numba overload and cache entry)."""
-    import types
-
-    copy = types.FunctionType(function.__code__, function.__globals__, name,
-                              function.__defaults__, function.__closure__)
-    copy.__qualname__ = name
-    copy.__doc__ = function.__doc__
-    return copy
-
-
-forward_rows_fast = register_jitable(fastmath=FASTMATH)(
-    _clone(forward_rows_blocked, "forward_rows_fast"))
-
-
-def dense_forward_fast(inputs, weights, biases, output):
-    """``dense_forward_blocked`` with fastmath (``forward_rows_fast``): within float rounding of
-    the loops, not their bits. One ``prange`` iteration owns 4 sample rows."""
-    for block in prange((inputs.shape[0] + 3) // 4):
-        forward_rows_fast(inputs, weights, biases, output, block * 4, False)

@@ -13,58 +13,69 @@ Predictions are clipped to [1e-7, 1 - 1e-7] before the log, as the notes do: a c
 prediction of exactly 0 would give log(0) = -inf and one such sample would make the mean loss
 infinite; clipping caps one sample's loss at -log(1e-7) ~= 16.118. The upper bound is clipped too
 so the clipping does not bias the loss towards the confident side.
+
+Each op is a body owning one sample's row (``crossentropy_sample``, ``binary_crossentropy_row``
+...) or one element, run by ``<op>_loops`` (a ``prange`` over it: cpu and python), by
+``<op>_kernel`` (one CUDA thread per row or element) and by the compiled training step; see
+``loopnet/kernels/activations.py`` for the pattern.
 """
 
 import numpy as np
 from numba import prange
-import math
+from numba.extending import register_jitable
+
+from loopnet.kernels.scalars import log
 
 # The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
 # ``numba.cuda``, sets it to that module before compiling them (see that module's docstring).
-# They are the loop bodies above them, with the ``prange`` index taken from ``cuda.grid(1)``;
-# numba-cuda has no ``np.log``, so they call ``math.log`` (float32 in, float32 out on the GPU).
 cuda = None
 
 # Threads of the one block that ``mean_kernel`` runs (a power of two, for its tree reduction).
 MEAN_THREADS = 128
 
+# Probabilities are clipped to [CLIP, 1 - CLIP] before a log or a division (see above).
 CLIP = 1e-7
+
+
+@register_jitable
+def clipped(y_pred, s, j):
+    """``y_pred[s, j]`` clipped to ``[CLIP, 1 - CLIP]`` in its own precision. ``if``/``elif``
+    rather than ``min``/``max`` so that a NaN stays NaN, as ``np.clip`` keeps it."""
+    p = y_pred[s, j]
+    lo = y_pred.dtype.type(CLIP)
+    hi = y_pred.dtype.type(1 - CLIP)
+    if p < lo:
+        return lo
+    if p > hi:
+        return hi
+    return p
 
 
 # --- Categorical cross-entropy from class indices ------------------------------------------------
 #     sample_losses[s] = -log(clip(y_pred[s, class_targets[s]]))
 #     (twin: -np.log(np.clip(y_pred, 1e-7, 1 - 1e-7)[range(n_samples), class_targets]))
 
-def categorical_crossentropy_loops(y_pred, class_targets, sample_losses):
-    """Per-sample loss: minus the log of the probability given to the correct class.
+@register_jitable
+def crossentropy_sample(y_pred, class_targets, sample_losses, s):
+    """Sample ``s``'s loss: minus the log of the probability given to its correct class.
 
     ``class_targets`` must hold valid class indices (checked in ``loopnet.ops``): numba does
     not bounds-check, a label of -1 would silently read the last class.
     """
-    lo = y_pred.dtype.type(CLIP)
-    hi = y_pred.dtype.type(1 - CLIP)
+    sample_losses[s] = -log(clipped(y_pred, s, class_targets[s]))
+
+
+def categorical_crossentropy_loops(y_pred, class_targets, sample_losses):
+    """``crossentropy_sample`` for every sample."""
     for s in prange(y_pred.shape[0]):
-        confidence = y_pred[s, class_targets[s]]
-        # if/elif rather than min/max so that a NaN probability stays NaN, as np.clip keeps it.
-        if confidence < lo:
-            confidence = lo
-        elif confidence > hi:
-            confidence = hi
-        sample_losses[s] = -np.log(confidence)
+        crossentropy_sample(y_pred, class_targets, sample_losses, s)
 
 
 def categorical_crossentropy_kernel(y_pred, class_targets, sample_losses):
-    """CUDA: one thread per sample ``s``, the loop body of ``categorical_crossentropy_loops``."""
+    """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
     if s < y_pred.shape[0]:
-        lo = y_pred.dtype.type(CLIP)
-        hi = y_pred.dtype.type(1 - CLIP)
-        confidence = y_pred[s, class_targets[s]]
-        if confidence < lo:
-            confidence = lo
-        elif confidence > hi:
-            confidence = hi
-        sample_losses[s] = -math.log(confidence)
+        crossentropy_sample(y_pred, class_targets, sample_losses, s)
 
 
 def categorical_crossentropy_numpy(y_pred, class_targets, sample_losses):
@@ -77,37 +88,27 @@ def categorical_crossentropy_numpy(y_pred, class_targets, sample_losses):
 #     sample_losses[s] = -log(sum_j clip(y_pred[s, j]) * y_true[s, j])
 #     (twin: -np.log(np.sum(np.clip(y_pred, 1e-7, 1 - 1e-7) * y_true, axis=1)))
 
+@register_jitable
+def crossentropy_onehot_sample(y_pred, y_true, sample_losses, s):
+    """Sample ``s``'s loss with a one-hot target row: the zeros of ``y_true`` cancel every wrong
+    class (summed in class order)."""
+    correct_confidence = y_pred.dtype.type(0)
+    for j in range(y_pred.shape[1]):
+        correct_confidence += clipped(y_pred, s, j) * y_true[s, j]
+    sample_losses[s] = -log(correct_confidence)
+
+
 def categorical_crossentropy_onehot_loops(y_pred, y_true, sample_losses):
-    """Per-sample loss with one-hot targets: the zeros of ``y_true`` cancel every wrong class."""
-    lo = y_pred.dtype.type(CLIP)
-    hi = y_pred.dtype.type(1 - CLIP)
+    """``crossentropy_onehot_sample`` for every sample."""
     for s in prange(y_pred.shape[0]):
-        correct_confidence = y_pred.dtype.type(0)
-        for j in range(y_pred.shape[1]):
-            confidence = y_pred[s, j]
-            if confidence < lo:
-                confidence = lo
-            elif confidence > hi:
-                confidence = hi
-            correct_confidence += confidence * y_true[s, j]
-        sample_losses[s] = -np.log(correct_confidence)
+        crossentropy_onehot_sample(y_pred, y_true, sample_losses, s)
 
 
 def categorical_crossentropy_onehot_kernel(y_pred, y_true, sample_losses):
-    """CUDA: one thread per sample ``s``, summing its row in class order (deterministic)."""
+    """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
     if s < y_pred.shape[0]:
-        lo = y_pred.dtype.type(CLIP)
-        hi = y_pred.dtype.type(1 - CLIP)
-        correct_confidence = y_pred.dtype.type(0)
-        for j in range(y_pred.shape[1]):
-            confidence = y_pred[s, j]
-            if confidence < lo:
-                confidence = lo
-            elif confidence > hi:
-                confidence = hi
-            correct_confidence += confidence * y_true[s, j]
-        sample_losses[s] = -math.log(correct_confidence)
+        crossentropy_onehot_sample(y_pred, y_true, sample_losses, s)
 
 
 def categorical_crossentropy_onehot_numpy(y_pred, y_true, sample_losses):
@@ -120,34 +121,37 @@ def categorical_crossentropy_onehot_numpy(y_pred, y_true, sample_losses):
 #     correct[s] = 1 if argmax_j y_pred[s, j] == class_targets[s] else 0
 #     (twin: np.argmax(y_pred, axis=1) == class_targets)
 
-def accuracy_loops(y_pred, class_targets, correct):
-    """1 where the most confident class is the target, else 0 (``ops.accuracy`` takes the mean).
+@register_jitable
+def predicted_class(y_pred, s):
+    """The most confident class of sample ``s``: the first maximum, a NaN counting as the
+    maximum, as ``np.argmax`` decides."""
+    row = y_pred[s]
+    best = 0
+    for j in range(1, row.shape[0]):
+        if row[best] != row[best]:
+            break
+        if row[j] > row[best] or row[j] != row[j]:
+            best = j
+    return best
 
-    Ties go to the first maximum and a NaN counts as the maximum, as ``np.argmax`` decides.
-    """
+
+@register_jitable
+def accuracy_sample(y_pred, class_targets, correct, s):
+    """1 where the most confident class is the target, else 0 (``ops.accuracy`` takes the mean)."""
+    correct[s] = 1 if predicted_class(y_pred, s) == class_targets[s] else 0
+
+
+def accuracy_loops(y_pred, class_targets, correct):
+    """``accuracy_sample`` for every sample."""
     for s in prange(y_pred.shape[0]):
-        row = y_pred[s]
-        best = 0
-        for j in range(1, row.shape[0]):
-            if row[best] != row[best]:
-                break
-            if row[j] > row[best] or row[j] != row[j]:
-                best = j
-        correct[s] = 1 if best == class_targets[s] else 0
+        accuracy_sample(y_pred, class_targets, correct, s)
 
 
 def accuracy_kernel(y_pred, class_targets, correct):
-    """CUDA: one thread per sample ``s``, the loop body of ``accuracy_loops`` (first maximum)."""
+    """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
     if s < y_pred.shape[0]:
-        row = y_pred[s]
-        best = 0
-        for j in range(1, row.shape[0]):
-            if row[best] != row[best]:
-                break
-            if row[j] > row[best] or row[j] != row[j]:
-                best = j
-        correct[s] = 1 if best == class_targets[s] else 0
+        accuracy_sample(y_pred, class_targets, correct, s)
 
 
 def accuracy_numpy(y_pred, class_targets, correct):
@@ -170,7 +174,8 @@ def mean_loops(values, output):
 
 
 def mean_kernel(values, output):
-    """CUDA: one block of ``MEAN_THREADS`` threads. Thread ``t`` sums ``values[t]``,
+    """CUDA (a different launch from the loops': a sum has one owner, which on a GPU would be
+    one thread): one block of ``MEAN_THREADS`` threads. Thread ``t`` sums ``values[t]``,
     ``values[t + MEAN_THREADS]``, ... in float64; then the partial sums are added pairwise in a
     fixed tree (``partial[t] += partial[t + step]``, step = 64, 32, ..., 1), the block waiting
     between steps. Always the same order: the same bits on every run (it differs from the serial
@@ -202,86 +207,80 @@ def mean_numpy(values, output):
 #                   = -1 / dvalues[s, class_targets[s]] / n_samples for the target class, else 0
 #     (twin: dinputs = 0; dinputs[range(n_samples), class_targets] = -1 / p_correct / n_samples)
 
-def categorical_crossentropy_backward_loops(dvalues, class_targets, dinputs):
-    """d(-log p_target) / dp = -1 / p_target, and 0 for every other class.
+@register_jitable
+def crossentropy_backward_row(dvalues, class_targets, dinputs, s):
+    """d(-log p_target) / dp = -1 / p_target, and 0 for every other class, over ``n_samples``.
 
     The book writes ``-y_true / dvalues`` on one-hot rows; with class indices only the target
     column is non-zero. (The one-hot form also gives NaN for ``0 / 0`` where a wrong class has
-    probability exactly 0; writing the zeros directly avoids it.)
+    probability exactly 0; writing the zeros directly avoids it.) A target probability of
+    exactly 0 gives -inf, as numpy's division does.
     """
-    n_samples = dvalues.shape[0]
-    n = dinputs.dtype.type(n_samples)
-    zero = dinputs.dtype.type(0)
+    n = dinputs.dtype.type(dvalues.shape[0])
     minus_one = dinputs.dtype.type(-1)
-    for s in prange(n_samples):
-        target = class_targets[s]
-        for j in range(dvalues.shape[1]):
-            if j == target:
-                dinputs[s, j] = minus_one / dvalues[s, j] / n
-            else:
-                dinputs[s, j] = zero
+    target = class_targets[s]
+    for j in range(dvalues.shape[1]):
+        if j == target:
+            dinputs[s, j] = minus_one / dvalues[s, j] / n
+        else:
+            dinputs[s, j] = 0
+
+
+def categorical_crossentropy_backward_loops(dvalues, class_targets, dinputs):
+    """``crossentropy_backward_row`` for every sample."""
+    for s in prange(dvalues.shape[0]):
+        crossentropy_backward_row(dvalues, class_targets, dinputs, s)
 
 
 def categorical_crossentropy_backward_kernel(dvalues, class_targets, dinputs):
-    """CUDA: one thread per sample ``s``, the row body of
-    ``categorical_crossentropy_backward_loops``."""
+    """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
-    n_samples = dvalues.shape[0]
-    if s < n_samples:
-        n = dinputs.dtype.type(n_samples)
-        minus_one = dinputs.dtype.type(-1)
-        target = class_targets[s]
-        for j in range(dvalues.shape[1]):
-            if j == target:
-                dinputs[s, j] = minus_one / dvalues[s, j] / n
-            else:
-                dinputs[s, j] = 0
+    if s < dvalues.shape[0]:
+        crossentropy_backward_row(dvalues, class_targets, dinputs, s)
 
 
 def categorical_crossentropy_backward_numpy(dvalues, class_targets, dinputs):
     """Twin: zeros, then ``-1 / dvalues[range(n_samples), class_targets] / n_samples``."""
     rows = np.arange(len(dvalues))
     dinputs[...] = 0
-    dinputs[rows, class_targets] = -1 / dvalues[rows, class_targets] / len(dvalues)
+    with np.errstate(divide="ignore"):
+        dinputs[rows, class_targets] = -1 / dvalues[rows, class_targets] / len(dvalues)
 
 
 # --- Softmax + categorical cross-entropy, fused backward ---------------------------------------------
 #     dinputs[s, j] = (softmax_output[s, j] - one_hot[s, j]) / n_samples
 #     (twin: dinputs = softmax_output.copy(); dinputs[range(n), class_targets] -= 1; dinputs /= n)
 
-def softmax_crossentropy_backward_loops(softmax_output, class_targets, dinputs):
-    """The gradient of the mean cross-entropy with respect to the softmax *inputs*.
+@register_jitable
+def softmax_crossentropy_backward_row(softmax_output, class_targets, dinputs, s):
+    """The gradient of the mean cross-entropy with respect to the softmax *inputs*, sample ``s``.
 
     Chaining softmax's Jacobian with ``-1 / p_target`` collapses to ``p - 1`` on the target
     class and ``p`` elsewhere: no Jacobian, no division by a probability (the book measures it
     ~7x faster than the chained form, and it is exact where ``p_target`` is tiny).
+    ``dinputs`` may be ``softmax_output`` itself (each value is read, then written).
     """
-    n_samples = softmax_output.shape[0]
-    n = dinputs.dtype.type(n_samples)
+    n = dinputs.dtype.type(softmax_output.shape[0])
     one = dinputs.dtype.type(1)
-    for s in prange(n_samples):
-        target = class_targets[s]
-        for j in range(softmax_output.shape[1]):
-            dinput = softmax_output[s, j]
-            if j == target:
-                dinput = dinput - one
-            dinputs[s, j] = dinput / n
+    target = class_targets[s]
+    for j in range(softmax_output.shape[1]):
+        dinput = softmax_output[s, j]
+        if j == target:
+            dinput = dinput - one
+        dinputs[s, j] = dinput / n
+
+
+def softmax_crossentropy_backward_loops(softmax_output, class_targets, dinputs):
+    """``softmax_crossentropy_backward_row`` for every sample."""
+    for s in prange(softmax_output.shape[0]):
+        softmax_crossentropy_backward_row(softmax_output, class_targets, dinputs, s)
 
 
 def softmax_crossentropy_backward_kernel(softmax_output, class_targets, dinputs):
-    """CUDA: one thread per sample ``s``, the row body of
-    ``softmax_crossentropy_backward_loops``."""
+    """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
-    n_samples = softmax_output.shape[0]
-    if s < n_samples:
-        n = dinputs.dtype.type(n_samples)
-        one = dinputs.dtype.type(1)
-        target = class_targets[s]
-        for j in range(softmax_output.shape[1]):
-            dinput = softmax_output[s, j]
-            if j == target:
-                dinput = dinput - one
-            dinputs[s, j] = dinput / n
+    if s < softmax_output.shape[0]:
+        softmax_crossentropy_backward_row(softmax_output, class_targets, dinputs, s)
 
 
 def softmax_crossentropy_backward_numpy(softmax_output, class_targets, dinputs):
@@ -296,44 +295,31 @@ def softmax_crossentropy_backward_numpy(softmax_output, class_targets, dinputs):
 #     dinputs[s, j]    = -(y_true / p - (1 - y_true) / (1 - p)) / n_outputs / n_samples
 #     (twin: the book's Loss_BinaryCrossentropy, np.mean(..., axis=-1))
 
-def binary_crossentropy_loops(y_pred, y_true, sample_losses):
+@register_jitable
+def binary_crossentropy_sample(y_pred, y_true, sample_losses, s):
     """One independent yes/no question per output (a sigmoid each); the sample's loss is the mean
     over its outputs. Clipped on both sides: ``log(0)`` and ``log(1 - 1)`` are both possible."""
-    lo = y_pred.dtype.type(CLIP)
-    hi = y_pred.dtype.type(1 - CLIP)
     one = y_pred.dtype.type(1)
     n_outputs = y_pred.shape[1]
+    total = y_pred.dtype.type(0)
+    for j in range(n_outputs):
+        p = clipped(y_pred, s, j)
+        t = y_true[s, j]
+        total += -(t * log(p) + (one - t) * log(one - p))
+    sample_losses[s] = total / y_pred.dtype.type(n_outputs)
+
+
+def binary_crossentropy_loops(y_pred, y_true, sample_losses):
+    """``binary_crossentropy_sample`` for every sample."""
     for s in prange(y_pred.shape[0]):
-        total = y_pred.dtype.type(0)
-        for j in range(n_outputs):
-            p = y_pred[s, j]
-            if p < lo:
-                p = lo
-            elif p > hi:
-                p = hi
-            t = y_true[s, j]
-            total += -(t * np.log(p) + (one - t) * np.log(one - p))
-        sample_losses[s] = total / y_pred.dtype.type(n_outputs)
+        binary_crossentropy_sample(y_pred, y_true, sample_losses, s)
 
 
 def binary_crossentropy_kernel(y_pred, y_true, sample_losses):
-    """CUDA: one thread per sample ``s``, the row body of ``binary_crossentropy_loops``."""
+    """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
     if s < y_pred.shape[0]:
-        lo = y_pred.dtype.type(CLIP)
-        hi = y_pred.dtype.type(1 - CLIP)
-        one = y_pred.dtype.type(1)
-        n_outputs = y_pred.shape[1]
-        total = y_pred.dtype.type(0)
-        for j in range(n_outputs):
-            p = y_pred[s, j]
-            if p < lo:
-                p = lo
-            elif p > hi:
-                p = hi
-            t = y_true[s, j]
-            total += -(t * math.log(p) + (one - t) * math.log(one - p))
-        sample_losses[s] = total / y_pred.dtype.type(n_outputs)
+        binary_crossentropy_sample(y_pred, y_true, sample_losses, s)
 
 
 def binary_crossentropy_numpy(y_pred, y_true, sample_losses):
@@ -343,45 +329,29 @@ def binary_crossentropy_numpy(y_pred, y_true, sample_losses):
     sample_losses[...] = np.mean(losses, axis=-1)
 
 
-def binary_crossentropy_backward_loops(dvalues, y_true, dinputs):
+@register_jitable
+def binary_crossentropy_backward_row(dvalues, y_true, dinputs, s):
     """d/dp of ``-(t log p + (1 - t) log(1 - p))`` is ``-(t / p - (1 - t) / (1 - p))``."""
-    lo = dvalues.dtype.type(CLIP)
-    hi = dvalues.dtype.type(1 - CLIP)
     one = dvalues.dtype.type(1)
-    n_samples = dvalues.shape[0]
-    n_outputs = dvalues.shape[1]
-    n = dinputs.dtype.type(n_samples)
-    outputs = dinputs.dtype.type(n_outputs)
-    for s in prange(n_samples):
-        for j in range(n_outputs):
-            p = dvalues[s, j]
-            if p < lo:
-                p = lo
-            elif p > hi:
-                p = hi
-            t = y_true[s, j]
-            dinputs[s, j] = -(t / p - (one - t) / (one - p)) / outputs / n
+    n = dinputs.dtype.type(dvalues.shape[0])
+    outputs = dinputs.dtype.type(dvalues.shape[1])
+    for j in range(dvalues.shape[1]):
+        p = clipped(dvalues, s, j)
+        t = y_true[s, j]
+        dinputs[s, j] = -(t / p - (one - t) / (one - p)) / outputs / n
+
+
+def binary_crossentropy_backward_loops(dvalues, y_true, dinputs):
+    """``binary_crossentropy_backward_row`` for every sample."""
+    for s in prange(dvalues.shape[0]):
+        binary_crossentropy_backward_row(dvalues, y_true, dinputs, s)
 
 
 def binary_crossentropy_backward_kernel(dvalues, y_true, dinputs):
-    """CUDA: one thread per sample ``s``, the row body of ``binary_crossentropy_backward_loops``."""
+    """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
-    n_samples = dvalues.shape[0]
-    if s < n_samples:
-        lo = dvalues.dtype.type(CLIP)
-        hi = dvalues.dtype.type(1 - CLIP)
-        one = dvalues.dtype.type(1)
-        n_outputs = dvalues.shape[1]
-        n = dinputs.dtype.type(n_samples)
-        outputs = dinputs.dtype.type(n_outputs)
-        for j in range(n_outputs):
-            p = dvalues[s, j]
-            if p < lo:
-                p = lo
-            elif p > hi:
-                p = hi
-            t = y_true[s, j]
-            dinputs[s, j] = -(t / p - (one - t) / (one - p)) / outputs / n
+    if s < dvalues.shape[0]:
+        binary_crossentropy_backward_row(dvalues, y_true, dinputs, s)
 
 
 def binary_crossentropy_backward_numpy(dvalues, y_true, dinputs):
@@ -396,27 +366,28 @@ def binary_crossentropy_backward_numpy(dvalues, y_true, dinputs):
 #     sample_losses[s] = mean_j (y_true[s, j] - y_pred[s, j]) ** 2
 #     dinputs[s, j]    = -2 * (y_true[s, j] - dvalues[s, j]) / n_outputs / n_samples
 
-def mean_squared_error_loops(y_pred, y_true, sample_losses):
+@register_jitable
+def squared_error_sample(y_pred, y_true, sample_losses, s):
     """The squared distance to the target, averaged over the sample's outputs (L2 loss)."""
     n_outputs = y_pred.shape[1]
+    total = y_pred.dtype.type(0)
+    for j in range(n_outputs):
+        error = y_true[s, j] - y_pred[s, j]
+        total += error * error
+    sample_losses[s] = total / y_pred.dtype.type(n_outputs)
+
+
+def mean_squared_error_loops(y_pred, y_true, sample_losses):
+    """``squared_error_sample`` for every sample."""
     for s in prange(y_pred.shape[0]):
-        total = y_pred.dtype.type(0)
-        for j in range(n_outputs):
-            error = y_true[s, j] - y_pred[s, j]
-            total += error * error
-        sample_losses[s] = total / y_pred.dtype.type(n_outputs)
+        squared_error_sample(y_pred, y_true, sample_losses, s)
 
 
 def mean_squared_error_kernel(y_pred, y_true, sample_losses):
-    """CUDA: one thread per sample ``s``, the row body of ``mean_squared_error_loops``."""
+    """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
     if s < y_pred.shape[0]:
-        n_outputs = y_pred.shape[1]
-        total = y_pred.dtype.type(0)
-        for j in range(n_outputs):
-            error = y_true[s, j] - y_pred[s, j]
-            total += error * error
-        sample_losses[s] = total / y_pred.dtype.type(n_outputs)
+        squared_error_sample(y_pred, y_true, sample_losses, s)
 
 
 def mean_squared_error_numpy(y_pred, y_true, sample_losses):
@@ -424,29 +395,27 @@ def mean_squared_error_numpy(y_pred, y_true, sample_losses):
     sample_losses[...] = np.mean((y_true - y_pred) ** 2, axis=-1)
 
 
-def mean_squared_error_backward_loops(dvalues, y_true, dinputs):
+@register_jitable
+def squared_error_backward_row(dvalues, y_true, dinputs, s):
     """d/dy_pred of ``(y_true - y_pred) ** 2`` is ``-2 * (y_true - y_pred)``."""
-    n_samples = dvalues.shape[0]
-    n_outputs = dvalues.shape[1]
     minus_two = dinputs.dtype.type(-2)
-    n = dinputs.dtype.type(n_samples)
-    outputs = dinputs.dtype.type(n_outputs)
-    for s in prange(n_samples):
-        for j in range(n_outputs):
-            dinputs[s, j] = minus_two * (y_true[s, j] - dvalues[s, j]) / outputs / n
+    n = dinputs.dtype.type(dvalues.shape[0])
+    outputs = dinputs.dtype.type(dvalues.shape[1])
+    for j in range(dvalues.shape[1]):
+        dinputs[s, j] = minus_two * (y_true[s, j] - dvalues[s, j]) / outputs / n
+
+
+def mean_squared_error_backward_loops(dvalues, y_true, dinputs):
+    """``squared_error_backward_row`` for every sample."""
+    for s in prange(dvalues.shape[0]):
+        squared_error_backward_row(dvalues, y_true, dinputs, s)
 
 
 def mean_squared_error_backward_kernel(dvalues, y_true, dinputs):
-    """CUDA: one thread per sample ``s``, the row body of ``mean_squared_error_backward_loops``."""
+    """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
-    n_samples = dvalues.shape[0]
-    if s < n_samples:
-        n_outputs = dvalues.shape[1]
-        minus_two = dinputs.dtype.type(-2)
-        n = dinputs.dtype.type(n_samples)
-        outputs = dinputs.dtype.type(n_outputs)
-        for j in range(n_outputs):
-            dinputs[s, j] = minus_two * (y_true[s, j] - dvalues[s, j]) / outputs / n
+    if s < dvalues.shape[0]:
+        squared_error_backward_row(dvalues, y_true, dinputs, s)
 
 
 def mean_squared_error_backward_numpy(dvalues, y_true, dinputs):
@@ -463,25 +432,27 @@ def mean_squared_error_backward_numpy(dvalues, y_true, dinputs):
 # with it walks away from the targets). d|y_true - y_pred| / dy_pred = sign(y_pred - y_true);
 # the finite-difference test in tests/test_backward.py checks the sign used here.
 
-def mean_absolute_error_loops(y_pred, y_true, sample_losses):
+@register_jitable
+def absolute_error_sample(y_pred, y_true, sample_losses, s):
     """The absolute distance to the target, averaged over the sample's outputs (L1 loss)."""
     n_outputs = y_pred.shape[1]
+    total = y_pred.dtype.type(0)
+    for j in range(n_outputs):
+        total += abs(y_true[s, j] - y_pred[s, j])
+    sample_losses[s] = total / y_pred.dtype.type(n_outputs)
+
+
+def mean_absolute_error_loops(y_pred, y_true, sample_losses):
+    """``absolute_error_sample`` for every sample."""
     for s in prange(y_pred.shape[0]):
-        total = y_pred.dtype.type(0)
-        for j in range(n_outputs):
-            total += abs(y_true[s, j] - y_pred[s, j])
-        sample_losses[s] = total / y_pred.dtype.type(n_outputs)
+        absolute_error_sample(y_pred, y_true, sample_losses, s)
 
 
 def mean_absolute_error_kernel(y_pred, y_true, sample_losses):
-    """CUDA: one thread per sample ``s``, the row body of ``mean_absolute_error_loops``."""
+    """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
     if s < y_pred.shape[0]:
-        n_outputs = y_pred.shape[1]
-        total = y_pred.dtype.type(0)
-        for j in range(n_outputs):
-            total += abs(y_true[s, j] - y_pred[s, j])
-        sample_losses[s] = total / y_pred.dtype.type(n_outputs)
+        absolute_error_sample(y_pred, y_true, sample_losses, s)
 
 
 def mean_absolute_error_numpy(y_pred, y_true, sample_losses):
@@ -489,50 +460,38 @@ def mean_absolute_error_numpy(y_pred, y_true, sample_losses):
     sample_losses[...] = np.mean(np.abs(y_true - y_pred), axis=-1)
 
 
-def mean_absolute_error_backward_loops(dvalues, y_true, dinputs):
+@register_jitable
+def absolute_error_backward_row(dvalues, y_true, dinputs, s):
     """+1 where the prediction is above its target, -1 below, 0 on it (``np.sign``'s choice at
     the kink, where |x| has no derivative); NaN stays NaN."""
-    n_samples = dvalues.shape[0]
-    n_outputs = dvalues.shape[1]
-    n = dinputs.dtype.type(n_samples)
-    outputs = dinputs.dtype.type(n_outputs)
+    n = dinputs.dtype.type(dvalues.shape[0])
+    outputs = dinputs.dtype.type(dvalues.shape[1])
     zero = dinputs.dtype.type(0)
     one = dinputs.dtype.type(1)
-    for s in prange(n_samples):
-        for j in range(n_outputs):
-            difference = dvalues[s, j] - y_true[s, j]
-            if difference > 0:
-                sign = one
-            elif difference < 0:
-                sign = -one
-            elif difference == 0:
-                sign = zero
-            else:
-                sign = difference  # NaN
-            dinputs[s, j] = sign / outputs / n
+    for j in range(dvalues.shape[1]):
+        difference = dvalues[s, j] - y_true[s, j]
+        if difference > 0:
+            sign = one
+        elif difference < 0:
+            sign = -one
+        elif difference == 0:
+            sign = zero
+        else:
+            sign = difference  # NaN
+        dinputs[s, j] = sign / outputs / n
+
+
+def mean_absolute_error_backward_loops(dvalues, y_true, dinputs):
+    """``absolute_error_backward_row`` for every sample."""
+    for s in prange(dvalues.shape[0]):
+        absolute_error_backward_row(dvalues, y_true, dinputs, s)
 
 
 def mean_absolute_error_backward_kernel(dvalues, y_true, dinputs):
-    """CUDA: one thread per sample ``s``, the row body of ``mean_absolute_error_backward_loops``."""
+    """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
-    n_samples = dvalues.shape[0]
-    if s < n_samples:
-        n_outputs = dvalues.shape[1]
-        n = dinputs.dtype.type(n_samples)
-        outputs = dinputs.dtype.type(n_outputs)
-        zero = dinputs.dtype.type(0)
-        one = dinputs.dtype.type(1)
-        for j in range(n_outputs):
-            difference = dvalues[s, j] - y_true[s, j]
-            if difference > 0:
-                sign = one
-            elif difference < 0:
-                sign = -one
-            elif difference == 0:
-                sign = zero
-            else:
-                sign = difference  # NaN
-            dinputs[s, j] = sign / outputs / n
+    if s < dvalues.shape[0]:
+        absolute_error_backward_row(dvalues, y_true, dinputs, s)
 
 
 def mean_absolute_error_backward_numpy(dvalues, y_true, dinputs):
@@ -546,21 +505,24 @@ def mean_absolute_error_backward_numpy(dvalues, y_true, dinputs):
 #     correct[k] = 1 if |y_pred[k] - y_true[k]| < precision else 0
 #     (twins: the book's ((output > 0.5) * 1) == y, and np.absolute(predictions - y) < precision)
 
-def binary_accuracy_loops(y_pred, y_true, correct):
+@register_jitable
+def binary_accuracy_element(y_pred, y_true, correct, k):
     """A sigmoid output above 0.5 predicts 1, else 0; compared with the 0/1 target."""
-    half = y_pred.dtype.type(0.5)
+    prediction = 1 if y_pred[k] > y_pred.dtype.type(0.5) else 0
+    correct[k] = 1 if prediction == y_true[k] else 0
+
+
+def binary_accuracy_loops(y_pred, y_true, correct):
+    """``binary_accuracy_element`` for every element."""
     for k in prange(y_pred.shape[0]):
-        prediction = 1 if y_pred[k] > half else 0
-        correct[k] = 1 if prediction == y_true[k] else 0
+        binary_accuracy_element(y_pred, y_true, correct, k)
 
 
 def binary_accuracy_kernel(y_pred, y_true, correct):
-    """CUDA: one thread per element ``k``, the loop body of ``binary_accuracy_loops``."""
+    """CUDA: one thread per element ``k``."""
     k = cuda.grid(1)
     if k < y_pred.shape[0]:
-        half = y_pred.dtype.type(0.5)
-        prediction = 1 if y_pred[k] > half else 0
-        correct[k] = 1 if prediction == y_true[k] else 0
+        binary_accuracy_element(y_pred, y_true, correct, k)
 
 
 def binary_accuracy_numpy(y_pred, y_true, correct):
@@ -568,19 +530,23 @@ def binary_accuracy_numpy(y_pred, y_true, correct):
     correct[...] = ((y_pred > 0.5) * 1) == y_true
 
 
-def regression_accuracy_loops(y_pred, y_true, precision, correct):
+@register_jitable
+def regression_accuracy_element(y_pred, y_true, precision, correct, k):
     """A regression prediction counts as right when it is within ``precision`` of its target."""
-    limit = y_pred.dtype.type(precision)
+    correct[k] = 1 if abs(y_pred[k] - y_true[k]) < y_pred.dtype.type(precision) else 0
+
+
+def regression_accuracy_loops(y_pred, y_true, precision, correct):
+    """``regression_accuracy_element`` for every element."""
     for k in prange(y_pred.shape[0]):
-        correct[k] = 1 if abs(y_pred[k] - y_true[k]) < limit else 0
+        regression_accuracy_element(y_pred, y_true, precision, correct, k)
 
 
 def regression_accuracy_kernel(y_pred, y_true, precision, correct):
-    """CUDA: one thread per element ``k``, the loop body of ``regression_accuracy_loops``."""
+    """CUDA: one thread per element ``k``."""
     k = cuda.grid(1)
     if k < y_pred.shape[0]:
-        limit = y_pred.dtype.type(precision)
-        correct[k] = 1 if abs(y_pred[k] - y_true[k]) < limit else 0
+        regression_accuracy_element(y_pred, y_true, precision, correct, k)
 
 
 def regression_accuracy_numpy(y_pred, y_true, precision, correct):

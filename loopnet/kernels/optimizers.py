@@ -11,6 +11,10 @@ to the parameters' dtype once, exactly as numpy rounds a Python scalar in ``floa
 ``lr / (1 + decay * iterations)`` and Adam's bias corrections ``1 - beta ** (iterations + 1)``
 are host-side scalars computed by the optimizer classes (``loopnet.optimizers``).
 
+Each update is a body owning one parameter (``sgd_param``, ``adam_param``, ...), run by a
+``prange`` (``<op>_update_loops``), by one CUDA thread per parameter (``<op>_update_kernel``) and
+by the compiled training step over its one flat buffer of every parameter of a model.
+
     SGD:       params += -lr * grads
     momentum:  updates = momentum * momentums - lr * grads;  momentums = updates; params += updates
     Adagrad:   cache += grads ** 2;  params += -lr * grads / (sqrt(cache) + epsilon)
@@ -23,12 +27,12 @@ are host-side scalars computed by the optimizer classes (``loopnet.optimizers``)
 
 import numpy as np
 from numba import prange
-import math
+from numba.extending import register_jitable
+
+from loopnet.kernels.scalars import sqrt
 
 # The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
 # ``numba.cuda``, sets it to that module before compiling them (see that module's docstring).
-# They are the loop bodies above them, one thread per element ``k = cuda.grid(1)``; numba-cuda has
-# no ``np.sqrt``, so they call ``math.sqrt`` (float32 in, float32 out on the GPU).
 cuda = None
 
 # Adam moments whose magnitude falls below this become 0 (loops, CUDA form and twin alike; not in
@@ -38,18 +42,24 @@ cuda = None
 FLUSH = 1e-30
 
 
+@register_jitable
+def fill_element(value, output, k):
+    """``output[k] = value``."""
+    output[k] = output.dtype.type(value)
+
+
 def fill_loops(value, output):
-    """``output[k] = value`` (optimizer state starts at zero, on whatever device it lives)."""
-    filler = output.dtype.type(value)
+    """``fill_element`` for every element (optimizer state starts at zero, on whatever device
+    it lives)."""
     for k in prange(output.shape[0]):
-        output[k] = filler
+        fill_element(value, output, k)
 
 
 def fill_kernel(value, output):
     """CUDA: one thread per element ``k``."""
     k = cuda.grid(1)
     if k < output.shape[0]:
-        output[k] = output.dtype.type(value)
+        fill_element(value, output, k)
 
 
 def fill_numpy(value, output):
@@ -59,19 +69,23 @@ def fill_numpy(value, output):
 
 # --- SGD ----------------------------------------------------------------------------------------
 
-def sgd_update_loops(params, grads, learning_rate):
+@register_jitable
+def sgd_param(params, grads, learning_rate, k):
     """Vanilla SGD: a step against the gradient, ``learning_rate`` long."""
-    step = params.dtype.type(-learning_rate)
+    params[k] += params.dtype.type(-learning_rate) * grads[k]
+
+
+def sgd_update_loops(params, grads, learning_rate):
+    """``sgd_param`` for every parameter."""
     for k in prange(params.shape[0]):
-        params[k] += step * grads[k]
+        sgd_param(params, grads, learning_rate, k)
 
 
 def sgd_update_kernel(params, grads, learning_rate):
-    """CUDA: one thread per element ``k``, the loop body of ``sgd_update_loops``."""
+    """CUDA: one thread per parameter ``k``."""
     k = cuda.grid(1)
     if k < params.shape[0]:
-        step = params.dtype.type(-learning_rate)
-        params[k] += step * grads[k]
+        sgd_param(params, grads, learning_rate, k)
 
 
 def sgd_update_numpy(params, grads, learning_rate):
@@ -79,26 +93,28 @@ def sgd_update_numpy(params, grads, learning_rate):
     params += -learning_rate * grads
 
 
-def sgd_momentum_update_loops(params, grads, momentums, learning_rate, momentum):
+@register_jitable
+def sgd_momentum_param(params, grads, momentums, learning_rate, momentum, k):
     """SGD with momentum: each step keeps a fraction ``momentum`` of the previous step, so the
     parameters roll through small bumps of the loss instead of stopping in them."""
     lr = params.dtype.type(learning_rate)
     keep = params.dtype.type(momentum)
+    update = keep * momentums[k] - lr * grads[k]
+    momentums[k] = update
+    params[k] += update
+
+
+def sgd_momentum_update_loops(params, grads, momentums, learning_rate, momentum):
+    """``sgd_momentum_param`` for every parameter."""
     for k in prange(params.shape[0]):
-        update = keep * momentums[k] - lr * grads[k]
-        momentums[k] = update
-        params[k] += update
+        sgd_momentum_param(params, grads, momentums, learning_rate, momentum, k)
 
 
 def sgd_momentum_update_kernel(params, grads, momentums, learning_rate, momentum):
-    """CUDA: one thread per element ``k``, the loop body of ``sgd_momentum_update_loops``."""
+    """CUDA: one thread per parameter ``k``."""
     k = cuda.grid(1)
     if k < params.shape[0]:
-        lr = params.dtype.type(learning_rate)
-        keep = params.dtype.type(momentum)
-        update = keep * momentums[k] - lr * grads[k]
-        momentums[k] = update
-        params[k] += update
+        sgd_momentum_param(params, grads, momentums, learning_rate, momentum, k)
 
 
 def sgd_momentum_update_numpy(params, grads, momentums, learning_rate, momentum):
@@ -111,26 +127,27 @@ def sgd_momentum_update_numpy(params, grads, momentums, learning_rate, momentum)
 
 # --- Adagrad --------------------------------------------------------------------------------------
 
-def adagrad_update_loops(params, grads, cache, learning_rate, epsilon):
+@register_jitable
+def adagrad_param(params, grads, cache, learning_rate, epsilon, k):
     """Adagrad: divide each step by the root of that parameter's summed squared gradients, so
     parameters that moved a lot take smaller steps (the cache only grows)."""
-    step = params.dtype.type(-learning_rate)
-    eps = params.dtype.type(epsilon)
+    grad = grads[k]
+    cache[k] += grad * grad
+    params[k] += (params.dtype.type(-learning_rate) * grad
+                  / (sqrt(cache[k]) + params.dtype.type(epsilon)))
+
+
+def adagrad_update_loops(params, grads, cache, learning_rate, epsilon):
+    """``adagrad_param`` for every parameter."""
     for k in prange(params.shape[0]):
-        grad = grads[k]
-        cache[k] += grad * grad
-        params[k] += step * grad / (np.sqrt(cache[k]) + eps)
+        adagrad_param(params, grads, cache, learning_rate, epsilon, k)
 
 
 def adagrad_update_kernel(params, grads, cache, learning_rate, epsilon):
-    """CUDA: one thread per element ``k``, the loop body of ``adagrad_update_loops``."""
+    """CUDA: one thread per parameter ``k``."""
     k = cuda.grid(1)
     if k < params.shape[0]:
-        step = params.dtype.type(-learning_rate)
-        eps = params.dtype.type(epsilon)
-        grad = grads[k]
-        cache[k] += grad * grad
-        params[k] += step * grad / (math.sqrt(cache[k]) + eps)
+        adagrad_param(params, grads, cache, learning_rate, epsilon, k)
 
 
 def adagrad_update_numpy(params, grads, cache, learning_rate, epsilon):
@@ -142,30 +159,29 @@ def adagrad_update_numpy(params, grads, cache, learning_rate, epsilon):
 
 # --- RMSprop --------------------------------------------------------------------------------------
 
-def rmsprop_update_loops(params, grads, cache, learning_rate, epsilon, rho):
+@register_jitable
+def rmsprop_param(params, grads, cache, learning_rate, epsilon, rho, k):
     """RMSprop: like Adagrad, but the cache is a moving average (decay ``rho``), so steps do not
     shrink forever."""
-    step = params.dtype.type(-learning_rate)
-    eps = params.dtype.type(epsilon)
     keep = params.dtype.type(rho)
     mix = params.dtype.type(1 - rho)
+    grad = grads[k]
+    cache[k] = keep * cache[k] + mix * (grad * grad)
+    params[k] += (params.dtype.type(-learning_rate) * grad
+                  / (sqrt(cache[k]) + params.dtype.type(epsilon)))
+
+
+def rmsprop_update_loops(params, grads, cache, learning_rate, epsilon, rho):
+    """``rmsprop_param`` for every parameter."""
     for k in prange(params.shape[0]):
-        grad = grads[k]
-        cache[k] = keep * cache[k] + mix * (grad * grad)
-        params[k] += step * grad / (np.sqrt(cache[k]) + eps)
+        rmsprop_param(params, grads, cache, learning_rate, epsilon, rho, k)
 
 
 def rmsprop_update_kernel(params, grads, cache, learning_rate, epsilon, rho):
-    """CUDA: one thread per element ``k``, the loop body of ``rmsprop_update_loops``."""
+    """CUDA: one thread per parameter ``k``."""
     k = cuda.grid(1)
     if k < params.shape[0]:
-        step = params.dtype.type(-learning_rate)
-        eps = params.dtype.type(epsilon)
-        keep = params.dtype.type(rho)
-        mix = params.dtype.type(1 - rho)
-        grad = grads[k]
-        cache[k] = keep * cache[k] + mix * (grad * grad)
-        params[k] += step * grad / (math.sqrt(cache[k]) + eps)
+        rmsprop_param(params, grads, cache, learning_rate, epsilon, rho, k)
 
 
 def rmsprop_update_numpy(params, grads, cache, learning_rate, epsilon, rho):
@@ -176,54 +192,45 @@ def rmsprop_update_numpy(params, grads, cache, learning_rate, epsilon, rho):
 
 # --- Adam -----------------------------------------------------------------------------------------
 
-def adam_update_loops(params, grads, momentums, cache, learning_rate, epsilon, beta_1, beta_2,
-                      correction_1, correction_2):
+@register_jitable
+def adam_param(params, grads, momentums, cache, learning_rate, epsilon, beta_1, beta_2,
+               correction_1, correction_2, k):
     """Adam: momentum (a moving average of gradients) divided RMSprop-style by a moving average
     of squared gradients. Both averages start at 0 and so are biased towards 0 in the first
     steps; dividing by ``correction = 1 - beta ** (iterations + 1)`` undoes that."""
-    step = params.dtype.type(-learning_rate)
-    eps = params.dtype.type(epsilon)
-    b1 = params.dtype.type(beta_1)
-    b2 = params.dtype.type(beta_2)
-    mix_1 = params.dtype.type(1 - beta_1)
-    mix_2 = params.dtype.type(1 - beta_2)
-    c1 = params.dtype.type(correction_1)
-    c2 = params.dtype.type(correction_2)
-    flush = params.dtype.type(FLUSH)
+    dtype = params.dtype.type
+    flush = dtype(FLUSH)
+    grad = grads[k]
+    momentum = dtype(beta_1) * momentums[k] + dtype(1 - beta_1) * grad
+    cached = dtype(beta_2) * cache[k] + dtype(1 - beta_2) * (grad * grad)
+    # Flush tiny moments to 0 (see FLUSH): subnormal floats are ~100x slower to compute.
+    if abs(momentum) < flush:
+        momentum = dtype(0)
+    if cached < flush:
+        cached = dtype(0)
+    momentums[k] = momentum
+    cache[k] = cached
+    momentum_corrected = momentum / dtype(correction_1)
+    cache_corrected = cached / dtype(correction_2)
+    params[k] += dtype(-learning_rate) * momentum_corrected / (sqrt(cache_corrected)
+                                                               + dtype(epsilon))
+
+
+def adam_update_loops(params, grads, momentums, cache, learning_rate, epsilon, beta_1, beta_2,
+                      correction_1, correction_2):
+    """``adam_param`` for every parameter."""
     for k in prange(params.shape[0]):
-        grad = grads[k]
-        momentum = b1 * momentums[k] + mix_1 * grad
-        cached = b2 * cache[k] + mix_2 * (grad * grad)
-        # Flush tiny moments to 0 (see FLUSH): subnormal floats are ~100x slower to compute.
-        momentums[k] = params.dtype.type(0) if abs(momentum) < flush else momentum
-        cache[k] = params.dtype.type(0) if cached < flush else cached
-        momentum_corrected = momentums[k] / c1
-        cache_corrected = cache[k] / c2
-        params[k] += step * momentum_corrected / (np.sqrt(cache_corrected) + eps)
+        adam_param(params, grads, momentums, cache, learning_rate, epsilon, beta_1, beta_2,
+                   correction_1, correction_2, k)
 
 
 def adam_update_kernel(params, grads, momentums, cache, learning_rate, epsilon, beta_1, beta_2,
                        correction_1, correction_2):
-    """CUDA: one thread per element ``k``, the loop body of ``adam_update_loops``."""
+    """CUDA: one thread per parameter ``k``."""
     k = cuda.grid(1)
     if k < params.shape[0]:
-        step = params.dtype.type(-learning_rate)
-        eps = params.dtype.type(epsilon)
-        b1 = params.dtype.type(beta_1)
-        b2 = params.dtype.type(beta_2)
-        mix_1 = params.dtype.type(1 - beta_1)
-        mix_2 = params.dtype.type(1 - beta_2)
-        c1 = params.dtype.type(correction_1)
-        c2 = params.dtype.type(correction_2)
-        flush = params.dtype.type(FLUSH)
-        grad = grads[k]
-        momentum = b1 * momentums[k] + mix_1 * grad
-        cached = b2 * cache[k] + mix_2 * (grad * grad)
-        momentums[k] = params.dtype.type(0) if abs(momentum) < flush else momentum
-        cache[k] = params.dtype.type(0) if cached < flush else cached
-        momentum_corrected = momentums[k] / c1
-        cache_corrected = cache[k] / c2
-        params[k] += step * momentum_corrected / (math.sqrt(cache_corrected) + eps)
+        adam_param(params, grads, momentums, cache, learning_rate, epsilon, beta_1, beta_2,
+                   correction_1, correction_2, k)
 
 
 def adam_update_numpy(params, grads, momentums, cache, learning_rate, epsilon, beta_1, beta_2,

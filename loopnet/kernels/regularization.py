@@ -13,10 +13,15 @@ weights matrix and a biases row go through the same loops).
 
 The dropout mask is drawn in Python from a seeded ``np.random.Generator`` (``loopnet.Dropout``),
 not in the kernel: the same seed then gives the same mask on every device.
+
+The element-wise ops are bodies (``penalty_gradient_element``, ``mask_element``) run by a
+``prange`` (``<op>_loops``), by one CUDA thread each (``<op>_kernel``) and by the compiled
+training step; see ``loopnet/kernels/activations.py`` for the pattern.
 """
 
 import numpy as np
 from numba import prange
+from numba.extending import register_jitable
 
 # The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
 # ``numba.cuda``, sets it to that module before compiling them (see that module's docstring).
@@ -41,7 +46,8 @@ def regularization_loss_loops(values, l1, l2, output):
 
 
 def regularization_loss_kernel(values, l1, l2, output):
-    """CUDA: one block of ``PENALTY_THREADS`` threads. Thread ``t`` sums ``|values[k]|`` and
+    """CUDA (a different launch from the loops': a sum has one owner, which on a GPU would be
+    one thread): one block of ``PENALTY_THREADS`` threads. Thread ``t`` sums ``|values[k]|`` and
     ``values[k] ** 2`` over ``k = t, t + PENALTY_THREADS, ...`` in float64, then both partial
     sums are added pairwise in a fixed tree: the same bits on every run (equal to the serial
     ``regularization_loss_loops`` within float64 rounding)."""
@@ -74,37 +80,35 @@ def regularization_loss_numpy(values, l1, l2, output):
                  + l2 * np.sum(values * values, dtype=np.float64))
 
 
-def regularization_backward_loops(values, l1, l2, dvalues):
-    """Add the penalty's gradient to ``dvalues`` in place (the layer's ``dweights``/``dbiases``).
+@register_jitable
+def penalty_gradient_element(values, l1, l2, dvalues, k):
+    """Add the penalty's gradient at element ``k`` to ``dvalues[k]`` (the layer's
+    ``dweights``/``dbiases``).
 
     d|w|/dw is taken as +1 at w = 0, as the book does (``dL1[weights < 0] = -1`` on ones).
     The L1 and L2 terms are added one after the other, as the book's two ``+=`` do.
     """
-    l1_step = dvalues.dtype.type(l1)
-    l2_step = dvalues.dtype.type(2 * l2)
+    if l1 > 0:
+        l1_step = dvalues.dtype.type(l1)
+        if values[k] < 0:
+            dvalues[k] += -l1_step
+        else:
+            dvalues[k] += l1_step
+    if l2 > 0:
+        dvalues[k] += dvalues.dtype.type(2 * l2) * values[k]
+
+
+def regularization_backward_loops(values, l1, l2, dvalues):
+    """``penalty_gradient_element`` for every element, in place."""
     for k in prange(values.shape[0]):
-        if l1 > 0:
-            if values[k] < 0:
-                dvalues[k] += -l1_step
-            else:
-                dvalues[k] += l1_step
-        if l2 > 0:
-            dvalues[k] += l2_step * values[k]
+        penalty_gradient_element(values, l1, l2, dvalues, k)
 
 
 def regularization_backward_kernel(values, l1, l2, dvalues):
-    """CUDA: one thread per element ``k``, the loop body of ``regularization_backward_loops``."""
+    """CUDA: one thread per element ``k``."""
     k = cuda.grid(1)
     if k < values.shape[0]:
-        l1_step = dvalues.dtype.type(l1)
-        l2_step = dvalues.dtype.type(2 * l2)
-        if l1 > 0:
-            if values[k] < 0:
-                dvalues[k] += -l1_step
-            else:
-                dvalues[k] += l1_step
-        if l2 > 0:
-            dvalues[k] += l2_step * values[k]
+        penalty_gradient_element(values, l1, l2, dvalues, k)
 
 
 def regularization_backward_numpy(values, l1, l2, dvalues):
@@ -120,17 +124,25 @@ def regularization_backward_numpy(values, l1, l2, dvalues):
 
 # --- Dropout ----------------------------------------------------------------------------------------
 
+@register_jitable
+def mask_element(values, mask, output, k):
+    """``output[k] = values[k] * mask[k]``: forward, a dropped neuron's output becomes 0 and a
+    kept one is scaled by ``1 / (1 - rate)``; backward, a dropped neuron passes no gradient
+    back and a kept one passes it scaled like its output."""
+    output[k] = values[k] * mask[k]
+
+
 def dropout_forward_loops(inputs, mask, output):
-    """Zero the dropped neurons' outputs and scale the kept ones by ``1 / (1 - rate)``."""
+    """``mask_element`` for every element."""
     for k in prange(inputs.shape[0]):
-        output[k] = inputs[k] * mask[k]
+        mask_element(inputs, mask, output, k)
 
 
 def dropout_forward_kernel(inputs, mask, output):
     """CUDA: one thread per element ``k``."""
     k = cuda.grid(1)
     if k < inputs.shape[0]:
-        output[k] = inputs[k] * mask[k]
+        mask_element(inputs, mask, output, k)
 
 
 def dropout_forward_numpy(inputs, mask, output):
@@ -139,16 +151,16 @@ def dropout_forward_numpy(inputs, mask, output):
 
 
 def dropout_backward_loops(dvalues, mask, dinputs):
-    """A dropped neuron passes no gradient back; a kept one passes it scaled like its output."""
+    """``mask_element`` for every element of the gradient."""
     for k in prange(dvalues.shape[0]):
-        dinputs[k] = dvalues[k] * mask[k]
+        mask_element(dvalues, mask, dinputs, k)
 
 
 def dropout_backward_kernel(dvalues, mask, dinputs):
     """CUDA: one thread per element ``k``."""
     k = cuda.grid(1)
     if k < dvalues.shape[0]:
-        dinputs[k] = dvalues[k] * mask[k]
+        mask_element(dvalues, mask, dinputs, k)
 
 
 def dropout_backward_numpy(dvalues, mask, dinputs):
