@@ -203,20 +203,31 @@ class Dropout(Layer):
     """Drop each neuron's output with probability ``rate`` while training (the book's
     ``Layer_Dropout``); the kept ones are scaled by ``1 / (1 - rate)`` so the expected sum of
     the outputs stays the same, and with ``training=False`` the layer passes its inputs through.
+    ``rate`` is the fraction *dropped*, as the book's constructor takes it.
 
-    The mask is drawn on the host from ``np.random.default_rng(seed)``, so the same seed gives
-    the same masks, run after run and on every device. ``rate`` is the fraction *dropped*, as
-    the book's constructor takes it (the book then stores ``1 - rate``).
+    Masks come from a counter-based generator (``ops.dropout_mask``): element ``(s, n)`` of the
+    ``step``-th training batch is kept or dropped by a hash of ``(seed, step, s, n)``, so the
+    same seed gives the same masks run after run, on every device and for any thread count,
+    through the layers or the compiled training step alike. Without ``seed`` one is drawn from
+    numpy's global generator, so ``np.random.seed(...)`` (or ``nnfs.init()``) makes runs
+    repeatable, as the book's are. ``step`` counts the training batches seen so far.
     """
 
-    def __init__(self, rate: float, *, seed=None, device: str | None = None):
+    def __init__(self, rate: float, *, seed=None, step: int = 0, device: str | None = None):
         super().__init__(device)
         rate = _regularizer(rate, "rate")
         if rate >= 1:
             raise ValueError(f"Dropout rate must be in [0, 1): the fraction dropped, got {rate}")
         self.rate = rate
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        if seed is None:
+            seed = int(np.random.randint(0, 2**31 - 1, dtype=np.int64))
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not (
+                0 <= seed < 2**64):
+            raise TypeError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
+        self.seed = int(seed)
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        self.step = int(step)
 
     def forward(self, inputs, training: bool = True):
         self.inputs = inputs
@@ -228,7 +239,9 @@ class Dropout(Layer):
         if dtype not in (np.float32, np.float64):
             dtype = np.dtype(np.float64)
         shape = tuple(inputs.shape) if hasattr(inputs, "shape") else np.shape(inputs)
-        self.binary_mask = ops.dropout_mask(shape, self.rate, self.rng, dtype)
+        self.binary_mask = ops.dropout_mask(shape, self.rate, seed=self.seed, step=self.step,
+                                            dtype=dtype, device=self.device)
+        self.step += 1
         self.output = ops.dropout_forward(inputs, self.binary_mask, device=self.device)
         return self.output
 
@@ -244,8 +257,8 @@ class Dropout(Layer):
         return self.dinputs
 
     def get_config(self) -> dict:
-        # The generator's exact state (plain ints), so a reloaded model draws the same masks.
-        return {"rate": self.rate, "rng_state": self.rng.bit_generator.state}
+        # The seed and the number of batches seen: a reloaded model draws the very next masks.
+        return {"rate": self.rate, "seed": self.seed, "step": self.step}
 
     def __repr__(self) -> str:
         return f"Dropout({self.rate})"

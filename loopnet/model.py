@@ -220,24 +220,50 @@ class Model:
         if validation_data is not None:
             history["val_loss"] = []
             history["val_accuracy"] = []
+        trainer, path = self._compiled_trainer(X, y, batch_size, validation_data)
+        history["path"] = path
+        history["compile_time"] = 0.0
         show = sys.stderr.isatty() if progress is None else bool(progress)
         bar = _ProgressBar(epochs, show)
-        fused = None
         try:
-            for epoch in range(1, epochs + 1):
+            epoch = 1
+            while epoch <= epochs:
+                if trainer is not None:
+                    # a block of epochs in one compiled call, then each epoch's bookkeeping
+                    count = trainer.block_size(epochs - epoch + 1, one_at_a_time=False)
+                    orders = [rng.permutation(n_samples) if rng is not None else None
+                              for _ in range(count)]
+                    records = trainer.train(orders)
+                    history["compile_time"] = trainer.run.compile_time
+                    for record in records:
+                        self.loss.new_pass()
+                        if self.accuracy is not None:
+                            self.accuracy.new_pass()
+                        regularization_sum = 0.0
+                        for data_loss, accuracy, regularization_loss, _, rows in record.steps:
+                            self.loss.accumulated_sum += data_loss * rows
+                            self.loss.accumulated_count += rows
+                            if self.accuracy is not None:
+                                self.accuracy.accumulated_sum += accuracy * rows
+                                self.accuracy.accumulated_count += rows
+                            regularization_sum += regularization_loss * rows
+                        self._end_epoch(history, epoch, regularization_sum / n_samples,
+                                        record.steps[-1][3], record.validation, print_every,
+                                        bar)
+                        epoch += 1
+                    if trainer.failure is not None:
+                        _, step, (data_loss, _, regularization_loss, _) = trainer.failure
+                        self._diverged(epoch, step, steps, data_loss, regularization_loss)
+                    continue
                 X_epoch, y_epoch = X, y
-                order = None
                 if rng is not None:
                     order = rng.permutation(n_samples)
-                    if fused is None:
-                        X_epoch, y_epoch = X[order], y[order]
+                    X_epoch, y_epoch = X[order], y[order]
                 self.loss.new_pass()
                 if self.accuracy is not None:
                     self.accuracy.new_pass()
                 regularization_sum = 0.0
-                if fused is not None:
-                    fused.epoch(epoch, epochs, order, one_at_a_time=validation_data is not None)
-                for step in range(steps if fused is None else 0):
+                for step in range(steps):
                     if batch_size is None:
                         batch_X, batch_y = X_epoch, y_epoch
                     else:
@@ -247,47 +273,75 @@ class Model:
                     data_loss, regularization_loss = self.loss.calculate(
                         output, batch_y, include_regularization=True)
                     if not (math.isfinite(data_loss) and math.isfinite(regularization_loss)):
-                        where = f"epoch {epoch}" + (f", step {step}" if steps > 1 else "")
-                        raise FloatingPointError(
-                            f"training diverged at {where}: data_loss={data_loss}, "
-                            f"reg_loss={regularization_loss} (learning rate "
-                            f"{self.optimizer.current_learning_rate}); lower the learning rate "
-                            "or check the data for NaN/inf values"
-                        )
+                        self._diverged(epoch, step, steps, data_loss, regularization_loss)
                     regularization_sum += regularization_loss * _n_rows(batch_X, "X")
                     if self.accuracy is not None:
                         self.accuracy.calculate(output, batch_y)
                     self.backward(output, batch_y)
                     self._optimize()
-
-                data_loss = self.loss.calculate_accumulated()
-                regularization_loss = regularization_sum / n_samples
-                loss = data_loss + regularization_loss
-                accuracy = (self.accuracy.calculate_accumulated()
-                            if self.accuracy is not None else float("nan"))
-                learning_rate = self.optimizer.current_learning_rate
-                history["epoch"].append(epoch)
-                history["loss"].append(loss)
-                history["data_loss"].append(data_loss)
-                history["regularization_loss"].append(regularization_loss)
-                history["accuracy"].append(accuracy)
-                history["learning_rate"].append(learning_rate)
+                validation = None
                 if validation_data is not None:
-                    val_loss, val_accuracy = self.evaluate(*validation_data, batch_size=batch_size)
-                    history["val_loss"].append(val_loss)
-                    history["val_accuracy"].append(val_accuracy)
-                if print_every and epoch % print_every == 0:
-                    bar.clear()
-                    print(f"epoch: {epoch}, acc: {accuracy:.3f}, loss: {loss:.3f} "
-                          f"(data_loss: {data_loss:.3f}, reg_loss: {regularization_loss:.3f}), "
-                          f"lr: {learning_rate}", flush=True)
-                bar.update(epoch, loss, None if self.accuracy is None else accuracy)
+                    validation = self.evaluate(*validation_data, batch_size=batch_size)
+                self._end_epoch(history, epoch, regularization_sum / n_samples,
+                                self.optimizer.current_learning_rate, validation, print_every,
+                                bar)
+                epoch += 1
         finally:
             bar.close()
         if validation_data is not None and print_every:
             print(f"validation, acc: {history['val_accuracy'][-1]:.3f}, "
                   f"loss: {history['val_loss'][-1]:.3f}", flush=True)
         return history
+
+    def _compiled_trainer(self, X, y, batch_size, validation_data):
+        """The compiled step for this call (``loopnet.compiled``) and the history's ``path``,
+        or ``None`` and the reason the layered path runs (warned about once on cpu)."""
+        from loopnet import compiled
+        from loopnet.devices import get_device
+
+        devices = {get_device(getattr(owner, "device", None))
+                   for owner in [*self.layers, self.loss, self.accuracy] if owner is not None}
+        if devices != {"cpu"}:
+            return None, f"layered ({', '.join(sorted(devices))})"
+        try:
+            return (compiled.prepare_training(self, X, y, batch_size, validation_data),
+                    "compiled")
+        except compiled.Unsupported as reason:
+            if compiled.enabled():
+                compiled.warn_layered(self, str(reason))
+            return None, f"layered: {reason}"
+
+    def _diverged(self, epoch, step, steps, data_loss, regularization_loss):
+        where = f"epoch {epoch}" + (f", step {step}" if steps > 1 else "")
+        raise FloatingPointError(
+            f"training diverged at {where}: data_loss={data_loss}, "
+            f"reg_loss={regularization_loss} (learning rate "
+            f"{self.optimizer.current_learning_rate}); lower the learning rate "
+            "or check the data for NaN/inf values")
+
+    def _end_epoch(self, history, epoch, regularization_loss, learning_rate, validation,
+                   print_every, bar):
+        """An epoch's figures from the loss's and the accuracy's running sums: the history,
+        the validation figures, the book's log line, the progress bar."""
+        data_loss = self.loss.calculate_accumulated()
+        loss = data_loss + regularization_loss
+        accuracy = (self.accuracy.calculate_accumulated()
+                    if self.accuracy is not None else float("nan"))
+        history["epoch"].append(epoch)
+        history["loss"].append(loss)
+        history["data_loss"].append(data_loss)
+        history["regularization_loss"].append(regularization_loss)
+        history["accuracy"].append(accuracy)
+        history["learning_rate"].append(learning_rate)
+        if validation is not None:
+            history["val_loss"].append(validation[0])
+            history["val_accuracy"].append(validation[1])
+        if print_every and epoch % print_every == 0:
+            bar.clear()
+            print(f"epoch: {epoch}, acc: {accuracy:.3f}, loss: {loss:.3f} "
+                  f"(data_loss: {data_loss:.3f}, reg_loss: {regularization_loss:.3f}), "
+                  f"lr: {learning_rate}", flush=True)
+        bar.update(epoch, loss, None if self.accuracy is None else accuracy)
 
     def evaluate(self, X_val, y_val, *, batch_size: int | None = None):
         """``(data_loss, accuracy)`` on ``(X_val, y_val)`` without training (dropout off).

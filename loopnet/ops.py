@@ -48,6 +48,7 @@ __all__ = [
     "regression_accuracy",
     "regularization_loss",
     "regularization_backward",
+    "dropout_mask",
     "dropout_forward",
     "dropout_backward",
     "zeros",
@@ -654,15 +655,45 @@ def regularization_backward(values, dvalues, *, l1=0.0, l2=0.0, device: str | No
     return d
 
 
-def dropout_mask(shape, rate: float, rng, dtype=np.float32) -> np.ndarray:
-    """A host mask for dropout: each element is 0 with probability ``rate``, else
-    ``1 / (1 - rate)``; drawn with ``rng.binomial`` (a ``np.random.Generator``), as the book draws
-    ``np.random.binomial(1, 1 - rate, size) / (1 - rate)``."""
+def dropout_mask(shape, rate: float, *, seed: int, step: int = 0, dtype=np.float32,
+                 device: str | None = None):
+    """The dropout mask of training batch number ``step``: each element is 0 with probability
+    ``rate``, else ``1 / (1 - rate)``, decided by a hash of ``(seed, step, sample, element)``
+    (a counter-based generator: the same mask on every device and for any thread count; see
+    ``loopnet.kernels.regularization``). ``shape``: the batch's shape, samples first."""
     rate = _scalar(rate, "rate", minimum=0.0)
     if rate >= 1:
         raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-    keep = 1 - rate
-    return (rng.binomial(1, keep, size=shape) / keep).astype(dtype)
+    seed = _counter(seed, "seed", 2**64)
+    step = _counter(step, "step", 2**63)
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    shape = tuple(shape)
+    if not shape or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1
+                        for n in shape):
+        raise ValueError(f"shape must be a tuple of positive integers, got {shape!r}")
+    dtype = np.dtype(dtype)
+    if dtype not in _FLOATS:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    be = _backend(device)
+    mask = be.empty(shape, dtype)
+    rows = shape[0] if len(shape) > 1 else 1
+    be.dropout_mask(seed, step, keep_below(rate), rate, mask.reshape(rows, -1))
+    return mask
+
+
+def keep_below(rate: float) -> int:
+    """The dropout hash's threshold: an element is kept when the top 53 bits of its hash are
+    below ``(1 - rate) * 2**53``."""
+    return int((1.0 - rate) * 2.0 ** 53)
+
+
+def _counter(value, name: str, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not 0 <= value < limit:
+        raise ValueError(f"{name} must be in [0, {limit}), got {value}")
+    return int(value)
 
 
 def dropout_forward(inputs, mask, *, out=None, device: str | None = None):

@@ -249,13 +249,15 @@ def load_model(path, device=None):
                 # seed=0: building must not draw from numpy's global RNG (weights are replaced)
                 return table[kind](**config, seed=0)
             if kind == "Dropout":
+                # Files of earlier versions kept a numpy generator's state instead of a seed:
+                # its masks cannot be drawn again; take a seed from it (never from, nor
+                # touching, numpy's global generator).
                 rng_state = config.pop("rng_state", None)
-                obj = table[kind](**config)
-                if rng_state is not None:
-                    obj.rng = np.random.Generator(
-                        getattr(np.random, rng_state["bit_generator"])())
-                    obj.rng.bit_generator.state = rng_state
-                return obj
+                if "seed" not in config:
+                    state = rng_state.get("state") if isinstance(rng_state, dict) else None
+                    value = state.get("state") if isinstance(state, dict) else None
+                    config["seed"] = value % 2**64 if isinstance(value, int) else 0
+                return table[kind](**config)
             return table[kind](**config)
         except (TypeError, ValueError, KeyError, AttributeError) as err:
             raise ModelFileError(f"{name}: cannot rebuild {what} {kind}: {err}") from err

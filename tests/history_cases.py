@@ -28,7 +28,7 @@ CASES = ("main", "main_minibatch", "sgd", "l2", "dropout", "binary", "regression
 # On cpu the two main cases also run with the compiled training step switched off (the layered
 # path: one op after another through ``loopnet.ops``).
 LAYERED = ("main", "main_minibatch")
-LAYERED_ENV = "LOOPNET_FUSED"
+LAYERED_ENV = "LOOPNET_COMPILED_STEP"
 
 
 def build(case: str, device: str):

@@ -23,7 +23,9 @@ import functools
 import math
 import os
 import threading
+import time
 import types
+import warnings
 from typing import NamedTuple
 
 import numba
@@ -374,3 +376,44 @@ def dense_backward_weights(inputs, dvalues, dweights):
         dense_backward_weights_blocked_parallel(inputs, dvalues, dweights)
     else:
         dense_backward_weights_blocked_serial(inputs, dvalues, dweights)
+
+
+# --- The compiled training step (loopnet.kernels.step) ------------------------------------------------
+
+from loopnet.kernels import step as _step  # noqa: E402
+
+# A training step of this many multiply-adds (batch rows x the dense layers' sides) or more
+# runs the parallel build of the step; smaller ones the serial build, whose cold compile is
+# also several times shorter (the book's spiral model: ~40k-2M per step).
+PARALLEL_STEP_MIN = int(os.environ.get("LOOPNET_PARALLEL_STEP_MIN", 4_000_000))
+
+_step_builds: dict = {}
+
+
+def training_step(broadcast: bool, work: int):
+    """The build of ``loopnet.kernels.step.train_block`` for a model: with the broadcast form
+    of the dense products when its plan picks it, parallel from PARALLEL_STEP_MIN
+    multiply-adds per step. Built (not compiled) on first request; numba compiles it on its
+    first call (or loads it from its cache)."""
+    parallel = work >= PARALLEL_STEP_MIN
+    key = (bool(broadcast), parallel)
+    kernel = _step_builds.get(key)
+    if kernel is None:
+        kernel = _step_builds[key] = numba.njit(parallel=parallel, **OPTIONS)(
+            _step.build(*key))
+    return kernel
+
+
+def compile_for(kernel, args) -> float:
+    """Compile (or load from numba's cache) ``kernel`` for these arguments' types unless this
+    process already has it; returns the seconds it took (0.0 when it was there)."""
+    signature = tuple(numba.typeof(a) for a in args)
+    if signature in kernel.overloads:
+        return 0.0
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # numba's pedantic check of its own IR after inlining the step's helpers into their
+        # parallel regions ("variable ... is not in scope"): about numba, not about the code
+        warnings.simplefilter("ignore", numba.core.errors.NumbaIRAssumptionWarning)
+        kernel.compile(signature)
+    return time.perf_counter() - start

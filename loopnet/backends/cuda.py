@@ -295,6 +295,7 @@ THREADS = {
     "regression_accuracy": ("correct", 1),
     # regularization.py
     "regularization_backward": ("dvalues", 1),
+    "dropout_mask": ("mask", 1),
     "dropout_forward": ("output", 1),
     "dropout_backward": ("dinputs", 1),
     # optimizers.py
@@ -317,7 +318,11 @@ def _launcher(op: str):
     written = _written_arguments(function)
 
     def launch(*args):
-        _launch(kernel, tuple(args[position].shape[:dims]), args, written)
+        if SIMULATOR:  # the simulator runs kernels on numpy scalars: the dropout hash's
+            with np.errstate(over="ignore"):  # wrapping uint64 products would warn
+                _launch(kernel, tuple(args[position].shape[:dims]), args, written)
+        else:
+            _launch(kernel, tuple(args[position].shape[:dims]), args, written)
 
     launch.__name__ = launch.__qualname__ = op
     launch.__doc__ = f"Launch ``{op}_kernel``: one thread per element of ``{argument}``" + (

@@ -8,7 +8,15 @@ import numpy as np
 
 from loopnet.backends import collect
 
-globals().update(collect("loops"))
+LOOPS = collect("loops")
+globals().update(LOOPS)
 
 empty = np.empty
 to_numpy = np.asarray
+
+
+def dropout_mask(*args):
+    """``dropout_mask_loops``: its hash wraps unsigned 64-bit products around on purpose, which
+    numpy's scalars (this device runs the loops on them) would warn about."""
+    with np.errstate(over="ignore"):
+        LOOPS["dropout_mask"](*args)

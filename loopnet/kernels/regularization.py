@@ -11,8 +11,11 @@ weights matrix and a biases row go through the same loops).
     dropout: output[k] = inputs[k] * mask[k],  dinputs[k] = dvalues[k] * mask[k]
     where mask[k] is 0 (dropped) or 1 / (1 - rate) (kept, scaled so the expected sum is unchanged)
 
-The dropout mask is drawn in Python from a seeded ``np.random.Generator`` (``loopnet.Dropout``),
-not in the kernel: the same seed then gives the same mask on every device.
+Dropout masks come from a counter-based generator (as Philox or threefry do): whether element
+``(s, n)`` of the ``step``-th training batch is kept is a hash of ``(seed, step, s, n)``, not a
+draw from a stream. Every element can be decided on its own, by any thread in any order, so the
+mask is the same on every device and for any thread count, and the GPU never waits for a mask
+drawn on the host.
 
 The element-wise ops are bodies (``penalty_gradient_element``, ``mask_element``) run by a
 ``prange`` (``<op>_loops``), by one CUDA thread each (``<op>_kernel``) and by the compiled
@@ -123,6 +126,65 @@ def regularization_backward_numpy(values, l1, l2, dvalues):
 
 
 # --- Dropout ----------------------------------------------------------------------------------------
+#     mask[s, n] = 1 / (1 - rate) if hash(seed, step, s, n) >> 11 < keep_below else 0
+#     keep_below = (1 - rate) * 2**53: the top 53 bits of the hash are a uniform integer, kept
+#     with probability 1 - rate (compared as integers: no rounding that a device could do
+#     differently)
+
+# splitmix64's constants (Steele, Lea and Flood, "Fast splittable pseudorandom number
+# generators", 2014): the golden-ratio increment and the two multipliers of its finalizer,
+# which turns any 64-bit counter into 64 bits that look random.
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX_2 = np.uint64(0x94D049BB133111EB)
+
+
+@register_jitable
+def mix64(z):
+    """splitmix64's finalizer: every input bit moves about half of the output bits. Unsigned
+    64-bit arithmetic, wrapping around (numpy's and numba's uint64 both do)."""
+    z = (z ^ (z >> np.uint64(30))) * MIX_1
+    z = (z ^ (z >> np.uint64(27))) * MIX_2
+    return z ^ (z >> np.uint64(31))
+
+
+@register_jitable
+def dropout_mask_row(seed, step, keep_below, rate, mask, s):
+    """Row ``s`` of the dropout mask of training batch number ``step`` (see above): ``1 / (1 -
+    rate)`` where the element is kept, 0 where it is dropped."""
+    scale = mask.dtype.type(1.0 / (1.0 - rate))
+    zero = mask.dtype.type(0)
+    stream = mix64(mix64(np.uint64(seed) + GOLDEN) + np.uint64(step) * GOLDEN)
+    row = mix64(stream + np.uint64(s) * GOLDEN)
+    limit = np.uint64(keep_below)
+    for n in range(mask.shape[1]):
+        h = mix64(row + np.uint64(n) * GOLDEN)
+        mask[s, n] = scale if (h >> np.uint64(11)) < limit else zero
+
+
+def dropout_mask_loops(seed, step, keep_below, rate, mask):
+    """``dropout_mask_row`` for every sample."""
+    for s in prange(mask.shape[0]):
+        dropout_mask_row(seed, step, keep_below, rate, mask, s)
+
+
+def dropout_mask_kernel(seed, step, keep_below, rate, mask):
+    """CUDA: one thread per sample ``s``."""
+    s = cuda.grid(1)
+    if s < mask.shape[0]:
+        dropout_mask_row(seed, step, keep_below, rate, mask, s)
+
+
+def dropout_mask_numpy(seed, step, keep_below, rate, mask):
+    """Twin: the same hash on whole arrays of indices (numpy's uint64 arrays wrap around too)."""
+    with np.errstate(over="ignore"):
+        stream = mix64(mix64(np.uint64(seed) + GOLDEN) + np.uint64(step) * GOLDEN)
+        rows = mix64(stream + np.arange(mask.shape[0], dtype=np.uint64)[:, None] * GOLDEN)
+        h = mix64(rows + np.arange(mask.shape[1], dtype=np.uint64)[None, :] * GOLDEN)
+    scale = mask.dtype.type(1.0 / (1.0 - rate))
+    mask[...] = np.where((h >> np.uint64(11)) < np.uint64(keep_below), scale, mask.dtype.type(0))
+
+
 
 @register_jitable
 def mask_element(values, mask, output, k):

@@ -1,0 +1,611 @@
+"""``Model.train``, ``evaluate`` and ``predict`` on the ``cpu`` device, in one compiled call.
+
+``plan(model, ...)`` turns a model into the layer program of ``loopnet.kernels.step`` and
+allocates every buffer once; ``CompiledRun.train`` then runs blocks of epochs through
+``train_block`` and hands back, per step, the numbers the layered path would have produced
+(mean data loss, mean accuracy, penalty, learning rate), so that ``Model.train`` prints, records
+and validates the same way whichever path ran. Parameters, gradients and the optimizer's state
+are copied from the layers into flat buffers when a call starts and back (into the very same
+arrays) after every block: between blocks the model is exactly where the layered path would
+have left it.
+
+Covered: every model ``Model`` builds from Dense (with L1/L2 penalties), Dropout, ReLU, Sigmoid,
+Linear and Softmax; CategoricalCrossentropy (class indices or one-hot), BinaryCrossentropy,
+MeanSquaredError, MeanAbsoluteError; SGD (decay, momentum), Adagrad, RMSprop, Adam;
+categorical, binary and regression accuracy; full batch or minibatches, shuffled or not, with
+validation data; float32 or float64. Anything else (another device, a layer class of your own,
+arrays on a GPU) runs on the layered path, and ``Unsupported`` says why: ``Model.train``
+records it in the history under ``"path"`` and warns once (``SlowPathWarning``).
+``LOOPNET_COMPILED_STEP=0`` switches the compiled path off.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from loopnet import ops
+from loopnet.devices import get_device
+
+ENV_VAR = "LOOPNET_COMPILED_STEP"
+
+# A block of epochs is sized to take roughly this many multiply-adds (~0.1 s), so the Python
+# side (the log, the history, the progress bar) keeps up, while the per-call cost of handing
+# ~30 arrays to numba (tens of microseconds) is paid once per block, not per epoch.
+BLOCK_WORK = 50_000_000
+
+
+class Unsupported(Exception):
+    """The model (or this call) is not one the compiled step covers; the message says why."""
+
+
+class SlowPathWarning(UserWarning):
+    """A model trained on the ``cpu`` device takes the layered path (one op after another, each
+    validated in Python) instead of the compiled step; the message says which layer or setting."""
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV_VAR, "1") != "0"
+
+
+def _kinds():
+    from loopnet.activations import Linear, ReLU, Sigmoid, Softmax
+    from loopnet.kernels import step
+    from loopnet.layers import Dense, Dropout
+
+    return ((Dense, step.DENSE), (Dropout, step.DROPOUT), (ReLU, step.RELU),
+            (Sigmoid, step.SIGMOID), (Linear, step.LINEAR), (Softmax, step.SOFTMAX))
+
+
+def _known(obj, classes, methods):
+    """The loopnet class ``obj`` is (or subclasses without changing ``methods``), else None."""
+    for cls in classes:
+        if isinstance(obj, cls):
+            if all(getattr(type(obj), name, None) is getattr(cls, name) for name in methods):
+                return cls
+            return None
+    return None
+
+
+def _describe(obj) -> str:
+    return type(obj).__name__
+
+
+def _check_device(model):
+    owners = [("layer", layer) for layer in model.layers]
+    owners += [("loss", model.loss), ("accuracy", model.accuracy)]
+    for what, owner in owners:
+        if owner is None:
+            continue
+        device = get_device(getattr(owner, "device", None))
+        if device != "cpu":
+            raise Unsupported(f"the {what} {_describe(owner)} runs on {device!r}")
+
+
+def _check_array(array, name):
+    if not isinstance(array, np.ndarray):
+        raise Unsupported(f"{name} is a {type(array).__name__}, not a numpy array")
+
+
+class Program:
+    """A model as ``loopnet.kernels.step``'s layer program, with its parameter layout."""
+
+    def __init__(self, model, dtype, n_inputs):
+        from loopnet.kernels import step
+
+        self.step = step
+        self.model = model
+        self.dtype = np.dtype(dtype)
+        kinds = _kinds()
+        rows = []
+        self.dense = []        # (layer index, layer)
+        self.dropout = []
+        width = n_inputs
+        self.n_params = 0
+        for index, layer in enumerate(model.layers):
+            cls = _known(layer, [c for c, _ in kinds], ("forward", "backward"))
+            if cls is None:
+                raise Unsupported(f"layer {index} ({_describe(layer)}) is not one of loopnet's "
+                                  "Dense, Dropout, ReLU, Sigmoid, Linear, Softmax")
+            kind = dict(kinds)[cls]
+            row = np.zeros(step.N_FIELDS, np.int64)
+            row[step.KIND] = kind
+            row[step.WIDTH_IN] = width
+            row[step.PACKED] = -1
+            if kind == step.DENSE:
+                weights, biases = layer.weights, layer.biases
+                _check_array(weights, f"layer {index}'s weights")
+                _check_array(biases, f"layer {index}'s biases")
+                if weights.dtype != self.dtype or biases.dtype != self.dtype:
+                    raise Unsupported(f"layer {index}'s parameters are {weights.dtype}/"
+                                      f"{biases.dtype}, other layers' {self.dtype}")
+                if weights.ndim != 2 or weights.shape[0] != width:
+                    raise Unsupported(f"layer {index}'s weights have shape {weights.shape}, "
+                                      f"its input has {width} columns")
+                if biases.shape not in ((1, weights.shape[1]), (weights.shape[1],)):
+                    raise Unsupported(f"layer {index}'s biases have shape {biases.shape}, "
+                                      f"its weights {weights.shape}")
+                width = weights.shape[1]
+                row[step.WEIGHTS] = self.n_params
+                self.n_params += weights.size + width
+                self.dense.append((index, layer))
+            elif kind == step.DROPOUT:
+                row[step.SEED] = layer.seed
+                row[step.STEP] = layer.step
+                self.dropout.append((index, layer))
+            row[step.WIDTH] = width
+            rows.append(row)
+        if not self.dense:
+            raise Unsupported("the model has no Dense layer")
+        self.program = np.array(rows, np.int64).reshape(len(rows), step.N_FIELDS)
+        self.floats = np.zeros((len(rows), step.N_FLOATS), np.float64)
+        for index, layer in self.dense:
+            self.floats[index] = (layer.weight_regularizer_l1, layer.weight_regularizer_l2,
+                                  layer.bias_regularizer_l1, layer.bias_regularizer_l2, 0.0)
+        for index, layer in self.dropout:
+            self.floats[index, step.RATE] = layer.rate
+        self.n_outputs = width
+        last = self.program[-1, step.KIND]
+        if last == step.LINEAR and len(rows) == 1:
+            raise Unsupported("the model is a single Linear layer")
+        first_dense = self.dense[0][0]
+        for index in range(len(rows)):
+            self.program[index, step.NEEDS_DINPUTS] = int(index > first_dense)
+        self._loss_and_accuracy()
+        self.optimizer = None
+
+    def _loss_and_accuracy(self):
+        from loopnet.accuracy import BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy
+        from loopnet.losses import (BinaryCrossentropy, CategoricalCrossentropy,
+                                    MeanAbsoluteError, MeanSquaredError)
+
+        step = self.step
+        model = self.model
+        losses = ((CategoricalCrossentropy, step.CATEGORICAL_CROSSENTROPY),
+                  (BinaryCrossentropy, step.BINARY_CROSSENTROPY),
+                  (MeanSquaredError, step.MEAN_SQUARED_ERROR),
+                  (MeanAbsoluteError, step.MEAN_ABSOLUTE_ERROR))
+        self.loss = None
+        if model.loss is not None:
+            cls = _known(model.loss, [c for c, _ in losses], ("forward", "backward", "calculate",
+                                                               "regularization_loss"))
+            if cls is None:
+                raise Unsupported(f"the loss {_describe(model.loss)} is not one of loopnet's")
+            self.loss = dict(losses)[cls]
+        accuracies = ((CategoricalAccuracy, step.CATEGORICAL_ACCURACY),
+                      (BinaryAccuracy, step.BINARY_ACCURACY),
+                      (RegressionAccuracy, step.REGRESSION_ACCURACY))
+        self.accuracy = step.NO_ACCURACY
+        if model.accuracy is not None:
+            cls = _known(model.accuracy, [c for c, _ in accuracies], ("compare", "calculate"))
+            if cls is None:
+                raise Unsupported(f"the accuracy {_describe(model.accuracy)} is not one of "
+                                  "loopnet's")
+            self.accuracy = dict(accuracies)[cls]
+            if cls is CategoricalAccuracy and model.accuracy.binary:
+                self.accuracy = step.BINARY_ACCURACY
+        self.fused_softmax = int(self.loss == step.CATEGORICAL_CROSSENTROPY
+                                 and model.softmax_classifier_output is not None
+                                 and self.program[-1, step.KIND] == step.SOFTMAX)
+
+    def check_optimizer(self):
+        """The optimizer's code in ``loopnet.kernels.step``, or ``Unsupported``."""
+        from loopnet.optimizers import SGD, Adagrad, Adam, RMSprop
+
+        step = self.step
+        optimizer = self.model.optimizer
+        if optimizer is not None:
+            optimizers = (SGD, Adagrad, RMSprop, Adam)
+            cls = _known(optimizer, optimizers, ("update_params", "pre_update_params",
+                                                 "post_update_params"))
+            if cls is None:
+                raise Unsupported(f"the optimizer {_describe(optimizer)} is not one of "
+                                  "loopnet's")
+            self.optimizer = {SGD: step.SGD, Adagrad: step.ADAGRAD, RMSprop: step.RMSPROP,
+                              Adam: step.ADAM}[cls]
+            if cls is SGD and optimizer.momentum:
+                self.optimizer = step.SGD_MOMENTUM
+
+    # --- targets --------------------------------------------------------------------------------
+
+    def targets(self, y, n_samples, name="y"):
+        """``(class indices, values)`` for the loss and the accuracy, validated and converted
+        as the layered ops would (the same errors, raised before anything runs)."""
+        step = self.step
+        empty_index = np.zeros(0, np.intp)
+        empty_values = np.zeros((0, self.n_outputs), self.dtype)
+        if y is None:
+            return empty_index, empty_values
+        _check_array(y, name)
+        shape = (n_samples, self.n_outputs)
+        index, values = empty_index, empty_values
+        if (self.loss == step.CATEGORICAL_CROSSENTROPY
+                or self.accuracy == step.CATEGORICAL_ACCURACY):
+            index = ops._class_targets(y, n_samples, self.n_outputs, shape)
+        if (self.loss in (step.BINARY_CROSSENTROPY, step.MEAN_SQUARED_ERROR,
+                          step.MEAN_ABSOLUTE_ERROR)
+                or self.accuracy in (step.BINARY_ACCURACY, step.REGRESSION_ACCURACY)):
+            values = np.ascontiguousarray(ops._targets_like(y, shape, self.dtype))
+        return index, values
+
+
+def _round_up(n, multiple):
+    return -(-n // multiple) * multiple
+
+
+class CompiledRun:
+    """The buffers of one ``Model.train`` / ``evaluate`` / ``predict`` call."""
+
+    def __init__(self, program: Program, X, batch_size, val_rows, val_batch_size):
+        from loopnet.backends import cpu
+        from loopnet.kernels import dense_fast as fast
+
+        step = program.step
+        self.cpu = cpu
+        self.program = program
+        self.step = step
+        dtype = program.dtype
+        self.X = X
+        n_samples = X.shape[0]
+        self.batch_size = max(1, min(batch_size or n_samples, n_samples)) if n_samples else 1
+        self.val_batch_size = max(1, min(val_batch_size or val_rows, val_rows)) if val_rows else 1
+        rows = max(self.batch_size, self.val_batch_size)
+        align = 64 // dtype.itemsize  # a region per 64-byte line: aligned for vector loads
+        table = program.program
+        n_layers = table.shape[0]
+        kinds = [(step.TRAIN_FULL, self.batch_size),
+                 (step.TRAIN_LAST, n_samples - (self.steps_per_epoch() - 1) * self.batch_size
+                  if n_samples else self.batch_size),
+                 (step.VAL_FULL, self.val_batch_size),
+                 (step.VAL_LAST, val_rows - (-(-val_rows // self.val_batch_size) - 1)
+                  * self.val_batch_size if val_rows else self.val_batch_size)]
+        self.plans = np.zeros((n_layers, 4, 6), np.int64)
+        offset = 0
+        previous = -1
+        panels = 0
+        dweights_t = 0
+        packed = 0
+        self.uses_broadcast = False
+        for l in range(n_layers):
+            width_in, width = int(table[l, step.WIDTH_IN]), int(table[l, step.WIDTH])
+            table[l, step.IN] = previous
+            if table[l, step.KIND] == step.LINEAR and previous >= 0:
+                table[l, step.OUT] = previous   # the identity: the same block
+            else:
+                table[l, step.OUT] = offset
+                offset += _round_up(rows * width, align)
+            previous = int(table[l, step.OUT])
+            if table[l, step.KIND] != step.DENSE:
+                continue
+            reads_transpose = False
+            for kind, m in kinds:
+                plan = cpu.dense_plan(max(m, 1), width_in, width)
+                self.plans[l, kind] = (plan.forward.form, plan.forward.parallel,
+                                       plan.dweights.form, plan.dweights.parallel,
+                                       plan.dinputs.form, plan.dinputs.parallel)
+                training = kind in (step.TRAIN_FULL, step.TRAIN_LAST)
+                for product in (plan.forward, plan.dweights, plan.dinputs):
+                    self.uses_broadcast |= product.form == fast.BROADCAST
+                if plan.forward.form == fast.BROADCAST:
+                    panels = max(panels, -(-width // 64) * width_in * 64)
+                if plan.forward.form == fast.DOT_TILES:
+                    reads_transpose = True
+                if not training:
+                    continue
+                if plan.dweights.form == fast.BROADCAST:
+                    panels = max(panels, -(-width // 64) * m * 64)
+                if plan.dweights.form == fast.NARROW:
+                    dweights_t = max(dweights_t, width * width_in)
+                if table[l, step.NEEDS_DINPUTS]:
+                    if plan.dinputs.form == fast.BROADCAST:
+                        panels = max(panels, -(-width_in // 64) * width * 64)
+                    if plan.dinputs.form == fast.NARROW:
+                        reads_transpose = True
+            if reads_transpose:
+                table[l, step.PACKED] = packed
+                packed += _round_up(width * width_in, align)
+        self.acts = cpu.aligned_empty(max(offset, 1), dtype)
+        self.dacts = cpu.aligned_empty(max(offset, 1), dtype)
+        self.packed = cpu.aligned_empty(max(packed, 1), dtype)
+        settings = np.zeros(step.N_SETTINGS, np.int64)
+        scratch = _round_up(panels, align)
+        settings[step.DWEIGHTS_T] = scratch
+        scratch += _round_up(dweights_t, align)
+        for index, _ in program.dropout:
+            table[index, step.MASK] = scratch
+            scratch += _round_up(rows * int(table[index, step.WIDTH]), align)
+        settings[step.SAMPLE_LOSSES] = scratch
+        scratch += _round_up(rows, align)
+        settings[step.CORRECT] = scratch
+        scratch += rows * program.n_outputs
+        self.scratch = cpu.aligned_empty(scratch, dtype)
+        self.scratch[...] = 0
+        settings[step.PARALLEL_MIN_ELEMENTS] = cpu.PARALLEL_MIN_ELEMENTS
+        settings[step.N_PARAMS] = program.n_params
+        settings[step.LOSS] = step.NO_LOSS if getattr(program, "loss", None) is None \
+            else program.loss
+        settings[step.ACCURACY] = getattr(program, "accuracy", step.NO_ACCURACY)
+        settings[step.OPTIMIZER] = getattr(program, "optimizer", None) or 0
+        settings[step.FUSED_SOFTMAX] = getattr(program, "fused_softmax", 0)
+        self.settings = settings
+        self.params = cpu.aligned_empty(program.n_params, dtype)
+        self.grads = cpu.aligned_empty(program.n_params, dtype)
+        self.state_1 = np.zeros(program.n_params if _uses_state(program, 1) else 1, dtype)
+        self.state_2 = np.zeros(program.n_params if _uses_state(program, 2) else 1, dtype)
+        self.hyper = np.zeros(step.N_HYPER, np.float64)
+        n_inputs = int(table[0, step.WIDTH_IN])
+        self.rows = cpu.aligned_empty((self.batch_size, n_inputs), dtype)
+        self.targets = np.zeros(self.batch_size, np.intp)
+        self.values = np.zeros((self.batch_size, program.n_outputs), dtype)
+        self.compile_time = 0.0
+
+    def steps_per_epoch(self):
+        n_samples = self.X.shape[0]
+        return -(-n_samples // self.batch_size) if n_samples else 0
+
+    # --- moving parameters in and out ----------------------------------------------------------
+
+    def load(self):
+        """Copy the layers' parameters (and the optimizer's state) into the flat buffers."""
+        step = self.step
+        table = self.program.program
+        optimizer = self.program.model.optimizer
+        names = optimizer.state_names if optimizer is not None else ()
+        for index, layer in self.program.dense:
+            start = int(table[index, step.WEIGHTS])
+            for params, prefix in ((layer.weights, "weight"), (layer.biases, "bias")):
+                size = params.size
+                self.params[start:start + size] = params.reshape(-1)
+                for buffer, name in zip((self.state_1, self.state_2), names):
+                    state = optimizer._state(layer, f"{prefix}_{name}", params)
+                    buffer[start:start + size] = np.asarray(state).reshape(-1)
+                start += size
+        self.refresh_packed()
+
+    def refresh_packed(self):
+        step = self.step
+        table = self.program.program
+        for index, layer in self.program.dense:
+            if table[index, step.PACKED] >= 0:
+                width_in, width = layer.weights.shape
+                start = int(table[index, step.PACKED])
+                self.packed[start:start + width * width_in] = layer.weights.T.reshape(-1)
+
+    def store(self, gradients: bool):
+        """Copy the flat buffers back into the layers' own arrays (in place)."""
+        step = self.step
+        table = self.program.program
+        optimizer = self.program.model.optimizer
+        names = optimizer.state_names if optimizer is not None else ()
+        for index, layer in self.program.dense:
+            start = int(table[index, step.WEIGHTS])
+            for params, prefix, grad_name in ((layer.weights, "weight", "dweights"),
+                                              (layer.biases, "bias", "dbiases")):
+                size = params.size
+                params.reshape(-1)[...] = self.params[start:start + size]
+                for buffer, name in zip((self.state_1, self.state_2), names):
+                    getattr(layer, f"{prefix}_{name}").reshape(-1)[...] = \
+                        buffer[start:start + size]
+                if gradients:
+                    grad = getattr(layer, grad_name, None)
+                    if (not isinstance(grad, np.ndarray) or grad.shape != params.shape
+                            or grad.dtype != params.dtype or not grad.flags.writeable):
+                        grad = np.zeros(params.shape, params.dtype)
+                        setattr(layer, grad_name, grad)
+                    grad.reshape(-1)[...] = self.grads[start:start + size]
+                start += size
+        for index, layer in self.program.dropout:
+            layer.step = int(table[index, step.STEP])
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def _kernel(self):
+        return self.cpu.training_step(self.uses_broadcast, self._work_per_step())
+
+    def _work_per_step(self):
+        table = self.program.program
+        return self.batch_size * sum(int(table[i, self.step.WIDTH_IN] * table[i, self.step.WIDTH])
+                                     for i, _ in self.program.dense)
+
+    def call(self, n_epochs, orders, y_index, y_values, X_val, y_val_index, y_val_values,
+             predictions):
+        """One ``train_block`` call; returns ``(step_log, epoch_log, failed)``."""
+        step = self.step
+        n_steps = self.steps_per_epoch()
+        step_log = np.zeros((max(n_epochs * n_steps, 1), step.N_STEP_LOG), np.float64)
+        epoch_log = np.zeros((max(n_epochs, 1), step.N_EPOCH_LOG), np.float64)
+        args = (self.X, y_index, y_values, orders, self.batch_size, n_epochs,
+                self.program.program, self.plans, self.program.floats, self.settings,
+                self.hyper, self.params, self.grads, self.state_1, self.state_2, self.acts,
+                self.dacts, self.packed, self.scratch, self.rows, self.targets, self.values,
+                X_val, y_val_index, y_val_values, self.val_batch_size, predictions, step_log,
+                epoch_log)
+        kernel = self._kernel()
+        self.compile_time += self.cpu.compile_for(kernel, args)
+        failed = int(kernel(*args))
+        return step_log, epoch_log, failed
+
+
+def _uses_state(program, which):
+    step = program.step
+    optimizer = getattr(program, "optimizer", None)
+    if optimizer in (step.SGD, None):
+        return False
+    if which == 2:
+        return optimizer == step.ADAM
+    return True
+
+
+# --- The three entry points -----------------------------------------------------------------------
+
+def _inputs(program, X, name="X"):
+    _check_array(X, name)
+    if X.ndim != 2:
+        raise Unsupported(f"{name} is {X.ndim}-D")
+    if X.dtype.kind not in "biuf":
+        raise Unsupported(f"{name} has dtype {X.dtype}")
+    width = int(program.program[0, program.step.WIDTH_IN])
+    if X.shape[1] != width:
+        raise Unsupported(f"{name} has {X.shape[1]} columns, the first layer takes {width}")
+    if X.dtype != program.dtype and program.program[0, program.step.KIND] != program.step.DENSE:
+        raise Unsupported(f"{name} is {X.dtype} and the first layer is not Dense")
+    return np.ascontiguousarray(X, dtype=program.dtype)
+
+
+def _model_dtype(model):
+    for layer in model.layers:
+        weights = getattr(layer, "weights", None)
+        if weights is not None:
+            return np.dtype(getattr(weights, "dtype", np.float32))
+    raise Unsupported("the model has no Dense layer")
+
+
+def prepare_training(model, X, y, batch_size, validation_data):
+    """A ``Trainer`` for this ``Model.train`` call, or ``Unsupported`` saying why not."""
+    if not enabled():
+        raise Unsupported(f"{ENV_VAR}=0")
+    _check_device(model)
+    program = Program(model, _model_dtype(model), np.shape(X)[1] if np.ndim(X) == 2 else -1)
+    if model.optimizer is None or model.loss is None:
+        raise Unsupported("the model has no loss or no optimizer")
+    program.check_optimizer()
+    X = _inputs(program, X)
+    y_index, y_values = program.targets(y, X.shape[0])
+    X_val = np.zeros((0, X.shape[1]), program.dtype)
+    val_index = np.zeros(0, np.intp)
+    val_values = np.zeros((0, program.n_outputs), program.dtype)
+    if validation_data is not None:
+        X_val = _inputs(program, validation_data[0], "X_val")
+        val_index, val_values = program.targets(validation_data[1], X_val.shape[0], "y_val")
+    run = CompiledRun(program, X, batch_size, X_val.shape[0], batch_size)
+    return Trainer(run, y_index, y_values, X_val, val_index, val_values)
+
+
+class Trainer:
+    """Runs ``Model.train``'s epochs in blocks and gives them back one at a time."""
+
+    def __init__(self, run: CompiledRun, y_index, y_values, X_val, val_index, val_values):
+        self.run = run
+        self.y_index, self.y_values = y_index, y_values
+        self.X_val, self.val_index, self.val_values = X_val, val_index, val_values
+        self.no_predictions = np.zeros((0, run.program.n_outputs), run.program.dtype)
+        self.pending = []
+        self.failure = None
+
+    @property
+    def steps(self):
+        return self.run.steps_per_epoch()
+
+    def block_size(self, remaining, one_at_a_time):
+        if one_at_a_time:
+            return 1
+        work = 3 * self.run._work_per_step() * max(1, self.steps)
+        if self.X_val.shape[0]:
+            work += self.run._work_per_step() * -(-self.X_val.shape[0] // self.run.batch_size)
+        return max(1, min(remaining, BLOCK_WORK // max(1, work)))
+
+    def train(self, orders):
+        """Run ``len(orders)`` epochs (``orders`` (n_epochs, n) row orders, or ``None`` rows for
+        epochs in order); returns a list of per-epoch records; a divergence stops the block
+        and leaves ``self.failure`` = (epoch within the block, step)."""
+        run = self.run
+        model = run.program.model
+        optimizer = model.optimizer
+        step = run.step
+        n_epochs = len(orders)
+        n_samples = run.X.shape[0]
+        if all(order is None for order in orders):
+            order_array = np.arange(n_samples, dtype=np.intp)[None, :]
+        else:
+            order_array = np.stack([np.arange(n_samples, dtype=np.intp) if o is None
+                                    else np.asarray(o, dtype=np.intp) for o in orders])
+        run.hyper[:] = 0
+        run.hyper[step.LEARNING_RATE] = optimizer.learning_rate
+        run.hyper[step.CURRENT_LEARNING_RATE] = optimizer.current_learning_rate
+        run.hyper[step.DECAY] = optimizer.decay
+        for name, field in (("epsilon", step.EPSILON), ("beta_1", step.BETA_1),
+                            ("beta_2", step.BETA_2), ("momentum", step.MOMENTUM),
+                            ("rho", step.RHO)):
+            run.hyper[field] = getattr(optimizer, name, 0.0)
+        accuracy = model.accuracy
+        if getattr(accuracy, "precision", None) is not None:
+            run.hyper[step.PRECISION] = accuracy.precision
+        run.settings[step.ITERATIONS] = optimizer.iterations
+        run.load()
+        step_log, epoch_log, failed = run.call(
+            n_epochs, order_array, self.y_index, self.y_values, self.X_val, self.val_index,
+            self.val_values, self.no_predictions)
+        run.store(gradients=True)
+        optimizer.iterations = int(run.settings[step.ITERATIONS])
+        optimizer.current_learning_rate = float(run.hyper[step.CURRENT_LEARNING_RATE])
+        steps = self.steps
+        done = n_epochs if failed < 0 else failed // steps
+        records = []
+        for epoch in range(done):
+            rows = step_log[epoch * steps:(epoch + 1) * steps]
+            records.append(EpochRecord(rows, run.batch_size, n_samples, epoch_log[epoch],
+                                       bool(self.X_val.shape[0])))
+        if failed >= 0:
+            self.failure = (failed // steps, failed % steps, step_log[failed])
+        return records
+
+
+class EpochRecord:
+    """One epoch of the compiled step, as the layered path's numbers: per step ``(data_loss,
+    accuracy, regularization_loss, learning_rate, n_rows)``, the penalty after the epoch's last
+    update, and the validation loss and accuracy (when there was validation data)."""
+
+    def __init__(self, rows, batch_size, n_samples, epoch_row, validated):
+        from loopnet.kernels import step
+
+        self.steps = []
+        for k, row in enumerate(rows):
+            m = min(batch_size, n_samples - k * batch_size)
+            self.steps.append((float(row[step.STEP_DATA_LOSS]), float(row[step.STEP_ACCURACY]),
+                               float(row[step.STEP_REGULARIZATION]),
+                               float(row[step.STEP_LEARNING_RATE]), m))
+        self.final_regularization = float(epoch_row[step.EPOCH_REGULARIZATION])
+        self.validation = ((float(epoch_row[step.EPOCH_VAL_LOSS]),
+                            float(epoch_row[step.EPOCH_VAL_ACCURACY])) if validated else None)
+
+
+def forward_only(model, X, y=None, *, batch_size=None, outputs=False):
+    """``Model.evaluate`` (``y`` given: ``(loss, accuracy)``) or ``Model.predict``
+    (``outputs=True``: the outputs) through the compiled step; ``Unsupported`` when the model
+    is not one it covers."""
+    if not enabled():
+        raise Unsupported(f"{ENV_VAR}=0")
+    _check_device(model)
+    program = Program(model, _model_dtype(model), np.shape(X)[1] if np.ndim(X) == 2 else -1)
+    X = _inputs(program, X)
+    n = X.shape[0]
+    y_index, y_values = program.targets(y, n) if y is not None else program.targets(None, n)
+    if y is None:
+        program.loss = None
+        program.accuracy = program.step.NO_ACCURACY
+    run = CompiledRun(program, np.zeros((0, X.shape[1]), program.dtype), None, n, batch_size)
+    run.load()
+    predictions = (np.zeros((n, program.n_outputs), program.dtype) if outputs
+                   else np.zeros((0, program.n_outputs), program.dtype))
+    _, epoch_log, _ = run.call(0, np.zeros((1, 0), np.intp), np.zeros(0, np.intp),
+                               np.zeros((0, program.n_outputs), program.dtype), X, y_index,
+                               y_values, predictions)
+    if outputs:
+        return predictions
+    step = program.step
+    return float(epoch_log[0, step.EPOCH_VAL_LOSS]), float(epoch_log[0, step.EPOCH_VAL_ACCURACY])
+
+
+_warned: set = set()
+
+
+def warn_layered(model, reason: str) -> None:
+    """Say once per model and reason that ``Model.train`` takes the layered path on cpu."""
+    key = (id(model), reason)
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(f"training on the layered path (one op at a time, slower): {reason}",
+                  SlowPathWarning, stacklevel=3)
