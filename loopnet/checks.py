@@ -136,11 +136,6 @@ def output_dtype(model):
     return dense[-1].dtype if dense else np.dtype(np.float32)
 
 
-def _target_form(y) -> tuple:
-    """The per-sample shape of targets; class indices (n,) and one column (n, 1) agree."""
-    return tuple(y.shape[1:]) or (1,)
-
-
 def check_validation_data(model, validation_data, y):
     """``validation_data`` as a pair ``(X_val, y_val)`` of arrays that fit the model and the
     training targets ``y``, or ``None``; a ``TypeError``/``ValueError`` before training
@@ -163,7 +158,7 @@ def check_validation_data(model, validation_data, y):
     if X_val.shape[0] == 0:
         raise ValueError(f"validation_data is empty (X_val shape {tuple(X_val.shape)})")
     check_model(model, X_val, name="X_val")
-    if _target_form(y_val) != _target_form(y):
+    if tuple(y_val.shape[1:]) != tuple(y.shape[1:]):
         raise ValueError(f"y_val has shape {tuple(y_val.shape)} but y has shape "
                          f"{tuple(y.shape)}: validation targets must have the training "
                          "targets' form (class indices, one-hot rows or target columns)")

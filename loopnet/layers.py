@@ -220,7 +220,8 @@ class Dense(Layer):
             return array if array.dtype == self.dtype else ops._contiguous(array, self.dtype)
         if not (array.dtype == self.dtype and array.flags.c_contiguous
                 and array.flags.writeable):
-            converted = np.array(array, dtype=self.dtype, order="C", copy=True)
+            with np.errstate(over="ignore"):      # (reported below, with the values)
+                converted = np.array(array, dtype=self.dtype, order="C", copy=True)
             if (array.dtype != self.dtype and not np.isfinite(converted).all()
                     and np.isfinite(array).all()):
                 raise ValueError(f"{name} hold values beyond the range of {self.dtype} "

@@ -404,8 +404,9 @@ class Model:
 
     @staticmethod
     def load(path, *, device: str | None = None) -> "Model":
-        """Rebuild a model written by ``save`` (bit-exact parameters and optimizer state);
-        ``device=`` puts every layer, the loss and the accuracy on that device."""
+        """Rebuild a model written by ``save`` (bit-exact parameters and optimizer state) from
+        a path or an open binary file; ``device=`` puts every layer, the loss and the accuracy
+        on that device. A damaged or foreign file raises ``loopnet.ModelFileError``."""
         from loopnet import saving
 
         return saving.load_model(path, device=device)

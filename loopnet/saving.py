@@ -209,7 +209,10 @@ def _reject_constant(text):
 
 
 def _describe_value(value) -> str:
-    text = json.dumps(value) if isinstance(value, (dict, list, str)) else repr(value)
+    try:
+        text = json.dumps(value)      # as the file spells it: true, null, "text"
+    except (TypeError, ValueError):
+        text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
