@@ -98,11 +98,12 @@ def _pass_through(layer) -> bool:
 def check_model(model, X=None, *, name: str = "X"):
     """Check every trainable layer (``check_layer``), that consecutive Dense layers' sizes
     chain (through activations and dropout), and that ``X`` (when given) is 2-D and as wide
-    as the first layer. Returns the model's output width when it is known, else None."""
+    as the first Dense layer. Returns the model's output width when it is known, else None."""
     from loopnet.layers import Dense
 
     width, source = None, None
-    if X is not None and model.layers and isinstance(model.layers[0], Dense):
+    first = next((layer for layer in model.layers if not _pass_through(layer)), None)
+    if X is not None and isinstance(first, Dense):
         shape = tuple(getattr(X, "shape", ()))
         if len(shape) != 2:
             raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {shape}"

@@ -305,9 +305,13 @@ def _archive_members(archive, name: str, size: int) -> dict:
     return members
 
 
-def _read_npy(archive, info, key: str, description: dict, name: str) -> np.ndarray:
-    """One ``.npy`` member, checked against its ``description`` before anything is allocated."""
-    shape, dtype = tuple(description["shape"]), np.dtype(description["dtype"])
+def _read_npy(archive, info, key: str, name: str, description: dict | None = None) -> np.ndarray:
+    """One ``.npy`` member, checked against its ``description`` (shape, dtype, SHA-256) before
+    anything is allocated; without one (the header), a 1-D uint8 array of any length."""
+    if description is None:
+        shape, dtype = None, np.dtype(np.uint8)
+    else:
+        shape, dtype = tuple(description["shape"]), np.dtype(description["dtype"])
     with archive.open(info) as member:
         version = np.lib.format.read_magic(member)
         if version == (1, 0):
@@ -316,6 +320,8 @@ def _read_npy(archive, info, key: str, description: dict, name: str) -> np.ndarr
             stored_shape, fortran, stored_dtype = np.lib.format.read_array_header_2_0(member)
         else:
             raise ModelFileError(f"{name}: array {key!r} has .npy format version {version}")
+        if shape is None and len(stored_shape) == 1:
+            shape = tuple(stored_shape)
         if (tuple(stored_shape) != shape or stored_dtype != dtype
                 or (fortran and len(shape) > 1)):
             raise ModelFileError(f"{name}: array {key!r} has shape {tuple(stored_shape)} and "
@@ -335,7 +341,7 @@ def _read_npy(archive, info, key: str, description: dict, name: str) -> np.ndarr
             filled += len(chunk)
         if member.read(1):      # (reading to the end also checks the member's CRC-32)
             raise ModelFileError(f"{name}: array {key!r} has data after its end")
-    if _digest(array) != description["sha256"]:
+    if description is not None and _digest(array) != description["sha256"]:
         raise ModelFileError(f"{name}: array {key!r} is corrupted (SHA-256 mismatch)")
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
@@ -353,11 +359,7 @@ def _read_archive(handle, name: str, expected_format: str, check):
             raise ModelFileError(f"{name}: no {HEADER!r} header: not a file written by loopnet")
         if info.file_size > MAX_HEADER_BYTES:
             raise ModelFileError(f"{name}: the header claims {info.file_size} bytes")
-        with archive.open(info) as member:
-            blob = np.lib.format.read_array(member, allow_pickle=False)
-        if blob.dtype != np.uint8 or blob.ndim != 1:
-            raise ModelFileError(f"{name}: corrupted header (dtype {blob.dtype}, "
-                                 f"shape {blob.shape})")
+        blob = _read_npy(archive, info, HEADER, name)
         try:
             header = json.loads(blob.tobytes().decode("utf-8"), parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError, RecursionError) as err:
@@ -373,7 +375,7 @@ def _read_archive(handle, name: str, expected_format: str, check):
                                  f"(missing {missing}, unexpected {extra})")
         if check is not None:
             check(header, name)
-        arrays = {key: _read_npy(archive, members[key], key, described[key], name)
+        arrays = {key: _read_npy(archive, members[key], key, name, described[key])
                   for key in described}
     return header, arrays
 

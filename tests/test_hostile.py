@@ -181,6 +181,10 @@ def test_absurd_sizes_fail_before_allocating():
     finally:
         tracemalloc.stop()
     assert peak < 5 * 2**20, peak       # a few MB of Python objects, not 8 TB
+    # the JSON header's own .npy header claiming 10**12 bytes
+    blob = header_bytes({}).replace(b"(2,)", b"(1000000000000,)")
+    with pytest.raises(ModelFileError, match=r"'__loopnet__' holds \d+ bytes of data, its shape \(1000000000000,\)"):
+        loopnet.Model.load(io.BytesIO(crafted_zip({"__loopnet__.npy": blob})))
 
 
 def rewrite(raw: bytes, change) -> bytes:
