@@ -83,7 +83,13 @@ class RegressionAccuracy(Accuracy):
 
     def __init__(self, precision: float | None = None, *, device: str | None = None):
         super().__init__(device)
-        self.precision = None if precision is None else float(precision)
+        if precision is not None:
+            if isinstance(precision, bool) or not isinstance(precision, (int, float, np.number)):
+                raise TypeError(f"precision must be a number >= 0 or None, got {precision!r}")
+            precision = float(precision)
+            if not (precision >= 0 and np.isfinite(precision)):
+                raise ValueError(f"precision must be a finite number >= 0, got {precision}")
+        self.precision = precision
 
     def init(self, y, reinit: bool = False) -> None:
         if self.precision is None or reinit:

@@ -7,7 +7,10 @@
     loopnet explain --list            every op
     loopnet forward                   the notes' forward pass on spiral data, printing the loss
 
-Bad arguments or a bad data file give a one-line error and exit status 2.
+Bad arguments, a bad data or model file, sizes that cannot be allocated and a diverging run
+give a one-line error and exit status 2; output paths and --plot's matplotlib are checked before
+training starts. A closed output pipe (``loopnet predict ... | head -1``) ends the command
+quietly with status 141, as a command killed by SIGPIPE does.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import zipfile
 # Data sets built in (loopnet.datasets) and how the book trains on each.
 DATASETS = ("spiral", "vertical", "sine")
 LABEL_NAMES = ("label", "labels", "y", "class", "target")
+FLOAT32_MAX = 3.4028234663852886e38
+# Status of a command whose output pipe closed (128 + SIGPIPE), as `yes | head -1` leaves it.
+BROKEN_PIPE_STATUS = 141
 
 
 class UsageError(ValueError):
@@ -191,6 +197,7 @@ def _check_data(path, X, y, n_features):
     if bad.any():
         row = int(np.argmax(bad.any(axis=1)))
         raise UsageError(f"data file {path!r}: X has a NaN or infinite value in sample {row}")
+    _check_float32_range(path, "X", X)
     if n_features is not None and X.shape[1] != n_features:
         raise UsageError(f"data file {path!r} has {X.shape[1]} features but the model expects "
                          f"{n_features}")
@@ -206,7 +213,22 @@ def _check_data(path, X, y, n_features):
                              f"{X.shape[0]} samples; expected y of shape ({X.shape[0]},)")
         if not np.isfinite(y).all():
             raise UsageError(f"data file {path!r}: y has a NaN or infinite value")
+        _check_float32_range(path, "y", y)
     return X.astype(np.float32), y
+
+
+def _check_float32_range(path, name, values):
+    """loopnet computes in float32: a value beyond its range (3.4e38) would become inf."""
+    import numpy as np
+
+    if values.dtype.kind != "f" or values.dtype.itemsize <= 4 or values.size == 0:
+        return
+    too_large = np.abs(values) > FLOAT32_MAX
+    if too_large.any():
+        index = np.unravel_index(int(np.argmax(too_large)), values.shape)
+        where = f"sample {index[0]}" + (f", column {index[1]}" if values.ndim > 1 else "")
+        raise UsageError(f"data file {path!r}: {name} has the value {values[index]:g} in {where},"
+                         f" beyond float32's range (+-3.4e38) in which loopnet computes")
 
 
 def _is_classes(y) -> bool:
@@ -271,11 +293,22 @@ def _positive(kind):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text!r}")
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text!r}")
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {2**32 - 2}, "
+                                         f"got {text!r}")
+    return value
 
 
 def _fraction(text):
@@ -298,9 +331,65 @@ def _device(text):
 
 
 def _check_output_path(path, what):
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UsageError(f"{what} {path!r}: directory {directory!r} does not exist")
+    """``path`` can be written (checked before any work, so a long run is not lost)."""
+    from loopnet.saving import check_writable
+
+    try:
+        check_writable(path, what)
+    except OSError as err:
+        raise UsageError(str(err)) from None
+
+
+def _check_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        raise UsageError(f"--plot needs matplotlib, which cannot be imported ({err}); install "
+                         "it (pip install matplotlib) or leave out --plot") from None
+
+
+def _memory_limit() -> int:
+    """This machine's physical memory in bytes (1 TiB where it cannot be found)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 2**40
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n_bytes < 1000 or unit == "PB":
+            return f"{n_bytes:.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return ""  # pragma: no cover
+
+
+def _check_sizes(n_samples, n_features, hidden, n_outputs, batch_size, *, outputs_from):
+    """A rough count of the bytes a run allocates - parameters with their gradients, Adam's
+    state and a transposed copy, activations and their gradients for a batch, the data - and a
+    ``UsageError`` naming the sizes responsible when it exceeds this machine's memory, before
+    anything is allocated. ``outputs_from`` says where the output width comes from."""
+    widths = [n_features, *hidden, n_outputs]
+    n_parameters = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+    batch = n_samples if batch_size is None else min(batch_size, n_samples)
+    layers = " -> ".join(f"Dense({a}, {b})" for a, b in zip(widths, widths[1:]))
+    parts = [
+        (4 * 5 * n_parameters, f"the {n_parameters:,} parameters of {layers} and their "
+                               f"optimizer state ({outputs_from})"),
+        (4 * 4 * batch * sum(widths), f"the activations of {batch:,} samples at a time "
+                                      f"({'--batch-size' if batch_size else 'the whole data set'})"
+                                      f" through layers of {', '.join(map(str, widths))} units"),
+        (4 * 3 * n_samples * (n_features + 1), f"{n_samples:,} samples of {n_features} features"),
+    ]
+    total = sum(n_bytes for n_bytes, _ in parts)
+    limit = _memory_limit()
+    if total <= limit:
+        return
+    parts.sort(key=lambda part: -part[0])
+    culprits = "; ".join(f"{_size(n_bytes)} for {what}" for n_bytes, what in parts
+                         if n_bytes >= total / 100)
+    raise UsageError(f"this run would need about {_size(total)} of memory, more than this "
+                     f"machine's {_size(limit)}: {culprits}")
 
 
 def build_model(n_inputs: int, n_outputs: int, hidden, *, regression: bool, learning_rate,
@@ -349,6 +438,7 @@ def _train(args) -> int:
         _check_output_path(args.save, "--save")
     if args.plot:
         _check_output_path(args.plot, "--plot")
+        _check_matplotlib()
     if args.data:
         X, y = load_data(args.data, label_column=args.label_column)
         source = args.data
@@ -362,6 +452,12 @@ def _train(args) -> int:
     else:
         if args.label_column is not None:
             raise UsageError("--label-column needs --data")
+        regression = args.dataset == "sine"
+        n_samples = args.samples * (1 if regression else args.classes)
+        _check_sizes(n_samples + n_samples // 10, 1 if regression else 2,
+                     args.hidden or ([64, 64] if regression else [64]),
+                     1 if regression else args.classes, args.batch_size,
+                     outputs_from="1 output" if regression else f"--classes {args.classes}")
         X, y, X_test, y_test = _builtin_data(args)
         source = args.dataset
         regression = args.dataset == "sine"
@@ -370,8 +466,13 @@ def _train(args) -> int:
         n_outputs = y.shape[1]
         what = f"{n_outputs} regression target{'s' if n_outputs > 1 else ''}"
     else:
+        largest = max(float(np.max(y)), float(np.max(y_test)))
+        if largest >= 2**31:
+            raise UsageError(f"{source}: the labels go up to {largest:g}, so a classifier would "
+                             f"need {largest + 1:.0f} classes; for numeric targets use "
+                             "--task regression")
+        n_outputs = int(largest) + 1
         y, y_test = (np.asarray(a).astype(np.intp).reshape(-1) for a in (y, y_test))
-        n_outputs = int(max(y.max(), y_test.max())) + 1
         if n_outputs < 2:
             raise UsageError(f"{source}: every label is 0; a classifier needs at least 2 classes")
         what = f"{n_outputs} classes"
@@ -380,6 +481,9 @@ def _train(args) -> int:
     if args.batch_size is not None and args.batch_size > len(X):
         raise UsageError(f"--batch-size {args.batch_size} is larger than the {len(X)} "
                          "training samples")
+    _check_sizes(len(X) + len(X_test), X.shape[1], hidden, n_outputs, args.batch_size,
+                 outputs_from=(f"{n_outputs} regression targets" if regression else
+                               f"labels up to {n_outputs - 1}, so {n_outputs} classes"))
 
     with loopnet.device(args.device):
         model = build_model(X.shape[1], n_outputs, hidden, regression=regression,
@@ -490,11 +594,17 @@ def _predict(args) -> int:
         model = loopnet.Model.load(args.model)
     except (zipfile.BadZipFile, EOFError, KeyError, OSError) as err:
         raise UsageError(f"model file {args.model!r} cannot be read ({err})") from None
+    _check_finite_parameters(args.model, model)
     n_features = _model_inputs(model)
     X, y = load_data(args.data, label_column=args.label_column, require_labels=False,
                      n_features=n_features)
     with loopnet.device(args.device):
         probabilities = np.asarray(loopnet.to_numpy(model.predict(X)))
+    finite = np.isfinite(probabilities).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise UsageError(f"the model's outputs for sample {row} of {args.data!r} are not finite "
+                         "(NaN or inf): its values are too large for this model")
     classes = _is_softmax(model)
     if classes:
         predictions = np.argmax(probabilities, axis=1)
@@ -517,6 +627,19 @@ def _predict(args) -> int:
         accuracy = float(np.mean(predictions == np.asarray(y).reshape(-1)))
         print(f"accuracy against the labels in {args.data}: {accuracy:.3f}", file=sys.stderr)
     return 0
+
+
+def _check_finite_parameters(path, model):
+    import numpy as np
+
+    import loopnet
+
+    for index, layer in enumerate(getattr(model, "layers", None) or []):
+        for name in ("weights", "biases"):
+            values = getattr(layer, name, None)
+            if values is not None and not np.isfinite(loopnet.to_numpy(values)).all():
+                raise UsageError(f"model file {path!r}: the {name} of layer {index} "
+                                 f"({layer!r}) hold NaN or infinite values")
 
 
 def _model_inputs(model):
@@ -624,7 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Adam's learning rate (default 0.05; 0.005 for regression)")
     train.add_argument("--hidden", type=_hidden_sizes, default=None, metavar="N[,N...]",
                        help="hidden layer sizes (default 64; 64,64 for regression)")
-    train.add_argument("--seed", type=int, default=0, help="seeds data, weights and shuffling")
+    train.add_argument("--seed", type=_seed, default=0,
+                       help="seeds data, weights and shuffling")
     train.add_argument("--print-every", type=_positive(int), default=None, metavar="N",
                        help="log every N epochs (default: epochs / 10)")
     train.add_argument("--save", metavar="MODEL.npz", help="save the trained model")
@@ -669,19 +793,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush of what is still
+    buffered does not fail again on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):     # stdout is not a file (a test captures it)
+        pass
+
+
+def _error(message: str) -> None:
+    try:
+        print(message, file=sys.stderr)
+    except (OSError, ValueError):   # stderr itself is closed: nothing more can be said
+        pass
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, RuntimeError, OSError) as err:
-        # One line, no traceback: these are problems with the input, the data or the device.
-        # LOOPNET_DEBUG=1 shows the traceback instead (for bugs in loopnet itself).
+    except BrokenPipeError:
+        # The reader of our output went away (`loopnet predict ... | head -1`): stop quietly.
+        _stdout_to_devnull()
+        return BROKEN_PIPE_STATUS
+    except (ValueError, TypeError, RuntimeError, OSError, ArithmeticError, MemoryError) as err:
+        # One line, no traceback: these are problems with the input, the data, the device, a
+        # diverging run (FloatingPointError) or a size beyond memory. LOOPNET_DEBUG=1 shows
+        # the traceback instead (for bugs in loopnet itself).
         if os.environ.get("LOOPNET_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"loopnet: error: {message}", file=sys.stderr)
+        if isinstance(err, MemoryError):
+            message = f"out of memory{': ' + message if str(err).strip() else ''}"
+        _error(f"loopnet: error: {message}")
         return 2
     except KeyboardInterrupt:
-        print("loopnet: interrupted", file=sys.stderr)
+        _error("loopnet: interrupted")
         return 130

@@ -13,6 +13,11 @@ import numpy as np
 from loopnet.layers import _positive_int
 
 
+def _label_dtype(classes: int) -> np.dtype:
+    """uint8 (nnfs's labels) while the class indices fit in it, else a wider unsigned type."""
+    return np.promote_types(np.uint8, np.min_scalar_type(classes - 1))
+
+
 def _randn(seed):
     return np.random.randn if seed is None else np.random.RandomState(seed).randn
 
@@ -20,13 +25,14 @@ def _randn(seed):
 def spiral_data(samples: int, classes: int, *, seed=None, dtype=np.float32):
     """``classes`` interleaved spiral arms of ``samples`` points each (Karpathy's cs231n data).
 
-    Returns ``X`` (samples * classes, 2) of ``dtype`` and ``y`` (samples * classes,) uint8.
+    Returns ``X`` (samples * classes, 2) of ``dtype`` and ``y`` (samples * classes,): uint8 as
+    nnfs returns it, or the smallest unsigned integer type that holds every class past 256.
     """
     samples = _positive_int(samples, "samples")
     classes = _positive_int(classes, "classes")
     randn = _randn(seed)
     X = np.zeros((samples * classes, 2))
-    y = np.zeros(samples * classes, dtype="uint8")
+    y = np.zeros(samples * classes, dtype=_label_dtype(classes))
     for class_number in range(classes):
         ix = range(samples * class_number, samples * (class_number + 1))
         r = np.linspace(0.0, 1, samples)
@@ -37,12 +43,13 @@ def spiral_data(samples: int, classes: int, *, seed=None, dtype=np.float32):
 
 
 def vertical_data(samples: int, classes: int, *, seed=None, dtype=np.float32):
-    """``classes`` vertical blobs of ``samples`` points each. Returns ``X`` (n, 2), ``y`` (n,)."""
+    """``classes`` vertical blobs of ``samples`` points each. Returns ``X`` (n, 2), ``y`` (n,)
+    (``y`` as ``spiral_data`` types it)."""
     samples = _positive_int(samples, "samples")
     classes = _positive_int(classes, "classes")
     randn = _randn(seed)
     X = np.zeros((samples * classes, 2))
-    y = np.zeros(samples * classes, dtype="uint8")
+    y = np.zeros(samples * classes, dtype=_label_dtype(classes))
     for class_number in range(classes):
         ix = range(samples * class_number, samples * (class_number + 1))
         X[ix] = np.c_[randn(samples) * 0.1 + class_number / 3, randn(samples) * 0.1 + 0.5]

@@ -115,6 +115,19 @@ class Dense(Layer):
                  *, dtype=np.float32, seed=None, weight_scale: float = 0.1,
                  device: str | None = None):
         super().__init__(device)
+        self._configure(n_inputs, n_neurons, weight_regularizer_l1, weight_regularizer_l2,
+                        bias_regularizer_l1, bias_regularizer_l2, dtype=dtype,
+                        weight_scale=weight_scale)
+        self.weights = (self.weight_scale
+                        * random_normal((self.n_inputs, self.n_neurons), seed)).astype(self.dtype)
+        self.biases = np.zeros((1, self.n_neurons), dtype=self.dtype)
+        if self.device is not None:  # e.g. device="cuda": the parameters live there from the start
+            self.to(self.device)
+
+    def _configure(self, n_inputs, n_neurons, weight_regularizer_l1=0, weight_regularizer_l2=0,
+                   bias_regularizer_l1=0, bias_regularizer_l2=0, *, dtype=np.float32,
+                   weight_scale=0.1) -> None:
+        """Check and store the constructor's arguments (everything but the parameters)."""
         self.n_inputs = _positive_int(n_inputs, "n_inputs")
         self.n_neurons = _positive_int(n_neurons, "n_neurons")
         self.dtype = _float_dtype(dtype)
@@ -126,11 +139,17 @@ class Dense(Layer):
         self.bias_regularizer_l2 = _regularizer(bias_regularizer_l2, "bias_regularizer_l2")
         # The notes draw 0.1 * randn; the book's later chapters use 0.01 (weight_scale=0.01).
         self.weight_scale = _regularizer(weight_scale, "weight_scale")
-        self.weights = (self.weight_scale
-                        * random_normal((self.n_inputs, self.n_neurons), seed)).astype(self.dtype)
-        self.biases = np.zeros((1, self.n_neurons), dtype=self.dtype)
-        if self.device is not None:  # e.g. device="cuda": the parameters live there from the start
-            self.to(self.device)
+
+    @classmethod
+    def from_parameters(cls, weights, biases, **config) -> "Dense":
+        """A layer built from ``config`` (``get_config()``'s keys) around existing ``weights``
+        and ``biases``, drawing no random numbers (``Model.load`` rebuilds layers this way, so
+        a file's sizes are checked against its arrays before anything is allocated)."""
+        layer = cls.__new__(cls)
+        Layer.__init__(layer)
+        layer._configure(**config)
+        layer.set_parameters(weights, biases)
+        return layer
 
     def forward(self, inputs, training: bool = True):
         """``output = inputs @ weights + biases``, computed by ``ops.dense_forward``."""
@@ -167,15 +186,50 @@ class Dense(Layer):
         return self.weights, self.biases
 
     def set_parameters(self, weights, biases):
-        """Replace ``weights`` and ``biases`` (shapes must match the layer)."""
-        if tuple(weights.shape) != tuple(self.weights.shape):
-            raise ValueError(f"weights have shape {tuple(weights.shape)}, this layer needs "
-                             f"{tuple(self.weights.shape)}")
-        if tuple(biases.shape) != tuple(self.biases.shape):
-            raise ValueError(f"biases have shape {tuple(biases.shape)}, this layer needs "
-                             f"{tuple(self.biases.shape)}")
-        self.weights = weights
-        self.biases = biases
+        """Replace ``weights`` (shape ``(n_inputs, n_neurons)``) and ``biases`` (``(1, n_neurons)``
+        or ``(n_neurons,)``): arrays or nested lists of numbers, converted to the layer's dtype
+        as C-contiguous writeable arrays (an array already in that form is kept, not copied).
+        A wrong shape raises ``ValueError`` naming both shapes; the layer is then unchanged."""
+        self.weights, self.biases = self.checked_parameters(weights, biases)
+
+    def checked_parameters(self, weights, biases):
+        """``(weights, biases)`` as ``set_parameters`` would store them, without storing them
+        (so a caller setting many layers can check them all first)."""
+        return (self._parameter(weights, "weights", (self.n_inputs, self.n_neurons)),
+                self._parameter(biases, "biases", (1, self.n_neurons)))
+
+    def _parameter(self, value, name: str, shape: tuple):
+        what = "(n_inputs, n_neurons)" if name == "weights" else "(1, n_neurons)"
+        on_device = ops._is_device_array(value)
+        if on_device:
+            array = value
+        else:
+            try:
+                array = np.asarray(value)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{name} must be an array of numbers of shape {shape}: {err}") \
+                    from None
+            if array.dtype.kind not in "iuf":
+                raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+        if name == "biases" and tuple(array.shape) == shape[1:]:
+            array = array.reshape(shape)
+        if tuple(array.shape) != shape:
+            raise ValueError(f"{name} have shape {tuple(array.shape)}, this layer "
+                             f"({self!r}) needs {shape} {what}")
+        if on_device:
+            return array if array.dtype == self.dtype else ops._contiguous(array, self.dtype)
+        if not (array.dtype == self.dtype and array.flags.c_contiguous
+                and array.flags.writeable):
+            with np.errstate(over="ignore"):      # (reported below, with the values)
+                converted = np.array(array, dtype=self.dtype, order="C", copy=True)
+            if (array.dtype != self.dtype and not np.isfinite(converted).all()
+                    and np.isfinite(array).all()):
+                raise ValueError(f"{name} hold values beyond the range of {self.dtype} "
+                                 f"(largest magnitude {np.abs(array).max():g})")
+            array = converted
+        if ops._is_device_array(getattr(self, name, None)):   # the layer lives on the GPU
+            array = ops.to_device(array, self.device)
+        return array
 
     def get_config(self) -> dict:
         return {
@@ -222,8 +276,8 @@ class Dropout(Layer):
         if seed is None:
             seed = int(np.random.randint(0, 2**31 - 1, dtype=np.int64))
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not (
-                0 <= seed < 2**64):
-            raise TypeError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
+                0 <= seed < 2**63):
+            raise TypeError(f"seed must be None or an integer in [0, 2**63), got {seed!r}")
         self.seed = int(seed)
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")

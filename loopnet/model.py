@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from loopnet import ops
+from loopnet import checks, ops
 from loopnet.activations import Softmax
 from loopnet.losses import CategoricalCrossentropy, SoftmaxCategoricalCrossentropy
 
@@ -121,13 +121,18 @@ class Model:
         self.finalized = False
 
     def set(self, *, loss=None, optimizer=None, accuracy=None) -> None:
-        """Set the loss, the optimizer and the accuracy (those given; ``None`` keeps the old)."""
+        """Set the loss, the optimizer and the accuracy (those given; ``None`` keeps the old):
+        loopnet objects, or the names Keras uses - ``loss="categorical_crossentropy"``,
+        ``"binary_crossentropy"``, ``"mse"``, ``"mae"``; ``optimizer="sgd"``, ``"adagrad"``,
+        ``"rmsprop"``, ``"adam"`` (the book's defaults); ``accuracy="categorical"``,
+        ``"binary"``, ``"regression"``, or ``"accuracy"`` for the one that fits the loss.
+        Anything else raises a ``TypeError``/``ValueError`` listing the valid names."""
         if loss is not None:
-            self.loss = loss
+            self.loss = checks.loss_from(loss)
         if optimizer is not None:
-            self.optimizer = optimizer
+            self.optimizer = checks.optimizer_from(optimizer)
         if accuracy is not None:
-            self.accuracy = accuracy
+            self.accuracy = checks.accuracy_from(accuracy, self.loss)
         self.finalized = False
 
     def finalize(self) -> None:
@@ -202,13 +207,13 @@ class Model:
         X, y, n_samples = _paired_rows(X, y, "X", "y")
         if n_samples == 0:
             raise ValueError("X is empty: nothing to train on")
+        checks.check_model(self, X)
         if batch_size is not None:
             batch_size = _positive_int(batch_size, "batch_size")
         steps = 1 if batch_size is None else math.ceil(n_samples / batch_size)
         if print_every is not None and print_every != 0:
             print_every = _positive_int(print_every, "print_every")
-        if validation_data is not None and len(validation_data) != 2:
-            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        validation_data = checks.check_validation_data(self, validation_data, y)
         if shuffle and not isinstance(X, np.ndarray):
             raise TypeError("shuffle=True needs X and y as host numpy arrays")
         rng = np.random.default_rng(seed) if shuffle else None
@@ -351,6 +356,10 @@ class Model:
         if not self.finalized:
             self.finalize()
         X_val, y_val, n_samples = _paired_rows(X_val, y_val, "X_val", "y_val")
+        if n_samples == 0:
+            raise ValueError(f"X_val is empty (shape {tuple(X_val.shape)}): no samples to "
+                             "evaluate")
+        checks.check_model(self, X_val, name="X_val")
         self.loss.new_pass()
         if self.accuracy is not None:
             self.accuracy.new_pass()
@@ -367,14 +376,21 @@ class Model:
         return loss, accuracy
 
     def predict(self, X, *, batch_size: int | None = None) -> np.ndarray:
-        """The model's outputs for ``X`` (probabilities for a softmax model), as a numpy array;
-        ``self.output_layer_activation.predictions(...)`` turns them into classes."""
+        """The model's outputs for ``X`` (probabilities for a softmax model), as a numpy array
+        (``(0, n_outputs)`` for no samples); ``self.output_layer_activation.predictions(...)``
+        turns them into classes."""
         if not self.finalized:
             self.finalize()
         if not hasattr(X, "shape"):
             X = np.asarray(X)
         n_samples = _n_rows(X, "X")
+        width = checks.check_model(self, X)
         size = n_samples if batch_size is None else _positive_int(batch_size, "batch_size")
+        if n_samples == 0:
+            if width is None:
+                raise ValueError(f"X is empty (shape {tuple(X.shape)}) and the model's output "
+                                 "width is unknown")
+            return np.empty((0, width), checks.output_dtype(self))
         outputs = [ops.to_numpy(self.forward(X[start:start + size], training=False))
                    for start in range(0, n_samples, size)]
         return outputs[0] if len(outputs) == 1 else np.vstack(outputs)
@@ -388,13 +404,32 @@ class Model:
                 [layer for layer in self.layers if hasattr(layer, "weights")]]
 
     def set_parameters(self, parameters) -> None:
-        """Set every trainable layer's ``(weights, biases)`` (shapes must match)."""
-        layers = [layer for layer in self.layers if hasattr(layer, "weights")]
-        parameters = list(parameters)
+        """Set every trainable layer's ``(weights, biases)``: a list of pairs of arrays (or
+        nested lists), converted as ``Dense.set_parameters`` converts them. Every pair is
+        checked before any layer changes; a wrong shape names the layer and both shapes."""
+        layers = [(index, layer) for index, layer in enumerate(self.layers)
+                  if hasattr(layer, "weights")]
+        try:
+            parameters = list(parameters)
+        except TypeError:
+            raise TypeError("parameters must be a list of (weights, biases) pairs, got "
+                            f"{type(parameters).__name__}") from None
         if len(parameters) != len(layers):
             raise ValueError(f"got parameters for {len(parameters)} layers, the model has "
                              f"{len(layers)} trainable layers")
-        for layer, (weights, biases) in zip(layers, parameters):
+        converted = []
+        for (index, layer), pair in zip(layers, parameters):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"parameters of layer {index} ({layer!r}) must be a pair "
+                                f"(weights, biases), got {type(pair).__name__}")
+            weights, biases = pair
+            if hasattr(layer, "checked_parameters"):    # a Dense layer: convert and check first
+                try:
+                    weights, biases = layer.checked_parameters(weights, biases)
+                except (TypeError, ValueError) as err:
+                    raise type(err)(f"layer {index}: {err}") from None
+            converted.append((weights, biases))
+        for (index, layer), (weights, biases) in zip(layers, converted):
             layer.set_parameters(weights, biases)
 
     def save_parameters(self, path) -> None:
@@ -418,8 +453,9 @@ class Model:
 
     @staticmethod
     def load(path, *, device: str | None = None) -> "Model":
-        """Rebuild a model written by ``save`` (bit-exact parameters and optimizer state);
-        ``device=`` puts every layer, the loss and the accuracy on that device."""
+        """Rebuild a model written by ``save`` (bit-exact parameters and optimizer state) from
+        a path or an open binary file; ``device=`` puts every layer, the loss and the accuracy
+        on that device. A damaged or foreign file raises ``loopnet.ModelFileError``."""
         from loopnet import saving
 
         return saving.load_model(path, device=device)

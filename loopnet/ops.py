@@ -664,7 +664,7 @@ def dropout_mask(shape, rate: float, *, seed: int, step: int = 0, dtype=np.float
     rate = _scalar(rate, "rate", minimum=0.0)
     if rate >= 1:
         raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-    seed = _counter(seed, "seed", 2**64)
+    seed = _counter(seed, "seed", 2**63)
     step = _counter(step, "step", 2**63)
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
@@ -709,10 +709,30 @@ def dropout_backward(dvalues, mask, *, out=None, device: str | None = None):
 # --- Optimizer updates (in place) ------------------------------------------------------------------
 
 def zeros(shape, dtype=np.float32, *, device: str | None = None):
-    """An array of zeros allocated on ``device`` (optimizer state lives beside its parameters)."""
-    dtype = np.dtype(dtype)
+    """An array of zeros allocated on ``device`` (optimizer state lives beside its parameters).
+
+    ``shape``: an int or a tuple of ints >= 0; ``dtype``: float32 or float64 (what the kernels
+    compute in). Anything else raises ``TypeError``/``ValueError`` naming it."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
+        shape = (int(shape),)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"shape must be an int or a tuple of ints, got {shape!r}") from None
+    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+               for n in dims):
+        raise TypeError(f"shape must be an int or a tuple of ints, got {shape!r}")
+    dims = tuple(int(n) for n in dims)
+    if any(n < 0 for n in dims):
+        raise ValueError(f"shape {dims} has a negative size")
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dtype not in _FLOATS:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     be = _backend(device)
-    output = be.empty(tuple(shape), dtype)
+    output = be.empty(dims, dtype)
     if output.size:
         be.fill(0.0, output.reshape(-1))
     return output

@@ -7,7 +7,8 @@ are computed here in Python. Optimizer state lives on the layer beside its param
 book's names (``weight_momentums``, ``weight_cache``, ``bias_momentums``, ``bias_cache``), so a
 saved model keeps it.
 
-Defaults are the book's: SGD lr 1.0; Adagrad lr 1.0, epsilon 1e-7; RMSprop lr 0.001, epsilon
+Every hyper-parameter is checked when the optimizer is built (``epsilon`` must be > 0: it keeps
+the update's division finite). Defaults are the book's: SGD lr 1.0; Adagrad lr 1.0, epsilon 1e-7; RMSprop lr 0.001, epsilon
 1e-7, rho 0.9; Adam lr 0.001, epsilon 1e-7, beta_1 0.9, beta_2 0.999 (PyTorch's Adam uses
 epsilon 1e-8). ``decay`` gives ``lr / (1 + decay * iterations)``.
 """
@@ -23,10 +24,10 @@ def _hyper(value, name: str, *, positive: bool = False, below_one: bool = False)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
+    if positive and not (0 < value < float("inf")):
+        raise ValueError(f"{name} must be > 0 (and finite), got {value}")
     if value != value or value in (float("inf"), float("-inf")) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    if positive and value == 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
     if below_one and value >= 1:
         raise ValueError(f"{name} must be < 1, got {value}")
     return value
@@ -114,7 +115,7 @@ class Adagrad(Optimizer):
 
     def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, epsilon: float = 1e-7):
         super().__init__(learning_rate, decay)
-        self.epsilon = _hyper(epsilon, "epsilon")
+        self.epsilon = _hyper(epsilon, "epsilon", positive=True)
 
     def _update(self, params, grads, states, device):
         ops.adagrad_update(params, grads, states[0], learning_rate=self.current_learning_rate,
@@ -132,7 +133,7 @@ class RMSprop(Optimizer):
     def __init__(self, learning_rate: float = 0.001, decay: float = 0.0, epsilon: float = 1e-7,
                  rho: float = 0.9):
         super().__init__(learning_rate, decay)
-        self.epsilon = _hyper(epsilon, "epsilon")
+        self.epsilon = _hyper(epsilon, "epsilon", positive=True)
         self.rho = _hyper(rho, "rho")
         if self.rho > 1:
             raise ValueError(f"rho must be in [0, 1], got {self.rho}")
@@ -153,7 +154,7 @@ class Adam(Optimizer):
     def __init__(self, learning_rate: float = 0.001, decay: float = 0.0, epsilon: float = 1e-7,
                  beta_1: float = 0.9, beta_2: float = 0.999):
         super().__init__(learning_rate, decay)
-        self.epsilon = _hyper(epsilon, "epsilon")
+        self.epsilon = _hyper(epsilon, "epsilon", positive=True)
         self.beta_1 = _hyper(beta_1, "beta_1", below_one=True)
         self.beta_2 = _hyper(beta_2, "beta_2", below_one=True)
 

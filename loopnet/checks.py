@@ -1,0 +1,236 @@
+"""What ``Model`` is given, checked before anything runs.
+
+The compiled kernels (and the fused training step) read and write parameters and optimizer
+state through raw pointers, without bounds checks: they trust that each Dense layer's
+``weights`` is ``(n_inputs, n_neurons)`` and its ``biases`` ``(1, n_neurons)``, in the layer's
+dtype, C-contiguous and writeable, that the optimizer's state arrays match them, and that one
+layer's outputs are as wide as the next layer's inputs. A user can break any of that by
+assigning an attribute, so ``check_model`` verifies it once at the start of every
+``Model.train``, ``evaluate`` and ``predict`` call (attribute look-ups only, no copies), and
+raises a ``TypeError``/``ValueError`` naming the layer, the attribute and both shapes or dtypes.
+
+It also turns the names Keras users write into loopnet's objects:
+``model.set(loss="categorical_crossentropy", optimizer="adam", accuracy="categorical")``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from loopnet import ops
+
+# Optimizer state a layer may carry (the book's attribute names): each matches its parameter.
+STATE_ARRAYS = (("weight_momentums", "weights"), ("weight_cache", "weights"),
+                ("bias_momentums", "biases"), ("bias_cache", "biases"))
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, np.ndarray) or ops._is_device_array(value)
+
+
+def _c_contiguous(array) -> bool:
+    if isinstance(array, np.ndarray):
+        return array.flags.c_contiguous
+    check = getattr(array, "is_c_contiguous", None)     # numba device arrays
+    if callable(check):
+        return bool(check())
+    flags = getattr(array, "flags", None)
+    try:
+        return bool(flags["C_CONTIGUOUS"])
+    except (TypeError, KeyError, IndexError):
+        return bool(getattr(flags, "c_contiguous", True))
+
+
+def _writeable(array) -> bool:
+    return array.flags.writeable if isinstance(array, np.ndarray) else True
+
+
+def _check_array(layer_name: str, attribute: str, array, shape, dtype) -> None:
+    """One array a kernel updates in place: type, shape, dtype, layout, writeability."""
+    where = f"{layer_name}.{attribute}"
+    if not _is_array(array):
+        raise TypeError(f"{where} is a {type(array).__name__}, not an array "
+                        "(set_parameters() converts lists and other arrays)")
+    if shape is not None and tuple(array.shape) != tuple(shape):
+        raise ValueError(f"{where} has shape {tuple(array.shape)}, the layer needs "
+                         f"{tuple(shape)}")
+    if dtype is not None and array.dtype != dtype:
+        raise TypeError(f"{where} has dtype {array.dtype}, the layer computes in {dtype}")
+    if array.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{where} has dtype {array.dtype}; it must be float32 or float64")
+    if not _c_contiguous(array):
+        raise ValueError(f"{where} (shape {tuple(array.shape)}) is not C-contiguous; "
+                         "set_parameters() stores a C-contiguous copy")
+    if not _writeable(array):
+        raise ValueError(f"{where} is read-only; training updates it in place "
+                         "(set_parameters() stores a writeable copy)")
+
+
+def check_layer(index: int, layer) -> None:
+    """A trainable layer's ``weights``, ``biases`` and optimizer state (see the module)."""
+    from loopnet.layers import Dense
+
+    name = f"layer {index} ({layer!r})"
+    weights, biases = layer.weights, getattr(layer, "biases", None)
+    if isinstance(layer, Dense):
+        shapes = {"weights": (layer.n_inputs, layer.n_neurons), "biases": (1, layer.n_neurons)}
+        dtype = layer.dtype
+    else:       # a layer of the user's own: its parameters need only agree with each other
+        shapes = {"weights": None, "biases": None}
+        dtype = getattr(weights, "dtype", None)
+    _check_array(name, "weights", weights, shapes["weights"], dtype)
+    _check_array(name, "biases", biases, shapes["biases"], dtype)
+    parameters = {"weights": weights, "biases": biases}
+    for state, parameter in STATE_ARRAYS:
+        value = getattr(layer, state, None)
+        if value is not None:
+            _check_array(name, state, value, parameters[parameter].shape, dtype)
+
+
+def _pass_through(layer) -> bool:
+    """Layers whose output is as wide as their input."""
+    from loopnet.activations import Linear, ReLU, Sigmoid, Softmax
+    from loopnet.layers import Dropout
+
+    return isinstance(layer, (ReLU, Softmax, Sigmoid, Linear, Dropout))
+
+
+def check_model(model, X=None, *, name: str = "X"):
+    """Check every trainable layer (``check_layer``), that consecutive Dense layers' sizes
+    chain (through activations and dropout), and that ``X`` (when given) is 2-D and as wide
+    as the first Dense layer. Returns the model's output width when it is known, else None."""
+    from loopnet.layers import Dense
+
+    width, source = None, None
+    first = next((layer for layer in model.layers if not _pass_through(layer)), None)
+    if X is not None and isinstance(first, Dense):
+        shape = tuple(getattr(X, "shape", ()))
+        if len(shape) != 2:
+            raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {shape}"
+                             + ("; for one feature per sample use reshape(-1, 1)"
+                                if len(shape) == 1 else ""))
+        dtype = getattr(X, "dtype", None)
+        if dtype is not None and dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {dtype}")
+        width, source = shape[1], f"{name} (shape {shape}) has {shape[1]} features"
+    for index, layer in enumerate(model.layers):
+        if hasattr(layer, "weights"):
+            check_layer(index, layer)
+        if isinstance(layer, Dense):
+            if width is not None and width != layer.n_inputs:
+                raise ValueError(f"{source} but layer {index} ({layer!r}) takes "
+                                 f"{layer.n_inputs} inputs (weights shape "
+                                 f"{tuple(layer.weights.shape)})")
+            width = layer.n_neurons
+            source = (f"layer {index} ({layer!r}) gives {width} outputs (weights shape "
+                      f"{tuple(layer.weights.shape)})")
+        elif not _pass_through(layer):
+            width, source = None, None
+    return width
+
+
+def output_dtype(model):
+    """The dtype of the model's outputs: its last Dense layer's (float32 when it has none)."""
+    from loopnet.layers import Dense
+
+    dense = [layer for layer in model.layers if isinstance(layer, Dense)]
+    return dense[-1].dtype if dense else np.dtype(np.float32)
+
+
+def check_validation_data(model, validation_data, y):
+    """``validation_data`` as a pair ``(X_val, y_val)`` of arrays that fit the model and the
+    training targets ``y``, or ``None``; a ``TypeError``/``ValueError`` before training
+    starts otherwise (rather than after the first epoch)."""
+    if validation_data is None:
+        return None
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        got = (f"a {type(validation_data).__name__} of length {len(validation_data)}"
+               if isinstance(validation_data, (tuple, list)) else
+               f"a {type(validation_data).__name__}")
+        raise TypeError(f"validation_data must be a pair (X_val, y_val), got {got}")
+    X_val, y_val = (value if hasattr(value, "shape") else np.asarray(value)
+                    for value in validation_data)
+    for value, label in ((X_val, "X_val"), (y_val, "y_val")):
+        if len(value.shape) == 0:
+            raise ValueError(f"{label} must be an array with one row per sample, got {value!r}")
+    if X_val.shape[0] != y_val.shape[0]:
+        raise ValueError(f"X_val has {X_val.shape[0]} samples but y_val has "
+                         f"{y_val.shape[0]} targets")
+    if X_val.shape[0] == 0:
+        raise ValueError(f"validation_data is empty (X_val shape {tuple(X_val.shape)})")
+    check_model(model, X_val, name="X_val")
+    if tuple(y_val.shape[1:]) != tuple(y.shape[1:]):
+        raise ValueError(f"y_val has shape {tuple(y_val.shape)} but y has shape "
+                         f"{tuple(y.shape)}: validation targets must have the training "
+                         "targets' form (class indices, one-hot rows or target columns)")
+    return X_val, y_val
+
+
+# --- names ------------------------------------------------------------------------------------
+
+def _names():
+    from loopnet import accuracy, losses, optimizers
+
+    loss_names = {
+        "categorical_crossentropy": losses.CategoricalCrossentropy,
+        "binary_crossentropy": losses.BinaryCrossentropy,
+        "mse": losses.MeanSquaredError, "mean_squared_error": losses.MeanSquaredError,
+        "mae": losses.MeanAbsoluteError, "mean_absolute_error": losses.MeanAbsoluteError,
+    }
+    optimizer_names = {"sgd": optimizers.SGD, "adagrad": optimizers.Adagrad,
+                       "rmsprop": optimizers.RMSprop, "adam": optimizers.Adam}
+    accuracy_names = {
+        "categorical": accuracy.CategoricalAccuracy,
+        "categorical_accuracy": accuracy.CategoricalAccuracy,
+        "binary": accuracy.BinaryAccuracy, "binary_accuracy": accuracy.BinaryAccuracy,
+        "regression": accuracy.RegressionAccuracy,
+        "accuracy": None,   # the one that fits the loss, as Keras chooses it
+    }
+    return loss_names, optimizer_names, accuracy_names
+
+
+def _from(value, names: dict, base: type, what: str):
+    if isinstance(value, str):
+        key = value.strip().lower().replace("-", "_").replace(" ", "_")
+        if key in names:
+            return names[key]()
+        raise ValueError(f"unknown {what} {value!r}; valid names: {', '.join(names)} "
+                         f"(or a loopnet {base.__name__} object)")
+    if isinstance(value, base):
+        return value
+    if isinstance(value, type) and issubclass(value, base):
+        raise TypeError(f"{what} must be an object, got the class {value.__name__}: "
+                        f"write {value.__name__}()")
+    raise TypeError(f"{what} must be a loopnet {base.__name__} object or one of the names "
+                    f"{', '.join(names)}; got {type(value).__name__} {value!r}")
+
+
+def loss_from(value):
+    """A ``Loss`` object: ``value`` itself, or the loss a Keras name stands for."""
+    from loopnet.losses import Loss
+
+    return _from(value, _names()[0], Loss, "loss")
+
+
+def optimizer_from(value):
+    """An ``Optimizer`` object: ``value`` itself, or a new one for ``"sgd"``, ``"adagrad"``,
+    ``"rmsprop"`` or ``"adam"`` (with the book's default settings)."""
+    from loopnet.optimizers import Optimizer
+
+    return _from(value, _names()[1], Optimizer, "optimizer")
+
+
+def accuracy_from(value, loss=None):
+    """An ``Accuracy`` object: ``value`` itself, or the one its name stands for; ``"accuracy"``
+    picks the one that fits ``loss`` (binary for binary cross-entropy, regression for the
+    mean squared/absolute errors, categorical otherwise)."""
+    from loopnet import accuracy, losses
+
+    names = dict(_names()[2])
+    if isinstance(loss, losses.BinaryCrossentropy):
+        names["accuracy"] = accuracy.BinaryAccuracy
+    elif isinstance(loss, (losses.MeanSquaredError, losses.MeanAbsoluteError)):
+        names["accuracy"] = accuracy.RegressionAccuracy
+    else:
+        names["accuracy"] = accuracy.CategoricalAccuracy
+    return _from(value, names, accuracy.Accuracy, "accuracy")
