@@ -98,10 +98,11 @@ class Layer:
 class Dense(Layer):
     """A fully connected layer of ``n_neurons`` neurons, each seeing all ``n_inputs`` inputs.
 
-    ``weights`` has shape ``(n_inputs, n_neurons)`` (the transpose of ``torch.nn.Linear.weight``),
-    drawn as ``0.1 * randn`` so that no transpose is needed in ``forward``; ``biases`` start at 0
-    with shape ``(1, n_neurons)``, as in the notes. ``dtype`` is float32 by default; inputs are
-    converted to it.
+    ``weights`` has shape ``(n_inputs, n_neurons)`` (the transpose of ``torch.nn.Linear.weight``)
+    so that no transpose is needed in ``forward``, drawn as ``weight_scale * randn`` with
+    ``weight_scale=0.1`` as in the notes (the book's later chapters draw ``0.01 * randn``: pass
+    ``weight_scale=0.01`` to match them); ``biases`` start at 0 with shape ``(1, n_neurons)``.
+    ``dtype`` is float32 by default; inputs are converted to it.
 
     >>> np.random.seed(0)
     >>> layer1 = Dense(4, 5)
@@ -199,14 +200,46 @@ class Dense(Layer):
         return f"Dense({self.n_inputs}, {self.n_neurons}{extra})"
 
 
+def _dropout_seed(seed) -> int:
+    """The int seed of a dropout layer's mask generator: ``seed`` itself, or one drawn from
+    numpy's global generator (``seed=None``: so ``np.random.seed(0)`` / ``nnfs.init()`` make the
+    masks repeat), a ``np.random.Generator`` or a ``np.random.RandomState``."""
+    if seed is None:
+        return int(np.random.randint(0, 2**31 - 1))
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(0, 2**31 - 1))
+    if isinstance(seed, np.random.RandomState):
+        return int(seed.randint(0, 2**31 - 1))
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        return int(seed)
+    raise TypeError(
+        f"seed must be None, an int, a np.random.Generator or a np.random.RandomState, got {seed!r}"
+    )
+
+
+class Input(Layer):
+    """The book's ``Layer_Input``: ``forward`` keeps its inputs as ``output``. ``Model.finalize``
+    puts one in front of the layers (``model.input_layer``, the first layer's ``prev``)."""
+
+    def forward(self, inputs, training: bool = True):
+        self.output = inputs
+        return self.output
+
+
 class Dropout(Layer):
     """Drop each neuron's output with probability ``rate`` while training (the book's
     ``Layer_Dropout``); the kept ones are scaled by ``1 / (1 - rate)`` so the expected sum of
     the outputs stays the same, and with ``training=False`` the layer passes its inputs through.
 
-    The mask is drawn on the host from ``np.random.default_rng(seed)``, so the same seed gives
-    the same masks, run after run and on every device. ``rate`` is the fraction *dropped*, as
-    the book's constructor takes it (the book then stores ``1 - rate``).
+    ``rate`` is the fraction *dropped*, as the book's constructor takes it (the book then
+    stores ``1 - rate``; ``loopnet.nnfs.Layer_Dropout`` keeps that attribute). The mask is drawn
+    on the host from ``np.random.default_rng(seed)``: the same seed gives the same masks, run
+    after run and on every device. Without ``seed`` the layer draws one from numpy's global
+    generator when it is built, so ``np.random.seed(0)`` (or ``nnfs.init()``) makes runs repeat;
+    ``self.seed`` is that int. The masks are not the book's: it draws them with
+    ``np.random.binomial`` from the global generator, step after step.
     """
 
     def __init__(self, rate: float, *, seed=None, device: str | None = None):
@@ -214,9 +247,18 @@ class Dropout(Layer):
         rate = _regularizer(rate, "rate")
         if rate >= 1:
             raise ValueError(f"Dropout rate must be in [0, 1): the fraction dropped, got {rate}")
-        self.rate = rate
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self._dropped = rate
+        self.seed = _dropout_seed(seed)
+        self.rng = np.random.default_rng(self.seed)
+
+    @property
+    def rate(self) -> float:
+        """The fraction of outputs dropped while training."""
+        return self._dropped
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        self._dropped = value
 
     def forward(self, inputs, training: bool = True):
         self.inputs = inputs
@@ -228,7 +270,7 @@ class Dropout(Layer):
         if dtype not in (np.float32, np.float64):
             dtype = np.dtype(np.float64)
         shape = tuple(inputs.shape) if hasattr(inputs, "shape") else np.shape(inputs)
-        self.binary_mask = ops.dropout_mask(shape, self.rate, self.rng, dtype)
+        self.binary_mask = ops.dropout_mask(shape, self._dropped, self.rng, dtype)
         self.output = ops.dropout_forward(inputs, self.binary_mask, device=self.device)
         return self.output
 
@@ -245,7 +287,8 @@ class Dropout(Layer):
 
     def get_config(self) -> dict:
         # The generator's exact state (plain ints), so a reloaded model draws the same masks.
-        return {"rate": self.rate, "rng_state": self.rng.bit_generator.state}
+        return {"rate": self._dropped, "seed": self.seed,
+                "rng_state": self.rng.bit_generator.state}
 
     def __repr__(self) -> str:
-        return f"Dropout({self.rate})"
+        return f"{type(self).__name__}({self._dropped})"

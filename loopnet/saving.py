@@ -40,11 +40,11 @@ class ModelFileError(ValueError):
 
 
 def _registries():
-    from loopnet import accuracy, activations, layers, losses, optimizers
+    from loopnet import accuracy, activations, layers, losses, nnfs, optimizers
 
     layer_types = {cls.__name__: cls for cls in (
-        layers.Dense, layers.Dropout, activations.ReLU, activations.Softmax,
-        activations.Sigmoid, activations.Linear)}
+        layers.Dense, layers.Dropout, nnfs.Layer_Dropout, activations.ReLU,
+        activations.Softmax, activations.Sigmoid, activations.Linear)}
     loss_types = {cls.__name__: cls for cls in (
         losses.CategoricalCrossentropy, losses.BinaryCrossentropy, losses.MeanSquaredError,
         losses.MeanAbsoluteError)}
@@ -248,8 +248,11 @@ def load_model(path, device=None):
             if kind == "Dense":
                 # seed=0: building must not draw from numpy's global RNG (weights are replaced)
                 return table[kind](**config, seed=0)
-            if kind == "Dropout":
+            if kind in ("Dropout", "Layer_Dropout"):
                 rng_state = config.pop("rng_state", None)
+                # (files written before the seed was saved: building must not draw one from
+                # numpy's global generator, the state below replaces the generator anyway)
+                config.setdefault("seed", 0)
                 obj = table[kind](**config)
                 if rng_state is not None:
                     obj.rng = np.random.Generator(

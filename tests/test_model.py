@@ -186,7 +186,7 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(spiral, capsys):
     assert capsys.readouterr().err == ""
     model.train(X, y, epochs=3, print_every=0, progress=True)
     err = capsys.readouterr().err
-    assert "[" + "#" * 30 + "] 3/3" in err
+    assert "3/3" in err and "epoch/s" in err          # tqdm's bar: count and rate
 
 
 def test_train_validates_its_arguments(spiral):
