@@ -25,7 +25,7 @@ def spiral_data(samples: int, classes: int, *, seed=None, dtype=np.float32):
     samples = _positive_int(samples, "samples")
     classes = _positive_int(classes, "classes")
     randn = _randn(seed)
-    X = np.zeros((samples * classes, 2))
+    X = np.zeros((samples * classes, 2), dtype=np.float64)
     y = np.zeros(samples * classes, dtype="uint8")
     for class_number in range(classes):
         ix = range(samples * class_number, samples * (class_number + 1))
@@ -41,7 +41,7 @@ def vertical_data(samples: int, classes: int, *, seed=None, dtype=np.float32):
     samples = _positive_int(samples, "samples")
     classes = _positive_int(classes, "classes")
     randn = _randn(seed)
-    X = np.zeros((samples * classes, 2))
+    X = np.zeros((samples * classes, 2), dtype=np.float64)
     y = np.zeros(samples * classes, dtype="uint8")
     for class_number in range(classes):
         ix = range(samples * class_number, samples * (class_number + 1))

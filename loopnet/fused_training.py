@@ -163,13 +163,13 @@ class FusedRun:
         self.step_work = self.batch_size * sum(a * b for a, b in zip(widths, widths[1:]))
         self.steps = -(-n_samples // self.batch_size)
         self.arange = np.arange(n_samples, dtype=np.intp)[None, :]
-        self.history = np.zeros((0, 3))
+        self.history = np.zeros((0, 3), dtype=np.float64)
         self.next = 0  # row of self.history the next epoch() returns
         self.failed_step = -1
 
     def _run(self, n_epochs, order):
         model = self.model
-        history = np.zeros((n_epochs, 3))
+        history = np.zeros((n_epochs, 3), dtype=np.float64)
         orders = self.arange if order is None else order.astype(np.intp)[None, :]
         start_iteration = model.optimizer.iterations
         failed = self.cpu.train_epochs(
