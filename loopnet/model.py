@@ -392,6 +392,42 @@ class Model:
 
         return saving.load_model(path, device=device)
 
+    # --- description and PyTorch ------------------------------------------------------------------
+
+    def count_params(self) -> int:
+        """The number of parameters (weights and biases, all trainable)."""
+        from loopnet import summary
+
+        return summary.count_params(self)
+
+    def summary(self, print_fn=print) -> str:
+        """A Keras-like table of the layers (output shapes, parameter counts, totals, loss,
+        optimizer, device and dtype): printed with ``print_fn`` (None: not printed) and
+        returned as a string."""
+        from loopnet import summary
+
+        text = summary.summary(self)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def to_torch(self):
+        """A ``torch.nn.Sequential`` with the same layers and copies of the weights
+        (``Linear.weight = weights.T``); see ``loopnet.interop``. Needs torch."""
+        from loopnet import interop
+
+        return interop.to_torch(self)
+
+    @staticmethod
+    def from_torch(sequential, *, loss=None, optimizer=None, accuracy=None,
+                   device: str | None = None) -> "Model":
+        """A model with the layers of a ``torch.nn.Sequential`` (Linear, ReLU, Softmax,
+        Sigmoid, Identity, Dropout) and copies of its weights; see ``loopnet.interop``."""
+        from loopnet import interop
+
+        return interop.from_torch(sequential, loss=loss, optimizer=optimizer,
+                                  accuracy=accuracy, device=device)
+
     def __repr__(self) -> str:
         layers = ", ".join(repr(layer) for layer in self.layers)
         return f"Model([{layers}], loss={self.loss!r}, optimizer={self.optimizer!r})"
