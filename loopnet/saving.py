@@ -4,7 +4,9 @@ A file is a numpy ``.npz`` (a zip of ``.npy`` arrays) loaded with ``allow_pickle
 opening one can never run code. Beside the arrays it holds ``__loopnet__``: the JSON header as
 bytes (a uint8 array) with the format name and version, the architecture (each layer's type and
 constructor arguments), the loss, optimizer and accuracy with their settings and counters, and
-for every array its shape, dtype and SHA-256, checked on load. Layer, loss, optimizer and
+for every array its shape, dtype and SHA-256, checked on load. Two entries are optional: the
+model's ``preprocessing`` (how raw inputs, e.g. image files, become its inputs) and its
+``class_names``; a loader that does not know them ignores them, so they need no new version. Layer, loss, optimizer and
 accuracy types are looked up in fixed tables of loopnet classes: a file can name a class,
 never import one.
 
@@ -220,10 +222,34 @@ def save_model(model, path) -> None:
     header = {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "layers": layers,
               "loss": part(model.loss), "optimizer": part(model.optimizer, with_state=True),
               "accuracy": part(model.accuracy)}
+    # Optional entries (a loader that does not know them ignores them: still version 1).
+    header.update(_extras(model))
     from loopnet import __version__
 
     header["loopnet_version"] = __version__
     _write(path, header, arrays)
+
+
+def _extras(model) -> dict:
+    """``preprocessing`` (a JSON object: how raw inputs become X) and ``class_names`` (a list
+    of strings), when the model has them."""
+    extras = {}
+    preprocessing = getattr(model, "preprocessing", None)
+    if preprocessing is not None:
+        if not isinstance(preprocessing, dict):
+            raise TypeError(f"model.preprocessing must be a dict (JSON object) or None, got "
+                            f"{type(preprocessing).__name__}")
+        try:
+            extras["preprocessing"] = json.loads(json.dumps(_jsonable(preprocessing)))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"model.preprocessing cannot be saved as JSON: {err}") from None
+    class_names = getattr(model, "class_names", None)
+    if class_names is not None:
+        names = list(class_names)
+        if not all(isinstance(name, str) for name in names):
+            raise TypeError(f"model.class_names must be strings, got {names!r}")
+        extras["class_names"] = names
+    return extras
 
 
 def load_model(path, device=None):
@@ -292,6 +318,13 @@ def load_model(path, device=None):
             raise ModelFileError(f"{name}: corrupted optimizer state: {err}") from err
     accuracy = build(header.get("accuracy"), accuracy_types, "accuracy")
     model.set(loss=loss, optimizer=optimizer, accuracy=accuracy)
+    preprocessing, class_names = header.get("preprocessing"), header.get("class_names")
+    if preprocessing is not None and not isinstance(preprocessing, dict):
+        raise ModelFileError(f"{name}: corrupted header: 'preprocessing' is not an object")
+    if class_names is not None and not (isinstance(class_names, list)
+                                        and all(isinstance(n, str) for n in class_names)):
+        raise ModelFileError(f"{name}: corrupted header: 'class_names' is not a list of strings")
+    model.preprocessing, model.class_names = preprocessing, class_names
     if device is not None:
         device = normalize(device)
         for obj in [*model.layers, loss, accuracy]:
