@@ -124,7 +124,7 @@ class CategoricalAccuracy(Accuracy):
         elif values.ndim == 1:
             if values.dtype.kind == "f" and not np.all(values == np.round(values)):
                 bad = int(np.argmax(values != np.round(values)))
-                raise ValueError(f"1-D predictions are class indices; got {values[bad]!r} at "
+                raise ValueError(f"1-D predictions are class indices; got {values[bad].item()!r} at "
                                  f"position {bad}")
             predicted = values
         else:

@@ -241,3 +241,23 @@ def test_dropout_is_off_outside_training(device_name):
     out = ops.to_numpy(layer.forward(x))
     assert set(np.unique(out)) <= {0.0, 2.0} and (out == 0).any() and (out == 2).any()
     assert bits(ops.to_numpy(layer.backward(np.ones_like(x)))) == bits(out)
+
+
+def test_summary_counts_parameters_by_hand():
+    model = classifier("numpy", dropout=0.1)     # Dense(2, 16), ReLU, Dropout, Dense(16, 3), Softmax
+    assert model.count_params() == (2 * 16 + 16) + (16 * 3 + 3) == 99
+    text = model.summary(print_fn=None)
+    rows = {line.split()[0]: line.split() for line in text.splitlines()
+            if line.startswith(("Dense", "ReLU", "Dropout", "Softmax"))}
+    assert rows["Dense(2,"][-3:] == ["(None,", "16)", "48"]
+    assert rows["Dense(16,"][-3:] == ["(None,", "3)", "51"]
+    assert rows["Dropout(0.1)"][-3:] == ["(None,", "16)", "0"]
+    assert "Total params: 99" in text and "Trainable params: 99" in text
+    assert "Device: numpy; dtype: float32" in text
+    wide = loopnet.Model()
+    wide.add(loopnet.Dense(784, 128, seed=0))
+    wide.add(loopnet.ReLU())
+    wide.add(loopnet.Dense(128, 10, dtype=np.float64, seed=0))
+    assert wide.count_params() == 784 * 128 + 128 + 128 * 10 + 10 == 101_770
+    assert "Total params: 101,770" in wide.summary(print_fn=None)
+    assert "dtype: float32, float64" in wide.summary(print_fn=None)
