@@ -250,6 +250,11 @@ class TrainingRun:
             self.history["val_loss"].append(val_loss)
             self.history["val_accuracy"].append(val_accuracy)
 
+        if self.bar is not None:
+            postfix = f"loss {loss:.3f}" + ("" if not self.has_accuracy
+                                            else f", acc {accuracy:.3f}")
+            self.bar.set_postfix_str(postfix, refresh=False)
+            self.bar.update(epoch * (self.steps if self.steps > 1 else 1) - self.bar.n)
         if self.print_every:
             if self.by_steps:
                 self.write("training, " + numbers(accuracy, data_loss, regularization_loss,
@@ -260,11 +265,6 @@ class TrainingRun:
                 self.write(f"epoch: {epoch}, " + numbers(accuracy, data_loss,
                                                          regularization_loss,
                                                          self.learning_rate))
-        if self.bar is not None:
-            postfix = f"loss {loss:.3f}" + ("" if not self.has_accuracy
-                                            else f", acc {accuracy:.3f}")
-            self.bar.set_postfix_str(postfix, refresh=False)
-            self.bar.update(epoch * (self.steps if self.steps > 1 else 1) - self.bar.n)
         for callback in self.callbacks:
             callback.on_epoch_end(epoch, logs)
         if getattr(model, "stop_training", False):
