@@ -100,8 +100,8 @@ class Dense(Layer):
 
     ``weights`` has shape ``(n_inputs, n_neurons)`` (the transpose of ``torch.nn.Linear.weight``)
     so that no transpose is needed in ``forward``, drawn as ``weight_scale * randn`` with
-    ``weight_scale=0.1`` as in the notes (the book's later chapters draw ``0.01 * randn``: pass
-    ``weight_scale=0.01`` to match them); ``biases`` start at 0 with shape ``(1, n_neurons)``.
+    ``weight_scale=0.1`` as in the notes (the book's chapter code draws ``0.01 * randn``: pass
+    ``weight_scale=0.01`` to match it); ``biases`` start at 0 with shape ``(1, n_neurons)``.
     ``dtype`` is float32 by default; inputs are converted to it.
 
     >>> np.random.seed(0)
@@ -125,7 +125,7 @@ class Dense(Layer):
         self.weight_regularizer_l2 = _regularizer(weight_regularizer_l2, "weight_regularizer_l2")
         self.bias_regularizer_l1 = _regularizer(bias_regularizer_l1, "bias_regularizer_l1")
         self.bias_regularizer_l2 = _regularizer(bias_regularizer_l2, "bias_regularizer_l2")
-        # The notes draw 0.1 * randn; the book's later chapters use 0.01 (weight_scale=0.01).
+        # The notes draw 0.1 * randn; the book's chapter code uses 0.01 (weight_scale=0.01).
         self.weight_scale = _regularizer(weight_scale, "weight_scale")
         self.weights = (self.weight_scale
                         * random_normal((self.n_inputs, self.n_neurons), seed)).astype(self.dtype)

@@ -217,7 +217,7 @@ class Model:
           on the held-out data at the end of the epoch, NaN on epochs not validated
 
         and, when a callback stopped training, ``stopped_epoch`` (an int; the lists then end
-        there). ``callbacks``: ``loopnet.callbacks`` objects (``EarlyStopping``,
+        there); ``compile_time`` (seconds) when the training path reports its compile time. ``callbacks``: ``loopnet.callbacks`` objects (``EarlyStopping``,
         ``ModelCheckpoint``, your own ``Callback``); one stops training by setting
         ``model.stop_training = True``.
 

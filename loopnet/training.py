@@ -150,6 +150,9 @@ class TrainingRun:
             self.history["val_accuracy"] = []
         self.last_validation = None      # (loss, accuracy) of the latest validation
         self.stopped_epoch = None
+        # Seconds a compiled training path spent compiling, when it knows (it sets this);
+        # recorded as history["compile_time"] for reports that tell compiling from training.
+        self.compile_time = None
         self.bar = None
         self.start_epoch(0)
 
@@ -275,13 +278,15 @@ class TrainingRun:
     def finish(self) -> dict:
         """Close the bar, print chapter 18's final validation line, run the callbacks'
         ``on_train_end``; returns the history (with ``stopped_epoch`` when a callback
-        stopped training)."""
+        stopped training, ``compile_time`` when the training path set one)."""
         self.close()
         if (self.validation_data is not None and self.print_every and not self.by_steps
                 and self.last_validation is not None):
             self.write(validation_line(*self.last_validation))
         if self.stopped_epoch is not None:
             self.history["stopped_epoch"] = self.stopped_epoch
+        if self.compile_time is not None:
+            self.history["compile_time"] = float(self.compile_time)
         logs = {"stopped_epoch": self.stopped_epoch}
         for callback in self.callbacks:
             callback.on_train_end(logs)

@@ -131,6 +131,17 @@ def test_early_stopping_and_version_and_help():
     assert "``" not in helped.stdout and ":func:" not in helped.stdout
 
 
+def test_timing_line_takes_a_compile_time_from_the_history():
+    history = {"epoch": [1, 2, 3, 4], "compile_time": 0.5}
+    assert cli._timing(history, 1.5, None, 0.0, "cpu") == \
+        "4 epochs in 1.50 s on cpu: compile 0.50 s, then 4 epochs/s"
+    history = {"epoch": [1, 2, 3, 4, 5]}        # no compile time: the first epoch apart
+    assert cli._timing(history, 3.0, 1.0, 0.0, "numpy") == \
+        "5 epochs in 3.00 s on numpy: compile + first epoch 1.00 s, then 4 epochs at 2 epochs/s"
+    assert cli._timing({"epoch": [1]}, 0.25, 0.25, 0.0, "cpu") == \
+        "1 epoch in 0.25 s on cpu (compile included)"
+
+
 def loopnet_version():
     from importlib import metadata
 
