@@ -679,6 +679,11 @@ def _predict_images(args, model, n_features) -> int:
     else:
         columns = ["file", *(f"output{k}" for k in range(outputs.shape[1]))]
         rows = [[file, *(f"{v:.6g}" for v in row)] for file, row in zip(args.image, outputs)]
+    if args.output and args.output.lower().endswith(".npz"):
+        np.savez(args.output, files=np.array([str(f) for f in args.image]),
+                 outputs=outputs, class_names=np.array(names))
+        print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+        return 0
     handle = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
         writer = csv.writer(handle, lineterminator="\n")

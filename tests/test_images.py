@@ -174,3 +174,12 @@ def test_train_on_an_image_folder_and_predict_image_files(tmp_path):
     row = list(csv.reader(inverted.stdout.strip().splitlines()))[1]
     np.testing.assert_allclose([float(v) for v in row[2:]], model.predict(X_inverted)[0],
                                rtol=1e-5)
+
+    archive = tmp_path / "predictions.npz"
+    written = loopnet_command("predict", "--model", model_path, "--image", *files[:2],
+                              "--output", archive)
+    assert written.returncode == 0, written.stderr
+    with np.load(archive, allow_pickle=False) as saved:
+        assert saved["files"].tolist() == [str(f) for f in files[:2]]
+        assert saved["class_names"].tolist() == model.class_names
+        np.testing.assert_allclose(saved["outputs"], expected[order][:2], rtol=1e-5)  # other batch
