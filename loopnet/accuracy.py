@@ -124,8 +124,8 @@ class CategoricalAccuracy(Accuracy):
         elif values.ndim == 1:
             if values.dtype.kind == "f" and not np.all(values == np.round(values)):
                 bad = int(np.argmax(values != np.round(values)))
-                raise ValueError(f"1-D predictions are class indices; got {values[bad].item()!r} at "
-                                 f"position {bad}")
+                raise ValueError("1-D predictions are class indices; got "
+                                 f"{values[bad].item()!r} at position {bad}")
             predicted = values
         else:
             hint = (" (one column is a binary output: use CategoricalAccuracy(binary=True))"

@@ -1,4 +1,4 @@
-"""``Model``: the book's chapter-18/19 training loop around loopnet's layers.
+"""``Model``: the book's training loop (chapters 18-22) around loopnet's layers.
 
 ::
 
@@ -10,13 +10,15 @@
               accuracy=loopnet.CategoricalAccuracy())
     model.finalize()
     history = model.train(X, y, epochs=10_000, print_every=100, validation_data=(X_test, y_test))
-    loss, acc = model.evaluate(X_test, y_test)
+    loss, acc = model.evaluate(X_test, y_test)          # prints the book's validation line
     probabilities = model.predict(X_test)
 
 Every computation on parameters, activations and gradients runs in the layers, losses and
 optimizers through ``loopnet.ops`` (loop kernels on the selected device); this module only
-orders the calls, slices batches of the host data and keeps Python floats (losses, accuracies,
-the learning rate) for the log and the history.
+orders the calls and slices batches of the host data. The numbers of each step and epoch go
+to ``loopnet.training`` (sums, the book's log, the history, validation, callbacks, the
+progress bar); ``model.summary()``, ``model.to_torch()`` and the saving functions live in
+``loopnet.summary``, ``loopnet.interop`` and ``loopnet.saving``.
 """
 
 from __future__ import annotations
@@ -217,9 +219,10 @@ class Model:
           on the held-out data at the end of the epoch, NaN on epochs not validated
 
         and, when a callback stopped training, ``stopped_epoch`` (an int; the lists then end
-        there); ``compile_time`` (seconds) when the training path reports its compile time. ``callbacks``: ``loopnet.callbacks`` objects (``EarlyStopping``,
-        ``ModelCheckpoint``, your own ``Callback``); one stops training by setting
-        ``model.stop_training = True``.
+        there); ``compile_time`` (seconds) when the training path reports its compile time.
+
+        ``callbacks``: ``loopnet.callbacks`` objects (``EarlyStopping``, ``ModelCheckpoint``,
+        your own ``Callback``); one stops training by setting ``model.stop_training = True``.
 
         A progress bar (tqdm: rate and ETA) is shown when stderr is a terminal or in a
         notebook (``progress=None``), always (``True``, on stderr, or on the stream given as

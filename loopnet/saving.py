@@ -6,9 +6,9 @@ bytes (a uint8 array) with the format name and version, the architecture (each l
 constructor arguments), the loss, optimizer and accuracy with their settings and counters, and
 for every array its shape, dtype and SHA-256, checked on load. Two entries are optional: the
 model's ``preprocessing`` (how raw inputs, e.g. image files, become its inputs) and its
-``class_names``; a loader that does not know them ignores them, so they need no new version. Layer, loss, optimizer and
-accuracy types are looked up in fixed tables of loopnet classes: a file can name a class,
-never import one.
+``class_names``; a loader that does not know them ignores them, so they need no new version.
+Layer, loss, optimizer and accuracy types are looked up in fixed tables of loopnet classes: a
+file can name a class, never import one.
 
 Files are written atomically: to a temporary file in the same directory, flushed to disk,
 then renamed over ``path`` with ``os.replace``; a crash mid-write leaves the old file intact.

@@ -244,7 +244,7 @@ def test_dropout_is_off_outside_training(device_name):
 
 
 def test_summary_counts_parameters_by_hand():
-    model = classifier("numpy", dropout=0.1)     # Dense(2, 16), ReLU, Dropout, Dense(16, 3), Softmax
+    model = classifier("numpy", dropout=0.1)   # Dense(2, 16) ReLU Dropout Dense(16, 3) Softmax
     assert model.count_params() == (2 * 16 + 16) + (16 * 3 + 3) == 99
     text = model.summary(print_fn=None)
     rows = {line.split()[0]: line.split() for line in text.splitlines()
