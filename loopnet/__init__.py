@@ -11,7 +11,7 @@ for the CPU (or numba-cuda for the GPU), and stands beside its vectorized numpy 
 ``import loopnet`` does not import numba: kernels are compiled on first use.
 """
 
-from loopnet import datasets, ops
+from loopnet import callbacks, datasets, ops
 from loopnet.accuracy import Accuracy, BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy
 from loopnet.activations import Linear, ReLU, Sigmoid, Softmax
 from loopnet.devices import DEVICES, device, get_device, set_device
@@ -29,11 +29,20 @@ from loopnet.ops import to_numpy
 from loopnet.optimizers import SGD, Adagrad, Adam, Optimizer, RMSprop
 from loopnet.saving import ModelFileError
 
-__version__ = "0.1.0"
+# Imported on first use (PEP 562), so `import loopnet` stays free of numba, matplotlib and
+# torch: `loopnet.explain("dense")` (the module is callable), `loopnet.plotting`,
+# `loopnet.interop`. `loopnet.__version__` comes from the installed package's metadata (the
+# version is written in pyproject.toml only), read on first use.
+_LAZY_MODULES = ("explain", "interop", "plotting")
 
-# Imported on first use (PEP 562), so `import loopnet` stays free of numba and matplotlib:
-# `loopnet.explain("dense")` (the module is callable) and `loopnet.plotting`.
-_LAZY_MODULES = ("explain", "plotting")
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("loopnet")
+    except metadata.PackageNotFoundError:    # run from a source tree that is not installed
+        return "0+unknown"
 
 
 def __getattr__(name):
@@ -41,6 +50,8 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module(f"loopnet.{name}")
+    if name == "__version__":
+        return _version()
     raise AttributeError(f"module 'loopnet' has no attribute {name!r}")
 
 __all__ = [
@@ -69,6 +80,7 @@ __all__ = [
     "Loss",
     "ReLU",
     "Softmax",
+    "callbacks",
     "datasets",
     "device",
     "get_device",

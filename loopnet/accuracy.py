@@ -1,9 +1,23 @@
 """Accuracy metrics for ``Model`` (the book's ``Accuracy`` classes, chapter 18).
 
-``calculate(outputs, y)`` takes the model's *outputs* (softmax probabilities, sigmoid outputs or
-regression values) and returns the fraction correct as a Python float; the comparison runs as
-a loop kernel through ``loopnet.ops``. Like ``Loss``, it keeps a running sum over the batches
-of an epoch (``new_pass`` / ``calculate_accumulated``).
+``calculate(values, y)`` returns the fraction correct as a Python float and, like ``Loss``,
+keeps a running sum over the batches of an epoch (``new_pass`` / ``calculate_accumulated``).
+``values`` may be either of two things, told apart by their shape alone:
+
+- the book's *predictions*, ``model.output_layer_activation.predictions(output)``: class
+  indices of shape ``(n,)`` (a softmax model), 0/1 of shape ``(n, 1)`` (a sigmoid model) or
+  the regression values themselves;
+- the model's *outputs*: softmax probabilities (or any scores) of shape ``(n, n_classes)``,
+  sigmoid probabilities, regression values (what ``Model`` passes, so the comparison runs as a
+  loop kernel through ``loopnet.ops`` on the model's device).
+
+The rule: ``CategoricalAccuracy`` reads a 1-D array as predicted class indices and a 2-D array
+of two or more columns as per-class scores (the class is the first maximum of each row); a
+single column is refused (a binary output: use ``binary=True``). A binary accuracy counts an
+element as class 1 when it is above 0.5, so sigmoid probabilities and 0/1 predictions give the
+same answer. A regression accuracy compares values, which predictions and outputs both are.
+
+``compare(predictions, y)`` returns the boolean array of right answers, as the book's does.
 """
 
 from __future__ import annotations
@@ -13,8 +27,25 @@ import numpy as np
 from loopnet import ops
 
 
+def _host(values, name: str) -> np.ndarray:
+    array = np.asarray(ops.to_numpy(values))
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {array.dtype}")
+    return array
+
+
+def _rows(values) -> int:
+    shape = getattr(values, "shape", None)
+    if shape is None:
+        shape = np.shape(values)
+    if len(shape) == 0:
+        raise ValueError(f"predictions must be an array with one row per sample, got {values!r}")
+    return int(shape[0])
+
+
 class Accuracy:
-    """Base class: running sum over batches; subclasses define ``compare``."""
+    """Base class: running sum over batches; subclasses define ``compare`` (the book's
+    boolean comparison) and ``_fraction`` (the fraction right, as a Python float)."""
 
     def __init__(self, device: str | None = None):
         self.device = device
@@ -23,12 +54,19 @@ class Accuracy:
     def init(self, y, reinit: bool = False) -> None:
         """Prepare from the training targets (only ``RegressionAccuracy`` needs it)."""
 
-    def compare(self, outputs, y) -> float:  # pragma: no cover - overridden
+    def compare(self, predictions, y) -> np.ndarray:  # pragma: no cover - overridden
+        """The boolean array of right answers (the book's ``compare``)."""
         raise NotImplementedError
 
-    def calculate(self, outputs, y) -> float:
-        accuracy = self.compare(outputs, y)
-        n_samples = outputs.shape[0]
+    def _fraction(self, values, y) -> float:
+        """The fraction right as a Python float (a loop kernel for outputs)."""
+        return float(np.mean(self.compare(values, y)))
+
+    def calculate(self, predictions, y) -> float:
+        """The fraction of right answers among ``predictions`` (or outputs: see the module
+        docstring), added to the running sum of the epoch."""
+        accuracy = self._fraction(predictions, y)
+        n_samples = _rows(predictions)
         self.accumulated_sum += accuracy * n_samples
         self.accumulated_count += n_samples
         return accuracy
@@ -49,29 +87,86 @@ class Accuracy:
         return f"{type(self).__name__}()"
 
 
+def _targets_like(y, shape) -> np.ndarray:
+    """Targets in the shape of the predictions ((n,) accepted for one output)."""
+    targets = _host(y, "y")
+    if targets.ndim == 1 and len(shape) == 2 and shape[1] == 1 and targets.shape[0] == shape[0]:
+        targets = targets.reshape(shape)
+    if targets.shape != tuple(shape):
+        raise ValueError(f"y has shape {targets.shape} but the predictions have shape "
+                         f"{tuple(shape)}; they must match")
+    return targets
+
+
+def _binary_compare(values, y) -> np.ndarray:
+    values = _host(values, "predictions")
+    # as the kernel (and the book): the 0/1 prediction equals the target
+    return np.where(values > 0.5, 1, 0) == _targets_like(y, values.shape)
+
+
 class CategoricalAccuracy(Accuracy):
-    """Fraction of samples whose most probable class is the target (``Accuracy_Categorical``);
+    """Fraction of samples whose predicted class is the target (``Accuracy_Categorical``);
     ``y`` as class indices or one-hot rows. ``binary=True`` compares each output with a 0/1
-    target instead (the book's option for a sigmoid output)."""
+    target instead (the book's option for a sigmoid output).
+
+    Takes the book's predictions (class indices, shape ``(n,)``) or the model's outputs
+    (probabilities, shape ``(n, n_classes)``): see the module docstring."""
 
     def __init__(self, *, binary: bool = False, device: str | None = None):
         super().__init__(device)
         self.binary = bool(binary)
 
-    def compare(self, outputs, y) -> float:
+    def _classes(self, values, y):
+        """Predicted and target class indices, both host arrays of shape (n,)."""
+        values = _host(values, "predictions")
+        if values.ndim == 2 and values.shape[1] >= 2:
+            predicted = np.argmax(values, axis=1)
+        elif values.ndim == 1:
+            if values.dtype.kind == "f" and not np.all(values == np.round(values)):
+                bad = int(np.argmax(values != np.round(values)))
+                raise ValueError("1-D predictions are class indices; got "
+                                 f"{values[bad].item()!r} at position {bad}")
+            predicted = values
+        else:
+            hint = (" (one column is a binary output: use CategoricalAccuracy(binary=True))"
+                    if values.ndim == 2 else "")
+            raise ValueError("predictions must be class indices (n_samples,) or per-class "
+                             f"scores (n_samples, n_classes >= 2), got shape {values.shape}"
+                             + hint)
+        targets = _host(y, "y")
+        if targets.ndim == 2:
+            targets = np.argmax(targets, axis=1)
+        if targets.shape != predicted.shape:
+            raise ValueError(f"y has {targets.shape[0] if targets.ndim else 0} targets but "
+                             f"there are {predicted.shape[0]} predictions")
+        return predicted, targets
+
+    def compare(self, predictions, y) -> np.ndarray:
         if self.binary:
-            return ops.binary_accuracy(outputs, y, device=self.device)
-        return ops.accuracy(outputs, y, device=self.device)
+            return _binary_compare(predictions, y)
+        predicted, targets = self._classes(predictions, y)
+        return predicted == targets
+
+    def _fraction(self, values, y) -> float:
+        if self.binary:
+            return ops.binary_accuracy(values, y, device=self.device)
+        if len(getattr(values, "shape", np.shape(values))) == 2 and values.shape[1] >= 2:
+            return ops.accuracy(values, y, device=self.device)    # outputs: the loop kernel
+        return super()._fraction(values, y)
 
     def get_config(self) -> dict:
         return {"binary": self.binary}
 
 
 class BinaryAccuracy(Accuracy):
-    """Fraction of sigmoid outputs on the right side of 0.5 (``CategoricalAccuracy(binary=True)``)."""
+    """Fraction of sigmoid outputs (or 0/1 predictions) on the target's side of 0.5
+    (``CategoricalAccuracy(binary=True)``)."""
 
-    def compare(self, outputs, y) -> float:
-        return ops.binary_accuracy(outputs, y, device=self.device)
+    def compare(self, predictions, y) -> np.ndarray:
+        return _binary_compare(predictions, y)
+
+    def _fraction(self, values, y) -> float:
+        return ops.binary_accuracy(values, y, device=self.device)
 
 
 class RegressionAccuracy(Accuracy):
@@ -96,10 +191,20 @@ class RegressionAccuracy(Accuracy):
             # A statistic of the (host) training targets, computed once: not a training array.
             self.precision = float(np.std(ops.to_numpy(y))) / 250
 
-    def compare(self, outputs, y) -> float:
+    def compare(self, predictions, y) -> np.ndarray:
         if self.precision is None:
             self.init(y)
-        return ops.regression_accuracy(outputs, y, self.precision, device=self.device)
+        values = _host(predictions, "predictions")
+        if values.dtype.kind != "f":
+            values = values.astype(np.float64)
+        # In the predictions' dtype, as the loop kernel compares
+        targets = _targets_like(y, values.shape).astype(values.dtype)
+        return np.absolute(values - targets) < values.dtype.type(self.precision)
+
+    def _fraction(self, values, y) -> float:
+        if self.precision is None:
+            self.init(y)
+        return ops.regression_accuracy(values, y, self.precision, device=self.device)
 
     def get_config(self) -> dict:
         return {"precision": self.precision}

@@ -1,17 +1,4 @@
-"""The ``loopnet`` command line.
-
-    loopnet train                     train the spiral classifier of the book, print a summary
-    loopnet train --data my.csv       ... on your own data (.npz with X and y, or .csv)
-    loopnet predict --model model.npz --data new.csv
-    loopnet explain dense             the loops beside their numpy twin, run on the same input
-    loopnet explain --list            every op
-    loopnet forward                   the notes' forward pass on spiral data, printing the loss
-
-Bad arguments, a bad data or model file, sizes that cannot be allocated and a diverging run
-give a one-line error and exit status 2; output paths and --plot's matplotlib are checked before
-training starts. A closed output pipe (``loopnet predict ... | head -1``) ends the command
-quietly with status 141, as a command killed by SIGPIPE does.
-"""
+"""The ``loopnet`` command line (``DESCRIPTION`` below is its help text)."""
 
 from __future__ import annotations
 
@@ -21,6 +8,25 @@ import os
 import sys
 import time
 import zipfile
+
+DESCRIPTION = """\
+loopnet: a neural network whose every operation is an explicit loop, compiled by numba.
+
+  loopnet train                     train the book's spiral classifier, print a summary
+  loopnet train --data my.csv       ... on your own data (.npz with X and y, or .csv)
+  loopnet train --data images/      ... on an image folder (images/<class>/<file>.png,
+                                    or images/train/... and images/test/...)
+  loopnet predict --model model.npz --data new.csv
+  loopnet predict --model model.npz --image a.png b.png
+  loopnet explain dense             the loops beside their numpy twin, run on the same input
+  loopnet explain --list            every op
+  loopnet forward                   the notes' forward pass on spiral data, printing the loss
+
+Bad arguments, a bad data or model file, sizes that cannot be allocated and a diverging run
+give a one-line error and exit status 2; output paths and --plot's matplotlib are checked
+before training starts. A closed output pipe (loopnet predict ... | head -1) ends the command
+quietly with status 141, as a command killed by SIGPIPE does.
+"""
 
 # Data sets built in (loopnet.datasets) and how the book trains on each.
 DATASETS = ("spiral", "vertical", "sine")
@@ -311,6 +317,24 @@ def _seed(text):
     return value
 
 
+def _image_size(text):
+    parts = text.lower().split("x")
+    try:
+        sizes = [int(part) for part in parts]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 2) or any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"must be N or WxH in pixels, such as 28 or 32x24, "
+                                         f"got {text!r}")
+    return (sizes[0], sizes[0]) if len(sizes) == 1 else (sizes[0], sizes[1])
+
+
+def _version() -> str:
+    import loopnet
+
+    return loopnet.__version__
+
+
 def _fraction(text):
     try:
         value = float(text)
@@ -393,9 +417,10 @@ def _check_sizes(n_samples, n_features, hidden, n_outputs, batch_size, *, output
 
 
 def build_model(n_inputs: int, n_outputs: int, hidden, *, regression: bool, learning_rate,
-                seed: int, device=None):
+                seed: int, device=None, decay=None):
     """The book's networks: Dense-ReLU blocks, then Softmax + categorical cross-entropy for
-    classes or Linear + mean squared error for regression, trained with Adam."""
+    classes or Linear + mean squared error for regression, trained with Adam (``decay``:
+    1e-3 for regression, 5e-7 for classes, unless given)."""
     import numpy as np
 
     import loopnet
@@ -411,12 +436,14 @@ def build_model(n_inputs: int, n_outputs: int, hidden, *, regression: bool, lear
     if regression:
         model.add(loopnet.Linear())
         model.set(loss=loopnet.MeanSquaredError(),
-                  optimizer=loopnet.Adam(learning_rate=learning_rate, decay=1e-3),
+                  optimizer=loopnet.Adam(learning_rate=learning_rate,
+                                         decay=1e-3 if decay is None else decay),
                   accuracy=loopnet.RegressionAccuracy())
     else:
         model.add(loopnet.Softmax())
         model.set(loss=loopnet.CategoricalCrossentropy(),
-                  optimizer=loopnet.Adam(learning_rate=learning_rate, decay=5e-7),
+                  optimizer=loopnet.Adam(learning_rate=learning_rate,
+                                         decay=5e-7 if decay is None else decay),
                   accuracy=loopnet.CategoricalAccuracy())
     model.finalize()
     return model
@@ -429,6 +456,76 @@ def _describe(model) -> str:
     return " -> ".join(repr(layer) for layer in layers)
 
 
+def _image_data(args):
+    """Training and held-out data from an image folder: its ``test`` split when it has
+    ``train/`` and ``test/``, else a ``--test-fraction`` share of it. Returns
+    ``(X, y, X_test, y_test, data)``, ``data`` the training ``ImageData``."""
+    from loopnet import datasets
+
+    options = {"size": args.image_size, "grayscale": not args.color}
+    root = args.data
+    if all(os.path.isdir(os.path.join(root, part)) for part in ("train", "test")):
+        train, test = datasets.load_image_dataset(root, shuffle=True, seed=args.seed, **options)
+        return train.X, train.y, test.X, test.y, train
+    data = datasets.load_image_folder(root, **options)
+    X, y, X_test, y_test = _split(data.X, data.y, args.test_fraction, args.seed)
+    return X, y, X_test, y_test, data
+
+
+class _Log:
+    """The command's log and clock, a callback of ``Model.train`` (the interface of
+    ``loopnet.callbacks.Callback``): the book's line every ``print_every`` epochs with the
+    learning rate to 6 significant digits, the held-out line when that epoch was validated,
+    and the time the first epoch ended (its time includes the compile)."""
+
+    reads_parameters = False          # reads the logs only: the fast path keeps its pace
+
+    def __init__(self, print_every: int):
+        self.print_every = print_every
+        self.first_epoch_end = None
+
+    def set_model(self, model):
+        self.model = model
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            self.first_epoch_end = time.perf_counter()
+        if not self.print_every or epoch % self.print_every:
+            return
+        from loopnet import training
+
+        training.write(f"epoch: {epoch}, " + training.numbers(
+            logs["accuracy"], logs["data_loss"], logs["regularization_loss"],
+            f"{logs['learning_rate']:.6g}"))
+        if "val_loss" in logs:
+            training.write(training.validation_line(logs["val_loss"], logs["val_accuracy"]))
+
+    def on_train_end(self, logs=None):
+        pass
+
+
+def _timing(history, elapsed: float, first_epoch_end, start: float, device: str) -> str:
+    """``N epochs in T s on DEVICE``, with the compile time apart: the history's
+    ``compile_time`` when the training path reports one, else the first epoch's time."""
+    n_epochs = len(history.get("epoch", [])) if hasattr(history, "get") else 0
+    text = f"{n_epochs} epoch{'s' if n_epochs != 1 else ''} in {elapsed:.2f} s on {device}"
+    compile_time = history.get("compile_time") if hasattr(history, "get") else None
+    if isinstance(compile_time, (int, float)) and compile_time >= 0:
+        rest = elapsed - compile_time
+        rate = n_epochs / rest if rest > 0 else float("inf")
+        return text + f": compile {compile_time:.2f} s, then {rate:,.0f} epochs/s"
+    if first_epoch_end is None or n_epochs < 2:
+        return text + " (compile included)"
+    first = first_epoch_end - start
+    rest = elapsed - first
+    rate = (n_epochs - 1) / rest if rest > 0 else float("inf")
+    return text + (f": compile + first epoch {first:.2f} s, then {n_epochs - 1} epochs at "
+                   f"{rate:,.0f} epochs/s")
+
+
 def _train(args) -> int:
     import numpy as np
 
@@ -439,7 +536,18 @@ def _train(args) -> int:
     if args.plot:
         _check_output_path(args.plot, "--plot")
         _check_matplotlib()
-    if args.data:
+    images = None
+    if args.data and os.path.isdir(args.data):
+        if args.label_column is not None:
+            raise UsageError("--label-column is for .csv data, not an image folder")
+        if args.task == "regression":
+            raise UsageError("an image folder holds classes: --task regression does not apply")
+        X, y, X_test, y_test, images = _image_data(args)
+        source = args.data
+        regression = False
+    elif args.data:
+        if args.image_size is not None or args.color:
+            raise UsageError("--image-size and --color are for an image folder (--data DIR)")
         X, y = load_data(args.data, label_column=args.label_column)
         source = args.data
         regression = not _is_classes(y)
@@ -452,6 +560,8 @@ def _train(args) -> int:
     else:
         if args.label_column is not None:
             raise UsageError("--label-column needs --data")
+        if args.image_size is not None or args.color:
+            raise UsageError("--image-size and --color are for an image folder (--data DIR)")
         regression = args.dataset == "sine"
         n_samples = args.samples * (1 if regression else args.classes)
         _check_sizes(n_samples + n_samples // 10, 1 if regression else 2,
@@ -473,27 +583,49 @@ def _train(args) -> int:
                              "--task regression")
         n_outputs = int(largest) + 1
         y, y_test = (np.asarray(a).astype(np.intp).reshape(-1) for a in (y, y_test))
+        if images is not None:
+            n_outputs = len(images.class_names)
         if n_outputs < 2:
             raise UsageError(f"{source}: every label is 0; a classifier needs at least 2 classes")
         what = f"{n_outputs} classes"
-    hidden = args.hidden or ([64, 64] if regression else [64])
-    learning_rate = args.learning_rate or (0.005 if regression else 0.05)
-    if args.batch_size is not None and args.batch_size > len(X):
-        raise UsageError(f"--batch-size {args.batch_size} is larger than the {len(X)} "
+    # The book's settings: chapter 19's for images (10 epochs of batches of 128, 128-128
+    # hidden, Adam lr 0.001 decay 1e-3), else the spiral's and the sine's.
+    epochs = args.epochs or (10 if images is not None else 10_000)
+    batch_size = args.batch_size or (min(128, len(X)) if images is not None else None)
+    hidden = args.hidden or ([128, 128] if images is not None
+                             else [64, 64] if regression else [64])
+    learning_rate = args.learning_rate or (0.001 if images is not None
+                                           else 0.005 if regression else 0.05)
+    decay = 1e-3 if images is not None else None
+    if batch_size is not None and batch_size > len(X):
+        raise UsageError(f"--batch-size {batch_size} is larger than the {len(X)} "
                          "training samples")
-    _check_sizes(len(X) + len(X_test), X.shape[1], hidden, n_outputs, args.batch_size,
+    _check_sizes(len(X) + len(X_test), X.shape[1], hidden, n_outputs, batch_size,
                  outputs_from=(f"{n_outputs} regression targets" if regression else
                                f"labels up to {n_outputs - 1}, so {n_outputs} classes"))
+    validate_every = args.validate_every or (1 if args.early_stopping else None)
+    if args.early_stopping and validate_every != 1:
+        raise UsageError("--early-stopping needs the held-out loss every epoch: leave out "
+                         "--validate-every or give --validate-every 1")
 
     with loopnet.device(args.device):
         model = build_model(X.shape[1], n_outputs, hidden, regression=regression,
-                            learning_rate=learning_rate, seed=args.seed)
+                            learning_rate=learning_rate, seed=args.seed, decay=decay)
+        if images is not None:
+            model.preprocessing = images.preprocessing
+            model.class_names = images.class_names
         if not args.quiet:
-            print(f"loopnet train: {source}, {len(X)} samples ({X.shape[1]} features, {what}), "
-                  f"{len(X_test)} held out; {_describe(model)}; Adam lr {learning_rate:g}; "
-                  f"{args.epochs} epochs"
-                  + (f" of batches of {args.batch_size}" if args.batch_size else "")
+            kind = ""
+            if images is not None:
+                width, height = images.preprocessing["size"]
+                colour = "grayscale" if images.preprocessing["grayscale"] else "RGB"
+                kind = f"{width}x{height} {colour} images, "
+            print(f"loopnet train: {source}, {len(X)} samples ({kind}{X.shape[1]} features, "
+                  f"{what}), {len(X_test)} held out; Adam lr {learning_rate:g}; "
+                  f"{epochs} epochs"
+                  + (f" of batches of {batch_size}" if batch_size else "")
                   + f" on {args.device}", flush=True)
+            model.summary()
         # On a terminal a progress bar (and log lines only if --print-every asks for them);
         # otherwise (a pipe, a CI log) the book's lines, ten per run unless told otherwise.
         terminal = sys.stderr.isatty()
@@ -502,22 +634,39 @@ def _train(args) -> int:
             print_every = 0
         elif args.print_every:
             print_every = args.print_every
+        elif terminal:
+            print_every = 0
         else:
-            print_every = 0 if terminal else max(args.epochs // 10, 1)
+            print_every = max(epochs // 10, 1)
+            if validate_every:      # log the epochs that are validated
+                print_every = max(validate_every, print_every // validate_every * validate_every)
+        log = _Log(print_every)
+        callbacks = [log]
+        stopper = None
+        if args.early_stopping:
+            stopper = loopnet.callbacks.EarlyStopping("val_loss", patience=args.early_stopping,
+                                                      restore_best_weights=True)
+            callbacks.append(stopper)
+        # Without --validate-every the held-out data is evaluated once, after training:
+        # validating every epoch would double the cost of a run whose point is to be quick.
         start = time.perf_counter()
-        # The held-out data is evaluated once, after training: validating every epoch would
-        # double the cost of a run whose point is to be quick.
-        history = model.train(X, y, epochs=args.epochs, batch_size=args.batch_size,
-                              print_every=print_every, **_train_options(model, args, progress))
+        history = model.train(X, y, epochs=epochs, batch_size=batch_size, print_every=0,
+                              seed=args.seed, shuffle=batch_size is not None,
+                              progress=progress, callbacks=callbacks,
+                              validation_data=(X_test, y_test) if validate_every else None,
+                              validate_every=validate_every or 1)
         elapsed = time.perf_counter() - start
-        test_loss, test_acc = model.evaluate(X_test, y_test)
+        test_loss, test_acc = model.evaluate(X_test, y_test, verbose=False)
+    if stopper is not None and stopper.stopped_epoch is not None and not args.quiet:
+        print(f"early stopping at epoch {stopper.stopped_epoch}: the held-out loss did not "
+              f"improve for {args.early_stopping} epochs; restored epoch {stopper.best_epoch} "
+              f"(held-out loss {stopper.best:.3f})", flush=True)
     train_acc = _last(history, "accuracy")
     train_loss = _last(history, "loss")
-    rate = args.epochs / elapsed if elapsed > 0 else float("inf")
     summary = [f"held-out accuracy: {test_acc:.3f} (loss {test_loss:.3f}) on {len(X_test)} samples"]
     if train_acc is not None:
         summary.append(f"training accuracy: {train_acc:.3f} (loss {train_loss:.3f})")
-    summary.append(f"{args.epochs} epochs in {elapsed:.1f} s ({rate:,.0f} epochs/s) on {args.device}")
+    summary.append(_timing(history, elapsed, log.first_epoch_end, start, args.device))
     print("; ".join(summary), flush=True)
     if args.save:
         model.save(args.save)
@@ -528,24 +677,6 @@ def _train(args) -> int:
         if not args.quiet:
             print(f"wrote {args.plot}")
     return 0
-
-
-def _train_options(model, args, progress: bool) -> dict:
-    """Options of ``Model.train`` beyond the issue's core API, passed only where it takes them."""
-    import inspect
-
-    try:
-        params = inspect.signature(model.train).parameters
-    except (TypeError, ValueError):
-        return {}
-    options = {}
-    if "seed" in params:
-        options["seed"] = args.seed
-    if "shuffle" in params and args.batch_size:
-        options["shuffle"] = True
-    if "progress" in params:
-        options["progress"] = progress
-    return options
 
 
 def _last(history, key):
@@ -590,12 +721,16 @@ def _predict(args) -> int:
         raise UsageError(f"model file {args.model!r} does not exist")
     if args.output:
         _check_output_path(args.output, "--output")
+    if args.invert and not args.image:
+        raise UsageError("--invert is for --image files")
     try:
         model = loopnet.Model.load(args.model)
     except (zipfile.BadZipFile, EOFError, KeyError, OSError) as err:
         raise UsageError(f"model file {args.model!r} cannot be read ({err})") from None
     _check_finite_parameters(args.model, model)
     n_features = _model_inputs(model)
+    if args.image:
+        return _predict_images(args, model, n_features)
     X, y = load_data(args.data, label_column=args.label_column, require_labels=False,
                      n_features=n_features)
     with loopnet.device(args.device):
@@ -640,6 +775,50 @@ def _check_finite_parameters(path, model):
             if values is not None and not np.isfinite(loopnet.to_numpy(values)).all():
                 raise UsageError(f"model file {path!r}: the {name} of layer {index} "
                                  f"({layer!r}) hold NaN or infinite values")
+
+
+def _predict_images(args, model, n_features) -> int:
+    """One row per image file: the file, the predicted class's name, every class's
+    probability; each file preprocessed as the model's training images were."""
+    import numpy as np
+
+    import loopnet
+    from loopnet import datasets
+
+    settings = model.preprocessing
+    if not isinstance(settings, dict) or settings.get("kind") != "image":
+        raise UsageError(f"model file {args.model!r} stores no image preprocessing (it was not "
+                         "trained on an image folder); predict on features with --data")
+    X = datasets.load_images(args.image, settings, invert=args.invert)
+    if n_features is not None and X.shape[1] != n_features:
+        raise UsageError(f"the images give {X.shape[1]} features but the model expects "
+                         f"{n_features}")
+    with loopnet.device(args.device):
+        outputs = np.asarray(loopnet.to_numpy(model.predict(X)))
+    names = list(model.class_names or [str(k) for k in range(outputs.shape[1])])
+    if _is_softmax(model) and len(names) == outputs.shape[1]:
+        columns = ["file", "prediction", *names]
+        rows = [[file, names[int(np.argmax(row))], *(f"{v:.6g}" for v in row)]
+                for file, row in zip(args.image, outputs)]
+    else:
+        columns = ["file", *(f"output{k}" for k in range(outputs.shape[1]))]
+        rows = [[file, *(f"{v:.6g}" for v in row)] for file, row in zip(args.image, outputs)]
+    if args.output and args.output.lower().endswith(".npz"):
+        np.savez(args.output, files=np.array([str(f) for f in args.image]),
+                 outputs=outputs, class_names=np.array(names))
+        print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+        return 0
+    handle = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+    finally:
+        if handle is not sys.stdout:
+            handle.close()
+    if args.output:
+        print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+    return 0
 
 
 def _model_inputs(model):
@@ -712,8 +891,9 @@ def _forward(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="loopnet", description=__doc__,
+    parser = _Parser(prog="loopnet", description=DESCRIPTION,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"loopnet {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a classifier (the book's spiral run by default)",
@@ -723,8 +903,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "10,000 full-batch epochs, held-out accuracy on fresh spiral samples.")
     train.add_argument("--dataset", choices=DATASETS, default="spiral",
                        help="built-in data (default: spiral)")
-    train.add_argument("--data", metavar="FILE",
-                       help="your own data: .npz with arrays X and y, or .csv with a label column")
+    train.add_argument("--data", metavar="FILE|DIR",
+                       help="your own data: .npz with arrays X and y, .csv with a label column, "
+                       "or an image folder DIR/<class>/<image> (DIR/train/... and DIR/test/...: "
+                       "the test split is held out); images need Pillow (loopnet[images])")
+    train.add_argument("--image-size", type=_image_size, default=None, metavar="N|WxH",
+                       help="image folder: resize every image to N x N or W x H pixels "
+                       "(default: they must all have one size)")
+    train.add_argument("--color", action="store_true",
+                       help="image folder: keep RGB (default: grayscale)")
     train.add_argument("--label-column", metavar="NAME|INDEX",
                        help="the CSV column with the labels (default: one named label/y/class/"
                        "target, else the last)")
@@ -739,18 +926,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", type=_device, default="cpu",
                        help="cpu (compiled loops), numpy (the twins), python (uncompiled loops; "
                        "slow) or cuda (default: cpu)")
-    train.add_argument("--epochs", type=_positive(int), default=10_000,
-                       help="passes over the training data (default 10000)")
+    train.add_argument("--epochs", type=_positive(int), default=None,
+                       help="passes over the training data (default 10000; 10 for images)")
     train.add_argument("--batch-size", type=_positive(int), default=None,
-                       help="samples per step (default: the whole data set, as the book)")
+                       help="samples per step (default: the whole data set, as the book; "
+                       "128 for images)")
     train.add_argument("--learning-rate", type=_positive(float), default=None,
-                       help="Adam's learning rate (default 0.05; 0.005 for regression)")
+                       help="Adam's learning rate (default 0.05; 0.005 for regression; 0.001 "
+                       "with decay 1e-3 for images)")
     train.add_argument("--hidden", type=_hidden_sizes, default=None, metavar="N[,N...]",
-                       help="hidden layer sizes (default 64; 64,64 for regression)")
+                       help="hidden layer sizes (default 64; 64,64 for regression; 128,128 "
+                       "for images)")
     train.add_argument("--seed", type=_seed, default=0,
                        help="seeds data, weights and shuffling")
     train.add_argument("--print-every", type=_positive(int), default=None, metavar="N",
                        help="log every N epochs (default: epochs / 10)")
+    train.add_argument("--validate-every", type=_positive(int), default=None, metavar="K",
+                       help="evaluate the held-out data every K epochs: its curve is then "
+                       "logged and plotted (default: once, after training)")
+    train.add_argument("--early-stopping", type=_positive(int), default=None, metavar="N",
+                       help="stop when the held-out loss has not improved for N epochs and "
+                       "keep the best epoch's parameters (validates every epoch)")
     train.add_argument("--save", metavar="MODEL.npz", help="save the trained model")
     train.add_argument("--plot", metavar="OUT.png",
                        help="save the decision boundary (2-D inputs) and loss/accuracy curves")
@@ -759,11 +955,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="predict with a saved model",
                              description="Print (or write) one prediction per sample: the class "
-                             "and its probabilities, or the regression outputs.")
+                             "and its probabilities, or the regression outputs. Image files are "
+                             "preprocessed as the model's training images were (size, colour, "
+                             "scaling: stored in the model file).")
     predict.add_argument("--model", required=True, metavar="MODEL.npz",
                          help="a model saved by loopnet train --save or Model.save")
-    predict.add_argument("--data", required=True, metavar="FILE",
-                         help=".npz with X (y optional) or .csv (a label column optional)")
+    inputs = predict.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--data", metavar="FILE",
+                        help=".npz with X (y optional) or .csv (a label column optional)")
+    inputs.add_argument("--image", nargs="+", metavar="FILE",
+                        help="image files (a model trained on an image folder): prints each "
+                        "file's class name and the probabilities")
+    predict.add_argument("--invert", action="store_true",
+                         help="invert the images first (255 - image, the book's trick for a "
+                         "dark drawing on a light background)")
     predict.add_argument("--label-column", metavar="NAME|INDEX",
                          help="the CSV column with labels, left out of the features")
     predict.add_argument("--output", metavar="FILE", help="write a .csv or .npz instead of printing")
@@ -820,7 +1025,8 @@ def main(argv=None) -> int:
         # The reader of our output went away (`loopnet predict ... | head -1`): stop quietly.
         _stdout_to_devnull()
         return BROKEN_PIPE_STATUS
-    except (ValueError, TypeError, RuntimeError, OSError, ArithmeticError, MemoryError) as err:
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError, ArithmeticError,
+            MemoryError) as err:
         # One line, no traceback: these are problems with the input, the data, the device, a
         # diverging run (FloatingPointError) or a size beyond memory. LOOPNET_DEBUG=1 shows
         # the traceback instead (for bugs in loopnet itself).

@@ -145,7 +145,7 @@ class Program:
             self.floats[index] = (layer.weight_regularizer_l1, layer.weight_regularizer_l2,
                                   layer.bias_regularizer_l1, layer.bias_regularizer_l2, 0.0)
         for index, layer in self.dropout:
-            self.floats[index, step.RATE] = layer.rate
+            self.floats[index, step.RATE] = layer.drop_rate
         self.n_outputs = width
         last = self.program[-1, step.KIND]
         if last == step.LINEAR and len(rows) == 1:
@@ -352,7 +352,8 @@ class CompiledRun:
         step = self.step
         table = self.program.program
         optimizer = self.program.model.optimizer
-        names = optimizer.state_names if optimizer is not None else ()
+        training = self.program.optimizer is not None   # (not for evaluate/predict)
+        names = optimizer.state_names if training else ()
         for index, layer in self.program.dense:
             start = int(table[index, step.WEIGHTS])
             for params, prefix in ((layer.weights, "weight"), (layer.biases, "bias")):
@@ -378,7 +379,7 @@ class CompiledRun:
         step = self.step
         table = self.program.program
         optimizer = self.program.model.optimizer
-        names = optimizer.state_names if optimizer is not None else ()
+        names = optimizer.state_names if self.program.optimizer is not None else ()
         for index, layer in self.program.dense:
             start = int(table[index, step.WEIGHTS])
             for params, prefix, grad_name in ((layer.weights, "weight", "dweights"),

@@ -1,4 +1,6 @@
-"""The nnfs toy datasets, with nnfs's signatures, reimplemented so a ``seed=`` can be given.
+"""The nnfs toy datasets, with nnfs's signatures, reimplemented so a ``seed=`` can be given;
+and image folders in the book's layout (``load_image_folder``, ``load_image_dataset``,
+``load_images``: see ``loopnet.images``).
 
 With ``seed=None`` the draws come from numpy's global RNG in the same order as ``nnfs.datasets``
 (so ``np.random.seed(0)`` or ``nnfs.init()`` reproduce the book's data exactly); with a seed they
@@ -10,7 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from loopnet.images import ImageData, load_image_dataset, load_image_folder, load_images
 from loopnet.layers import _positive_int
+
+__all__ = ["ImageData", "load_image_dataset", "load_image_folder", "load_images", "sine_data",
+           "spiral_data", "vertical_data"]
 
 
 def _label_dtype(classes: int) -> np.dtype:
@@ -31,7 +37,7 @@ def spiral_data(samples: int, classes: int, *, seed=None, dtype=np.float32):
     samples = _positive_int(samples, "samples")
     classes = _positive_int(classes, "classes")
     randn = _randn(seed)
-    X = np.zeros((samples * classes, 2))
+    X = np.zeros((samples * classes, 2), dtype=np.float64)
     y = np.zeros(samples * classes, dtype=_label_dtype(classes))
     for class_number in range(classes):
         ix = range(samples * class_number, samples * (class_number + 1))
@@ -48,7 +54,7 @@ def vertical_data(samples: int, classes: int, *, seed=None, dtype=np.float32):
     samples = _positive_int(samples, "samples")
     classes = _positive_int(classes, "classes")
     randn = _randn(seed)
-    X = np.zeros((samples * classes, 2))
+    X = np.zeros((samples * classes, 2), dtype=np.float64)
     y = np.zeros(samples * classes, dtype=_label_dtype(classes))
     for class_number in range(classes):
         ix = range(samples * class_number, samples * (class_number + 1))

@@ -98,10 +98,11 @@ class Layer:
 class Dense(Layer):
     """A fully connected layer of ``n_neurons`` neurons, each seeing all ``n_inputs`` inputs.
 
-    ``weights`` has shape ``(n_inputs, n_neurons)`` (the transpose of ``torch.nn.Linear.weight``),
-    drawn as ``0.1 * randn`` so that no transpose is needed in ``forward``; ``biases`` start at 0
-    with shape ``(1, n_neurons)``, as in the notes. ``dtype`` is float32 by default; inputs are
-    converted to it.
+    ``weights`` has shape ``(n_inputs, n_neurons)`` (the transpose of ``torch.nn.Linear.weight``)
+    so that no transpose is needed in ``forward``, drawn as ``weight_scale * randn`` with
+    ``weight_scale=0.1`` as in the notes (the book's chapter code draws ``0.01 * randn``: pass
+    ``weight_scale=0.01`` to match it); ``biases`` start at 0 with shape ``(1, n_neurons)``.
+    ``dtype`` is float32 by default; inputs are converted to it.
 
     >>> np.random.seed(0)
     >>> layer1 = Dense(4, 5)
@@ -137,7 +138,7 @@ class Dense(Layer):
         self.weight_regularizer_l2 = _regularizer(weight_regularizer_l2, "weight_regularizer_l2")
         self.bias_regularizer_l1 = _regularizer(bias_regularizer_l1, "bias_regularizer_l1")
         self.bias_regularizer_l2 = _regularizer(bias_regularizer_l2, "bias_regularizer_l2")
-        # The notes draw 0.1 * randn; the book's later chapters use 0.01 (weight_scale=0.01).
+        # The notes draw 0.1 * randn; the book's chapter code uses 0.01 (weight_scale=0.01).
         self.weight_scale = _regularizer(weight_scale, "weight_scale")
 
     @classmethod
@@ -253,6 +254,34 @@ class Dense(Layer):
         return f"Dense({self.n_inputs}, {self.n_neurons}{extra})"
 
 
+def _dropout_seed(seed) -> int:
+    """The int seed of a dropout layer's mask generator: ``seed`` itself, or one drawn from
+    numpy's global generator (``seed=None``: so ``np.random.seed(0)`` / ``nnfs.init()`` make the
+    masks repeat), a ``np.random.Generator`` or a ``np.random.RandomState``."""
+    if seed is None:
+        return int(np.random.randint(0, 2**31 - 1))
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(0, 2**31 - 1))
+    if isinstance(seed, np.random.RandomState):
+        return int(seed.randint(0, 2**31 - 1))
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        if not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+        return int(seed)
+    raise TypeError(
+        f"seed must be None, an int, a np.random.Generator or a np.random.RandomState, got {seed!r}"
+    )
+
+
+class Input(Layer):
+    """The book's ``Layer_Input``: ``forward`` keeps its inputs as ``output``. ``Model.finalize``
+    puts one in front of the layers (``model.input_layer``, the first layer's ``prev``)."""
+
+    def forward(self, inputs, training: bool = True):
+        self.output = inputs
+        return self.output
+
+
 class Dropout(Layer):
     """Drop each neuron's output with probability ``rate`` while training (the book's
     ``Layer_Dropout``); the kept ones are scaled by ``1 / (1 - rate)`` so the expected sum of
@@ -262,9 +291,12 @@ class Dropout(Layer):
     Masks come from a counter-based generator (``ops.dropout_mask``): element ``(s, n)`` of the
     ``step``-th training batch is kept or dropped by a hash of ``(seed, step, s, n)``, so the
     same seed gives the same masks run after run, on every device and for any thread count,
-    through the layers or the compiled training step alike. Without ``seed`` one is drawn from
-    numpy's global generator, so ``np.random.seed(...)`` (or ``nnfs.init()``) makes runs
-    repeatable, as the book's are. ``step`` counts the training batches seen so far.
+    through the layers or the compiled training step alike. Without ``seed`` the layer draws one
+    from numpy's global generator when it is built, so ``np.random.seed(0)`` (or
+    ``nnfs.init()``) makes runs repeat; ``self.seed`` is that int and ``self.step`` counts the
+    training batches seen so far. The masks are not the book's: it draws them with
+    ``np.random.binomial`` from the global generator, step after step. (The book stores
+    ``1 - rate``; ``loopnet.nnfs.Layer_Dropout`` keeps that attribute.)
     """
 
     def __init__(self, rate: float, *, seed=None, step: int = 0, device: str | None = None):
@@ -272,16 +304,26 @@ class Dropout(Layer):
         rate = _regularizer(rate, "rate")
         if rate >= 1:
             raise ValueError(f"Dropout rate must be in [0, 1): the fraction dropped, got {rate}")
-        self.rate = rate
-        if seed is None:
-            seed = int(np.random.randint(0, 2**31 - 1, dtype=np.int64))
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not (
-                0 <= seed < 2**63):
-            raise TypeError(f"seed must be None or an integer in [0, 2**63), got {seed!r}")
-        self.seed = int(seed)
+        self._dropped = rate
+        self.seed = _dropout_seed(seed)
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")
         self.step = int(step)
+
+    @property
+    def rate(self) -> float:
+        """The fraction of outputs dropped while training."""
+        return self._dropped
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        self._dropped = value
+
+    @property
+    def drop_rate(self) -> float:
+        """The fraction of outputs dropped while training (whatever ``rate`` means in a
+        subclass: ``loopnet.nnfs.Layer_Dropout``'s is the fraction kept, as the book's)."""
+        return self._dropped
 
     def forward(self, inputs, training: bool = True):
         self.inputs = inputs
@@ -293,8 +335,8 @@ class Dropout(Layer):
         if dtype not in (np.float32, np.float64):
             dtype = np.dtype(np.float64)
         shape = tuple(inputs.shape) if hasattr(inputs, "shape") else np.shape(inputs)
-        self.binary_mask = ops.dropout_mask(shape, self.rate, seed=self.seed, step=self.step,
-                                            dtype=dtype, device=self.device)
+        self.binary_mask = ops.dropout_mask(shape, self._dropped, seed=self.seed,
+                                            step=self.step, dtype=dtype, device=self.device)
         self.step += 1
         self.output = ops.dropout_forward(inputs, self.binary_mask, device=self.device)
         return self.output
@@ -312,7 +354,7 @@ class Dropout(Layer):
 
     def get_config(self) -> dict:
         # The seed and the number of batches seen: a reloaded model draws the very next masks.
-        return {"rate": self.rate, "seed": self.seed, "step": self.step}
+        return {"rate": self._dropped, "seed": self.seed, "step": self.step}
 
     def __repr__(self) -> str:
-        return f"Dropout({self.rate})"
+        return f"{type(self).__name__}({self._dropped})"

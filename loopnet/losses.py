@@ -4,10 +4,33 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from loopnet import ops
 from loopnet.activations import Softmax
 from loopnet.devices import normalize
 from loopnet.layers import _buffer
+
+
+def _float(dtype) -> np.dtype:
+    """float32 or float64 (the dtypes loopnet computes in); anything else reads as float64."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        return np.dtype(np.float64)
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
+def _parameter_dtype(layers) -> np.dtype:
+    """The dtype the layers' parameters share (float32 when there are none)."""
+    dtypes = [getattr(layer.weights, "dtype", None) for layer in layers]
+    dtypes = [_float(d) for d in dtypes if d is not None]
+    return np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
+
+
+def _working(value: float, dtype):
+    """``value`` as a numpy scalar of ``dtype``: printed with the digits the dtype holds."""
+    return np.dtype(dtype).type(value)
 
 
 class Loss:
@@ -20,6 +43,8 @@ class Loss:
     def __init__(self, device: str | None = None):
         self.device = None if device is None else normalize(device)
         self.trainable_layers = []
+        # The dtype of the last per-sample losses: ``calculate`` returns numpy scalars of it.
+        self.dtype = np.dtype(np.float32)
         self.new_pass()
 
     def forward(self, y_pred, y_true):  # pragma: no cover - every loss overrides it
@@ -32,31 +57,47 @@ class Loss:
         """The layers whose L1/L2 penalties ``regularization_loss()`` adds up (set by Model)."""
         self.trainable_layers = list(trainable_layers)
 
-    def regularization_loss(self, layer=None) -> float:
+    def regularization_loss(self, layer=None):
         """The L1/L2 penalty of ``layer`` (chapter 14's form), or of every remembered trainable
-        layer when called without one (chapter 18's form)."""
+        layer when called without one (chapter 18's form), as a numpy scalar of the layers'
+        dtype (``np.float32`` for float32 weights), as the book's ``np.sum`` gives it."""
         layers = self.trainable_layers if layer is None else [layer]
+        return _working(self._regularization_total(layers), _parameter_dtype(layers))
+
+    def _regularization_total(self, layers=None) -> float:
+        """The penalty as a Python float (summed in float64): what ``Model`` records."""
         total = 0.0
-        for layer in layers:
+        for layer in self.trainable_layers if layers is None else layers:
+            device = getattr(layer, "device", None)
             for values, l1, l2 in (
-                (layer.weights, layer.weight_regularizer_l1, layer.weight_regularizer_l2),
-                (layer.biases, layer.bias_regularizer_l1, layer.bias_regularizer_l2),
+                (layer.weights, getattr(layer, "weight_regularizer_l1", 0),
+                 getattr(layer, "weight_regularizer_l2", 0)),
+                (layer.biases, getattr(layer, "bias_regularizer_l1", 0),
+                 getattr(layer, "bias_regularizer_l2", 0)),
             ):
                 if l1 > 0 or l2 > 0:
-                    total += ops.regularization_loss(values, l1=l1, l2=l2, device=layer.device)
+                    total += ops.regularization_loss(values, l1=l1, l2=l2, device=device)
         return total
 
     def calculate(self, output, y, *, include_regularization: bool = False):
-        """The data loss: the mean of the per-sample losses, as a Python float; with
+        """The data loss: the mean of the per-sample losses, as a numpy scalar of the outputs'
+        dtype (``np.float32`` for float32 outputs, as the book's ``np.mean``); with
         ``include_regularization=True`` the pair ``(data_loss, regularization_loss)``."""
-        sample_losses = self.forward(output, y)
-        data_loss = ops.mean(sample_losses, device=self.device)
-        n_samples = sample_losses.shape[0]
-        self.accumulated_sum += data_loss * n_samples
-        self.accumulated_count += n_samples
+        data_loss = _working(self._data_loss(output, y), self.dtype)
         if not include_regularization:
             return data_loss
         return data_loss, self.regularization_loss()
+
+    def _data_loss(self, output, y) -> float:
+        """The mean loss as a Python float (summed in float64), added to the running sum:
+        what ``Model`` records (``calculate`` rounds it to the working dtype)."""
+        sample_losses = self.forward(output, y)
+        data_loss = ops.mean(sample_losses, device=self.device)
+        n_samples = sample_losses.shape[0]
+        self.dtype = _float(getattr(sample_losses, "dtype", None))
+        self.accumulated_sum += data_loss * n_samples
+        self.accumulated_count += n_samples
+        return data_loss
 
     def new_pass(self) -> None:
         """Forget the running sum (start of an epoch)."""
@@ -64,13 +105,18 @@ class Loss:
         self.accumulated_count = 0
 
     def calculate_accumulated(self, *, include_regularization: bool = False):
-        """The mean loss over every sample ``calculate`` has seen since ``new_pass``."""
-        if self.accumulated_count == 0:
-            raise RuntimeError("no loss was calculated since new_pass()")
-        data_loss = self.accumulated_sum / self.accumulated_count
+        """The mean loss over every sample ``calculate`` has seen since ``new_pass`` (a numpy
+        scalar of the working dtype); with ``include_regularization=True`` the pair
+        ``(data_loss, regularization_loss)``, the penalty being that of the current weights."""
+        data_loss = _working(self._accumulated(), self.dtype)
         if not include_regularization:
             return data_loss
         return data_loss, self.regularization_loss()
+
+    def _accumulated(self) -> float:
+        if self.accumulated_count == 0:
+            raise RuntimeError("no loss was calculated since new_pass()")
+        return self.accumulated_sum / self.accumulated_count
 
     def _dinputs_buffer(self, dvalues):
         return _buffer(getattr(self, "dinputs", None), getattr(dvalues, "shape", ()),
@@ -112,7 +158,7 @@ class SoftmaxCategoricalCrossentropy:
         self.activation = Softmax(device=device)
         self.loss = CategoricalCrossentropy(device=device)
 
-    def forward(self, inputs, y_true) -> float:
+    def forward(self, inputs, y_true):
         self.output = self.activation.forward(inputs)
         return self.loss.calculate(self.output, y_true)
 

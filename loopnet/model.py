@@ -1,4 +1,4 @@
-"""``Model``: the book's chapter-18/19 training loop around loopnet's layers.
+"""``Model``: the book's training loop (chapters 18-22) around loopnet's layers.
 
 ::
 
@@ -10,27 +10,28 @@
               accuracy=loopnet.CategoricalAccuracy())
     model.finalize()
     history = model.train(X, y, epochs=10_000, print_every=100, validation_data=(X_test, y_test))
-    loss, acc = model.evaluate(X_test, y_test)
+    loss, acc = model.evaluate(X_test, y_test)          # prints the book's validation line
     probabilities = model.predict(X_test)
 
 Every computation on parameters, activations and gradients runs in the layers, losses and
 optimizers through ``loopnet.ops`` (loop kernels on the selected device); this module only
-orders the calls, slices batches of the host data and keeps Python floats (losses, accuracies,
-the learning rate) for the log and the history.
+orders the calls and slices batches of the host data. The numbers of each step and epoch go
+to ``loopnet.training`` (sums, the book's log, the history, validation, callbacks, the
+progress bar); ``model.summary()``, ``model.to_torch()`` and the saving functions live in
+``loopnet.summary``, ``loopnet.interop`` and ``loopnet.saving``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import sys
-import time
 
 import numpy as np
 
-from loopnet import checks, ops
+from loopnet import checks, ops, training
 from loopnet.activations import Softmax
-from loopnet.losses import CategoricalCrossentropy, SoftmaxCategoricalCrossentropy
+from loopnet.layers import Input
+from loopnet.losses import CategoricalCrossentropy, Loss, SoftmaxCategoricalCrossentropy
 
 
 def _positive_int(value, name: str) -> int:
@@ -59,44 +60,29 @@ def _paired_rows(X, y, x_name: str, y_name: str):
     return X, y, n_samples
 
 
-class _ProgressBar:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal, redrawn at most
-    ten times a second (so it costs nothing measurable per epoch)."""
+def _losses(loss, output, y, regularization: bool = True):
+    """The data loss and the L1/L2 penalty as Python floats (loopnet's losses keep them
+    unrounded; any object with the book's ``Loss`` interface works too)."""
+    if isinstance(loss, Loss):
+        return loss._data_loss(output, y), (loss._regularization_total() if regularization
+                                            else 0.0)
+    if not regularization:
+        return float(loss.calculate(output, y)), 0.0
+    data_loss, regularization_loss = loss.calculate(output, y, include_regularization=True)
+    return float(data_loss), float(regularization_loss)
 
-    WIDTH = 30
 
-    def __init__(self, total: int, enabled: bool, stream=None):
-        self.total = total
-        self.stream = sys.stderr if stream is None else stream
-        self.enabled = enabled
-        self.last_draw = 0.0
-        self.start = time.monotonic()
-        self.drawn = False
-
-    def update(self, epoch: int, loss: float, accuracy: float | None) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.last_draw < 0.1 and epoch != self.total:
-            return
-        self.last_draw = now
-        filled = int(self.WIDTH * epoch / self.total)
-        bar = "#" * filled + "-" * (self.WIDTH - filled)
-        acc = "" if accuracy is None else f" acc {accuracy:.3f}"
-        elapsed = now - self.start
-        self.stream.write(f"\r[{bar}] {epoch}/{self.total} loss {loss:.3f}{acc} {elapsed:.1f}s")
-        self.stream.flush()
-        self.drawn = True
-
-    def clear(self) -> None:
-        """Erase the bar so a log line printed now starts on a clean line."""
-        if self.drawn:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self.drawn = False
-
-    def close(self) -> None:
-        self.clear()
+def _callbacks(callbacks) -> list:
+    if callbacks is None:
+        return []
+    if not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"callbacks must be a list of callbacks, got {type(callbacks).__name__}")
+    for callback in callbacks:
+        if not all(callable(getattr(callback, name, None))
+                   for name in ("set_model", "on_train_begin", "on_epoch_end", "on_train_end")):
+            raise TypeError(f"{callback!r} is not a callback: subclass "
+                            "loopnet.callbacks.Callback")
+    return list(callbacks)
 
 
 class Model:
@@ -109,7 +95,14 @@ class Model:
         self.accuracy = None
         self.trainable_layers = []
         self.softmax_classifier_output = None
+        self.input_layer = None
+        self.output_layer_activation = None
         self.finalized = False
+        self.stop_training = False
+        # Optional, saved with the model: how raw inputs become X (e.g. an image folder's
+        # size, colour and scaling; see loopnet.datasets) and the name of each class.
+        self.preprocessing = None
+        self.class_names = None
 
     # --- building ---------------------------------------------------------------------------
 
@@ -136,11 +129,18 @@ class Model:
         self.finalized = False
 
     def finalize(self) -> None:
-        """Find the trainable layers, tell the loss about them (for the L1/L2 penalties), and
-        use the fused softmax + cross-entropy backward when the model ends in ``Softmax`` and
-        the loss is ``CategoricalCrossentropy``."""
+        """Link the layers as the book does (``model.input_layer``, an ``Input``, then each
+        layer's ``prev`` and ``next``; the last layer's ``next`` is the loss), find the
+        trainable layers, tell the loss about them (for the L1/L2 penalties), and use the
+        fused softmax + cross-entropy backward when the model ends in ``Softmax`` and the
+        loss is ``CategoricalCrossentropy``."""
         if not self.layers:
             raise ValueError("the model has no layers: add() some before finalize()")
+        self.input_layer = Input()
+        chain = [self.input_layer, *self.layers, self.loss]
+        for previous, layer, following in zip(chain, chain[1:], chain[2:]):
+            layer.prev = previous
+            layer.next = following
         self.trainable_layers = [layer for layer in self.layers if hasattr(layer, "weights")]
         if self.loss is not None:
             self.loss.remember_trainable_layers(self.trainable_layers)
@@ -153,24 +153,32 @@ class Model:
     # --- passes -------------------------------------------------------------------------------
 
     def forward(self, X, training: bool):
-        """Run ``X`` through every layer; returns the last layer's output."""
-        output = X
+        """Run ``X`` through every layer; returns the last layer's output. Each layer reads
+        the previous one's ``output`` attribute, as the book chains them (so a layer written
+        as the book writes it, returning nothing, works too)."""
+        if self.input_layer is None:
+            self.finalize()
+        output = self.input_layer.forward(X, training)
         for layer in self.layers:
-            output = layer.forward(output, training)
+            layer.forward(output, training)
+            output = layer.output
         return output
 
     def backward(self, output, y) -> None:
-        """Backpropagate from the loss to the first layer (each layer sets its gradients)."""
+        """Backpropagate from the loss to the first layer (each layer sets its gradients and
+        ``dinputs``, which the layer before it reads)."""
         if self.softmax_classifier_output is not None:
             self.softmax_classifier_output.backward(output, y)
             dvalues = self.softmax_classifier_output.dinputs
             self.layers[-1].dinputs = dvalues
             layers = self.layers[:-1]
         else:
-            dvalues = self.loss.backward(output, y)
+            self.loss.backward(output, y)
+            dvalues = self.loss.dinputs
             layers = self.layers
         for layer in reversed(layers):
-            dvalues = layer.backward(dvalues)
+            layer.backward(dvalues)
+            dvalues = layer.dinputs
 
     def _optimize(self) -> None:
         self.optimizer.pre_update_params()
@@ -182,22 +190,49 @@ class Model:
 
     def train(self, X, y, *, epochs: int = 1, batch_size: int | None = None,
               print_every: int | None = 1, validation_data=None, shuffle: bool = False,
-              seed=None, progress: bool | None = None) -> dict:
-        """Train for ``epochs`` passes over ``(X, y)``; returns the history, a dict of lists
-        with one entry per epoch: ``epoch``, ``loss`` (data + regularization), ``data_loss``,
-        ``regularization_loss``, ``accuracy``, ``learning_rate``, and with
-        ``validation_data=(X_val, y_val)`` also ``val_loss`` and ``val_accuracy``.
+              seed=None, progress=None, callbacks=None, validate_every: int = 1) -> dict:
+        """Train for ``epochs`` passes over ``(X, y)``; returns the history.
 
         ``batch_size=None`` trains on the whole set at once (one step per epoch); otherwise
         each epoch takes ``ceil(n / batch_size)`` steps, in order, or in a fresh order drawn
         from ``np.random.default_rng(seed)`` each epoch when ``shuffle=True`` (same seed, same
-        run). Every ``print_every`` epochs (``None`` or 0: never) the book's line is printed::
+        run). ``validation_data=(X_val, y_val)`` is evaluated every ``validate_every`` epochs
+        and after the last one.
+
+        The book's lines are printed (``print_every=None`` or 0: none), with the learning rate
+        in full as the book prints ``current_learning_rate``. Full batch: chapter 18's line
+        every ``print_every`` epochs, and the validation line once at the end::
 
             epoch: 100, acc: 0.713, loss: 0.653 (data_loss: 0.653, reg_loss: 0.000), lr: 0.0499
+            validation, acc: 0.700, loss: 0.671
 
-        A progress bar goes to stderr when it is a terminal (``progress=None``), always
-        (``True``) or never (``False``). A NaN or infinite loss stops training with a
-        ``FloatingPointError`` naming the epoch and step.
+        In batches: chapter 19's, for every epoch ``epoch: N``, a ``step: ...`` line every
+        ``print_every`` steps and at the last step, ``training, ...`` and ``validation, ...``.
+
+        The history is a dict of per-epoch lists:
+
+        - ``epoch``: 1, 2, ...
+        - ``data_loss``, ``accuracy``: the mean over the epoch's samples of each step's loss
+          and accuracy (each step measured before its update), the book's
+          ``calculate_accumulated()``; ``accuracy`` is NaN for a model without one
+        - ``regularization_loss``: the L1/L2 penalty printed on the epoch's line: full batch,
+          that of the weights the epoch's step started from (chapter 18); in batches, that of
+          the weights at the end of the epoch (chapter 19's ``training`` line)
+        - ``loss``: ``data_loss + regularization_loss``
+        - ``learning_rate``: the rate of the epoch's last step
+        - ``val_loss``, ``val_accuracy`` (with ``validation_data``): the data loss and accuracy
+          on the held-out data at the end of the epoch, NaN on epochs not validated
+
+        and, when a callback stopped training, ``stopped_epoch`` (an int; the lists then end
+        there); ``compile_time`` (seconds) when the training path reports its compile time.
+
+        ``callbacks``: ``loopnet.callbacks`` objects (``EarlyStopping``, ``ModelCheckpoint``,
+        your own ``Callback``); one stops training by setting ``model.stop_training = True``.
+
+        A progress bar (tqdm: rate and ETA) is shown when stderr is a terminal or in a
+        notebook (``progress=None``), always (``True``, on stderr, or on the stream given as
+        ``progress``) or never (``False``); log lines are then printed above it. A NaN or
+        infinite loss stops training with a ``FloatingPointError`` naming the epoch and step.
         """
         if self.loss is None or self.optimizer is None:
             raise ValueError("set(loss=..., optimizer=...) before train()")
@@ -214,52 +249,54 @@ class Model:
         if print_every is not None and print_every != 0:
             print_every = _positive_int(print_every, "print_every")
         validation_data = checks.check_validation_data(self, validation_data, y)
+        validate_every = _positive_int(validate_every, "validate_every")
+        callbacks = _callbacks(callbacks)
         if shuffle and not isinstance(X, np.ndarray):
             raise TypeError("shuffle=True needs X and y as host numpy arrays")
         rng = np.random.default_rng(seed) if shuffle else None
         if self.accuracy is not None:
             self.accuracy.init(y)
 
-        history = {"epoch": [], "loss": [], "data_loss": [], "regularization_loss": [],
-                   "accuracy": [], "learning_rate": []}
-        if validation_data is not None:
-            history["val_loss"] = []
-            history["val_accuracy"] = []
-        trainer, path = self._compiled_trainer(X, y, batch_size, validation_data)
-        history["path"] = path
-        history["compile_time"] = 0.0
-        show = sys.stderr.isatty() if progress is None else bool(progress)
-        bar = _ProgressBar(epochs, show)
+        # The bookkeeping (sums, the book's lines, history, validation, callbacks, progress
+        # bar) lives in loopnet/training.py; the steps run here, through the compiled step
+        # (loopnet/compiled.py) when it covers the model, else layer by layer.
+        run = training.TrainingRun(self, epochs=epochs, steps=steps, batch_size=batch_size,
+                                   print_every=print_every, validation_data=validation_data,
+                                   validate_every=validate_every, callbacks=callbacks,
+                                   progress=progress)
+        trainer, run.history["path"] = self._compiled_trainer(X, y, batch_size,
+                                                              validation_data)
         try:
+            run.begin()
             epoch = 1
-            while epoch <= epochs:
-                if trainer is not None:
-                    # a block of epochs in one compiled call, then each epoch's bookkeeping
-                    count = trainer.block_size(epochs - epoch + 1, one_at_a_time=False)
-                    orders = [rng.permutation(n_samples) if rng is not None else None
-                              for _ in range(count)]
-                    records = trainer.train(orders)
-                    history["compile_time"] = trainer.run.compile_time
-                    for record in records:
-                        self.loss.new_pass()
-                        if self.accuracy is not None:
-                            self.accuracy.new_pass()
-                        regularization_sum = 0.0
-                        for data_loss, accuracy, regularization_loss, _, rows in record.steps:
-                            self.loss.accumulated_sum += data_loss * rows
-                            self.loss.accumulated_count += rows
-                            if self.accuracy is not None:
-                                self.accuracy.accumulated_sum += accuracy * rows
-                                self.accuracy.accumulated_count += rows
-                            regularization_sum += regularization_loss * rows
-                        self._end_epoch(history, epoch, regularization_sum / n_samples,
-                                        record.steps[-1][3], record.validation, print_every,
-                                        bar)
-                        epoch += 1
-                    if trainer.failure is not None:
-                        _, step, (data_loss, _, regularization_loss, _) = trainer.failure
-                        self._diverged(epoch, step, steps, data_loss, regularization_loss)
-                    continue
+            while epoch <= epochs and trainer is not None:
+                # a block of epochs in one compiled call, then each epoch's bookkeeping from
+                # the numbers of its steps
+                count = trainer.block_size(epochs - epoch + 1, run.epoch_by_epoch)
+                orders = [rng.permutation(n_samples) if rng is not None else None
+                          for _ in range(count)]
+                records = trainer.train(orders)
+                run.compile_time = trainer.run.compile_time
+                stop = False
+                for record in records:
+                    run.start_epoch(epoch)
+                    for step, (data_loss, accuracy, regularization_loss, learning_rate,
+                               rows) in enumerate(record.steps):
+                        run.step(step, data_loss,
+                                 None if self.accuracy is None else accuracy,
+                                 regularization_loss, learning_rate, rows)
+                    stop = run.end_epoch(epoch, record.final_regularization,
+                                         validation=record.validation)
+                    epoch += 1
+                    if stop:
+                        break
+                if trainer.failure is not None:
+                    _, step, (data_loss, _, regularization_loss, _) = trainer.failure
+                    training.check_finite(epoch, step, steps, data_loss, regularization_loss,
+                                          self.optimizer.current_learning_rate)
+                if stop:
+                    return run.finish()
+            for epoch in range(epoch, epochs + 1):
                 X_epoch, y_epoch = X, y
                 if rng is not None:
                     order = rng.permutation(n_samples)
@@ -267,7 +304,7 @@ class Model:
                 self.loss.new_pass()
                 if self.accuracy is not None:
                     self.accuracy.new_pass()
-                regularization_sum = 0.0
+                run.start_epoch(epoch)
                 for step in range(steps):
                     if batch_size is None:
                         batch_X, batch_y = X_epoch, y_epoch
@@ -275,39 +312,44 @@ class Model:
                         batch_X = X_epoch[step * batch_size:(step + 1) * batch_size]
                         batch_y = y_epoch[step * batch_size:(step + 1) * batch_size]
                     output = self.forward(batch_X, training=True)
-                    data_loss, regularization_loss = self.loss.calculate(
-                        output, batch_y, include_regularization=True)
-                    if not (math.isfinite(data_loss) and math.isfinite(regularization_loss)):
-                        self._diverged(epoch, step, steps, data_loss, regularization_loss)
-                    regularization_sum += regularization_loss * _n_rows(batch_X, "X")
-                    if self.accuracy is not None:
-                        self.accuracy.calculate(output, batch_y)
+                    data_loss, regularization_loss = _losses(self.loss, output, batch_y)
+                    training.check_finite(epoch, step, steps, data_loss, regularization_loss,
+                                          self.optimizer.current_learning_rate)
+                    accuracy = (None if self.accuracy is None
+                                else self.accuracy.calculate(output, batch_y))
                     self.backward(output, batch_y)
                     self._optimize()
-                validation = None
-                if validation_data is not None:
-                    validation = self.evaluate(*validation_data, batch_size=batch_size)
-                self._end_epoch(history, epoch, regularization_sum / n_samples,
-                                self.optimizer.current_learning_rate, validation, print_every,
-                                bar)
-                epoch += 1
+                    run.step(step, data_loss, accuracy, regularization_loss,
+                             self.optimizer.current_learning_rate, _n_rows(batch_X, "X"))
+                if run.end_epoch(epoch):
+                    break
+            return run.finish()
         finally:
-            bar.close()
-        if validation_data is not None and print_every:
-            print(f"validation, acc: {history['val_accuracy'][-1]:.3f}, "
-                  f"loss: {history['val_loss'][-1]:.3f}", flush=True)
-        return history
+            run.close()
+
+    def _compiled_forward(self, X, y, batch_size, outputs=False):
+        """``evaluate``'s ``(loss, accuracy)`` or ``predict``'s outputs through the compiled
+        step, or None where it does not cover the model (the layers then run one by one)."""
+        from loopnet import compiled
+
+        if not compiled.enabled():
+            return None
+        try:
+            return compiled.forward_only(self, X, y, batch_size=batch_size, outputs=outputs)
+        except compiled.Unsupported:
+            return None
 
     def _compiled_trainer(self, X, y, batch_size, validation_data):
-        """The compiled step for this call (``loopnet.compiled``) and the history's ``path``,
-        or ``None`` and the reason the layered path runs (warned about once on cpu)."""
+        """The compiled step for this call (``loopnet.compiled``) and the history's ``path``:
+        ``"compiled"``, or ``None`` and ``"layered: <why>"`` (warned about once on cpu, where
+        the compiled step would have been the fast path)."""
         from loopnet import compiled
         from loopnet.devices import get_device
 
         devices = {get_device(getattr(owner, "device", None))
                    for owner in [*self.layers, self.loss, self.accuracy] if owner is not None}
         if devices != {"cpu"}:
-            return None, f"layered ({', '.join(sorted(devices))})"
+            return None, f"layered: device {', '.join(sorted(devices))}"
         try:
             return (compiled.prepare_training(self, X, y, batch_size, validation_data),
                     "compiled")
@@ -316,41 +358,10 @@ class Model:
                 compiled.warn_layered(self, str(reason))
             return None, f"layered: {reason}"
 
-    def _diverged(self, epoch, step, steps, data_loss, regularization_loss):
-        where = f"epoch {epoch}" + (f", step {step}" if steps > 1 else "")
-        raise FloatingPointError(
-            f"training diverged at {where}: data_loss={data_loss}, "
-            f"reg_loss={regularization_loss} (learning rate "
-            f"{self.optimizer.current_learning_rate}); lower the learning rate "
-            "or check the data for NaN/inf values")
-
-    def _end_epoch(self, history, epoch, regularization_loss, learning_rate, validation,
-                   print_every, bar):
-        """An epoch's figures from the loss's and the accuracy's running sums: the history,
-        the validation figures, the book's log line, the progress bar."""
-        data_loss = self.loss.calculate_accumulated()
-        loss = data_loss + regularization_loss
-        accuracy = (self.accuracy.calculate_accumulated()
-                    if self.accuracy is not None else float("nan"))
-        history["epoch"].append(epoch)
-        history["loss"].append(loss)
-        history["data_loss"].append(data_loss)
-        history["regularization_loss"].append(regularization_loss)
-        history["accuracy"].append(accuracy)
-        history["learning_rate"].append(learning_rate)
-        if validation is not None:
-            history["val_loss"].append(validation[0])
-            history["val_accuracy"].append(validation[1])
-        if print_every and epoch % print_every == 0:
-            bar.clear()
-            print(f"epoch: {epoch}, acc: {accuracy:.3f}, loss: {loss:.3f} "
-                  f"(data_loss: {data_loss:.3f}, reg_loss: {regularization_loss:.3f}), "
-                  f"lr: {learning_rate}", flush=True)
-        bar.update(epoch, loss, None if self.accuracy is None else accuracy)
-
-    def evaluate(self, X_val, y_val, *, batch_size: int | None = None):
-        """``(data_loss, accuracy)`` on ``(X_val, y_val)`` without training (dropout off).
-        The accuracy is NaN when the model has none."""
+    def evaluate(self, X_val, y_val, *, batch_size: int | None = None, verbose: bool = True):
+        """``(data_loss, accuracy)`` on ``(X_val, y_val)`` without training (dropout off), as
+        Python floats; prints the book's ``validation, acc: ..., loss: ...`` line unless
+        ``verbose=False``. The accuracy is NaN when the model has none."""
         if self.loss is None:
             raise ValueError("set(loss=...) before evaluate()")
         if not self.finalized:
@@ -360,6 +371,12 @@ class Model:
             raise ValueError(f"X_val is empty (shape {tuple(X_val.shape)}): no samples to "
                              "evaluate")
         checks.check_model(self, X_val, name="X_val")
+        result = self._compiled_forward(X_val, y_val, batch_size)
+        if result is not None:      # (the compiled step: the very numbers of the loop below)
+            loss, accuracy = result
+            if verbose:
+                print(training.validation_line(loss, accuracy), flush=True)
+            return loss, accuracy
         self.loss.new_pass()
         if self.accuracy is not None:
             self.accuracy.new_pass()
@@ -367,12 +384,15 @@ class Model:
         for start in range(0, n_samples, size):
             batch_X, batch_y = X_val[start:start + size], y_val[start:start + size]
             output = self.forward(batch_X, training=False)
-            self.loss.calculate(output, batch_y)
+            _losses(self.loss, output, batch_y, regularization=False)
             if self.accuracy is not None:
                 self.accuracy.calculate(output, batch_y)
-        loss = self.loss.calculate_accumulated()
+        loss = (self.loss._accumulated() if isinstance(self.loss, Loss)
+                else float(self.loss.calculate_accumulated()))
         accuracy = (self.accuracy.calculate_accumulated() if self.accuracy is not None
                     else float("nan"))
+        if verbose:
+            print(training.validation_line(loss, accuracy), flush=True)
         return loss, accuracy
 
     def predict(self, X, *, batch_size: int | None = None) -> np.ndarray:
@@ -391,6 +411,11 @@ class Model:
                 raise ValueError(f"X is empty (shape {tuple(X.shape)}) and the model's output "
                                  "width is unknown")
             return np.empty((0, width), checks.output_dtype(self))
+        if batch_size is not None:
+            _positive_int(batch_size, "batch_size")
+        result = self._compiled_forward(X, None, batch_size, outputs=True)
+        if result is not None:
+            return result
         outputs = [ops.to_numpy(self.forward(X[start:start + size], training=False))
                    for start in range(0, n_samples, size)]
         return outputs[0] if len(outputs) == 1 else np.vstack(outputs)
@@ -459,6 +484,42 @@ class Model:
         from loopnet import saving
 
         return saving.load_model(path, device=device)
+
+    # --- description and PyTorch ------------------------------------------------------------------
+
+    def count_params(self) -> int:
+        """The number of parameters (weights and biases, all trainable)."""
+        from loopnet import summary
+
+        return summary.count_params(self)
+
+    def summary(self, print_fn=print) -> str:
+        """A Keras-like table of the layers (output shapes, parameter counts, totals, loss,
+        optimizer, device and dtype): printed with ``print_fn`` (None: not printed) and
+        returned as a string."""
+        from loopnet import summary
+
+        text = summary.summary(self)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def to_torch(self):
+        """A ``torch.nn.Sequential`` with the same layers and copies of the weights
+        (``Linear.weight = weights.T``); see ``loopnet.interop``. Needs torch."""
+        from loopnet import interop
+
+        return interop.to_torch(self)
+
+    @staticmethod
+    def from_torch(sequential, *, loss=None, optimizer=None, accuracy=None,
+                   device: str | None = None) -> "Model":
+        """A model with the layers of a ``torch.nn.Sequential`` (Linear, ReLU, Softmax,
+        Sigmoid, Identity, Dropout) and copies of its weights; see ``loopnet.interop``."""
+        from loopnet import interop
+
+        return interop.from_torch(sequential, loss=loss, optimizer=optimizer,
+                                  accuracy=accuracy, device=device)
 
     def __repr__(self) -> str:
         layers = ", ".join(repr(layer) for layer in self.layers)

@@ -4,6 +4,10 @@
 
     layer1 = Layer_Dense(2, 3)
     activation1 = Activation_ReLU()
+
+Each name is loopnet's class, except ``Layer_Dropout``, a ``loopnet.Dropout`` whose ``rate``
+attribute holds the fraction *kept*, as the book's does (both constructors take the fraction
+dropped). The README's table "Coming from the book's code" lists what else differs.
 """
 
 from loopnet.accuracy import Accuracy
@@ -14,7 +18,8 @@ from loopnet.activations import ReLU as Activation_ReLU
 from loopnet.activations import Sigmoid as Activation_Sigmoid
 from loopnet.activations import Softmax as Activation_Softmax
 from loopnet.layers import Dense as Layer_Dense
-from loopnet.layers import Dropout as Layer_Dropout
+from loopnet.layers import Dropout
+from loopnet.layers import Input as Layer_Input
 from loopnet.losses import BinaryCrossentropy as Loss_BinaryCrossentropy
 from loopnet.losses import CategoricalCrossentropy as Loss_CategoricalCrossentropy
 from loopnet.losses import Loss
@@ -29,11 +34,29 @@ from loopnet.optimizers import Adagrad as Optimizer_Adagrad
 from loopnet.optimizers import Adam as Optimizer_Adam
 from loopnet.optimizers import RMSprop as Optimizer_RMSprop
 
+
+
+class Layer_Dropout(Dropout):
+    """The book's ``Layer_Dropout``: ``Layer_Dropout(0.1)`` drops 10% of the outputs, and
+    its ``rate`` attribute is the fraction kept, ``0.9``, as the book stores ``1 - rate``
+    (``loopnet.Dropout.rate`` is the fraction dropped). Masks and seeds as ``Dropout``'s."""
+
+    @property
+    def rate(self) -> float:
+        """The fraction of outputs kept while training (the book's ``self.rate``)."""
+        return 1 - self._dropped
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        self._dropped = 1 - value
+
+
 # The notes spell it with a capital E.
 Loss_CategoricalCrossEntropy = Loss_CategoricalCrossentropy
 
 __all__ = [
     "Layer_Dense",
+    "Layer_Input",
     "Activation_ReLU",
     "Activation_Softmax",
     "Loss",

@@ -314,7 +314,7 @@ def dense_forward(inputs, weights, biases, *, device: str | None = None):
     n_inputs = w.shape[0]
     n_neurons = w.shape[1] if w.ndim == 2 else 1
     if b.ndim == 0:
-        b = np.full(n_neurons, b)
+        b = np.full(n_neurons, b, dtype=b.dtype)
     elif b.shape not in ((n_neurons,), (1, n_neurons)):
         raise ValueError(
             f"biases must have shape ({n_neurons},) or (1, {n_neurons}) to match the "

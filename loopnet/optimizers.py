@@ -56,16 +56,21 @@ class Optimizer:
         self.iterations += 1
 
     def update_params(self, layer) -> None:
-        """Update ``layer.weights`` and ``layer.biases`` in place from ``dweights``/``dbiases``."""
+        """Update ``layer.weights`` and ``layer.biases`` in place from ``dweights``/``dbiases``.
+
+        ``layer`` is any object with those four arrays (a loopnet ``Dense``, or a ``Layer_Dense``
+        written as the book writes it); its ``device``, when it has one, picks where the update
+        runs, else the current default device does."""
+        device = getattr(layer, "device", None)
         for prefix, params, grads in (("weight", layer.weights, layer.dweights),
                                       ("bias", layer.biases, layer.dbiases)):
             states = [self._state(layer, f"{prefix}_{name}", params) for name in self.state_names]
-            self._update(params, grads, states, layer.device)
+            self._update(params, grads, states, device)
 
     def _state(self, layer, attribute: str, params):
         state = getattr(layer, attribute, None)
         if state is None or tuple(state.shape) != tuple(params.shape):
-            state = ops.zeros(params.shape, params.dtype, device=layer.device)
+            state = ops.zeros(params.shape, params.dtype, device=getattr(layer, "device", None))
             setattr(layer, attribute, state)
         return state
 

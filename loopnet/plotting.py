@@ -90,8 +90,9 @@ def plot_history(history, ax=None, *, title: str | None = None):
     """Loss and accuracy per epoch, as ``Model.train`` returns them.
 
     ``history``  a dict of per-epoch lists, as ``Model.train`` returns it: ``loss`` and
-                 ``accuracy``, optionally ``val_loss``, ``val_accuracy`` (dashed) and
-                 ``learning_rate`` (dotted, its own scale); the short names ``acc``,
+                 ``accuracy``, optionally ``val_loss``, ``val_accuracy`` (dashed; NaN on epochs
+                 not validated, which are left out) and ``learning_rate`` (dotted, its own
+                 scale, from 0); ``epoch`` gives the x values; the short names ``acc``,
                  ``val_acc`` and ``lr`` are accepted too
     ``ax``       None (a new figure with a loss panel and an accuracy panel), one axes (loss on
                  the left scale, accuracy on the right), or a pair of axes (loss, accuracy)
@@ -119,12 +120,21 @@ def plot_history(history, ax=None, *, title: str | None = None):
                 return values
         return None
 
+    epochs = history.get("epoch")
+
     def curve(axes, key, label, **style):
+        """The values against their epochs; NaN entries (epochs not validated) left out, so
+        a curve measured every K epochs is drawn through its points."""
         values = series(key)
         if values is None:
             return None
         values = np.asarray(values, dtype=np.float64)
-        return axes.plot(np.arange(1, len(values) + 1), values, label=label, **style)[0]
+        x = (np.asarray(epochs, dtype=np.float64) if epochs is not None
+             and len(epochs) == len(values) else np.arange(1, len(values) + 1))
+        measured = ~np.isnan(values)
+        if not measured.all():
+            style.setdefault("marker", ".")
+        return axes.plot(x[measured], values[measured], label=label, **style)[0]
 
     lines = [curve(loss_ax, "loss", "loss", color="tab:blue"),
              curve(loss_ax, "val_loss", "validation loss", color="tab:blue", linestyle="--")]
@@ -142,9 +152,13 @@ def plot_history(history, ax=None, *, title: str | None = None):
         lr_ax = loss_ax.twinx() if one_axes else acc_ax.twinx()
         if one_axes:
             lr_ax.spines["right"].set_position(("axes", 1.15))   # beside the accuracy scale
-        lines.append(curve(lr_ax, "learning_rate", "learning rate", color="tab:gray", linestyle=":"))
+        lr_line = curve(lr_ax, "learning_rate", "learning rate", color="tab:gray", linestyle=":")
+        lines.append(lr_line)
         lr_ax.set_ylabel("learning rate")
         lr_ax.ticklabel_format(axis="y", useOffset=False)   # 0.04998, not 1e-6 + 4.999e-2
+        # The scale starts at 0, so a decay of 0.5% looks like 0.5%, not like a fall to nothing.
+        top = np.nanmax(lr_line.get_ydata()) if len(lr_line.get_ydata()) else 1.0
+        lr_ax.set_ylim(0, top * 1.05 if top > 0 else 1.0)
     lines = [line for line in lines if line is not None]
     if one_axes:        # one legend for every curve sharing the plot
         acc_ax.legend(lines, [line.get_label() for line in lines], loc="center right",

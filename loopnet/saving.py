@@ -15,6 +15,10 @@ array is read once, its CRC-32 and SHA-256 checked. Any damaged, truncated, fore
 mismatched file raises ``ModelFileError`` (a ``ValueError``) that says what is wrong; round
 trips are bit-exact (arrays keep their dtype and bytes).
 
+Two header entries are optional: the model's ``preprocessing`` (how raw inputs, e.g. image
+files, become its inputs) and its ``class_names``; a loader that does not know them ignores
+them, so they need no new version.
+
 Files are written atomically: to a temporary file in the same directory, flushed to disk,
 then renamed over the target with ``os.replace``; a crash mid-write leaves the old file
 intact, and a failed write removes its temporary file (a later save removes those a killed
@@ -76,11 +80,11 @@ class ModelFileError(ValueError):
 
 
 def _registries():
-    from loopnet import accuracy, activations, layers, losses, optimizers
+    from loopnet import accuracy, activations, layers, losses, nnfs, optimizers
 
     layer_types = {cls.__name__: cls for cls in (
-        layers.Dense, layers.Dropout, activations.ReLU, activations.Softmax,
-        activations.Sigmoid, activations.Linear)}
+        layers.Dense, layers.Dropout, nnfs.Layer_Dropout, activations.ReLU,
+        activations.Softmax, activations.Sigmoid, activations.Linear)}
     loss_types = {cls.__name__: cls for cls in (
         losses.CategoricalCrossentropy, losses.BinaryCrossentropy, losses.MeanSquaredError,
         losses.MeanAbsoluteError)}
@@ -552,6 +556,8 @@ def save_model(model, path) -> None:
     header = {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "layers": layers,
               "loss": part(model.loss), "optimizer": part(model.optimizer, with_state=True),
               "accuracy": part(model.accuracy)}
+    # Optional entries (a loader that does not know them ignores them: still version 1).
+    header.update(_extras(model))
     from loopnet import __version__
 
     header["loopnet_version"] = __version__
@@ -565,7 +571,9 @@ def _settings(cls) -> set:
     names = {name for name, p in inspect.signature(cls.__init__).parameters.items()
              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     names -= {"self", "device"}
-    if cls.__name__ == "Dropout":
+    from loopnet.layers import Dropout
+
+    if issubclass(cls, Dropout):
         names.add("rng_state")
     else:
         names.discard("seed")
@@ -659,7 +667,9 @@ def _build(entry, table, what: str, name: str, arrays: dict, index=None):
         if kind == "Dense":
             return cls.from_parameters(arrays[f"layers.{index}.weights"],
                                        arrays[f"layers.{index}.biases"], **config)
-        if kind == "Dropout":
+        from loopnet.layers import Dropout
+
+        if issubclass(cls, Dropout):
             # A file of an earlier version names a numpy generator's state: its masks cannot
             # be drawn again (they now come from a hash of a seed); take the seed from that
             # state, never from (nor touching) numpy's global generator.
@@ -675,6 +685,28 @@ def _build(entry, table, what: str, name: str, arrays: dict, index=None):
     except Exception as err:    # a setting out of range, a malformed generator state ...
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(f"{name}: cannot rebuild {what} {kind}: {detail}") from err
+
+
+def _extras(model) -> dict:
+    """``preprocessing`` (a JSON object: how raw inputs become X) and ``class_names`` (a list
+    of strings), when the model has them."""
+    extras = {}
+    preprocessing = getattr(model, "preprocessing", None)
+    if preprocessing is not None:
+        if not isinstance(preprocessing, dict):
+            raise TypeError(f"model.preprocessing must be a dict (JSON object) or None, got "
+                            f"{type(preprocessing).__name__}")
+        try:
+            extras["preprocessing"] = json.loads(json.dumps(_jsonable(preprocessing)))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"model.preprocessing cannot be saved as JSON: {err}") from None
+    class_names = getattr(model, "class_names", None)
+    if class_names is not None:
+        names = list(class_names)
+        if not all(isinstance(name, str) for name in names):
+            raise TypeError(f"model.class_names must be strings, got {names!r}")
+        extras["class_names"] = names
+    return extras
 
 
 def load_model(source, device=None):
@@ -705,6 +737,13 @@ def load_model(source, device=None):
         optimizer.set_state(header["optimizer"]["state"])
     accuracy = _build(header.get("accuracy"), accuracy_types, "accuracy", name, arrays)
     model.set(loss=loss, optimizer=optimizer, accuracy=accuracy)
+    preprocessing, class_names = header.get("preprocessing"), header.get("class_names")
+    if preprocessing is not None and not isinstance(preprocessing, dict):
+        raise ModelFileError(f"{name}: corrupted header: 'preprocessing' is not an object")
+    if class_names is not None and not (isinstance(class_names, list)
+                                        and all(isinstance(n, str) for n in class_names)):
+        raise ModelFileError(f"{name}: corrupted header: 'class_names' is not a list of strings")
+    model.preprocessing, model.class_names = preprocessing, class_names
     if device is not None:
         for obj in [*model.layers, loss, accuracy]:
             if obj is not None:

@@ -41,7 +41,7 @@ def spiral_classifier(samples, layers_l2=0.0, dropout=None, lr=0.05, decay=5e-7,
 
 
 def report(name, history, model, X_val, y_val, started):
-    val_loss, val_acc = model.evaluate(X_val, y_val)
+    val_loss, val_acc = model.evaluate(X_val, y_val, verbose=False)
     print(f"== {name}: train acc {history['accuracy'][-1]:.3f}, loss {history['loss'][-1]:.3f} "
           f"(data {history['data_loss'][-1]:.3f}, reg {history['regularization_loss'][-1]:.3f}); "
           f"held-out acc {val_acc:.3f}, loss {val_loss:.3f}; lr {history['learning_rate'][-1]}; "

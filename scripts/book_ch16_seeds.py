@@ -124,5 +124,5 @@ for seed in seeds:
         m.set(loss=loopnet.BinaryCrossentropy(device=device), optimizer=loopnet.Adam(decay=5e-7), accuracy=loopnet.CategoricalAccuracy(binary=True))
         m.finalize(); m.layers[0].weights[...] = W1; m.layers[2].weights[...] = W2
         m.train(X, y, epochs=10000, print_every=0)
-        train_acc = m.evaluate(X, y)[1]; val_acc = m.evaluate(Xt, yt)[1]
+        train_acc = m.evaluate(X, y, verbose=False)[1]; val_acc = m.evaluate(Xt, yt, verbose=False)[1]
     print(f"{device} seed {seed}: train acc {train_acc:.3f}, held-out acc {val_acc:.3f} ({time.perf_counter()-t:.1f} s)", flush=True)

@@ -1,6 +1,7 @@
 """The ``loopnet`` command, run as ``python -m loopnet`` in a child process (small epochs)."""
 
 import csv
+import re
 import struct
 import subprocess
 import sys
@@ -90,6 +91,64 @@ def test_train_logs_book_lines_saves_plots_and_predicts(tmp_path):
     assert out.read_text().strip().splitlines() == predicted.stdout.strip().splitlines()
 
 
+def test_validation_every_k_epochs_summary_and_timing(tmp_path):
+    """--validate-every 10: the log (every 10 epochs here) carries the held-out line, the
+    model's summary comes first, learning rates have 6 significant digits, and the timing
+    tells the compile time from the training time."""
+    plot_path = tmp_path / "curves.png"
+    result = loopnet("train", "--samples", "30", "--epochs", "40", "--validate-every", "10",
+                     "--plot", plot_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert out[1] == "Model: 4 layers" and "Total params: 387" in out   # 2*64+64 + 64*3+3
+    log = [line for line in out if line.startswith(("epoch: ", "validation, "))]
+    assert [line.split(",")[0] for line in log] == ["epoch: 10", "validation", "epoch: 20",
+                                                    "validation", "epoch: 30", "validation",
+                                                    "epoch: 40", "validation"]
+    learning_rate = log[0].split("lr: ")[1]
+    digits = learning_rate.replace(".", "").lstrip("0")
+    assert learning_rate == f"{float(learning_rate):.6g}" and len(digits) <= 6
+    summary = out[-2]
+    # the compiled step reports its compile time (or cache load) apart from training
+    assert re.search(r"40 epochs in [\d.]+ s on cpu: compile [\d.]+ s, then [\d,]+ epochs/s$",
+                     summary), summary
+    assert png_size(plot_path) == (1500, 450)
+
+
+def test_early_stopping_and_version_and_help():
+    result = loopnet("train", "--samples", "30", "--epochs", "300", "--early-stopping", "2",
+                     "--learning-rate", "1")
+    assert result.returncode == 0, result.stderr
+    message = [line for line in result.stdout.splitlines() if line.startswith("early stopping")]
+    assert len(message) == 1, result.stdout
+    stopped = int(re.match(r"early stopping at epoch (\d+): .* restored epoch (\d+)",
+                           message[0]).group(1))
+    assert stopped < 300 and f"; {stopped} epochs in " in result.stdout
+    version = loopnet("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"loopnet {loopnet_version()}"
+    helped = loopnet("--help")
+    assert helped.returncode == 0
+    assert "loopnet train --data images/" in helped.stdout
+    assert "``" not in helped.stdout and ":func:" not in helped.stdout
+
+
+def test_timing_line_takes_a_compile_time_from_the_history():
+    history = {"epoch": [1, 2, 3, 4], "compile_time": 0.5}
+    assert cli._timing(history, 1.5, None, 0.0, "cpu") == \
+        "4 epochs in 1.50 s on cpu: compile 0.50 s, then 4 epochs/s"
+    history = {"epoch": [1, 2, 3, 4, 5]}        # no compile time: the first epoch apart
+    assert cli._timing(history, 3.0, 1.0, 0.0, "numpy") == \
+        "5 epochs in 3.00 s on numpy: compile + first epoch 1.00 s, then 4 epochs at 2 epochs/s"
+    assert cli._timing({"epoch": [1]}, 0.25, 0.25, 0.0, "cpu") == \
+        "1 epoch in 0.25 s on cpu (compile included)"
+
+
+def loopnet_version():
+    from importlib import metadata
+
+    return metadata.version("loopnet")
+
+
 def test_train_on_csv_and_npz_files(tmp_path):
     X, y = datasets.vertical_data(20, 3, seed=0)
     csv_path = tmp_path / "blobs.csv"
@@ -126,6 +185,9 @@ def test_train_sine_regression():
     (["train", "--data", "no/such/file.csv"], ["does not exist"]),
     (["train", "--save", "no/such/dir/model.npz"], ["--save", "does not exist"]),
     (["train", "--samples", "5", "--epochs", "1", "--batch-size", "100"], ["--batch-size 100"]),
+    (["train", "--early-stopping", "3", "--validate-every", "2"], ["--early-stopping"]),
+    (["train", "--image-size", "28"], ["--image-size", "image folder"]),
+    (["predict", "--model", "m.npz"], ["--data", "--image"]),
     (["frobnicate"], ["invalid choice"]),
     (["predict", "--data", "x.csv"], ["--model"]),
     (["predict", "--model", "missing.npz", "--data", "x.csv"], ["model file", "does not exist"]),

@@ -124,6 +124,24 @@ def test_history_curves_hold_the_values():
     plt.close(loss_ax.figure)
 
 
+def test_validation_every_k_epochs_and_the_learning_rate_axis_from_zero():
+    """NaN marks epochs not validated: the curve goes through the measured epochs only; the
+    learning-rate scale starts at 0, so a 1% decay looks like 1%."""
+    h = {"epoch": list(range(1, 11)), "loss": list(np.linspace(1, 0.5, 10)),
+         "accuracy": list(np.linspace(0.3, 0.8, 10)),
+         "val_loss": [np.nan, np.nan, 0.9, np.nan, np.nan, 0.8, np.nan, np.nan, 0.7, 0.65],
+         "learning_rate": list(0.05 / (1 + 1e-3 * np.arange(10)))}
+    loss_ax, acc_ax = plotting.plot_history(h)
+    line = next(l for l in loss_ax.get_lines() if l.get_label() == "validation loss")
+    np.testing.assert_array_equal(line.get_xdata(), [3, 6, 9, 10])
+    np.testing.assert_array_equal(line.get_ydata(), [0.9, 0.8, 0.7, 0.65])
+    lr_ax = next(a for a in loss_ax.figure.axes
+                 if any(l.get_label() == "learning rate" for l in a.get_lines()))
+    bottom, top = lr_ax.get_ylim()
+    assert bottom == 0 and 0.05 <= top <= 0.06
+    plt.close(loss_ax.figure)
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"\(n_samples, 2\)"):
         plotting.plot_decision_boundary(LinearSoftmax(), np.zeros((5, 3)), np.zeros(5))

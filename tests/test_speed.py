@@ -416,10 +416,10 @@ def test_fused_builds_with_and_without_the_broadcast_dweights_agree(monkeypatch)
     branch (it compiles faster); forcing the full build must not change a bit."""
     X, y = spiral_data(30, 3, seed=0)
     original = cpu.train_epochs
-    results = []
+    builds, results = {False: [], True: []}, []
     for force_full in (False, True):
         def train_epochs(work, tiled_dweights, *args, force_full=force_full):
-            results.append(tiled_dweights or force_full)
+            builds[force_full].append(tiled_dweights or force_full)
             return original(work, tiled_dweights or force_full, *args)
 
         monkeypatch.setattr(cpu, "train_epochs", train_epochs)
@@ -427,8 +427,9 @@ def test_fused_builds_with_and_without_the_broadcast_dweights_agree(monkeypatch)
         history = model.train(X, y, epochs=5, batch_size=32, print_every=0)
         results.append(repr(history).encode()
                        + b"".join(bits(p) for pair in model.get_parameters() for p in pair))
-    assert results[0] is False and results[2] is True  # the small build, then the full one
-    assert results[1] == results[3]
+    # every call of the first run took the small build, every call of the second the full one
+    assert builds[False] and not any(builds[False]) and builds[True] and all(builds[True])
+    assert results[0] == results[1]
 
 
 def test_fused_path_is_used_only_where_it_applies(monkeypatch):
