@@ -165,6 +165,17 @@ def ratio(numerator, denominator, digits=1):
     return f"{numerator / denominator:.{digits}f}"
 
 
+def history_path(history):
+    """The path ``Model.train`` reports in its history (``history["path"]``: one name, or one
+    per epoch), or "-" when it reports none."""
+    path = history.get("path") if hasattr(history, "get") else None
+    if path is None:
+        return "-"
+    if isinstance(path, (list, tuple)):
+        return ",".join(dict.fromkeys(map(str, path)))
+    return str(path)
+
+
 def check(label, value, target, at_least=True):
     """A target line: ``label value (target) met/MISSED``, or ``not measured``."""
     if value is None:
@@ -389,7 +400,7 @@ def group_mnist(options):
     print("|---|---|---|---|---|---|---|---|---|")
     print(f"| epoch (acc {history['accuracy'][-1]:.3f}) | {fmt(cpu_t)} | {fmt(np_t)} | "
           f"{fmt(t_t)} | {fmt(j_t)} | {ratio(np_t, cpu_t)} | {ratio(t_t, cpu_t)} | "
-          f"{ratio(j_t, cpu_t)} | {history.get('path', '-')} |")
+          f"{ratio(j_t, cpu_t)} | {history_path(history)} |")
     print("\nTarget: " + check("torch / cpu", None if t_t is None else t_t / cpu_t, 2.5))
 
 
@@ -426,7 +437,7 @@ def build_book_model(spec, device):
 
 
 def book_model_epoch(spec, device, options):
-    """``(seconds per epoch, loopnet's path or None)`` of ``Model.train`` on ``device``."""
+    """``(seconds per epoch, the path Model.train reports or "-")`` on ``device``."""
     from book_models import model_data, per_epoch_median
 
     X, y = model_data(spec)
@@ -434,16 +445,11 @@ def book_model_epoch(spec, device, options):
     seen = {}
 
     def run(k):
-        history = model.train(X, y, epochs=k, print_every=0, progress=False)
-        if "path" in history:
-            seen["path"] = history["path"]
+        seen["path"] = history_path(model.train(X, y, epochs=k, print_every=0, progress=False))
 
     seconds, _ = per_epoch_median(run, block_seconds=0.1 if options.quick else 0.25,
                                   repeats=3 if options.quick else 5)
-    path = seen.get("path")
-    if isinstance(path, (list, tuple)):
-        path = ",".join(sorted(set(map(str, path))))
-    return seconds, path
+    return seconds, seen["path"]
 
 
 def group_models(options):
@@ -470,7 +476,7 @@ def group_models(options):
         rows[name] = (cpu_t, np_t, t_t, j_t)
         print(f"| {spec['title']} | {fmt(cpu_t)} | {fmt(np_t)} | {fmt(t_t)} | {fmt(j_t)} | "
               f"{ratio(np_t, cpu_t)} | {ratio(t_t, cpu_t)} | {ratio(j_t, cpu_t, 2)} | "
-              f"{path or '-'} |")
+              f"{path} |")
     print("\nTargets (each model >= 4x torch eager, >= 3x numpy device, >= 1x JAX; the fused "
           "family >= 8x torch eager):\n")
     for name, (cpu_t, np_t, t_t, j_t) in rows.items():
@@ -638,7 +644,9 @@ model.set(loss=loopnet.CategoricalCrossentropy(), optimizer=loopnet.Adam(decay=1
 model.finalize()
 t = time.perf_counter()
 history = model.train(X, y, epochs=1, batch_size=128, print_every=0, progress=False)
-print(json.dumps({{"train": time.perf_counter() - t, "path": str(history.get("path", "-"))}}))
+path = history.get("path", "-")
+path = ",".join(dict.fromkeys(map(str, path))) if isinstance(path, (list, tuple)) else str(path)
+print(json.dumps({{"train": time.perf_counter() - t, "path": path}}))
 """
 
 
