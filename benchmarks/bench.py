@@ -84,7 +84,7 @@ def fmt(seconds):
     return f"{seconds:.2f} s"
 
 
-# --- machine ---------------------------------------------------------------------------------------
+# --- machine --------------------------------------------------------------------------------------
 
 def machine_info():
     import numba
@@ -121,7 +121,7 @@ def machine_info():
     return info
 
 
-# --- PyTorch and JAX (each in its own process) -----------------------------------------------------
+# --- PyTorch and JAX (each in its own process) ----------------------------------------------------
 
 def run_script(script, module, args):
     """Run ``benchmarks/<script>`` with ``args`` (JSON) in a new process and return its JSON
@@ -185,7 +185,7 @@ def check(label, value, target, at_least=True):
     return f"{label}: {value:.2f} ({sign} {target:g}) {'met' if met else 'MISSED'}"
 
 
-# --- data --------------------------------------------------------------------------------------------
+# --- data -----------------------------------------------------------------------------------------
 
 def mnist_like(n=60_000, n_inputs=784, n_classes=10, seed=0):
     """Learnable synthetic MNIST-sized data: each class a random 784-pixel prototype in [0, 1],
@@ -197,7 +197,7 @@ def mnist_like(n=60_000, n_inputs=784, n_classes=10, seed=0):
     return np.clip(X, 0, 1).astype(np.float32), y.astype(np.int64)
 
 
-# --- loopnet training ----------------------------------------------------------------------------------
+# --- loopnet training -----------------------------------------------------------------------------
 
 def build(sizes, lr, device=None, decay=0.0):
     import loopnet
@@ -225,7 +225,7 @@ def loopnet_epochs(X, y, sizes, n_epochs, device=None, batch_size=None, lr=0.05,
     return (time.perf_counter() - t) / n_epochs, model
 
 
-# --- start-up ---------------------------------------------------------------------------------------
+# --- start-up -------------------------------------------------------------------------------------
 
 def startup_times():
     """import time, first dense forward with a warm cache, cold compile of a training run."""
@@ -264,7 +264,7 @@ def startup_times():
     return out
 
 
-# --- crossover ----------------------------------------------------------------------------------------
+# --- crossover ------------------------------------------------------------------------------------
 
 def crossover():
     """Times of the cpu backend's dense forward candidates around the thresholds."""
@@ -299,7 +299,7 @@ def crossover():
                 f"{fmt(t):>11}" for t in times))
 
 
-# --- groups --------------------------------------------------------------------------------------------
+# --- groups ---------------------------------------------------------------------------------------
 
 def group_ops(options):
     repeats = 3 if options.quick else 7
@@ -729,8 +729,8 @@ def group_compile(options):
                   f"{epochs - 1} {fmt(r['loop'] - r['first_epoch'])}; {_compiled(run)} | "
                   f"{run['entries']} |")
             if state == "cold":
-                lines.append(check("ch10 chapter loop cold, seconds", run["wall"], 5.1,
-                                   at_least=False) + " (half of 10.2 s)")
+                lines.append(check(f"ch10 chapter loop ({epochs} epochs) cold, seconds",
+                                   run["wall"], 5.1, at_least=False) + " (half of 10.2 s)")
     # (c) a chapter-19-sized model, one epoch through Model.train
     n = 1024
     with tempfile.TemporaryDirectory() as cache:
@@ -753,7 +753,7 @@ def group_startup(options):
         print(f"- {key}: {fmt(value)}")
 
 
-# --- main -----------------------------------------------------------------------------------------------
+# --- main -----------------------------------------------------------------------------------------
 
 GROUPS = {
     "ops": (group_ops, "dense forward/backward products per call"),
