@@ -30,6 +30,9 @@ from loopnet import ops
 from loopnet.devices import get_device
 
 ENV_VAR = "LOOPNET_COMPILED_STEP"
+# LOOPNET_STEP_BUILD=full: one build with every branch for every model (one compile serves
+# them all, e.g. for tests that train many kinds of models), instead of a build per kind.
+FULL_BUILD_VAR = "LOOPNET_STEP_BUILD"
 
 # A block of epochs is sized to take roughly this many multiply-adds (~0.1 s), so the Python
 # side (the log, the history, the progress bar) keeps up, while the per-call cost of handing
@@ -267,7 +270,6 @@ class CompiledRun:
         panels = 0
         dweights_t = 0
         packed = 0
-        self.uses_broadcast = False
         for l in range(n_layers):
             width_in, width = int(table[l, step.WIDTH_IN]), int(table[l, step.WIDTH])
             table[l, step.IN] = previous
@@ -286,8 +288,6 @@ class CompiledRun:
                                        plan.dweights.form, plan.dweights.parallel,
                                        plan.dinputs.form, plan.dinputs.parallel)
                 training = kind in (step.TRAIN_FULL, step.TRAIN_LAST)
-                for product in (plan.forward, plan.dweights, plan.dinputs):
-                    self.uses_broadcast |= product.form == fast.BROADCAST
                 if plan.forward.form == fast.BROADCAST:
                     panels = max(panels, -(-width // 64) * width_in * 64)
                 if plan.forward.form == fast.DOT_TILES:
@@ -402,8 +402,52 @@ class CompiledRun:
 
     # --- running ---------------------------------------------------------------------------------
 
+    def build(self):
+        """The ``loopnet.kernels.step.Build`` this run needs: what its model is made of and
+        which dense forms its plans pick (only those get compiled)."""
+        step = self.step
+        program = self.program
+        table = program.program
+        forms = {"forward": set(), "dweights": set(), "dinputs": set()}
+        training = program.optimizer is not None
+        for l in range(table.shape[0]):
+            if table[l, step.KIND] != step.DENSE:
+                continue
+            for kind in (step.TRAIN_FULL, step.TRAIN_LAST, step.VAL_FULL, step.VAL_LAST):
+                forms["forward"].add(int(self.plans[l, kind, step.FORWARD_FORM]))
+                if training and kind in (step.TRAIN_FULL, step.TRAIN_LAST):
+                    forms["dweights"].add(int(self.plans[l, kind, step.DWEIGHTS_FORM]))
+                    if table[l, step.NEEDS_DINPUTS]:
+                        forms["dinputs"].add(int(self.plans[l, kind, step.DINPUTS_FORM]))
+        layers = {int(k) for k in table[:, step.KIND]} - {step.DENSE, step.LINEAR}
+        parallel = self._work_per_step() >= self.cpu.PARALLEL_STEP_MIN
+        if os.environ.get(FULL_BUILD_VAR) == "full":
+            return step.FULL._replace(parallel=parallel)
+        return step.Build(
+            loss=step.NO_LOSS if program.loss is None else program.loss,
+            accuracy=program.accuracy, optimizer=-1 if program.optimizer is None
+            else program.optimizer, fused_softmax=bool(program.fused_softmax),
+            layers=frozenset(layers), forward_forms=frozenset(forms["forward"]),
+            dweights_forms=frozenset(forms["dweights"]),
+            dinputs_forms=frozenset(forms["dinputs"]), parallel=parallel)
+
     def _kernel(self):
-        return self.cpu.training_step(self.uses_broadcast, self._work_per_step())
+        build = self.build()
+        if build.loss == self.step.FULL.loss:
+            return self.cpu.training_step(build)
+        # evaluate/predict after training: the training build covers them when it has their
+        # forward forms (no second compile for loopnet train's final evaluation)
+        last = getattr(self.program.model, "_compiled_build", None)
+        if (self.program.optimizer is None and last is not None
+                and last._replace(optimizer=-1, dweights_forms=frozenset(),
+                                  dinputs_forms=frozenset(), forward_forms=frozenset(),
+                                  parallel=build.parallel)
+                == build._replace(forward_forms=frozenset())
+                and build.forward_forms <= last.forward_forms):
+            build = last
+        elif self.program.optimizer is not None:
+            self.program.model._compiled_build = build
+        return self.cpu.training_step(build)
 
     def _work_per_step(self):
         table = self.program.program

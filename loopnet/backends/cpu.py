@@ -383,24 +383,27 @@ def dense_backward_weights(inputs, dvalues, dweights):
 from loopnet.kernels import step as _step  # noqa: E402
 
 # A training step of this many multiply-adds (batch rows x the dense layers' sides) or more
-# runs the parallel build of the step; smaller ones the serial build, whose cold compile is
-# also several times shorter (the book's spiral model: ~40k-2M per step).
+# runs a parallel build of the step; smaller ones a serial build, whose cold compile is also
+# shorter (the book's spiral model: ~40k-1M per step).
 PARALLEL_STEP_MIN = int(os.environ.get("LOOPNET_PARALLEL_STEP_MIN", 4_000_000))
 
 _step_builds: dict = {}
 
 
-def training_step(broadcast: bool, work: int):
-    """The build of ``loopnet.kernels.step.train_block`` for a model: with the broadcast form
-    of the dense products when its plan picks it, parallel from PARALLEL_STEP_MIN
-    multiply-adds per step. Built (not compiled) on first request; numba compiles it on its
-    first call (or loads it from its cache)."""
-    parallel = work >= PARALLEL_STEP_MIN
-    key = (bool(broadcast), parallel)
-    kernel = _step_builds.get(key)
+def training_step(build):
+    """The compiled function of ``loopnet.kernels.step.train_block`` for one
+    ``loopnet.kernels.step.Build``: made on first request; numba compiles it on its first call
+    (or loads it from its cache)."""
+    kernel = _step_builds.get(build)
     if kernel is None:
-        kernel = _step_builds[key] = numba.njit(parallel=parallel, **OPTIONS)(
-            _step.build(*key))
+        serial = {"dense_backward_inputs_narrow": dense_backward_inputs_narrow_serial,
+                  "dense_backward_weights_blocked": dense_backward_weights_blocked_serial,
+                  "dense_backward_weights_narrow": dense_backward_weights_narrow_serial,
+                  "dense_forward_blocked": dense_forward_blocked_serial,
+                  "dense_nt_tiled": dense_nt_tiled_serial, "dense_tn_tiled": dense_tn_tiled_serial,
+                  "transpose_tiled": transpose_serial}
+        kernel = _step_builds[build] = numba.njit(parallel=build.parallel, **OPTIONS)(
+            _step.build(build, serial))
     return kernel
 
 

@@ -1,8 +1,9 @@
-"""The fast paths of issue 5 give the numpy twins' results: the register-tiled dense kernels of
-the ``cpu`` device, the fused trainer behind ``Model.train``, Adam's flush of tiny moments.
+"""The fast forms of the dense products (``loopnet/kernels/dense_fast.py``) give the numpy twins'
+results, and the loops' very bits where they say so; ``dense_plan`` picks them; Adam flushes
+tiny moments.
 
 No timings here (see benchmarks/bench.py): only values, NaN/inf propagation and determinism
-across thread counts and runs.
+across thread counts, builds and runs.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import loopnet
 from helpers import arrays, assert_within, bits, float_dtypes, sum_tolerance
 from loopnet.backends import cpu
 from loopnet.datasets import spiral_data
-from loopnet.kernels import dense, fused, optimizers
+from loopnet.kernels import dense as notes_form
+from loopnet.kernels import dense_fast as dense
+from loopnet.kernels import optimizers
 
-# Sides that cross the 4 x 4 tiles and the 64-column panel of dense_nt_tiled (1 included).
+# Sides that cross the 6 x 4 tiles of dense_nt_tiled (1 included).
 tile_sides = st.integers(1, 70)
 THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})
 
@@ -63,17 +66,20 @@ def test_transpose_tiled(data):
 
 @contextlib.contextmanager
 def tiled_path():
-    """Route every dense op of the cpu backend through the tiled, parallel kernels."""
-    names = ("TILED_MIN", "TILED_MIN_INPUTS", "TILED_MIN_ROWS", "PARALLEL_MIN",
+    """Route every dense op of the cpu backend through the register-tiled kernels (the
+    broadcast form from 16 neurons, the dot-product form below), in parallel."""
+    names = ("BROADCAST_MIN", "LARGE_MIN", "LARGE_INPUTS", "HUGE_MIN", "PARALLEL_MIN",
              "PARALLEL_MIN_ROWS")
     saved = [getattr(cpu, name) for name in names]
     for name in names:
         setattr(cpu, name, 0)
+    cpu.dense_plan.cache_clear()
     try:
         yield
     finally:
         for name, value in zip(names, saved):
             setattr(cpu, name, value)
+        cpu.dense_plan.cache_clear()
 
 
 @pytest.fixture
@@ -216,7 +222,7 @@ def test_small_layers_keep_the_notes_bits():
     biases = rng.standard_normal(64).astype(np.float32)
     fast, notes = np.empty((300, 64), np.float32), np.empty((300, 64), np.float32)
     cpu.dense_forward(inputs, weights, biases, fast)
-    dense.dense_forward_notes(inputs[:5], weights, biases, notes[:5])
+    notes_form.dense_forward_notes(inputs[:5], weights, biases, notes[:5])
     assert bits(fast[:5]) == bits(notes[:5])
 
 
@@ -285,191 +291,6 @@ def test_adam_flushes_tiny_moments(kernel):
     assert np.isnan(momentums[3]) and np.isnan(cache[3]) and np.isnan(params[3])  # NaN stays
 
 
-# --- Fused training ---------------------------------------------------------------------------------
-
-def classifier(sizes=(2, 16, 3), lr=0.05, decay=5e-7, optimizer=None, dtype=np.float32):
-    model = loopnet.Model()
-    for k, (n_inputs, n_neurons) in enumerate(zip(sizes[:-1], sizes[1:])):
-        model.add(loopnet.Dense(n_inputs, n_neurons, seed=k + 1, dtype=dtype))
-        if k < len(sizes) - 2:
-            model.add(loopnet.ReLU())
-    model.add(loopnet.Softmax())
-    model.set(loss=loopnet.CategoricalCrossentropy(),
-              optimizer=optimizer or loopnet.Adam(learning_rate=lr, decay=decay),
-              accuracy=loopnet.CategoricalAccuracy())
-    model.finalize()
-    return model
-
-
-def train_both(monkeypatch, build, X, y, **kwargs):
-    """(history, parameters, optimizer state) of the fused and of the layered path."""
-    results = []
-    for flag in ("1", "0"):
-        monkeypatch.setenv("LOOPNET_FUSED", flag)
-        model = build()
-        history = model.train(X, y, print_every=0, **kwargs)
-        state = [getattr(layer, name) for layer in model.trainable_layers
-                 for name in ("weight_momentums", "weight_cache", "bias_momentums", "bias_cache")]
-        results.append((history, model.get_parameters(), state, model.optimizer.get_state()))
-    return results
-
-
-@pytest.mark.parametrize("kwargs", [
-    dict(epochs=30),
-    dict(epochs=12, batch_size=16),
-    dict(epochs=8, batch_size=25, shuffle=True, seed=3),
-], ids=["full-batch", "minibatch", "shuffled"])
-@pytest.mark.parametrize("sizes", [(2, 16, 3), (2, 8, 5, 3), (2, 3), (2, 40, 3)], ids=str)
-def test_fused_training_equals_the_layered_path(monkeypatch, sizes, kwargs):
-    """The fused kernel runs the layered path's very loops in the same order (blocked loops;
-    for the narrow 40 -> 3 layer both pick the tiled kernel): the same bits for history,
-    parameters and Adam's state."""
-    X, y = spiral_data(20, 3, seed=0)
-    (h1, p1, s1, o1), (h2, p2, s2, o2) = train_both(
-        monkeypatch, lambda: classifier(sizes), X, y, **kwargs)
-    assert monkeypatch and h1 == h2
-    assert o1 == o2
-    for a, b in zip([x for pair in p1 for x in pair] + s1, [x for pair in p2 for x in pair] + s2):
-        assert bits(a) == bits(b)
-
-
-def test_fused_training_takes_validation_and_float64(monkeypatch):
-    X, y = spiral_data(20, 3, seed=0)
-    X_val, y_val = spiral_data(10, 3, seed=1)
-    (h1, p1, _, _), (h2, p2, _, _) = train_both(
-        monkeypatch, lambda: classifier(dtype=np.float64), X, y, epochs=10,
-        validation_data=(X_val, y_val))
-    assert h1 == h2 and len(h1["val_loss"]) == 10
-
-
-def test_fused_training_of_a_large_layer_is_close_to_the_layered_path(monkeypatch):
-    """Here the layered path's dense ops take the tiled kernels (another summation order):
-    the two runs agree within float32 rounding, amplified a little by 3 Adam steps."""
-    for name in ("TILED_MIN", "TILED_MIN_INPUTS", "TILED_MIN_ROWS"):
-        monkeypatch.setattr(cpu, name, 0)
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((64, 40)).astype(np.float32)
-    y = rng.integers(0, 10, 64)
-    (h1, p1, _, _), (h2, p2, _, _) = train_both(
-        monkeypatch, lambda: classifier((40, 32, 10), lr=1e-3), X, y, epochs=3)
-    assert np.allclose(h1["loss"], h2["loss"], rtol=1e-5)
-    for (w1, b1), (w2, b2) in zip(p1, p2):
-        # Adam moves each parameter by at most ~lr per step: 3 steps, 1e-3
-        assert np.abs(w1 - w2).max() < 1e-4 and np.abs(b1 - b2).max() < 1e-4
-
-
-def test_fused_step_matches_its_numpy_twin():
-    """One step of the kernel against ``train_step_numpy`` (float64: tolerance from the few
-    dozen roundings of sums of ~16 terms, far below 1e-12)."""
-    X, y = spiral_data(10, 3, seed=0)
-    X = X.astype(np.float64)
-    rng = np.random.default_rng(0)
-    sizes = (2, 16, 8, 3)
-    weights = [0.1 * rng.standard_normal((a, b)) for a, b in zip(sizes[:-1], sizes[1:])]
-    biases = [0.1 * rng.standard_normal(b) for b in sizes[1:]]
-    states = [[np.zeros_like(p) for p in weights] for _ in range(2)] + \
-             [[np.zeros_like(p) for p in biases] for _ in range(2)]
-    twin = ([w.copy() for w in weights], [b.copy() for b in biases],
-            *[[s.copy() for s in group] for group in states])
-    loss, accuracy = fused.train_step_numpy(X, y, *twin, 0.01, 0, 1e-7, 0.9, 0.999)
-    n = len(X)
-    widths = [2] + list(sizes[1:])
-    history = np.zeros((1, 3))
-    failed = cpu.train_epochs_serial(
-        X, y.astype(np.intp), np.arange(n)[None, :], n, tuple(weights), tuple(biases),
-        tuple(np.zeros_like(w) for w in weights), tuple(np.zeros_like(b) for b in biases),
-        tuple(np.zeros((n, w)) for w in widths), tuple(np.zeros((n, w)) for w in widths),
-        *[tuple(group) for group in states], np.array([0.01, 0, 1e-7, 0.9, 0.999]), 0,
-        np.zeros(n), np.zeros(n), history, np.zeros(3, np.int64),
-        tuple(np.ascontiguousarray(w.T) for w in weights),
-        tuple(np.zeros(1) for _ in weights))
-    assert failed == -1
-    assert abs(history[0, 0] / n - loss) < 1e-12 and history[0, 1] / n == accuracy
-    for got, want in zip(weights + biases + sum(states, []), sum(twin, [])):
-        assert np.allclose(got, want, rtol=1e-10, atol=1e-14)
-
-
-@pytest.mark.parametrize("tiled", [False, True], ids=["blocked", "tiled"])
-def test_fused_training_is_bit_identical_across_thread_counts_and_runs(monkeypatch, tiled):
-    monkeypatch.setattr(cpu, "PARALLEL_MIN", 0)   # the parallel build, even for this size
-    monkeypatch.setattr(cpu, "PARALLEL_MIN_ROWS", 0)
-    if tiled:  # the fused kernel's register-tiled branch for every layer
-        for name in ("TILED_MIN", "TILED_MIN_INPUTS", "TILED_MIN_ROWS"):
-            monkeypatch.setattr(cpu, name, 0)
-    X, y = spiral_data(30, 3, seed=0)
-    results = set()
-    before = numba.get_num_threads()
-    try:
-        for threads in THREAD_COUNTS * 2:
-            numba.set_num_threads(threads)
-            model = classifier((2, 16, 3))
-            history = model.train(X, y, epochs=15, batch_size=32, print_every=0)
-            results.add(repr(history).encode()
-                        + b"".join(bits(p) for pair in model.get_parameters() for p in pair))
-    finally:
-        numba.set_num_threads(before)
-    assert len(results) == 1
-
-
-def test_fused_builds_with_and_without_the_broadcast_dweights_agree(monkeypatch):
-    """Models without a tiled dweights run a build of the fused kernel compiled without that
-    branch (it compiles faster); forcing the full build must not change a bit."""
-    X, y = spiral_data(30, 3, seed=0)
-    original = cpu.train_epochs
-    builds, results = {False: [], True: []}, []
-    for force_full in (False, True):
-        def train_epochs(work, tiled_dweights, *args, force_full=force_full):
-            builds[force_full].append(tiled_dweights or force_full)
-            return original(work, tiled_dweights or force_full, *args)
-
-        monkeypatch.setattr(cpu, "train_epochs", train_epochs)
-        model = classifier((2, 16, 3))
-        history = model.train(X, y, epochs=5, batch_size=32, print_every=0)
-        results.append(repr(history).encode()
-                       + b"".join(bits(p) for pair in model.get_parameters() for p in pair))
-    # every call of the first run took the small build, every call of the second the full one
-    assert builds[False] and not any(builds[False]) and builds[True] and all(builds[True])
-    assert results[0] == results[1]
-
-
-def test_fused_path_is_used_only_where_it_applies(monkeypatch):
-    from loopnet import fused_training
-
-    X, y = spiral_data(10, 3, seed=0)
-    monkeypatch.delenv("LOOPNET_FUSED", raising=False)
-    assert fused_training.prepare(classifier(), X, y, None, False) is not None
-    sgd = classifier(optimizer=loopnet.SGD())
-    assert fused_training.prepare(sgd, X, y, None, False) is None
-    assert fused_training.prepare(classifier(), X, np.eye(3)[y], None, False) is None  # one-hot
-    assert fused_training.prepare(classifier(), X, y + 5, None, False) is None    # bad labels
-    monkeypatch.setenv("LOOPNET_FUSED", "0")
-    assert fused_training.prepare(classifier(), X, y, None, False) is None
-
-
-def test_fused_training_stops_on_nan_like_the_layered_path(monkeypatch):
-    X, y = spiral_data(10, 3, seed=0)
-    X = X.copy()
-    messages = []
-    for flag in ("1", "0"):
-        monkeypatch.setenv("LOOPNET_FUSED", flag)
-        X_bad = X.copy()
-        X_bad[7, 1] = np.nan
-        with pytest.raises(FloatingPointError) as error:
-            classifier().train(X_bad, y, epochs=5, print_every=0)
-        messages.append(str(error.value).split(":")[0])
-    assert messages[0] == messages[1] == "training diverged at epoch 1"
-
-
-def test_numba_cache_names_of_the_serial_and_parallel_builds_differ():
-    """Two builds of one function with cache=True would share one cache file (and overwrite
-    each other's code); the serial copy carries its own name."""
-    names = {kernel.py_func.__qualname__ for kernel in (
-        cpu.train_epochs_serial, cpu.train_epochs_parallel, cpu.train_epochs_small_serial,
-        cpu.train_epochs_small_parallel)}
-    assert len(names) == 4
-    assert os.path.basename(cpu.dense_nt_tiled_serial.py_func.__code__.co_filename) == "dense.py"
-
-
 # --- The 6 x 4 tile's blocks of K_BLOCK, and the fastmath blocked loops (middle-sized layers) ------
 
 def test_tiled_kernel_across_k_blocks():
@@ -522,47 +343,28 @@ def assert_matches_with_nan_and_inf(output, expected, rows, columns_t, biases, w
     assert_within(output[finite], expected[finite], tolerance[finite], what)
 
 
-FAST_KERNELS = [cpu.dense_forward_fast_serial, cpu.dense_forward_fast_parallel]
+def test_dense_plan_picks_the_forms_of_its_table():
+    """The forms of the table at the top of dense_fast.py: the spiral model's layers keep the
+    loops' bits (blocked, narrow), the narrow forward runs dot products, middle and large
+    layers the broadcast form, small batches serially."""
+    B, N, D, T = dense.BLOCKED, dense.NARROW, dense.DOT_TILES, dense.BROADCAST
+    plan = cpu.dense_plan(300, 2, 64)
+    assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (B, B, D)
+    assert not (plan.forward.parallel or plan.dweights.parallel or plan.dinputs.parallel)
+    plan = cpu.dense_plan(300, 64, 3)
+    assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (D, N, N)
+    assert plan.forward.parallel    # 58k multiply-adds: two threads pay
+    for shape in ((32, 784, 128), (128, 784, 128), (4096, 784, 128), (1024, 1024, 1024),
+                  (1024, 64, 64)):
+        plan = cpu.dense_plan(*shape)
+        assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (T, T, T), shape
+    plan = cpu.dense_plan(4, 784, 512)   # fewer rows than a tile: the loops' bits
+    assert plan.forward.form == B
 
 
-@settings(max_examples=40)
-@given(data=st.data())
-def test_fast_blocked_kernels_match_the_twins(data):
-    dtype, inputs, weights, biases, dvalues = draw_dense_case(data)
-    n_samples, n_neurons = inputs.shape[0], weights.shape[1]
-    for kernel in FAST_KERNELS:
-        output = np.full((n_samples, n_neurons), np.nan, dtype)
-        kernel(inputs, weights, biases, output)
-        assert_within(output, inputs @ weights + biases, nt_tolerance(inputs, weights.T, biases),
-                      "forward fast")
-
-
-def test_fast_blocked_kernels_propagate_nan_and_do_not_depend_on_the_thread_count():
-    rng = np.random.default_rng(4)
-    inputs = rng.standard_normal((37, 141)).astype(np.float32)
-    weights = rng.standard_normal((141, 530)).astype(np.float32)  # crosses the 512 width
-    biases = rng.standard_normal(530).astype(np.float32)
-    inputs[5, 7] = np.nan
-    weights[140, 529] = np.inf
-    with np.errstate(invalid="ignore", over="ignore"):
-        expected = inputs @ weights + biases
-
-    def run(kernel):
-        output = np.empty(expected.shape, np.float32)
-        kernel(inputs, weights, biases, output)
-        for test in (np.isnan, np.isposinf, np.isneginf):
-            assert np.array_equal(test(output), test(expected)), test
-        return output
-
-    same_bits_for_every_thread_count(run, FAST_KERNELS)
-
-
-def test_cpu_dense_ops_pick_the_fastmath_kernels_for_middle_layers():
-    """32x784x128 (a minibatch of an MNIST-sized layer) takes the broadcast form, a forward of
-    4 samples through 784x512 ``dense_forward_fast``: the same bits as calling them directly;
-    the spiral model's layers keep the blocked loops' bits."""
-    assert cpu._use_fast(32, 784, 128) and cpu._use_fast(4, 784, 512)
-    assert not cpu._use_fast(300, 2, 64) and not cpu._use_fast(300, 64, 3)
+def test_cpu_dense_ops_run_the_form_the_plan_names():
+    """32x784x128 (a minibatch of an MNIST-sized layer): the cpu ops give the very bits of the
+    broadcast kernel called directly."""
     rng = np.random.default_rng(5)
     inputs = rng.standard_normal((32, 784)).astype(np.float32)
     weights = rng.standard_normal((784, 128)).astype(np.float32)
@@ -576,26 +378,6 @@ def test_cpu_dense_ops_pick_the_fastmath_kernels_for_middle_layers():
     cpu.dense_backward_weights(inputs, dvalues, got)
     assert bits(got) == bits(broadcast(inputs, dvalues, biases, False,
                                        cpu.dense_tn_tiled_parallel))
-    inputs, weights = inputs[:4], rng.standard_normal((784, 512)).astype(np.float32)
-    biases = rng.standard_normal(512).astype(np.float32)
-    got, want = np.empty((4, 512), np.float32), np.empty((4, 512), np.float32)
-    cpu.dense_forward(inputs, weights, biases, got)
-    cpu.dense_forward_fast_parallel(inputs, weights, biases, want)
-    assert bits(got) == bits(want)
-
-
-def test_fused_training_with_fast_blocked_layers_is_close_to_the_layered_path(monkeypatch):
-    """The layered path runs the fastmath kernels of middle-sized layers for every layer that
-    qualifies (here all but the 16 -> 3 one), the fused kernel the bit-identical loops: they
-    agree within float32 rounding, amplified a little by 3 Adam steps."""
-    monkeypatch.setattr(cpu, "FAST_MIN", 0)
-    monkeypatch.setattr(cpu, "TILED_MIN_INPUTS", 0)
-    X, y = spiral_data(20, 3, seed=0)
-    (h1, p1, _, _), (h2, p2, _, _) = train_both(
-        monkeypatch, lambda: classifier((2, 16, 16, 3), lr=1e-3), X, y, epochs=3)
-    assert np.allclose(h1["loss"], h2["loss"], rtol=1e-5)
-    for (w1, b1), (w2, b2) in zip(p1, p2):
-        assert np.abs(w1 - w2).max() < 1e-4 and np.abs(b1 - b2).max() < 1e-4
 
 
 def test_tiled_kernel_does_not_depend_on_the_alignment_of_its_operands():
