@@ -139,6 +139,13 @@ FORWARD_BLOCKED = FORWARD_DOT = FORWARD_BROADCAST = True
 DWEIGHTS_BLOCKED = DWEIGHTS_NARROW = DWEIGHTS_BROADCAST = True
 DINPUTS_NARROW = DINPUTS_DOT = DINPUTS_BROADCAST = True
 TRAINING = True
+FLAGS = ("USE_CATEGORICAL_CROSSENTROPY", "USE_BINARY_CROSSENTROPY", "USE_MEAN_SQUARED_ERROR",
+         "USE_MEAN_ABSOLUTE_ERROR", "USE_CATEGORICAL_ACCURACY", "USE_BINARY_ACCURACY",
+         "USE_REGRESSION_ACCURACY", "USE_SGD", "USE_SGD_MOMENTUM", "USE_ADAGRAD", "USE_RMSPROP",
+         "USE_ADAM", "USE_FUSED_SOFTMAX", "USE_RELU", "USE_SIGMOID", "USE_SOFTMAX", "USE_DROPOUT",
+         "FORWARD_BLOCKED", "FORWARD_DOT", "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED",
+         "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW", "DINPUTS_DOT",
+         "DINPUTS_BROADCAST", "TRAINING")
 
 
 def constants(build: Build) -> dict:
@@ -148,9 +155,7 @@ def constants(build: Build) -> dict:
     names = {fast.BLOCKED: "BLOCKED", fast.NARROW: "NARROW", fast.DOT_TILES: "DOT",
              fast.BROADCAST: "BROADCAST"}
     if build.loss == ANY:
-        return {name: True for name in globals() if name.startswith(("USE_", "FORWARD_",
-                                                                     "DWEIGHTS_", "DINPUTS_"))
-                } | {"TRAINING": True}
+        return dict.fromkeys(FLAGS, True)
     values = {
         "USE_CATEGORICAL_CROSSENTROPY": build.loss == CATEGORICAL_CROSSENTROPY,
         "USE_BINARY_CROSSENTROPY": build.loss == BINARY_CROSSENTROPY,
@@ -170,7 +175,7 @@ def constants(build: Build) -> dict:
     for product, used in forms.items():
         for form, name in names.items():
             key = f"{product}_{name}"
-            if key in globals():
+            if key in FLAGS:
                 values[key] = form in used
     return values
 

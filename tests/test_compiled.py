@@ -1,0 +1,342 @@
+"""The compiled training step (``loopnet/kernels/step.py`` through ``loopnet/compiled.py``) gives
+the layered path's numbers: random layer programs (layer kinds, sizes, losses, optimizers,
+batches, validation) train to the very same bits as the ops run one by one, and within float
+rounding of the numpy device; it says when it does not run and why.
+
+The random programs train through the one build with every branch (``LOOPNET_STEP_BUILD=full``:
+one compile serves them all); the builds a kind of model gets of its own run the same code with
+the other branches left out, and ``tests/test_histories.py`` pins what they give.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import loopnet
+from helpers import bits
+from loopnet import compiled
+from loopnet.backends import cpu
+from loopnet.datasets import spiral_data
+
+LOSSES = ("categorical", "categorical_onehot", "binary", "mse", "mae")
+OPTIMIZERS = ("sgd", "sgd_momentum", "adagrad", "rmsprop", "adam")
+HIDDEN = ("relu", "sigmoid", "linear", "dropout")
+
+
+def optimizer_of(name):
+    return {"sgd": lambda: loopnet.SGD(0.5, decay=1e-2),
+            "sgd_momentum": lambda: loopnet.SGD(0.5, decay=1e-2, momentum=0.8),
+            "adagrad": lambda: loopnet.Adagrad(0.1, decay=1e-3),
+            "rmsprop": lambda: loopnet.RMSprop(0.01, decay=1e-3, rho=0.8),
+            "adam": lambda: loopnet.Adam(0.02, decay=1e-3)}[name]()
+
+
+@st.composite
+def programs(draw):
+    """A model description: input width, hidden layers (width, activation, penalties),
+    loss, optimizer, batch size, shuffle, validation, dtype."""
+    n_inputs = draw(st.integers(1, 5))
+    hidden = [(draw(st.integers(1, 12)), draw(st.sampled_from(HIDDEN)),
+               draw(st.sampled_from([0.0, 5e-4])), draw(st.sampled_from([0.0, 1e-3])))
+              for _ in range(draw(st.integers(0, 2)))]
+    loss = draw(st.sampled_from(LOSSES))
+    n_outputs = draw(st.integers(2, 4)) if loss.startswith("categorical") \
+        else draw(st.integers(1, 3))
+    return dict(n_inputs=n_inputs, hidden=hidden, loss=loss, n_outputs=n_outputs,
+                optimizer=draw(st.sampled_from(OPTIMIZERS)),
+                n_samples=draw(st.integers(1, 30)),
+                batch_size=draw(st.sampled_from([None, 1, 4, 7])),
+                shuffle=draw(st.booleans()), validation=draw(st.booleans()),
+                epochs=draw(st.integers(1, 4)), seed=draw(st.integers(0, 1000)))
+
+
+def build_model(spec, dtype=np.float32, device=None):
+    model = loopnet.Model()
+    width = spec["n_inputs"]
+    for k, (n, activation, l2, l1) in enumerate(spec["hidden"]):
+        model.add(loopnet.Dense(width, n, weight_regularizer_l2=l2, bias_regularizer_l1=l1,
+                                seed=spec["seed"] + k, dtype=dtype, device=device))
+        if activation == "relu":
+            model.add(loopnet.ReLU(device=device))
+        elif activation == "sigmoid":
+            model.add(loopnet.Sigmoid(device=device))
+        elif activation == "linear":
+            model.add(loopnet.Linear(device=device))
+        else:
+            model.add(loopnet.Dropout(0.25, seed=spec["seed"], device=device))
+        width = n
+    model.add(loopnet.Dense(width, spec["n_outputs"], seed=spec["seed"] + 7, dtype=dtype,
+                            device=device))
+    loss = spec["loss"]
+    if loss.startswith("categorical"):
+        model.add(loopnet.Softmax(device=device))
+        model.set(loss=loopnet.CategoricalCrossentropy(device=device),
+                  accuracy=loopnet.CategoricalAccuracy(device=device))
+    elif loss == "binary":
+        model.add(loopnet.Sigmoid(device=device))
+        model.set(loss=loopnet.BinaryCrossentropy(device=device),
+                  accuracy=loopnet.BinaryAccuracy(device=device))
+    else:
+        model.add(loopnet.Linear(device=device))
+        model.set(loss=(loopnet.MeanSquaredError if loss == "mse"
+                        else loopnet.MeanAbsoluteError)(device=device),
+                  accuracy=loopnet.RegressionAccuracy(device=device))
+    model.set(optimizer=optimizer_of(spec["optimizer"]))
+    model.finalize()
+    return model
+
+
+def data_of(spec, rows, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((rows, spec["n_inputs"])).astype(np.float32)
+    loss = spec["loss"]
+    if loss.startswith("categorical"):
+        y = rng.integers(0, spec["n_outputs"], rows)
+        if loss == "categorical_onehot":
+            y = np.eye(spec["n_outputs"], dtype=np.float32)[y]
+    elif loss == "binary":
+        y = rng.integers(0, 2, (rows, spec["n_outputs"]))
+    else:
+        y = rng.standard_normal((rows, spec["n_outputs"])).astype(np.float32)
+    return X, y
+
+
+@contextlib.contextmanager
+def environment(**values):
+    """Set environment variables for the ``with`` block (hypothesis tests cannot take
+    pytest's function-scoped ``monkeypatch``)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def train(spec, compiled_step: bool, device=None, dtype=np.float32):
+    """(history, parameters, optimizer state, dropout steps) of one training run (with every
+    kind of model in one build of the compiled step)."""
+    with environment(**{compiled.ENV_VAR: "1" if compiled_step else "0",
+                        compiled.FULL_BUILD_VAR: "full"}):
+        return _train(spec, device, dtype)
+
+
+def _train(spec, device, dtype):
+    X, y = data_of(spec, spec["n_samples"], spec["seed"])
+    options = dict(epochs=spec["epochs"], batch_size=spec["batch_size"], print_every=0,
+                   shuffle=spec["shuffle"], seed=spec["seed"], progress=False)
+    if spec["validation"]:
+        options["validation_data"] = data_of(spec, 5, spec["seed"] + 1)
+    with loopnet.device(device or "cpu"):
+        model = build_model(spec, dtype, device)
+        history = model.train(X, y, **options)
+    state = [loopnet.to_numpy(getattr(layer, name)) for layer in model.trainable_layers
+             for name in ("weight_momentums", "weight_cache", "bias_momentums", "bias_cache")
+             if getattr(layer, name, None) is not None]
+    steps = [layer.step for layer in model.layers if isinstance(layer, loopnet.Dropout)]
+    return history, model.get_parameters(), state, model.optimizer.get_state(), steps
+
+
+def same_bits(first, second):
+    history_1, params_1, state_1, optimizer_1, steps_1 = first
+    history_2, params_2, state_2, optimizer_2, steps_2 = second
+    lists = [key for key in history_1 if isinstance(history_1[key], list)]
+    assert lists == [key for key in history_2 if isinstance(history_2[key], list)]
+    for key in lists:
+        assert bits(np.array(history_1[key])) == bits(np.array(history_2[key])), key
+    assert optimizer_1 == optimizer_2 and steps_1 == steps_2
+    assert len(state_1) == len(state_2)
+    for a, b in zip([p for pair in params_1 for p in pair] + state_1,
+                    [p for pair in params_2 for p in pair] + state_2):
+        assert bits(a) == bits(b)
+
+
+@settings(max_examples=40)
+@given(spec=programs())
+def test_random_programs_train_to_the_layered_paths_bits(spec):
+    """Layer kinds and sizes, the four losses (one-hot labels too), the five optimizers, L1/L2,
+    dropout, full batch or minibatches, shuffled or not, with validation: the compiled step
+    runs the layered path's very loops in the same order (these sizes take the blocked and
+    narrow forms, the loops' bits), so history, parameters and state are the same bits."""
+    with_compiled = train(spec, True)
+    assert with_compiled[0]["path"] == "compiled"
+    layered = train(spec, False)
+    assert layered[0]["path"].startswith("layered")
+    same_bits(with_compiled, layered)
+
+
+@settings(max_examples=15)
+@given(spec=programs())
+def test_random_programs_are_within_rounding_of_the_numpy_device(spec):
+    """The compiled step against the numpy twins (``np.dot``: other summation orders): the
+    first epoch's data loss, measured before any update, agrees within float32 rounding.
+    Its terms are sums of at most 12 products of values below ~10 (weights 0.1 * randn),
+    through exp/log: a relative 1e-4 bounds a few dozen float32 roundings (eps 6e-8 each)
+    with room for the 3-layer growth."""
+    spec = dict(spec, epochs=1)
+    history_cpu = train(spec, True)[0]
+    history_numpy = train(spec, False, device="numpy")[0]
+    cpu_loss, numpy_loss = history_cpu["data_loss"][0], history_numpy["data_loss"][0]
+    assert abs(cpu_loss - numpy_loss) <= 1e-4 * max(1.0, abs(numpy_loss))
+
+
+def test_float64_and_larger_layers_take_the_compiled_step_too():
+    """float64 parameters, and layers wide enough for the dot-product forms (forward of few
+    neurons, dinputs of many) and for the broadcast form: the same forms on both paths, and
+    with the same bits where they are the loops' (here every form: each product runs the very
+    kernel of the layered path)."""
+    for dtype, hidden in ((np.float64, [(40, "relu", 5e-4, 0.0)]),
+                          (np.float32, [(70, "relu", 0.0, 0.0), (64, "relu", 0.0, 0.0)])):
+        spec = dict(n_inputs=70, hidden=hidden, loss="categorical", n_outputs=3,
+                    optimizer="adam", n_samples=150, batch_size=None, shuffle=False,
+                    validation=True, epochs=3, seed=4)
+        first = train(spec, True, dtype=dtype)
+        assert first[0]["path"] == "compiled"
+        same_bits(first, train(spec, False, dtype=dtype))
+
+
+def test_the_step_and_the_layered_ops_ask_one_plan(monkeypatch):
+    """Over the crossover table's shapes (benchmarks/bench.py --crossover), the forms the
+    compiled step is given for each dense product are those the layered ops get from
+    ``cpu.dense_plan`` for the same shape: one decision, asked by both."""
+    asked = []
+    original = cpu.dense_plan
+
+    def spy(n_samples, n_inputs, n_neurons):
+        plan = original(n_samples, n_inputs, n_neurons)
+        asked.append(((n_samples, n_inputs, n_neurons), plan))
+        return plan
+
+    monkeypatch.setattr(cpu, "dense_plan", spy)
+    rng = np.random.default_rng(0)
+    for n_inputs, n_neurons in ((2, 64), (64, 3), (64, 64), (256, 256), (784, 128)):
+        for n_samples in (4, 32, 128, 300, 1024, 4096):
+            spec = dict(n_inputs=3, hidden=[(n_inputs, "relu", 0.0, 0.0)], loss="mse",
+                        n_outputs=n_neurons, optimizer="sgd", seed=0)
+            model = build_model(spec)
+            X = rng.standard_normal((n_samples, 3)).astype(np.float32)
+            y = rng.standard_normal((n_samples, n_neurons)).astype(np.float32)
+            trainer = compiled.prepare_training(model, X, y, None, None)
+            step = trainer.run.step
+            for layer, shape in ((0, (n_samples, 3, n_inputs)),
+                                 (2, (n_samples, n_inputs, n_neurons))):
+                plan = original(*shape)
+                forms = trainer.run.plans[layer, step.TRAIN_FULL]
+                assert tuple(forms) == (plan.forward.form, plan.forward.parallel,
+                                        plan.dweights.form, plan.dweights.parallel,
+                                        plan.dinputs.form, plan.dinputs.parallel), shape
+            asked.clear()   # the layered ops: one step, each product through the plan
+            model.loss.calculate(model.forward(X, training=True), y)
+            model.backward(model.layers[-1].output, y)
+            layered = dict(asked)
+            assert layered[(n_samples, n_inputs, n_neurons)] == original(
+                n_samples, n_inputs, n_neurons)
+
+
+def test_the_history_says_which_path_ran_and_why(monkeypatch):
+    """Nothing takes the slow path silently: the history names the path, and on cpu the
+    layered path is warned about once, with the layer or setting that caused it."""
+    X, y = spiral_data(10, 3, seed=0)
+
+    class Doubling(loopnet.ReLU):         # a layer class of the user's own
+        def forward(self, inputs, training=True):
+            self.output = 2 * np.asarray(inputs)
+            return self.output
+
+        def backward(self, dvalues):
+            self.dinputs = 2 * np.asarray(dvalues)
+            return self.dinputs
+
+    spec = dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)], loss="categorical", n_outputs=3,
+                optimizer="adam", seed=0)
+    model = build_model(spec)
+    assert model.train(X, y, epochs=2, print_every=0)["path"] == "compiled"
+    model = build_model(spec)
+    model.layers[1] = Doubling()
+    model.finalize()
+    with pytest.warns(compiled.SlowPathWarning, match=r"layer 1 \(Doubling\)"):
+        history = model.train(X, y, epochs=2, print_every=0)
+    assert history["path"] == ("layered: layer 1 (Doubling) is not one of loopnet's Dense, "
+                               "Dropout, ReLU, Sigmoid, Linear, Softmax")
+    with loopnet.device("numpy"):
+        history = build_model(spec, device="numpy").train(X, y, epochs=1, print_every=0)
+    assert history["path"] == "layered: device numpy"
+    monkeypatch.setenv(compiled.ENV_VAR, "0")
+    history = build_model(spec).train(X, y, epochs=1, print_every=0)
+    assert history["path"] == f"layered: {compiled.ENV_VAR}=0"
+
+
+def test_training_stops_on_nan_at_the_same_step_on_both_paths(monkeypatch):
+    X, y = spiral_data(10, 3, seed=0)
+    X = X.copy()
+    X[7, 1] = np.nan
+    spec = dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)], loss="categorical", n_outputs=3,
+                optimizer="adam", seed=0)
+    messages = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv(compiled.ENV_VAR, flag)
+        with pytest.raises(FloatingPointError) as error:
+            build_model(spec).train(X, y, epochs=5, batch_size=4, print_every=0)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("training diverged at epoch 1, step 1: data_loss=nan")
+
+
+THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})
+
+
+def test_the_parallel_build_gives_the_same_bits_for_any_thread_count(monkeypatch):
+    """Forced onto the parallel build (every loop of the step shared out), the results do not
+    depend on the thread count, and equal the serial build's: each output element has one
+    owner, every sum one fixed order."""
+    X, y = spiral_data(30, 3, seed=0)
+    spec = dict(n_inputs=2, hidden=[(16, "relu", 5e-4, 0.0), (8, "dropout", 0.0, 0.0)],
+                loss="categorical", n_outputs=3, optimizer="adam", seed=1)
+    results = set()
+    before = numba.get_num_threads()
+    try:
+        for minimum in (cpu.PARALLEL_STEP_MIN, 0):
+            monkeypatch.setattr(cpu, "PARALLEL_STEP_MIN", minimum)
+            for threads in THREAD_COUNTS:
+                numba.set_num_threads(threads)
+                model = build_model(spec)
+                history = model.train(X, y, epochs=6, batch_size=32, print_every=0,
+                                      shuffle=True, seed=2)
+                results.add(repr({k: v for k, v in history.items() if k != "compile_time"})
+                            .encode() + b"".join(bits(p) for pair in model.get_parameters()
+                                                 for p in pair))
+    finally:
+        numba.set_num_threads(before)
+    assert len(results) == 1
+
+
+def test_builds_of_other_kinds_compile_under_other_names():
+    """A build per kind of model, each with its own name (numba names its cache files after
+    the function: two builds under one name would overwrite each other's cache)."""
+    from loopnet.kernels import step
+
+    spec = dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)], loss="categorical", n_outputs=3,
+                optimizer="adam", seed=0)
+    X, y = spiral_data(5, 3, seed=0)
+    names = set()
+    for optimizer in ("adam", "sgd"):
+        for n_samples in (15, 200_000):
+            model = build_model(dict(spec, optimizer=optimizer))
+            X_run = np.resize(X, (n_samples, 2))
+            run = compiled.prepare_training(model, X_run, np.resize(y, n_samples), None,
+                                            None).run
+            build = run.build()
+            assert build.parallel == (n_samples == 200_000)
+            names.add(step.build(build).__qualname__)
+    assert len(names) == 4
