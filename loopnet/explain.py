@@ -1,8 +1,10 @@
 """``loopnet.explain("dense")``: one op's loops beside its numpy twin, run on the same input.
 
-For an op this prints the source of ``<op>_loops`` (what the ``cpu`` device compiles and the
-``python`` device runs) and of ``<op>_numpy`` (the vectorized twin) side by side, then runs both
-on the same small random input and prints the largest difference between their outputs::
+For an op this prints the body every device runs (``relu_element``, ``softmax_row`` ...: the
+loop body written once), then the source of ``<op>_loops`` (the ``prange`` over it that the
+``cpu`` device compiles and the ``python`` device runs) beside ``<op>_numpy`` (the vectorized
+twin), and the CUDA launcher; then it runs loops and twin on the same small random input and
+prints the largest difference between their outputs::
 
     >>> import loopnet
     >>> loopnet.explain("dense")                 # doctest: +SKIP
@@ -13,15 +15,11 @@ added there later shows up here with no change to this file. Friendly names are 
 ``dense`` -> ``dense_forward``, ``crossentropy`` -> ``categorical_crossentropy``, ``adam`` ->
 whichever op has ``adam`` in its name.
 
-How the example input is built: every kernel takes its arrays (inputs *and* outputs) as
-arguments, named as in the notes (``inputs``, ``weights``, ``dvalues``, ``y_pred`` ...). From those
-names, a few candidate layouts give each array a shape (elementwise ops get flat vectors, softmax
-and losses get ``(n_samples, n_classes)`` rows, dense ops get ``(n_samples, n_inputs)`` inputs and
-``(n_inputs, n_neurons)`` weights ...). A layout is first tried on the uncompiled loops, where
-numpy checks every index, and only then compiled: numba does not bounds-check, and a wrong guess
-must not write into foreign memory. A kernel module may also define ``<op>_example(rng, dtype)``
-returning the argument tuple, which is used instead of guessing. When no layout fits, ``explain``
-says so and still prints the sources.
+The example input comes from ``loopnet.kernels.examples.kernel_arguments``, which builds every
+kernel's arguments from their names (as the CUDA tests and ``scripts/gpu_check.py`` do). It is
+first tried on the uncompiled loops, where numpy checks every index, and only then compiled:
+numba does not bounds-check. When no input can be built, ``explain`` says so and still prints
+the sources.
 
 Every array is compared after the run: those either implementation changed are its outputs
 (optimizer updates change their parameters in place), and the largest absolute difference over
@@ -73,19 +71,38 @@ def _kernel_modules():
 
 
 def _forms() -> dict[str, dict[str, object]]:
-    """``{op: {"loops": f, "numpy": f, "notes": f, "kernel": f, "example": f, "module": m}}``
-    from the kernel files (``kernel`` is the CUDA form, shown but not run here)."""
+    """``{op: {"loops": f, "numpy": f, "notes": f, "kernel": f, "bodies": [f, ...],
+    "module": m}}`` from the kernel files (``kernel`` is the CUDA form, shown but not run here;
+    ``bodies`` the loop bodies ``loops`` calls)."""
     found: dict[str, dict[str, object]] = {}
     for module in _kernel_modules():
         for name, obj in vars(module).items():
             if not callable(obj) or getattr(obj, "__module__", None) != module.__name__:
                 continue
-            for suffix in ("loops", "numpy", "notes", "kernel", "example"):
+            for suffix in ("loops", "numpy", "notes", "kernel"):
                 if name.endswith("_" + suffix):
                     op = name[: -len(suffix) - 1]
                     found.setdefault(op, {"module": module})[suffix] = obj
-    # An op is something with a loop form or a twin; `_example` or `_notes` alone is not.
-    return {op: f for op, f in found.items() if "loops" in f or "numpy" in f}
+    # An op is something with a loop form or a twin; `_notes` alone is not.
+    forms = {op: f for op, f in found.items() if "loops" in f or "numpy" in f}
+    for f in forms.values():
+        f["bodies"] = _bodies(f["loops"]) if "loops" in f else []
+    return forms
+
+
+def _bodies(function) -> list:
+    """The loop bodies ``function`` calls (functions of kernel files it names), in order."""
+    import ast
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    bodies = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            body = function.__globals__.get(node.func.id)
+            if (isinstance(body, types.FunctionType) and body not in bodies
+                    and body.__module__.startswith("loopnet.kernels")):
+                bodies.append(body)
+    return bodies
 
 
 def list_ops() -> list[str]:
@@ -135,115 +152,29 @@ def resolve(name: str) -> list[str]:
     raise ValueError(f"unknown op {name!r}; ops are: {', '.join(ops)}")
 
 
-# --- Building an example input ------------------------------------------------------------------
+# --- Building an example input ------------------------------------------------------------
 
-# Scalars by exact parameter name (optimizer hyper-parameters, dropout rate, ...).
-SCALARS = {
-    "learning_rate": 0.01, "current_learning_rate": 0.01, "lr": 0.01,
-    "decay": 1e-3, "momentum": 0.9, "rho": 0.9, "epsilon": 1e-7, "eps": 1e-7,
-    "beta_1": 0.9, "beta_2": 0.999, "beta1": 0.9, "beta2": 0.999,
-    "rate": 0.1, "dropout_rate": 0.1, "keep_rate": 0.9,
-    "l1": 0.01, "l2": 0.01, "weight_regularizer_l1": 0.01, "weight_regularizer_l2": 0.01,
-    "bias_regularizer_l1": 0.01, "bias_regularizer_l2": 0.01, "regularizer": 0.01,
-    "clip": 1e-7, "precision": 0.5, "value": 0.5,
-    # Adam's bias corrections 1 - beta ** (iterations + 1) after one step
-    "correction_1": 1 - 0.9 ** 2, "correction_2": 1 - 0.999 ** 2,
-}
-INT_SCALARS = {"iterations": 1, "iteration": 1, "step": 1, "t": 1, "seed": 0, "n_samples": N_SAMPLES,
-               "samples": N_SAMPLES, "n_classes": N_CLASSES, "classes": N_CLASSES}
-
-# Layouts: parameter name -> shape. Tried in order; a layout applies when it knows every array
-# parameter (unknown optimizer state such as ``weight_momentums`` takes the shape of the weights
-# or biases it belongs to).
-S, I, N, C, K = N_SAMPLES, N_INPUTS, N_NEURONS, N_CLASSES, N_ELEMENTS
-_PER_SAMPLE = {"class_targets": (S,), "targets": (S,), "labels": (S,), "sample_losses": (S,),
-               "correct": (S,), "values": (S,)}
-LAYOUTS = {
-    # mean, sums: a vector in, one number out
-    "reduction": {"values": (K,), "output": (1,)},
-    # element-wise activations, their backward passes, binary losses, optimizer updates on a vector
-    "elementwise": {name: (K,) for name in (
-        "inputs", "output", "dvalues", "dinputs", "y_pred", "y_true", "sample_losses",
-        "weights", "biases", "dweights", "dbiases", "params", "grads", "mask", "binary_mask",
-        "values", "correct")},
-    # softmax, categorical losses and their gradients: rows of class scores
-    "classes": {"inputs": (S, C), "output": (S, C), "dvalues": (S, C), "dinputs": (S, C),
-                "y_pred": (S, C), "y_true": (S, C), "softmax_output": (S, C),
-                "softmax_outputs": (S, C),
-                "mask": (S, C), "binary_mask": (S, C), **_PER_SAMPLE},
-    # dense layers and whatever works on their parameters
-    "dense": {"inputs": (S, I), "weights": (I, N), "biases": (N,), "output": (S, N),
-              "dvalues": (S, N), "dinputs": (S, I), "dweights": (I, N), "dbiases": (N,),
-              **_PER_SAMPLE},
-    # regression outputs: one column per output
-    "regression": {"y_pred": (S, 1), "y_true": (S, 1), "dvalues": (S, 1), "dinputs": (S, 1),
-                   "sample_losses": (S,), "output": (S, 1), "inputs": (S, 1)},
-}
-_STATE_WORDS = ("momentum", "cache", "moment", "velocity", "param", "grad", "update")
+# The example sizes: small enough for the python device, different from each other so that a
+# transposed index would show up as a shape error rather than pass silently.
+N_SAMPLES, N_INPUTS, N_NEURONS, N_CLASSES, N_ELEMENTS = 4, 3, 5, 3, 12
 
 
-def _shape_for(name: str, layout: dict) -> tuple | None:
-    if name in layout:
-        return layout[name]
-    if any(word in name for word in _STATE_WORDS):
-        owner = "biases" if "bias" in name else "weights"
-        return layout.get(owner, layout.get("params"))
-    return None
+def _candidate_args(op, forms: dict, dtype, seed: int):
+    """``(layout, args)`` for the op's loops (at most one: the shared example builder)."""
+    from loopnet.kernels.examples import kernel_arguments
 
-
-def _array_for(name: str, shape: tuple, rng: np.random.Generator, dtype) -> np.ndarray:
-    """A plausible value for an array parameter, by its name."""
-    if name in ("class_targets", "targets", "labels"):
-        n_classes = N_CLASSES if shape == (S,) else 2
-        return rng.integers(0, n_classes, size=shape).astype(np.intp)
-    if name in ("y_pred", "softmax_output", "softmax_outputs"):
-        if len(shape) == 2 and shape[1] > 1:
-            scores = rng.random(shape) + 0.1
-            return (scores / scores.sum(axis=1, keepdims=True)).astype(dtype)
-        return rng.uniform(0.05, 0.95, size=shape).astype(dtype)     # sigmoid outputs
-    if name == "y_true":
-        if len(shape) == 2 and shape[1] > 1:
-            return np.eye(shape[1], dtype=dtype)[rng.integers(0, shape[1], size=shape[0])]
-        return rng.integers(0, 2, size=shape).astype(dtype)
-    if "mask" in name:
-        return (rng.random(shape) > 0.1).astype(dtype) / dtype(0.9)
-    if "cache" in name:                                  # running sums of squares: not negative
-        return rng.random(shape).astype(dtype)
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def _scalar_for(name: str, dtype):
-    if name in INT_SCALARS:
-        return INT_SCALARS[name]
-    if name in SCALARS:
-        return dtype(SCALARS[name])
-    return None
-
-
-def _candidate_args(forms: dict, dtype, seed: int):
-    """Yield ``(layout_name, args)`` tuples to try, best guess first."""
-    if "example" in forms:
-        yield "example", tuple(forms["example"](np.random.default_rng(seed), dtype))
-        return
     function = forms.get("loops") or forms["numpy"]
-    params = list(inspect.signature(function).parameters.values())
-    for layout_name, layout in LAYOUTS.items():
-        rng = np.random.default_rng(seed)
-        args = []
-        for param in params:
-            scalar = _scalar_for(param.name, dtype)
-            if scalar is not None:
-                args.append(scalar)
-                continue
-            shape = _shape_for(param.name, layout)
-            if shape is None:
-                if param.default is not inspect.Parameter.empty:
-                    break               # stop at the first optional parameter we cannot fill
-                args = None
-                break
-            args.append(_array_for(param.name, shape, rng, dtype))
-        if args is not None:
-            yield layout_name, tuple(args)
+    try:
+        args = kernel_arguments(op, function, dtype, np.random.default_rng(seed),
+                                n_samples=N_SAMPLES, n_inputs=N_INPUTS, n_neurons=N_NEURONS,
+                                n_classes=N_CLASSES, n_elements=N_ELEMENTS)
+    except KeyError as err:      # a parameter name the builder does not know
+        raise _NoExample(f"no example for parameter {err}") from None
+    yield "example", tuple(args)
+
+
+class _NoExample(Exception):
+    pass
 
 
 def _copy(args):
@@ -279,6 +210,7 @@ class Explanation:
     numpy_source: str | None
     notes_source: str | None = None
     cuda_source: str | None = None
+    body_sources: list = dataclasses.field(default_factory=list)
     device: str = "cpu"
     dtype: str = "float32"
     shapes: dict = dataclasses.field(default_factory=dict)
@@ -298,14 +230,21 @@ def _compare(op: str, forms: dict, device: str, dtype, seed: int) -> Explanation
     result = Explanation(op=op, module=module.__name__, loops_source=source["loops"],
                          numpy_source=source["numpy"], notes_source=source["notes"],
                          cuda_source=source["kernel"], device=device,
-                         dtype=np.dtype(dtype).name)
+                         dtype=np.dtype(dtype).name,
+                         body_sources=[inspect.getsource(body)
+                                       for body in forms.get("bodies", [])])
     if "loops" not in forms or "numpy" not in forms:
         missing = "numpy twin" if "numpy" not in forms else "loop form"
         result.message = f"{op} has no {missing}: nothing to compare."
         return result
     loops, twin = forms["loops"], forms["numpy"]
     errors = []
-    for layout_name, args in _candidate_args(forms, dtype, seed):
+    try:
+        candidates = list(_candidate_args(op, forms, dtype, seed))
+    except _NoExample as err:
+        candidates = []
+        errors.append(str(err))
+    for layout_name, args in candidates:
         # Probe with the uncompiled loops first: numpy checks every index there.
         try:
             _run(loops, args)
@@ -339,8 +278,8 @@ def _compare(op: str, forms: dict, device: str, dtype, seed: int) -> Explanation
                 if isinstance(n, np.ndarray))
         return result
     detail = "; ".join(errors) if errors else "its parameter names are not ones explain knows"
-    result.message = (f"cannot build an example input for {op} ({detail}). Define "
-                      f"{op}_example(rng, dtype) in {module.__name__} to give one.")
+    result.message = (f"cannot build an example input for {op} ({detail}); teach "
+                      "loopnet.kernels.examples.kernel_arguments its parameters.")
     return result
 
 
@@ -377,6 +316,10 @@ def format_explanation(result: Explanation, width: int | None = None) -> str:
     loops = result.loops_source or "(no loop form)\n"
     twin = result.numpy_source or "(no numpy twin)\n"
     parts = [f"{result.op}  ({result.module})", ""]
+    for body in result.body_sources:
+        name = body.split("def ", 1)[1].split("(", 1)[0]
+        title = f"body: {name}  (run by every device: python, cpu, cuda, the training step)"
+        parts += [title, "-" * len(title), body.rstrip(), ""]
     left_width = max(len(line) for line in (loops_title + "\n" + loops).expandtabs(4).split("\n"))
     # Side by side only when the loops fit unwrapped and the twin keeps 40 columns; else stacked.
     if left_width + 3 + 40 <= width:
@@ -388,7 +331,7 @@ def format_explanation(result: Explanation, width: int | None = None) -> str:
         title = f"the notes' literal form: {result.op}_notes"
         parts += ["", title, "-" * len(title), result.notes_source.rstrip()]
     if result.cuda_source:
-        title = f"the CUDA kernel: {result.op}_kernel  (the cuda device; not run here)"
+        title = f"the CUDA launcher: {result.op}_kernel  (the cuda device; not run here)"
         parts += ["", title, "-" * len(title), result.cuda_source.rstrip()]
     parts.append("")
     if result.max_difference is None:

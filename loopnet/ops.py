@@ -692,7 +692,7 @@ def _counter(value, name: str, limit: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if not 0 <= value < limit:
-        raise ValueError(f"{name} must be in [0, {limit}), got {value}")
+        raise ValueError(f"{name} must be in [0, 2**{limit.bit_length() - 1}), got {value}")
     return int(value)
 
 

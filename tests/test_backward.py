@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import arrays, assert_within, eps, float_dtypes, sides, sum_tolerance
+from helpers import arrays, assert_within, bits, eps, float_dtypes, sides, sum_tolerance
 from loopnet import ops
 from loopnet.kernels import activations, dense, losses, regularization
 
@@ -242,6 +242,36 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def test_dropout_masks_are_one_hash_on_every_device(device):
+    """The counter-based mask: the numpy twin's vectorized hash, the loops (compiled, or as
+    Python) and the CUDA kernel give the same mask, bit for bit; kept elements carry
+    1 / (1 - rate) in the mask's dtype, about 1 - rate of them are kept, and the step and the
+    seed each give another mask."""
+    shape, rate = (37, 53), 0.3
+    mask = host(ops.dropout_mask(shape, rate, seed=11, step=5, device=device))
+    twin = host(ops.dropout_mask(shape, rate, seed=11, step=5, device="numpy"))
+    assert bits(mask) == bits(twin)
+    assert set(np.unique(mask)) == {np.float32(0), np.float32(1 / (1 - rate))}
+    # 1961 Bernoulli(0.7) draws: the kept fraction is 0.7 +- 5 standard deviations (0.052)
+    assert abs(np.mean(mask > 0) - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / mask.size)
+    other_step = host(ops.dropout_mask(shape, rate, seed=11, step=6, device=device))
+    other_seed = host(ops.dropout_mask(shape, rate, seed=12, step=5, device=device))
+    assert bits(other_step) != bits(mask) and bits(other_seed) != bits(mask)
+    assert np.all(host(ops.dropout_mask((4, 9), 0.0, seed=3, device=device)) == 1)
+
+
+def test_dropout_mask_rejects_bad_arguments():
+    for kwargs, error, message in (
+            (dict(rate=1.0, seed=0), ValueError, r"rate must be in \[0, 1\)"),
+            (dict(rate=0.1, seed=-1), ValueError, r"seed must be in \[0, 2\*\*63\)"),
+            (dict(rate=0.1, seed=1.5), TypeError, "seed must be an integer"),
+            (dict(rate=0.1, seed=0, step=-2), ValueError, "step must be in")):
+        with pytest.raises(error, match=message):
+            ops.dropout_mask((3, 4), **kwargs)
+    with pytest.raises(ValueError, match="shape must be a tuple of positive integers"):
+        ops.dropout_mask((3, 0), 0.1, seed=0)
+
+
 def test_dense_backward_matches_finite_differences(device, rng):
     inputs, weights = rng.standard_normal((4, 3)), rng.standard_normal((3, 5))
     biases, R = rng.standard_normal((1, 5)), rng.standard_normal((4, 5))
@@ -257,7 +287,7 @@ def test_activation_backwards_match_finite_differences(device, rng, name):
     x = rng.standard_normal((3, 4))
     x[np.abs(x) < 1e-2] = 0.5          # ReLU has a kink at 0: stay away from it
     R = rng.standard_normal((3, 4))
-    mask = ops.dropout_mask(x.shape, 0.25, np.random.default_rng(0), np.float64)
+    mask = ops.to_numpy(ops.dropout_mask(x.shape, 0.25, seed=0, dtype=np.float64))
     forward = {
         "relu": lambda: ops.relu_forward(x, device=device),
         "softmax": lambda: ops.softmax_forward(x, device=device),

@@ -1,7 +1,8 @@
 """Random example arguments for any kernel, built from its parameter names.
 
-Used by the CUDA tests and ``scripts/gpu_check.py`` to run every kernel against its numpy twin.
-(This module is not one of ``loopnet.kernels.MODULES``: it defines no kernels.) Names follow the
+Used by the CUDA tests, ``scripts/gpu_check.py``, ``scripts/check_ptx.py`` and ``loopnet
+explain`` to run every kernel against its numpy twin. (This module is not one of
+``loopnet.kernels.MODULES``: it defines no kernels.) Names follow the
 kernel files: dense kernels take ``inputs (n_samples, n_inputs)``, ``weights (n_inputs,
 n_neurons)`` ...; element-wise kernels take flat arrays of ``n_elements``; the rest take
 ``(n_samples, n_classes)`` arrays, with per-sample outputs ``(n_samples,)``.
@@ -15,7 +16,9 @@ import numpy as np
 
 SCALARS = {"learning_rate": 0.05, "epsilon": 1e-7, "momentum": 0.9, "rho": 0.9,
            "beta_1": 0.9, "beta_2": 0.999, "correction_1": 0.19, "correction_2": 0.002,
-           "l1": 0.01, "l2": 0.02, "precision": 0.1, "value": 0.5}
+           "l1": 0.01, "l2": 0.02, "precision": 0.1, "value": 0.5,
+           # dropout masks: seed, batch number, keep 90% (see regularization.dropout_mask_row)
+           "seed": 7, "step": 3, "keep_below": int(0.9 * 2**53), "rate": 0.1}
 ELEMENTWISE = {"relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
                "linear_forward", "linear_backward", "dropout_forward", "dropout_backward",
                "binary_accuracy", "regression_accuracy", "fill", "regularization_backward",
