@@ -21,6 +21,7 @@ Speed (issue 5; numbers in BENCHMARKS.md):
 
 import math
 import os
+import threading
 import types
 
 import numba
@@ -183,19 +184,24 @@ def aligned_empty(shape, dtype, align=64):
     return raw[offset:offset + n_bytes].view(dtype).reshape(shape)
 
 
-_scratch = {}
+# Each Python thread has its own scratch buffers: two threads running ops at once must never
+# pack into the same array (a thread can be switched out between packing and its kernel, and
+# parallel kernels release the GIL).
+_scratch = threading.local()
 
 
 def _scratch_buffer(slot, shape, dtype):
-    """A reused aligned scratch array (one per ``slot``, shape and dtype). Not thread-safe
-    across Python threads (the buffer is shared); loopnet's own training loop is
-    single-threaded in Python."""
+    """A reused aligned scratch array (one per ``slot``, shape and dtype, and per thread)."""
+    try:
+        buffers = _scratch.buffers
+    except AttributeError:
+        buffers = _scratch.buffers = {}
     key = (slot, shape, np.dtype(dtype).str)
-    target = _scratch.get(key)
+    target = buffers.get(key)
     if target is None:
-        if len(_scratch) > 32:  # many layer shapes: do not hoard memory
-            _scratch.clear()
-        target = _scratch[key] = aligned_empty(shape, dtype)
+        if len(buffers) > 32:  # many layer shapes: do not hoard memory
+            buffers.clear()
+        target = buffers[key] = aligned_empty(shape, dtype)
     return target
 
 
