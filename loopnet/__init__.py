@@ -32,8 +32,9 @@ from loopnet.saving import ModelFileError
 __version__ = "0.1.0"
 
 # Imported on first use (PEP 562), so `import loopnet` stays free of numba and matplotlib:
-# `loopnet.explain("dense")` (the module is callable) and `loopnet.plotting`.
-_LAZY_MODULES = ("explain", "plotting")
+# `loopnet.explain("dense")` (the module is callable), `loopnet.plotting` and
+# `loopnet.threads` (`loopnet.threads.info()`: numba's threading layer).
+_LAZY_MODULES = ("explain", "plotting", "threads")
 
 
 def __getattr__(name):

@@ -27,7 +27,10 @@ import types
 import numba
 import numpy as np
 
+from loopnet import threads
 from loopnet.backends import collect
+
+threads.configure()  # numba's threading layer, before anything compiles (loopnet/threads.py)
 
 
 def _prefer_512_bit_vectors():
@@ -55,7 +58,8 @@ _prefer_512_bit_vectors()
 def compile_loops(function):
     """``njit`` a loop kernel the way the cpu device runs it."""
     parallel = "prange" in function.__code__.co_names
-    return numba.njit(parallel=parallel, cache=True)(function)
+    kernel = numba.njit(parallel=parallel, cache=True)(function)
+    return threads.serialized(kernel) if parallel else kernel
 
 
 def _copy(function, suffix, **constants):
@@ -76,7 +80,7 @@ def _copy(function, suffix, **constants):
 def compile_twice(function, **options):
     """``(serial, parallel)`` builds of a ``prange`` kernel (a serial build runs prange as range)."""
     return (numba.njit(parallel=False, cache=True, **options)(_copy(function, "__serial")),
-            numba.njit(parallel=True, cache=True, **options)(function))
+            threads.serialized(numba.njit(parallel=True, cache=True, **options)(function)))
 
 
 LOOPS = {name: compile_loops(f) for name, f in collect("loops").items()}
@@ -101,7 +105,8 @@ def by_size(function, parallel_build):
 
     def run(*args):
         size = max([a.size for a in args if isinstance(a, np.ndarray)], default=0)
-        kernel = parallel_build if size >= PARALLEL_MIN_ELEMENTS else serial_build
+        kernel = (parallel_build if size >= PARALLEL_MIN_ELEMENTS and threads.parallel_allowed()
+                  else serial_build)
         return kernel(*args)
 
     run.__name__ = function.__name__
@@ -208,7 +213,8 @@ def _scratch_buffer(slot, shape, dtype):
 def _packed(source, slot):
     """``source.T`` packed into a reused aligned scratch buffer (see ``_scratch_buffer``)."""
     target = _scratch_buffer(slot, (source.shape[1], source.shape[0]), source.dtype)
-    transpose = transpose_parallel if source.size >= 4 * PARALLEL_MIN else transpose_serial
+    transpose = (transpose_parallel if source.size >= 4 * PARALLEL_MIN
+                 and threads.parallel_allowed() else transpose_serial)
     transpose(source, target)
     return target
 
@@ -243,7 +249,7 @@ def _aligned_for(source, reuse, slot):
 
 
 def _parallel(work, rows):
-    return work >= PARALLEL_MIN and rows >= PARALLEL_MIN_ROWS
+    return work >= PARALLEL_MIN and rows >= PARALLEL_MIN_ROWS and threads.parallel_allowed()
 
 
 def _use_tiled(n_samples, n_inputs, n_neurons):
@@ -403,9 +409,9 @@ def train_epochs(work, tiled_dweights, *args):
     """Run ``train_epochs_fused``; ``work`` = multiply-adds of one step's forward pass picks the
     serial build for small models (the spiral model: ~100k), the parallel one above;
     ``tiled_dweights`` (some layer's dweights runs the broadcast form) the build that has it."""
+    parallel = work >= 4 * PARALLEL_MIN and threads.parallel_allowed()
     if tiled_dweights:
-        kernel = train_epochs_parallel if work >= 4 * PARALLEL_MIN else train_epochs_serial
+        kernel = train_epochs_parallel if parallel else train_epochs_serial
     else:
-        kernel = (train_epochs_small_parallel if work >= 4 * PARALLEL_MIN
-                  else train_epochs_small_serial)
+        kernel = train_epochs_small_parallel if parallel else train_epochs_small_serial
     return kernel(*args)
