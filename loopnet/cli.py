@@ -672,8 +672,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from loopnet.interrupts import interruptible
+
     try:
-        return args.run(args)
+        with interruptible():  # Ctrl-C stops within a second, also while numba compiles
+            return args.run(args)
     except (ValueError, TypeError, RuntimeError, OSError) as err:
         # One line, no traceback: these are problems with the input, the data or the device.
         # LOOPNET_DEBUG=1 shows the traceback instead (for bugs in loopnet itself).
