@@ -114,6 +114,15 @@ def predict_case():
     got = in_threads(lambda k: [models[k].predict(X) for _ in range(PREDICTIONS)], N_THREADS)
     bad = sum(not np.array_equal(out, want[k]) for k in range(N_THREADS) for out in got[k])
     emit("threads: Model.predict, 4 models", mismatches=bad, total=N_THREADS * PREDICTIONS)
+    # one model shared by every thread, each predicting other data (a layer keeps its last
+    # output as an attribute, but forward() returns its own)
+    inputs = [loopnet.datasets.spiral_data(1000, 3, seed=2 + k)[0] for k in range(N_THREADS)]
+    want = [models[0].predict(x) for x in inputs]
+    got = in_threads(lambda k: [models[0].predict(inputs[k]) for _ in range(PREDICTIONS)],
+                     N_THREADS)
+    bad = sum(not np.array_equal(out, want[k]) for k in range(N_THREADS) for out in got[k])
+    emit("threads: Model.predict, one shared model", mismatches=bad,
+         total=N_THREADS * PREDICTIONS)
 
 
 def train_case():
