@@ -65,7 +65,6 @@ def configure() -> None:
     global _configured, _layer
     if _configured:
         return
-    _configured = True
     import numba
 
     requested = str(numba.config.THREADING_LAYER).lower()
@@ -82,12 +81,16 @@ def configure() -> None:
         os.environ["OMP_WAIT_POLICY"] = "passive"
     try:
         numba.get_num_threads()   # starts the threading layer
+    except ValueError as err:     # numba: the requested layer cannot be loaded
+        raise ValueError(f"NUMBA_THREADING_LAYER={requested!r} cannot be used here "
+                         f"({' '.join(str(err).split())}); unset it to let numba choose") from None
     finally:
         if set_wait_policy:
             os.environ.pop("OMP_WAIT_POLICY", None)
     _layer = numba.threading_layer()
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
+    _configured = True
 
 
 def _fork_safe(layer) -> bool:

@@ -100,3 +100,13 @@ def _installed(distribution: str) -> bool:
     except metadata.PackageNotFoundError:
         return False
     return True
+
+
+def test_an_unknown_threading_layer_is_a_one_line_error():
+    env = dict(os.environ, NUMBA_THREADING_LAYER="openmp")
+    result = subprocess.run([sys.executable, "-m", "loopnet", "forward"], env=env,
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "loopnet: error: NUMBA_THREADING_LAYER='openmp' is not a numba threading layer; use one "
+        "of default, tbb, omp, workqueue, safe, threadsafe, forksafe")
