@@ -1,7 +1,8 @@
 """Threads, processes and numba's threading layer for the ``cpu`` device.
 
 numba runs a ``parallel=True`` kernel on one of three threading layers, chosen once per process
-when the first parallel kernel starts (``numba.threading_layer()`` says which):
+when it starts; loopnet starts it when the cpu backend loads, at the first op on ``cpu``
+(``numba.threading_layer()`` and ``info()`` say which):
 
 ============  ============  ==========  ==================================================
 layer         thread-safe   fork-safe   where it comes from
