@@ -83,8 +83,14 @@ def chapter_10(epochs: int) -> tuple[float, float]:
 
 
 def spinner() -> subprocess.Popen:
-    """Another process that keeps one core busy until it is killed."""
-    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    """Another process that keeps one core busy until it is killed: the last CPU of this
+    process's set where it can be pinned (Linux), so that every run sees the same busy core
+    rather than whatever placement the scheduler picks."""
+    code = ("import os\n"
+            "if hasattr(os, 'sched_setaffinity'):\n"
+            "    os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})\n"
+            "while True: pass")
+    process = subprocess.Popen([sys.executable, "-c", code])
     time.sleep(0.2)  # let it start and take its core
     return process
 

@@ -49,6 +49,7 @@ _allowed = True           # False in a forked child whose parent started a non-f
 _reason = None            # why parallel builds are off, for info()
 _lock = threading.Lock()  # serializes parallel builds under workqueue
 _layer = None             # numba.threading_layer(), once started
+_omp_spins = False        # OpenMP's threads spin between kernels (the user's wait policy)
 _tbb_library = None       # path of the TBB library loopnet loaded, if it did
 
 
@@ -74,7 +75,9 @@ def configure() -> None:
                          f"use one of {', '.join(_CHOICES)}")
     if requested in ("default", "tbb", "safe", "threadsafe"):
         _load_tbb()
+    global _omp_spins
     set_wait_policy = not ({"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ))
+    _omp_spins = not set_wait_policy and os.environ.get("OMP_WAIT_POLICY", "").lower() != "passive"
     if set_wait_policy:
         # libgomp reads it once, when it is loaded, which starting the layer below does
         # (unless another library loaded it first); then it is taken back out of the
@@ -92,6 +95,23 @@ def configure() -> None:
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
     _configured = True
+
+
+def parallel_min_scale() -> int:
+    """How many times more work than the cpu backend's thresholds (``PARALLEL_MIN``,
+    ``PARALLEL_MIN_ELEMENTS``, tuned with OpenMP's threads spinning) a kernel needs before its
+    parallel build pays, on the layer that runs (BENCHMARKS.md, "Threads on a shared
+    machine"): TBB's workers cost ~5 us more per parallel kernel than spinning OpenMP's (a
+    65,536-element ReLU: 16 us against 11 serial), so 4; sleeping workers (OpenMP told to be
+    passive, workqueue) take ~70-100 us to wake (83 and 111 us against 11), so 20; OpenMP
+    spinning as its user asked, 1."""
+    if _layer == "tbb":
+        return 4
+    if _layer == "omp" and not _omp_spins:
+        return 20
+    if _layer == "workqueue":
+        return 20
+    return 1
 
 
 def _fork_safe(layer) -> bool:

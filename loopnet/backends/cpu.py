@@ -89,8 +89,10 @@ LOOPS = {name: compile_loops(f) for name, f in collect("loops").items()}
 # PARALLEL_MIN_ELEMENTS elements: waking the second thread costs microseconds (far more when
 # the other core is busy: numba's threads spin, measured 1.1 -> 5 ms per epoch of a small
 # sigmoid model under load), more than a small array takes. The dense ops choose by
-# multiply-adds below, with their own thresholds.
-PARALLEL_MIN_ELEMENTS = int(os.environ.get("LOOPNET_PARALLEL_MIN_ELEMENTS", 50_000))
+# multiply-adds below, with their own thresholds. Both were measured with OpenMP's threads
+# spinning; threads.parallel_min_scale() scales them for the threading layer that runs.
+PARALLEL_MIN_ELEMENTS = int(os.environ.get("LOOPNET_PARALLEL_MIN_ELEMENTS",
+                                           50_000 * threads.parallel_min_scale()))
 
 
 def by_size(function, parallel_build):
@@ -143,7 +145,7 @@ def empty(shape, dtype):
 #   layers (_use_tiled) and the fused trainer's large layers (TILED_MIN: ~10M multiply-adds,
 #   >= 128 inputs, >= 64 samples).
 # Override with the environment variables of the same names (LOOPNET_PARALLEL_MIN, ...).
-PARALLEL_MIN = int(os.environ.get("LOOPNET_PARALLEL_MIN", 50_000))
+PARALLEL_MIN = int(os.environ.get("LOOPNET_PARALLEL_MIN", 50_000 * threads.parallel_min_scale()))
 PARALLEL_MIN_ROWS = int(os.environ.get("LOOPNET_PARALLEL_MIN_ROWS", 16))
 TILED_MIN = int(os.environ.get("LOOPNET_TILED_MIN", 10_000_000))
 TILED_MIN_INPUTS = int(os.environ.get("LOOPNET_TILED_MIN_INPUTS", 128))
