@@ -24,6 +24,9 @@ safe on each of them, without overriding what a user chose through numba's own s
   (``OMP_WAIT_POLICY=passive``) unless the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``.
 - workqueue aborts the process when two threads enter it at once: ``serialized`` puts a lock
   around loopnet's parallel builds there, so threads take turns.
+- waking threads costs more on some layers than on the spinning OpenMP the cpu backend's
+  size thresholds were tuned with: ``parallel_min_scale()`` scales them (measured in
+  BENCHMARKS.md, "Threads on a shared machine").
 - GNU OpenMP cannot run in a process forked from one that started it (numba stops the child):
   in such a child ``parallel_allowed()`` is False and every kernel runs its serial build, which
   computes the same numbers.
