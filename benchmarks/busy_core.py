@@ -127,7 +127,8 @@ def per_call() -> dict:
     ``PARALLEL_MIN_ELEMENTS``: the parallel build); ``dense``: ``ops.dense_forward`` of the
     spiral model's 300 x 64 x 3 layer (the parallel narrow kernel); ``epoch``: one epoch of
     ``Model.train`` on the README's model and data (3,000 spiral samples, Adam: the fused
-    kernel's parallel build)."""
+    kernel's parallel build); ``mnist``: one pass over 6,000 rows of a 784-128-10 model in
+    batches of 128 (the fused kernel, large layers)."""
     import numpy as np
 
     import loopnet
@@ -173,6 +174,30 @@ def per_call() -> dict:
         m.train(X, y, epochs=400, print_every=0)
         epochs.append((time.perf_counter() - start) / 400 * 1e6)
     result["epoch"] = statistics.median(epochs)
+    # an MNIST-sized model (784-128-10, Adam, batches of 128) on 6,000 random rows
+    X_big = rng.random((6000, 784), dtype=np.float32)
+    y_big = rng.integers(0, 10, 6000)
+
+    def mnist_model():
+        m = loopnet.Model()
+        seeds = np.random.RandomState(0)
+        m.add(loopnet.Dense(784, 128, seed=seeds))
+        m.add(loopnet.ReLU())
+        m.add(loopnet.Dense(128, 10, seed=seeds))
+        m.add(loopnet.Softmax())
+        m.set(loss=loopnet.CategoricalCrossentropy(), optimizer=loopnet.Adam(),
+              accuracy=loopnet.CategoricalAccuracy())
+        m.finalize()
+        return m
+
+    mnist_model().train(X_big, y_big, epochs=1, batch_size=128, print_every=0)
+    passes = []
+    for _ in range(5):
+        m = mnist_model()
+        start = time.perf_counter()
+        m.train(X_big, y_big, epochs=2, batch_size=128, print_every=0)
+        passes.append((time.perf_counter() - start) / 2 * 1e6)
+    result["mnist"] = statistics.median(passes)
     result.update(loopnet.threads.info())
     return result
 
@@ -188,7 +213,7 @@ def _line(name: str, runs: list) -> str:
     head = f"{name:<15} {r['layer']:<9} {r['threads']} threads "
     if "epoch" in r:
         return head + "  ".join(f"{key} {_range([x[key] for x in runs], 1)} us"
-                                for key in ("relu", "dense", "epoch"))
+                                for key in ("relu", "dense", "epoch", "mnist"))
     pairs = ", ".join(f"{q:.2f}/{b:.2f}" for x in runs
                       for q, b in zip(x["quiet_runs"], x["busy_runs"]))
     return (head + f"quiet {_range([x['quiet'] for x in runs], 2)} s"
