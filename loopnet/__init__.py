@@ -45,6 +45,12 @@ def _version() -> str:
         return "0+unknown"
 
 
+# Imported on first use (PEP 562), so `import loopnet` stays free of numba and matplotlib:
+# `loopnet.explain("dense")` (the module is callable), `loopnet.plotting` and
+# `loopnet.threads` (`loopnet.threads.info()`: numba's threading layer).
+_LAZY_MODULES = ("explain", "plotting", "threads")
+
+
 def __getattr__(name):
     if name in _LAZY_MODULES:
         import importlib

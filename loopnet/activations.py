@@ -20,8 +20,8 @@ class ReLU(Layer):
 
     def forward(self, inputs, training: bool = True):
         self.inputs = inputs
-        self.output = ops.relu_forward(inputs, device=self.device)
-        return self.output
+        self.output = output = ops.relu_forward(inputs, device=self.device)
+        return output
 
     def backward(self, dvalues):
         """Pass ``dvalues`` where the input was positive, 0 elsewhere."""
@@ -38,8 +38,8 @@ class Softmax(Layer):
 
     def forward(self, inputs, training: bool = True):
         self.inputs = inputs
-        self.output = ops.softmax_forward(inputs, device=self.device)
-        return self.output
+        self.output = output = ops.softmax_forward(inputs, device=self.device)
+        return output
 
     def backward(self, dvalues):
         """The full-Jacobian gradient (``Model`` uses the fused softmax + cross-entropy
@@ -59,8 +59,8 @@ class Sigmoid(Layer):
 
     def forward(self, inputs, training: bool = True):
         self.inputs = inputs
-        self.output = ops.sigmoid_forward(inputs, device=self.device)
-        return self.output
+        self.output = output = ops.sigmoid_forward(inputs, device=self.device)
+        return output
 
     def backward(self, dvalues):
         """``dvalues * (1 - output) * output``."""
@@ -81,8 +81,8 @@ class Linear(Layer):
 
     def forward(self, inputs, training: bool = True):
         self.inputs = inputs
-        self.output = inputs
-        return self.output
+        self.output = output = inputs
+        return output
 
     def backward(self, dvalues):
         self.dinputs = ops.linear_backward(dvalues, out=_dinputs_buffer(self, dvalues),

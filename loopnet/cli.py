@@ -1019,8 +1019,11 @@ def _error(message: str) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from loopnet.interrupts import interruptible
+
     try:
-        return args.run(args)
+        with interruptible():  # Ctrl-C stops within a second, also while numba compiles
+            return args.run(args)
     except BrokenPipeError:
         # The reader of our output went away (`loopnet predict ... | head -1`): stop quietly.
         _stdout_to_devnull()

@@ -420,7 +420,7 @@ class CompiledRun:
                     if table[l, step.NEEDS_DINPUTS]:
                         forms["dinputs"].add(int(self.plans[l, kind, step.DINPUTS_FORM]))
         layers = {int(k) for k in table[:, step.KIND]} - {step.DENSE, step.LINEAR}
-        parallel = self._work_per_step() >= self.cpu.PARALLEL_STEP_MIN
+        parallel = self.cpu.parallel_step(self._work_per_step())
         if os.environ.get(FULL_BUILD_VAR) == "full":
             return step.FULL._replace(parallel=parallel)
         return step.Build(

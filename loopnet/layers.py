@@ -158,8 +158,8 @@ class Dense(Layer):
         if x.dtype != self.dtype:
             x = ops._contiguous(x, self.dtype)  # on the GPU a device array is cast there
         self.inputs = x
-        self.output = ops.dense_forward(x, self.weights, self.biases, device=self.device)
-        return self.output
+        self.output = output = ops.dense_forward(x, self.weights, self.biases, device=self.device)
+        return output
 
     def backward(self, dvalues):
         """Set ``dweights = inputs.T @ dvalues``, ``dbiases = sum(dvalues)`` (plus the L1/L2
@@ -329,8 +329,8 @@ class Dropout(Layer):
         self.inputs = inputs
         if not training:
             self.binary_mask = None
-            self.output = inputs
-            return self.output
+            self.output = output = inputs
+            return output
         dtype = getattr(inputs, "dtype", np.dtype(np.float32))
         if dtype not in (np.float32, np.float64):
             dtype = np.dtype(np.float64)
@@ -338,8 +338,8 @@ class Dropout(Layer):
         self.binary_mask = ops.dropout_mask(shape, self._dropped, seed=self.seed,
                                             step=self.step, dtype=dtype, device=self.device)
         self.step += 1
-        self.output = ops.dropout_forward(inputs, self.binary_mask, device=self.device)
-        return self.output
+        self.output = output = ops.dropout_forward(inputs, self.binary_mask, device=self.device)
+        return output
 
     def backward(self, dvalues):
         if self.binary_mask is None:

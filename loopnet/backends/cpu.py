@@ -31,10 +31,13 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from loopnet import threads
 from loopnet.backends import collect
 
 # Options of every build (see the module docstring for error_model).
 OPTIONS = {"cache": True, "error_model": "numpy"}
+
+threads.configure()  # numba's threading layer, before anything compiles (loopnet/threads.py)
 
 
 def _prefer_512_bit_vectors():
@@ -64,8 +67,11 @@ def _uses_prange(function) -> bool:
 
 
 def compile_loops(function):
-    """``njit`` a loop kernel the way the cpu device runs it (parallel when it has a prange)."""
-    return numba.njit(parallel=_uses_prange(function), **OPTIONS)(function)
+    """``njit`` a loop kernel the way the cpu device runs it (parallel when it has a prange;
+    such a build takes turns under numba's workqueue layer: ``threads.serialized``)."""
+    if not _uses_prange(function):
+        return numba.njit(**OPTIONS)(function)
+    return threads.serialized(numba.njit(parallel=True, **OPTIONS)(function))
 
 
 def renamed(function, suffix, **constants):
@@ -87,15 +93,17 @@ def compile_twice(function, **options):
     Nothing compiles until a build is first called."""
     options = {**OPTIONS, **options}
     return (numba.njit(parallel=False, **options)(renamed(function, "__serial")),
-            numba.njit(parallel=True, **options)(function))
+            threads.serialized(numba.njit(parallel=True, **options)(function)))
 
 
 # Every prange kernel (activations, losses, optimizers, ...) runs serially below
 # PARALLEL_MIN_ELEMENTS elements: waking the second thread costs microseconds (far more when
 # the other core is busy: numba's threads spin, measured 1.1 -> 5 ms per epoch of a small
 # sigmoid model under load), more than a small array takes. The dense ops choose by
-# multiply-adds in ``dense_plan``, with their own thresholds.
-PARALLEL_MIN_ELEMENTS = int(os.environ.get("LOOPNET_PARALLEL_MIN_ELEMENTS", 50_000))
+# multiply-adds in ``dense_plan``, with their own thresholds. Both were measured with OpenMP's
+# threads spinning; threads.parallel_min_scale() scales them for the threading layer that runs.
+PARALLEL_MIN_ELEMENTS = int(os.environ.get("LOOPNET_PARALLEL_MIN_ELEMENTS",
+                                           50_000 * threads.parallel_min_scale()))
 
 
 def by_size(function):
@@ -111,7 +119,8 @@ def by_size(function):
 
     def run(*args):
         size = max([a.size for a in args if isinstance(a, np.ndarray)], default=0)
-        kernel = parallel_build if size >= PARALLEL_MIN_ELEMENTS else serial_build
+        kernel = (parallel_build if size >= PARALLEL_MIN_ELEMENTS and threads.parallel_allowed()
+                  else serial_build)
         return kernel(*args)
 
     run.__name__ = function.__name__
@@ -161,7 +170,8 @@ from loopnet.kernels import dense_fast as _fast  # noqa: E402
 # - the broadcast form packs a copy of one operand: it pays from BROADCAST_MIN for layers of 64
 #   or more inputs (128x64x64: forward 21 -> 16 us), and from LARGE_MIN for layers of
 #   LARGE_INPUTS inputs or more (HUGE_MIN with 64 samples or more, whatever the neurons).
-PARALLEL_MIN = int(os.environ.get("LOOPNET_PARALLEL_MIN", 50_000))
+PARALLEL_MIN = int(os.environ.get("LOOPNET_PARALLEL_MIN",
+                                  50_000 * threads.parallel_min_scale()))
 PARALLEL_MIN_ROWS = int(os.environ.get("LOOPNET_PARALLEL_MIN_ROWS", 16))
 BROADCAST_MIN = int(os.environ.get("LOOPNET_BROADCAST_MIN", 500_000))
 LARGE_MIN = int(os.environ.get("LOOPNET_LARGE_MIN", 1_000_000))
@@ -186,7 +196,7 @@ class DensePlan(NamedTuple):
 
 
 def _parallel(work, rows):
-    return work >= PARALLEL_MIN and rows >= PARALLEL_MIN_ROWS
+    return work >= PARALLEL_MIN and rows >= PARALLEL_MIN_ROWS and threads.parallel_allowed()
 
 
 def _broadcast_pays(n_samples, n_inputs, n_neurons, n_rows, n_columns):
@@ -286,7 +296,9 @@ def scratch(slot, shape, dtype):
 def _packed(source, slot):
     """``source.T`` packed into a scratch array."""
     target = scratch(slot, (source.shape[1], source.shape[0]), source.dtype)
-    transpose = transpose_parallel if source.size >= 4 * PARALLEL_MIN else transpose_serial
+    transpose = (transpose_parallel
+                 if source.size >= 4 * PARALLEL_MIN and threads.parallel_allowed()
+                 else transpose_serial)
     transpose(source, target)
     return target
 
@@ -387,7 +399,16 @@ from loopnet.kernels import step as _step  # noqa: E402
 # shorter (the book's spiral model: ~40k-1M per step).
 PARALLEL_STEP_MIN = int(os.environ.get("LOOPNET_PARALLEL_STEP_MIN", 4_000_000))
 
+
+def parallel_step(work: int) -> bool:
+    """Whether a step of ``work`` multiply-adds runs a parallel build."""
+    return work >= PARALLEL_STEP_MIN and threads.parallel_allowed()
+
 _step_builds: dict = {}
+
+
+if hasattr(os, "register_at_fork"):    # a forked child may have to run serial builds only
+    os.register_at_fork(after_in_child=dense_plan.cache_clear)
 
 
 def training_step(build):
@@ -402,8 +423,10 @@ def training_step(build):
                   "dense_forward_blocked": dense_forward_blocked_serial,
                   "dense_nt_tiled": dense_nt_tiled_serial, "dense_tn_tiled": dense_tn_tiled_serial,
                   "transpose_tiled": transpose_serial}
-        kernel = _step_builds[build] = numba.njit(parallel=build.parallel, **OPTIONS)(
-            _step.build(build, serial))
+        kernel = numba.njit(parallel=build.parallel, **OPTIONS)(_step.build(build, serial))
+        if build.parallel:
+            kernel = threads.serialized(kernel)
+        _step_builds[build] = kernel
     return kernel
 
 
