@@ -31,11 +31,13 @@ HIDDEN = ("relu", "sigmoid", "linear", "dropout")
 
 
 def optimizer_of(name):
-    return {"sgd": lambda: loopnet.SGD(0.5, decay=1e-2),
-            "sgd_momentum": lambda: loopnet.SGD(0.5, decay=1e-2, momentum=0.8),
-            "adagrad": lambda: loopnet.Adagrad(0.1, decay=1e-3),
-            "rmsprop": lambda: loopnet.RMSprop(0.01, decay=1e-3, rho=0.8),
-            "adam": lambda: loopnet.Adam(0.02, decay=1e-3)}[name]()
+    # (rates small enough that these models, a few epochs on standard-normal data, do not
+    # diverge: a diverging run is compared too, but by its error alone)
+    return {"sgd": lambda: loopnet.SGD(0.1, decay=1e-2),
+            "sgd_momentum": lambda: loopnet.SGD(0.05, decay=1e-2, momentum=0.5),
+            "adagrad": lambda: loopnet.Adagrad(0.05, decay=1e-3),
+            "rmsprop": lambda: loopnet.RMSprop(0.005, decay=1e-3, rho=0.8),
+            "adam": lambda: loopnet.Adam(0.01, decay=1e-3)}[name]()
 
 
 @st.composite
@@ -126,10 +128,14 @@ def environment(**values):
 
 def train(spec, compiled_step: bool, device=None, dtype=np.float32):
     """(history, parameters, optimizer state, dropout steps) of one training run (with every
-    kind of model in one build of the compiled step)."""
+    kind of model in one build of the compiled step), or the message of its
+    ``FloatingPointError`` when it diverged."""
     with environment(**{compiled.ENV_VAR: "1" if compiled_step else "0",
                         compiled.FULL_BUILD_VAR: "full"}):
-        return _train(spec, device, dtype)
+        try:
+            return _train(spec, device, dtype)
+        except FloatingPointError as error:
+            return str(error)
 
 
 def _train(spec, device, dtype):
@@ -170,8 +176,11 @@ def test_random_programs_train_to_the_layered_paths_bits(spec):
     runs the layered path's very loops in the same order (these sizes take the blocked and
     narrow forms, the loops' bits), so history, parameters and state are the same bits."""
     with_compiled = train(spec, True)
-    assert with_compiled[0]["path"] == "compiled"
     layered = train(spec, False)
+    if isinstance(with_compiled, str) or isinstance(layered, str):    # diverged: both, alike
+        assert with_compiled == layered
+        return
+    assert with_compiled[0]["path"] == "compiled"
     assert layered[0]["path"].startswith("layered")
     same_bits(with_compiled, layered)
 
@@ -184,7 +193,7 @@ def test_random_programs_are_within_rounding_of_the_numpy_device(spec):
     Its terms are sums of at most 12 products of values below ~10 (weights 0.1 * randn),
     through exp/log: a relative 1e-4 bounds a few dozen float32 roundings (eps 6e-8 each)
     with room for the 3-layer growth."""
-    spec = dict(spec, epochs=1)
+    spec = dict(spec, epochs=1, batch_size=None)     # one step: its loss comes before updates
     history_cpu = train(spec, True)[0]
     history_numpy = train(spec, False, device="numpy")[0]
     cpu_loss, numpy_loss = history_cpu["data_loss"][0], history_numpy["data_loss"][0]

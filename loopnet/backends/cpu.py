@@ -411,19 +411,32 @@ if hasattr(os, "register_at_fork"):    # a forked child may have to run serial b
     os.register_at_fork(after_in_child=dense_plan.cache_clear)
 
 
+def _kernels_of_the_step(parallel: bool) -> dict:
+    """``{"<kernel>_serial": ..., "<kernel>_parallel": ...}``: the compiled kernels a build of
+    the training step calls, the very dispatchers the layered ops run (for a serial build both
+    names give the serial one; under workqueue the whole step takes the lock instead)."""
+    names = {"transpose_tiled": "transpose"}
+    kernels = {}
+    for name in _step.KERNEL_NAMES:
+        if name in LOOPS:
+            run = globals()[name]                      # by_size's two builds, or one
+            serial, parallel_build = (getattr(run, "serial", run), getattr(run, "parallel", run))
+        else:
+            serial = globals()[f"{names.get(name, name)}_serial"]
+            parallel_build = globals()[f"{names.get(name, name)}_parallel"]
+        kernels[f"{name}_serial"] = serial
+        kernels[f"{name}_parallel"] = (getattr(parallel_build, "kernel", parallel_build)
+                                       if parallel else serial)
+    return kernels
+
+
 def training_step(build):
     """The compiled function of ``loopnet.kernels.step.train_block`` for one
     ``loopnet.kernels.step.Build``: made on first request; numba compiles it on its first call
     (or loads it from its cache)."""
     kernel = _step_builds.get(build)
     if kernel is None:
-        serial = {"dense_backward_inputs_narrow": dense_backward_inputs_narrow_serial,
-                  "dense_backward_weights_blocked": dense_backward_weights_blocked_serial,
-                  "dense_backward_weights_narrow": dense_backward_weights_narrow_serial,
-                  "dense_forward_blocked": dense_forward_blocked_serial,
-                  "dense_nt_tiled": dense_nt_tiled_serial, "dense_tn_tiled": dense_tn_tiled_serial,
-                  "transpose_tiled": transpose_serial}
-        kernel = numba.njit(parallel=build.parallel, **OPTIONS)(_step.build(build, serial))
+        kernel = numba.njit(**OPTIONS)(_step.build(build, _kernels_of_the_step(build.parallel)))
         if build.parallel:
             kernel = threads.serialized(kernel)
         _step_builds[build] = kernel

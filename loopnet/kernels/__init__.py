@@ -1,10 +1,19 @@
 """The teaching core: one file per op family, each op's loop form beside its numpy twin.
 
-Naming (so you always know which twin you are reading):
+Naming (so you always know which form you are reading):
 
-- ``<op>_loops``  the loops the ``cpu`` device compiles with numba and the ``python`` device runs as-is
-- ``<op>_notes``  the most literal form of the notes (zip-loop neuron), kept as the readable reference
-- ``<op>_numpy``  the vectorized numpy twin, what the ``numpy`` device runs
+- the *body* of an op, marked ``@body``, owns one output element or row and is written once:
+  ``relu_element``, ``softmax_row``, ``crossentropy_sample``, ``adam_param``, ``dinputs_row``
+  ... (its name says what it computes); every device and the training step run it
+- ``<op>_loops``   the ``prange`` over the body: the ``cpu`` device compiles it with numba, the
+                   ``python`` device runs it as it is
+- ``<op>_kernel``  the CUDA launcher: the grid index, then the body (the ``cuda`` device)
+- ``<op>_numpy``   the vectorized numpy twin, what the ``numpy`` device runs
+- ``<op>_notes``   the most literal form of the notes (the zip-loop neuron, the book's Jacobian)
+
+The op families are the ``MODULES``; beside them ``dense_fast.py`` holds the ``cpu`` device's fast
+forms of the dense products, ``step.py`` the compiled training step, ``scalars.py`` the
+``exp``/``log``/``sqrt`` the bodies call, and ``examples.py`` example arguments for any kernel.
 
 Every kernel writes into output arrays it is given and returns nothing (CUDA kernels cannot
 return arrays, and it lets the training loop reuse buffers). Shapes and labels are checked in
@@ -14,3 +23,17 @@ return arrays, and it lets the training loop reuse buffers). Shapes and labels a
 """
 
 MODULES = ("dense", "activations", "losses", "regularization", "optimizers")
+
+
+def body(function):
+    """Mark ``function`` as a loop body: a plain Python function (the ``python`` device and
+    numba's CUDA simulator run it as it is) that numba compiles into whichever compiled kernel
+    calls it, for the CPU or the GPU (``numba.extending.register_jitable``).
+
+    Bodies own one output element or row and never allocate, so they are compiled without
+    numba's reference counting (``_nrt=False``): a kernel calls a body once per element or row,
+    and counting the references of its array arguments on each call cost more than the body
+    itself (300 samples' accuracy: 15 us with the counting, 1 us without)."""
+    from numba.extending import register_jitable
+
+    return register_jitable(_nrt=False)(function)

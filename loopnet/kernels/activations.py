@@ -12,14 +12,15 @@ Each op is written once, as a *body* that computes one element or one row (``rel
     relu_forward_kernel  k = cuda.grid(1); if k < n: relu_element(inputs, output, k)  (cuda)
     relu_forward_numpy   output[...] = np.maximum(0, inputs)                    (the twin)
 
-and the compiled training step calls the same bodies. ``register_jitable`` leaves a body a plain
-Python function and lets numba compile it into whichever kernel calls it, CPU or GPU.
+and the compiled training step calls the same bodies. ``@body`` (``loopnet.kernels.body``)
+leaves a body a plain Python function and lets numba compile it into whichever kernel calls
+it, CPU or GPU.
 """
 
 import numpy as np
 from numba import prange
-from numba.extending import register_jitable
 
+from loopnet.kernels import body
 from loopnet.kernels.scalars import exp
 
 # The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
@@ -30,7 +31,7 @@ cuda = None
 # --- ReLU ---------------------------------------------------------------------------------------
 #     output[k] = max(0, inputs[k])        (twin: np.maximum(0, inputs))
 
-@register_jitable
+@body
 def relu_element(inputs, output, k):
     """Keep a positive value, replace anything else by 0.
 
@@ -67,7 +68,7 @@ def relu_forward_numpy(inputs, output):
 #     (twin: exp_values = np.exp(inputs - inputs.max(axis=1, keepdims=True));
 #            exp_values / exp_values.sum(axis=1, keepdims=True))
 
-@register_jitable
+@body
 def softmax_row(inputs, output, s):
     """Softmax of sample ``s``'s row (``output`` may be ``inputs`` itself: each value is read
     before it is overwritten).
@@ -78,16 +79,16 @@ def softmax_row(inputs, output, s):
     order by the one caller that owns it: deterministic for any thread count.
     """
     n_classes = inputs.shape[1]
-    row = inputs[s]
-    row_max = row[0]
+    row_max = inputs[s, 0]
     for j in range(1, n_classes):
-        # `or row[j] != row[j]`: once a NaN is seen it stays the maximum, so the whole row
-        # becomes NaN, as the twin's np.max (which propagates NaN) makes it.
-        if row[j] > row_max or row[j] != row[j]:
-            row_max = row[j]
+        # `or x != x`: once a NaN is seen it stays the maximum, so the whole row becomes NaN,
+        # as the twin's np.max (which propagates NaN) makes it.
+        x = inputs[s, j]
+        if x > row_max or x != x:
+            row_max = x
     norm_base = output.dtype.type(0)
     for j in range(n_classes):
-        exp_value = exp(row[j] - row_max)
+        exp_value = exp(inputs[s, j] - row_max)
         output[s, j] = exp_value
         norm_base += exp_value
     for j in range(n_classes):
@@ -118,7 +119,7 @@ def softmax_forward_numpy(inputs, output):
 #     dinputs[k] = dvalues[k] if inputs[k] > 0 else 0
 #     (twin: dinputs = dvalues.copy(); dinputs[inputs <= 0] = 0)
 
-@register_jitable
+@body
 def relu_backward_element(dvalues, inputs, dinputs, k):
     """ReLU's derivative is 1 where the input was positive and 0 elsewhere.
 
@@ -156,7 +157,7 @@ def relu_backward_numpy(dvalues, inputs, dinputs):
 #     dinputs[s, j]     = sum_k jacobian[s, j, k] * dvalues[s, k]
 #     (twin: np.diagflat(output[s]) - np.dot(output[s], output[s].T), times dvalues[s])
 
-@register_jitable
+@body
 def softmax_backward_row(dvalues, output, dinputs, s):
     """Softmax's gradient through its full Jacobian matrix, for sample ``s``.
 
@@ -169,15 +170,13 @@ def softmax_backward_row(dvalues, output, dinputs, s):
     """
     n_classes = output.shape[1]
     zero = output.dtype.type(0)
-    out = output[s]
-    row = dvalues[s]
     for j in range(n_classes):
         dinput = zero
         for k in range(n_classes):
             # diagflat(output) - output output^T, element (j, k), as the book builds it
-            diagonal = out[j] if j == k else zero
-            jacobian = diagonal - out[j] * out[k]
-            dinput += jacobian * row[k]
+            diagonal = output[s, j] if j == k else zero
+            jacobian = diagonal - output[s, j] * output[s, k]
+            dinput += jacobian * dvalues[s, k]
         dinputs[s, j] = dinput
 
 
@@ -215,7 +214,7 @@ def softmax_backward_numpy(dvalues, output, dinputs):
 #     dinputs[k] = dvalues[k] * (1 - output[k]) * output[k]
 #     (twin: dvalues * (1 - output) * output)
 
-@register_jitable
+@body
 def sigmoid_element(inputs, output, k):
     """The logistic function, squashing any value into (0, 1) (one output per binary label).
 
@@ -244,7 +243,7 @@ def sigmoid_forward_numpy(inputs, output):
         output[...] = 1 / (1 + np.exp(-inputs))
 
 
-@register_jitable
+@body
 def sigmoid_backward_element(dvalues, output, dinputs, k):
     """Sigmoid's derivative written with its own output: ``s' = s * (1 - s)``."""
     one = output.dtype.type(1)
@@ -273,7 +272,7 @@ def sigmoid_backward_numpy(dvalues, output, dinputs):
 #     output[k] = inputs[k]; dinputs[k] = dvalues[k]  (twin: inputs.copy(); dvalues.copy())
 # The identity (a regression output layer, ``y = x``) and its derivative, 1: both are a copy.
 
-@register_jitable
+@body
 def copy_element(source, target, k):
     """``target[k] = source[k]``."""
     target[k] = source[k]

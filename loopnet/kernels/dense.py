@@ -22,7 +22,8 @@ they live in ``loopnet/kernels/dense_fast.py``, whose top says which runs for wh
 
 import numpy as np
 from numba import prange
-from numba.extending import register_jitable
+
+from loopnet.kernels import body
 
 # The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
 # ``numba.cuda``, sets it to that module before compiling them (see that module's docstring).
@@ -48,7 +49,7 @@ def dense_forward_notes(inputs, weights, biases, output):
             output[s, n] = neuron_output
 
 
-@register_jitable
+@body
 def dense_forward_row(inputs, weights, biases, output, s):
     """Sample ``s``'s outputs: the notes' sums with the two inner loops swapped (input, neuron).
 
@@ -146,7 +147,7 @@ def dense_forward_numpy(inputs, weights, biases, output):
 # and a sum whose order, hence whose bits, depends on the thread count). As in llm.c's
 # ``matmul_backward``, every output element is owned by one iteration and summed in a fixed order.
 
-@register_jitable
+@body
 def dweights_row(inputs, dvalues, dweights, i):
     """``dweights[i, n] = sum_s inputs[s, i] * dvalues[s, n]`` for input ``i`` and every neuron:
     how much each weight moved the loss. The samples are added in order ``s = 0, 1, ...``; the
@@ -184,7 +185,7 @@ def dense_backward_weights_numpy(inputs, dvalues, dweights):
     dweights[...] = np.dot(inputs.T, dvalues)
 
 
-@register_jitable
+@body
 def dbiases_sum(dvalues, dbiases):
     """``dbiases[n] = sum_s dvalues[s, n]``: a bias moves its neuron's output one for one.
 
@@ -222,7 +223,7 @@ def dense_backward_biases_numpy(dvalues, dbiases):
     dbiases[...] = np.sum(dvalues, axis=0)
 
 
-@register_jitable
+@body
 def dinputs_row(dvalues, weights, dinputs, s):
     """``dinputs[s, i] = sum_n dvalues[s, n] * weights[i, n]`` for sample ``s``: the gradient
     passed to the layer before. Each element is a dot product of two contiguous rows,

@@ -29,7 +29,8 @@ Each kernel is a ``prange`` over a body (``forward_rows_blocked``, ``tn_tile`` .
 whole output rows or tiles and sums them in one fixed order, so no result depends on the thread
 count. The kernels are ``register_jitable(inline="always")``: the cpu backend compiles each on
 its own, and the compiled training step gets them inlined, ``prange`` and all, so both run the
-very same loops; the cpu backend runs a serial build below PARALLEL_MIN multiply-adds, where starting
+very same loops (their bodies, which never allocate, without numba's reference counting, as
+``loopnet.kernels.body`` explains); the cpu backend runs a serial build below PARALLEL_MIN multiply-adds, where starting
 threads would cost more than the work. fastmath here is reassociation only (no ``nnan``/
 ``ninf``): NaN and inf come out where the numpy twin gives them. Measurements behind the sizes
 below are in BENCHMARKS.md (``python benchmarks/bench.py --crossover``).
@@ -114,7 +115,7 @@ def dense_nt_tiled(rows, columns_t, biases, add_biases, output):
                           panel_start, panel_end, False)
 
 
-@register_jitable(fastmath=FASTMATH)
+@register_jitable(fastmath=FASTMATH, _nrt=False)
 def nt_rows_tiled(rows, columns_t, biases, add_biases, output, r0, panel_start, panel_end,
                   relu):
     """Rows ``r0 .. r0 + 5`` (fewer at the end) and columns ``panel_start .. panel_end - 1`` of
@@ -300,7 +301,7 @@ _stack_tile = _stack_array(TN_ROWS * PANEL_WIDTH)  # the accumulators of a tile
 _stack_copy = _stack_array(K_BLOCK_BROADCAST * TN_ROWS)  # a tile's values of ``a``
 
 
-@register_jitable
+@register_jitable(_nrt=False)
 def pack_panel(b, panels, p):
     """``panels[p, k, c] = b[k, p * PANEL_WIDTH + c]``, zeros past ``b``'s last column.
 
@@ -427,7 +428,7 @@ def dense_tn_tiled(a, b, panels, biases, add_biases, output):
                         output, start, owned, p * PANEL_WIDTH, accumulate)
 
 
-@register_jitable
+@register_jitable(_nrt=False)
 def tn_rows_plain(a, panels, biases, add_biases, output):
     """``dense_tn_tiled`` for fewer than ``TN_ROWS`` rows: plain loops (a sum per output)."""
     n_k, n_rows = a.shape
@@ -443,7 +444,7 @@ def tn_rows_plain(a, panels, biases, add_biases, output):
             output[r, c] = total
 
 
-@register_jitable(fastmath=FASTMATH)
+@register_jitable(fastmath=FASTMATH)   # (with reference counting: carray makes an array)
 def tn_tile(a_block, b_block, biases, add_biases, output, r0, owned, c0, accumulate):
     """One tile of ``dense_tn_tiled``. ``a_block`` (n x TN_ROWS) holds ``a[k, r0:r0 + 5]``
     and ``b_block`` (n x PANEL_WIDTH) a panel's rows, for the same n values of ``k``; their
@@ -502,7 +503,7 @@ def dense_forward_blocked(inputs, weights, biases, output):
         forward_rows_blocked(inputs, weights, biases, output, block * 4, False)
 
 
-@register_jitable
+@register_jitable(_nrt=False)
 def forward_rows_blocked(inputs, weights, biases, output, s0, relu):
     """Rows ``s0 .. s0 + 3`` of ``dense_forward_blocked`` (fewer at the end), then ``relu``
     (``relu_forward_loops``' test) if asked: the body one ``prange`` iteration runs.
@@ -582,7 +583,7 @@ def dense_backward_weights_blocked(inputs, dvalues, dweights):
         weights_rows_blocked(inputs, dvalues, dweights, block * 4, inputs.shape[0])
 
 
-@register_jitable
+@register_jitable(_nrt=False)
 def weights_rows_blocked(inputs, dvalues, dweights, i0, n_samples):
     """Rows ``i0 .. i0 + 3`` of ``dweights = inputs[:n_samples].T @ dvalues[:n_samples]``.
 
@@ -694,21 +695,22 @@ def dense_backward_inputs_narrow(dvalues, weights_t, dinputs):
     """``dinputs = dvalues @ weights.T`` from ``weights_t`` = ``weights.T``: the bits of
     ``dense_backward_inputs_loops``. One ``prange`` iteration owns a sample's row."""
     for s in prange(dvalues.shape[0]):
-        dinputs_row_narrow(dvalues[s], weights_t, dinputs[s])
+        dinputs_row_narrow(dvalues, weights_t, dinputs, s)
 
 
-@register_jitable
-def dinputs_row_narrow(dvalues_row, weights_t, dinputs_row):
-    """``dinputs_row[i] = sum_n dvalues_row[n] * weights_t[n, i]``: each element adds its terms
-    for ``n = 0, 1, ...`` (``dense_backward_inputs_loops``' order, so its bits), but the inner
-    loop runs over ``i`` along ``weights_t[n]``, so the row is updated as a vector."""
-    n_inputs = dinputs_row.shape[0]
+@register_jitable(_nrt=False)
+def dinputs_row_narrow(dvalues, weights_t, dinputs, s):
+    """Row ``s`` of ``dinputs = dvalues @ weights.T``: ``dinputs[s, i] = sum_n dvalues[s, n] *
+    weights_t[n, i]``, each element adding its terms for ``n = 0, 1, ...``
+    (``dinputs_row``'s order, so its bits), but the inner loop runs over ``i`` along
+    ``weights_t[n]``, so the row is updated as a vector. (Whole arrays and an index, not row
+    views: a view per sample cost a third of the time at 300x64x3.)"""
+    n_inputs = dinputs.shape[1]
     for i in range(n_inputs):
-        dinputs_row[i] = 0
-    for n in range(dvalues_row.shape[0]):
-        dvalue = dvalues_row[n]
-        weights_t_row = weights_t[n]
+        dinputs[s, i] = 0
+    for n in range(dvalues.shape[1]):
+        dvalue = dvalues[s, n]
         for i in range(n_inputs):
-            dinputs_row[i] += dvalue * weights_t_row[i]
+            dinputs[s, i] += dvalue * weights_t[n, i]
 
 

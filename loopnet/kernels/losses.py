@@ -22,8 +22,8 @@ Each op is a body owning one sample's row (``crossentropy_sample``, ``binary_cro
 
 import numpy as np
 from numba import prange
-from numba.extending import register_jitable
 
+from loopnet.kernels import body
 from loopnet.kernels.scalars import log
 
 # The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
@@ -37,7 +37,7 @@ MEAN_THREADS = 128
 CLIP = 1e-7
 
 
-@register_jitable
+@body
 def clipped(y_pred, s, j):
     """``y_pred[s, j]`` clipped to ``[CLIP, 1 - CLIP]`` in its own precision. ``if``/``elif``
     rather than ``min``/``max`` so that a NaN stays NaN, as ``np.clip`` keeps it."""
@@ -55,7 +55,7 @@ def clipped(y_pred, s, j):
 #     sample_losses[s] = -log(clip(y_pred[s, class_targets[s]]))
 #     (twin: -np.log(np.clip(y_pred, 1e-7, 1 - 1e-7)[range(n_samples), class_targets]))
 
-@register_jitable
+@body
 def crossentropy_sample(y_pred, class_targets, sample_losses, s):
     """Sample ``s``'s loss: minus the log of the probability given to its correct class.
 
@@ -88,7 +88,7 @@ def categorical_crossentropy_numpy(y_pred, class_targets, sample_losses):
 #     sample_losses[s] = -log(sum_j clip(y_pred[s, j]) * y_true[s, j])
 #     (twin: -np.log(np.sum(np.clip(y_pred, 1e-7, 1 - 1e-7) * y_true, axis=1)))
 
-@register_jitable
+@body
 def crossentropy_onehot_sample(y_pred, y_true, sample_losses, s):
     """Sample ``s``'s loss with a one-hot target row: the zeros of ``y_true`` cancel every wrong
     class (summed in class order)."""
@@ -121,21 +121,21 @@ def categorical_crossentropy_onehot_numpy(y_pred, y_true, sample_losses):
 #     correct[s] = 1 if argmax_j y_pred[s, j] == class_targets[s] else 0
 #     (twin: np.argmax(y_pred, axis=1) == class_targets)
 
-@register_jitable
+@body
 def predicted_class(y_pred, s):
     """The most confident class of sample ``s``: the first maximum, a NaN counting as the
     maximum, as ``np.argmax`` decides."""
-    row = y_pred[s]
     best = 0
-    for j in range(1, row.shape[0]):
-        if row[best] != row[best]:
+    for j in range(1, y_pred.shape[1]):
+        # (y_pred[s, j], not a view of the row: a view per sample costs more than its loop)
+        if y_pred[s, best] != y_pred[s, best]:
             break
-        if row[j] > row[best] or row[j] != row[j]:
+        if y_pred[s, j] > y_pred[s, best] or y_pred[s, j] != y_pred[s, j]:
             best = j
     return best
 
 
-@register_jitable
+@body
 def accuracy_sample(y_pred, class_targets, correct, s):
     """1 where the most confident class is the target, else 0 (``ops.accuracy`` takes the mean)."""
     correct[s] = 1 if predicted_class(y_pred, s) == class_targets[s] else 0
@@ -207,7 +207,7 @@ def mean_numpy(values, output):
 #                   = -1 / dvalues[s, class_targets[s]] / n_samples for the target class, else 0
 #     (twin: dinputs = 0; dinputs[range(n_samples), class_targets] = -1 / p_correct / n_samples)
 
-@register_jitable
+@body
 def crossentropy_backward_row(dvalues, class_targets, dinputs, s):
     """d(-log p_target) / dp = -1 / p_target, and 0 for every other class, over ``n_samples``.
 
@@ -251,7 +251,7 @@ def categorical_crossentropy_backward_numpy(dvalues, class_targets, dinputs):
 #     dinputs[s, j] = (softmax_output[s, j] - one_hot[s, j]) / n_samples
 #     (twin: dinputs = softmax_output.copy(); dinputs[range(n), class_targets] -= 1; dinputs /= n)
 
-@register_jitable
+@body
 def softmax_crossentropy_backward_row(softmax_output, class_targets, dinputs, s):
     """The gradient of the mean cross-entropy with respect to the softmax *inputs*, sample ``s``.
 
@@ -295,7 +295,7 @@ def softmax_crossentropy_backward_numpy(softmax_output, class_targets, dinputs):
 #     dinputs[s, j]    = -(y_true / p - (1 - y_true) / (1 - p)) / n_outputs / n_samples
 #     (twin: the book's Loss_BinaryCrossentropy, np.mean(..., axis=-1))
 
-@register_jitable
+@body
 def binary_crossentropy_sample(y_pred, y_true, sample_losses, s):
     """One independent yes/no question per output (a sigmoid each); the sample's loss is the mean
     over its outputs. Clipped on both sides: ``log(0)`` and ``log(1 - 1)`` are both possible."""
@@ -329,7 +329,7 @@ def binary_crossentropy_numpy(y_pred, y_true, sample_losses):
     sample_losses[...] = np.mean(losses, axis=-1)
 
 
-@register_jitable
+@body
 def binary_crossentropy_backward_row(dvalues, y_true, dinputs, s):
     """d/dp of ``-(t log p + (1 - t) log(1 - p))`` is ``-(t / p - (1 - t) / (1 - p))``."""
     one = dvalues.dtype.type(1)
@@ -366,7 +366,7 @@ def binary_crossentropy_backward_numpy(dvalues, y_true, dinputs):
 #     sample_losses[s] = mean_j (y_true[s, j] - y_pred[s, j]) ** 2
 #     dinputs[s, j]    = -2 * (y_true[s, j] - dvalues[s, j]) / n_outputs / n_samples
 
-@register_jitable
+@body
 def squared_error_sample(y_pred, y_true, sample_losses, s):
     """The squared distance to the target, averaged over the sample's outputs (L2 loss)."""
     n_outputs = y_pred.shape[1]
@@ -395,7 +395,7 @@ def mean_squared_error_numpy(y_pred, y_true, sample_losses):
     sample_losses[...] = np.mean((y_true - y_pred) ** 2, axis=-1)
 
 
-@register_jitable
+@body
 def squared_error_backward_row(dvalues, y_true, dinputs, s):
     """d/dy_pred of ``(y_true - y_pred) ** 2`` is ``-2 * (y_true - y_pred)``."""
     minus_two = dinputs.dtype.type(-2)
@@ -432,7 +432,7 @@ def mean_squared_error_backward_numpy(dvalues, y_true, dinputs):
 # with it walks away from the targets). d|y_true - y_pred| / dy_pred = sign(y_pred - y_true);
 # the finite-difference test in tests/test_backward.py checks the sign used here.
 
-@register_jitable
+@body
 def absolute_error_sample(y_pred, y_true, sample_losses, s):
     """The absolute distance to the target, averaged over the sample's outputs (L1 loss)."""
     n_outputs = y_pred.shape[1]
@@ -460,7 +460,7 @@ def mean_absolute_error_numpy(y_pred, y_true, sample_losses):
     sample_losses[...] = np.mean(np.abs(y_true - y_pred), axis=-1)
 
 
-@register_jitable
+@body
 def absolute_error_backward_row(dvalues, y_true, dinputs, s):
     """+1 where the prediction is above its target, -1 below, 0 on it (``np.sign``'s choice at
     the kink, where |x| has no derivative); NaN stays NaN."""
@@ -505,7 +505,7 @@ def mean_absolute_error_backward_numpy(dvalues, y_true, dinputs):
 #     correct[k] = 1 if |y_pred[k] - y_true[k]| < precision else 0
 #     (twins: the book's ((output > 0.5) * 1) == y, and np.absolute(predictions - y) < precision)
 
-@register_jitable
+@body
 def binary_accuracy_element(y_pred, y_true, correct, k):
     """A sigmoid output above 0.5 predicts 1, else 0; compared with the 0/1 target."""
     prediction = 1 if y_pred[k] > y_pred.dtype.type(0.5) else 0
@@ -530,7 +530,7 @@ def binary_accuracy_numpy(y_pred, y_true, correct):
     correct[...] = ((y_pred > 0.5) * 1) == y_true
 
 
-@register_jitable
+@body
 def regression_accuracy_element(y_pred, y_true, precision, correct, k):
     """A regression prediction counts as right when it is within ``precision`` of its target."""
     correct[k] = 1 if abs(y_pred[k] - y_true[k]) < y_pred.dtype.type(precision) else 0

@@ -27,8 +27,8 @@ by the compiled training step over its one flat buffer of every parameter of a m
 
 import numpy as np
 from numba import prange
-from numba.extending import register_jitable
 
+from loopnet.kernels import body
 from loopnet.kernels.scalars import sqrt
 
 # The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
@@ -42,7 +42,7 @@ cuda = None
 FLUSH = 1e-30
 
 
-@register_jitable
+@body
 def fill_element(value, output, k):
     """``output[k] = value``."""
     output[k] = output.dtype.type(value)
@@ -69,7 +69,7 @@ def fill_numpy(value, output):
 
 # --- SGD ----------------------------------------------------------------------------------------
 
-@register_jitable
+@body
 def sgd_param(params, grads, learning_rate, k):
     """Vanilla SGD: a step against the gradient, ``learning_rate`` long."""
     params[k] += params.dtype.type(-learning_rate) * grads[k]
@@ -93,7 +93,7 @@ def sgd_update_numpy(params, grads, learning_rate):
     params += -learning_rate * grads
 
 
-@register_jitable
+@body
 def sgd_momentum_param(params, grads, momentums, learning_rate, momentum, k):
     """SGD with momentum: each step keeps a fraction ``momentum`` of the previous step, so the
     parameters roll through small bumps of the loss instead of stopping in them."""
@@ -127,7 +127,7 @@ def sgd_momentum_update_numpy(params, grads, momentums, learning_rate, momentum)
 
 # --- Adagrad --------------------------------------------------------------------------------------
 
-@register_jitable
+@body
 def adagrad_param(params, grads, cache, learning_rate, epsilon, k):
     """Adagrad: divide each step by the root of that parameter's summed squared gradients, so
     parameters that moved a lot take smaller steps (the cache only grows)."""
@@ -159,7 +159,7 @@ def adagrad_update_numpy(params, grads, cache, learning_rate, epsilon):
 
 # --- RMSprop --------------------------------------------------------------------------------------
 
-@register_jitable
+@body
 def rmsprop_param(params, grads, cache, learning_rate, epsilon, rho, k):
     """RMSprop: like Adagrad, but the cache is a moving average (decay ``rho``), so steps do not
     shrink forever."""
@@ -192,7 +192,7 @@ def rmsprop_update_numpy(params, grads, cache, learning_rate, epsilon, rho):
 
 # --- Adam -----------------------------------------------------------------------------------------
 
-@register_jitable
+@body
 def adam_param(params, grads, momentums, cache, learning_rate, epsilon, beta_1, beta_2,
                correction_1, correction_2, k):
     """Adam: momentum (a moving average of gradients) divided RMSprop-style by a moving average

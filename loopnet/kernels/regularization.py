@@ -24,7 +24,8 @@ training step; see ``loopnet/kernels/activations.py`` for the pattern.
 
 import numpy as np
 from numba import prange
-from numba.extending import register_jitable
+
+from loopnet.kernels import body
 
 # The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
 # ``numba.cuda``, sets it to that module before compiling them (see that module's docstring).
@@ -83,7 +84,7 @@ def regularization_loss_numpy(values, l1, l2, output):
                  + l2 * np.sum(values * values, dtype=np.float64))
 
 
-@register_jitable
+@body
 def penalty_gradient_element(values, l1, l2, dvalues, k):
     """Add the penalty's gradient at element ``k`` to ``dvalues[k]`` (the layer's
     ``dweights``/``dbiases``).
@@ -139,7 +140,7 @@ MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 MIX_2 = np.uint64(0x94D049BB133111EB)
 
 
-@register_jitable
+@body
 def mix64(z):
     """splitmix64's finalizer: every input bit moves about half of the output bits. Unsigned
     64-bit arithmetic, wrapping around (numpy's and numba's uint64 both do)."""
@@ -148,7 +149,7 @@ def mix64(z):
     return z ^ (z >> np.uint64(31))
 
 
-@register_jitable
+@body
 def dropout_mask_row(seed, step, keep_below, rate, mask, s):
     """Row ``s`` of the dropout mask of training batch number ``step`` (see above): ``1 / (1 -
     rate)`` where the element is kept, 0 where it is dropped."""
@@ -186,7 +187,7 @@ def dropout_mask_numpy(seed, step, keep_below, rate, mask):
 
 
 
-@register_jitable
+@body
 def mask_element(values, mask, output, k):
     """``output[k] = values[k] * mask[k]``: forward, a dropped neuron's output becomes 0 and a
     kept one is scaled by ``1 / (1 - rate)``; backward, a dropped neuron passes no gradient

@@ -7,54 +7,37 @@ integers per layer: its kind, its sizes, where its arrays live) and hands it, wi
 the run needs, to ``train_block``. That one function runs a block of epochs: per step it gathers
 a batch, runs each layer's forward, the loss and the accuracy, the regularization penalty, each
 layer's backward and the optimizer's update; after each epoch it can run the validation data
-forward. Every stage calls the very bodies the layered ops run (``dense_fast``'s kernels,
-``relu_element``, ``softmax_row``, ``crossentropy_sample``, ``adam_param`` ...), so the two paths
-compute the same numbers, and one compiled function (per dtype, and per build below) serves
-every model: a second model shape compiles nothing new.
+forward. Every stage is a call of the very kernel the layered ops run (``relu_forward_loops``,
+``dense_fast``'s forms of the dense products, ``adam_update_loops`` ...: each a ``prange`` over
+the op's body), in the order ``Model.train`` calls them, so the two paths compute the same bits;
+what the step saves is the Python between them: validation, conversions, allocations and a
+dispatch per op.
 
 Memory, as llm.c keeps it: every parameter of the model lives in one flat buffer ``params``, at
 the offsets the program names, and so do its gradients (``grads``) and the optimizer's state
-(``state_1``, ``state_2``): the update is one loop over one buffer. Each layer's output and the
-gradient with respect to it live in ``acts`` and ``dacts`` (one ``batch_size x width`` block
-per layer); scratch for the dense forms (packed transposes, panels) in ``packed`` and
-``scratch``. All are allocated once per ``Model.train`` call by ``loopnet.compiled``.
+(``state_1``, ``state_2``): the update is one call over one buffer. Each layer's output and the
+gradient with respect to it live in ``acts`` and ``dacts`` (one ``batch_size x width`` block per
+layer); scratch for the dense forms (packed transposes, panels) in ``packed`` and ``scratch``.
+All are allocated once per ``Model.train`` call by ``loopnet.compiled``.
 
 Builds (``build``, compiled by ``loopnet.backends.cpu.training_step``): the function is one,
-but a model uses only some of its branches (one loss, one optimizer, a few layer kinds and
-dense forms), and numba drops a branch on a constant before it types it. So each ``Build`` -
-which loss, accuracy and optimizer, which layer kinds and dense forms, serial or parallel - is
-a copy of this module's functions whose constants (``BUILD``, below) say so: it compiles only
-what such models run (a cold compile of a few seconds rather than of every branch), and every
-model of the same kinds, whatever its sizes, runs the same compiled (and cached) build. The
-serial builds run ``prange`` as ``range``: for small models waking threads costs more than the
-work; the parallel ones share out every loop of the step.
+but a model uses only some of its branches (one loss, one optimizer, a few layer kinds and dense
+forms), and numba drops a branch on a constant before it types it. So each ``Build`` - which
+loss, accuracy and optimizer, which layer kinds and dense forms, serial or parallel - is a copy
+of this module's functions whose constants say so: it compiles only what such models run, and
+every model of the same kinds, whatever its sizes, runs the same compiled (and cached) build.
+The kernels it calls are compiled (and cached) once, for the layered ops and every build alike.
+A parallel build calls a kernel's parallel build for large arrays (as the layered ops do); a
+serial one, for small models, never wakes a thread.
 """
 
 import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import prange
 from numba.extending import register_jitable
 
 from loopnet.kernels import dense_fast as fast
-from loopnet.kernels.dense_fast import (dense_backward_inputs_narrow,
-                                        dense_backward_weights_blocked,
-                                        dense_backward_weights_narrow, dense_forward_blocked,
-                                        dense_nt_tiled, dense_tn_tiled, transpose_tiled)
-from loopnet.kernels.activations import (relu_backward_element, relu_element,
-                                         sigmoid_backward_element, sigmoid_element,
-                                         softmax_backward_row, softmax_row)
-from loopnet.kernels.dense import dbiases_sum
-from loopnet.kernels.losses import (absolute_error_backward_row, absolute_error_sample,
-                                    accuracy_sample, binary_accuracy_element,
-                                    binary_crossentropy_backward_row, binary_crossentropy_sample,
-                                    crossentropy_backward_row, crossentropy_sample,
-                                    regression_accuracy_element, softmax_crossentropy_backward_row,
-                                    squared_error_backward_row, squared_error_sample)
-from loopnet.kernels.optimizers import (adagrad_param, adam_param, rmsprop_param,
-                                        sgd_momentum_param, sgd_param)
-from loopnet.kernels.regularization import dropout_mask_row, mask_element, penalty_gradient_element
 
 
 # --- The layer program: program[l, field] ------------------------------------------------------
@@ -117,10 +100,29 @@ class Build(NamedTuple):
     parallel: bool
 
     def name(self) -> str:
-        """A short, stable name for the build (numba names its cache files after it)."""
+        """A short name for the build (numba names its cache files after it), which changes
+        with the source of any kernel file: numba checks a cached function against its own
+        file only, and a build runs the bodies and kernels of every other one."""
         import hashlib
 
-        return hashlib.sha256(repr(self).encode()).hexdigest()[:12]
+        return hashlib.sha256((repr(self) + _sources()).encode()).hexdigest()[:12]
+
+
+_fingerprint = None
+
+
+def _sources() -> str:
+    """A digest of the source files of ``loopnet/kernels`` (read once)."""
+    global _fingerprint
+    if _fingerprint is None:
+        import hashlib
+        import pathlib
+
+        digest = hashlib.sha256()
+        for path in sorted(pathlib.Path(__file__).parent.glob("*.py")):
+            digest.update(path.read_bytes())
+        _fingerprint = digest.hexdigest()
+    return _fingerprint
 
 
 # Every branch: one build for any model (``loopnet.compiled``'s LOOPNET_STEP_BUILD=full)
@@ -139,13 +141,14 @@ FORWARD_BLOCKED = FORWARD_DOT = FORWARD_BROADCAST = True
 DWEIGHTS_BLOCKED = DWEIGHTS_NARROW = DWEIGHTS_BROADCAST = True
 DINPUTS_NARROW = DINPUTS_DOT = DINPUTS_BROADCAST = True
 TRAINING = True
+PARALLEL = True         # calls of large arrays take the kernels' parallel builds
 FLAGS = ("USE_CATEGORICAL_CROSSENTROPY", "USE_BINARY_CROSSENTROPY", "USE_MEAN_SQUARED_ERROR",
          "USE_MEAN_ABSOLUTE_ERROR", "USE_CATEGORICAL_ACCURACY", "USE_BINARY_ACCURACY",
          "USE_REGRESSION_ACCURACY", "USE_SGD", "USE_SGD_MOMENTUM", "USE_ADAGRAD", "USE_RMSPROP",
          "USE_ADAM", "USE_FUSED_SOFTMAX", "USE_RELU", "USE_SIGMOID", "USE_SOFTMAX", "USE_DROPOUT",
          "FORWARD_BLOCKED", "FORWARD_DOT", "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED",
          "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW", "DINPUTS_DOT",
-         "DINPUTS_BROADCAST", "TRAINING")
+         "DINPUTS_BROADCAST", "TRAINING", "PARALLEL")
 
 
 def constants(build: Build) -> dict:
@@ -155,7 +158,7 @@ def constants(build: Build) -> dict:
     names = {fast.BLOCKED: "BLOCKED", fast.NARROW: "NARROW", fast.DOT_TILES: "DOT",
              fast.BROADCAST: "BROADCAST"}
     if build.loss == ANY:
-        return dict.fromkeys(FLAGS, True)
+        return dict.fromkeys(FLAGS, True) | {"PARALLEL": build.parallel}
     values = {
         "USE_CATEGORICAL_CROSSENTROPY": build.loss == CATEGORICAL_CROSSENTROPY,
         "USE_BINARY_CROSSENTROPY": build.loss == BINARY_CROSSENTROPY,
@@ -170,7 +173,7 @@ def constants(build: Build) -> dict:
         "USE_FUSED_SOFTMAX": build.fused_softmax,
         "USE_RELU": RELU in build.layers, "USE_SIGMOID": SIGMOID in build.layers,
         "USE_SOFTMAX": SOFTMAX in build.layers, "USE_DROPOUT": DROPOUT in build.layers,
-        "TRAINING": build.optimizer >= 0,
+        "TRAINING": build.optimizer >= 0, "PARALLEL": build.parallel,
     }
     for product, used in forms.items():
         for form, name in names.items():
@@ -178,6 +181,41 @@ def constants(build: Build) -> dict:
             if key in FLAGS:
                 values[key] = form in used
     return values
+
+
+# --- The kernels the step calls ------------------------------------------------------------------
+# The step runs the layered path's very kernels, one call per layer and product: the loops of the
+# op files (``relu_forward_loops`` ...: a ``prange`` over a body) and the fast forms of the dense
+# products (``dense_fast``). ``build`` binds each name below to the cpu backend's compiled
+# builds of that kernel, ``<name>_serial`` and ``<name>_parallel`` (a large array's call runs the
+# parallel one, in a parallel build); as written here, the plain functions.
+KERNEL_NAMES = (
+    # loops of the op files
+    "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward", "softmax_forward",
+    "softmax_backward", "dropout_mask", "dropout_forward", "dropout_backward",
+    "categorical_crossentropy", "categorical_crossentropy_backward",
+    "softmax_crossentropy_backward", "binary_crossentropy", "binary_crossentropy_backward",
+    "mean_squared_error", "mean_squared_error_backward", "mean_absolute_error",
+    "mean_absolute_error_backward", "accuracy", "binary_accuracy", "regression_accuracy",
+    "mean", "dense_backward_biases", "regularization_loss", "regularization_backward",
+    "sgd_update", "sgd_momentum_update", "adagrad_update", "rmsprop_update", "adam_update",
+    # dense_fast's forms
+    "dense_forward_blocked", "dense_nt_tiled", "dense_tn_tiled", "dense_backward_weights_blocked",
+    "dense_backward_weights_narrow", "dense_backward_inputs_narrow", "transpose_tiled")
+
+
+def _plain_kernels() -> dict:
+    from loopnet.backends import collect
+
+    loops = collect("loops")
+    plain = {}
+    for name in KERNEL_NAMES:
+        function = loops[name] if name in loops else getattr(fast, name)
+        plain[f"{name}_serial"] = plain[f"{name}_parallel"] = function
+    return plain
+
+
+globals().update(_plain_kernels())
 
 
 @register_jitable
@@ -195,74 +233,89 @@ def _panels(scratch, n_k, n_columns):
 
 
 @register_jitable
-def _dense_forward(form, inputs, weights, packed, offset, biases, output, scratch):
-    """``output = inputs @ weights + biases`` in ``form`` (``dense_fast``'s kernels);
-    ``packed[offset:]`` holds ``weights.T`` for the dot-product form."""
+def _dense_forward(form, parallel, inputs, weights, packed, offset, biases, output, scratch):
+    """``output = inputs @ weights + biases`` in ``form``, as ``loopnet.backends.cpu``'s
+    ``dense_forward`` runs it."""
     n_inputs, n_neurons = weights.shape
     if FORWARD_BROADCAST:
         if form == fast.BROADCAST:
-            dense_tn_tiled(inputs.T, weights, _panels(scratch, n_inputs, n_neurons), biases,
-                                True, output)
+            panels = _panels(scratch, n_inputs, n_neurons)
+            if PARALLEL and parallel:
+                dense_tn_tiled_parallel(inputs.T, weights, panels, biases, True, output)
+            else:
+                dense_tn_tiled_serial(inputs.T, weights, panels, biases, True, output)
     if FORWARD_DOT:
         if form == fast.DOT_TILES:
-            dense_nt_tiled(inputs, _block(packed, offset, n_neurons, n_inputs), biases,
-                                True, output)
+            weights_t = _block(packed, offset, n_neurons, n_inputs)
+            if PARALLEL and parallel:
+                dense_nt_tiled_parallel(inputs, weights_t, biases, True, output)
+            else:
+                dense_nt_tiled_serial(inputs, weights_t, biases, True, output)
     if FORWARD_BLOCKED:
         if form == fast.BLOCKED:
-            dense_forward_blocked(inputs, weights, biases, output)
+            if PARALLEL and parallel:
+                dense_forward_blocked_parallel(inputs, weights, biases, output)
+            else:
+                dense_forward_blocked_serial(inputs, weights, biases, output)
 
 
 @register_jitable
-def _dense_dweights(form, inputs, dvalues, dweights, scratch, dweights_t_offset):
-    """``dweights = inputs.T @ dvalues`` in ``form``."""
+def _dense_dweights(form, parallel, inputs, dvalues, dweights, scratch, dweights_t_offset):
+    """``dweights = inputs.T @ dvalues`` in ``form`` (``cpu.dense_backward_weights``)."""
     n_inputs, n_neurons = dweights.shape
     if DWEIGHTS_BROADCAST:
         if form == fast.BROADCAST:
-            dense_tn_tiled(inputs, dvalues, _panels(scratch, dvalues.shape[0], n_neurons),
-                                dweights[0], False, dweights)
+            panels = _panels(scratch, dvalues.shape[0], n_neurons)
+            if PARALLEL and parallel:
+                dense_tn_tiled_parallel(inputs, dvalues, panels, dweights[0], False, dweights)
+            else:
+                dense_tn_tiled_serial(inputs, dvalues, panels, dweights[0], False, dweights)
     if DWEIGHTS_NARROW:
         if form == fast.NARROW:
-            dense_backward_weights_narrow(
-                inputs, dvalues, _block(scratch, dweights_t_offset, n_neurons, n_inputs),
-                dweights)
+            dweights_t = _block(scratch, dweights_t_offset, n_neurons, n_inputs)
+            if PARALLEL and parallel:
+                dense_backward_weights_narrow_parallel(inputs, dvalues, dweights_t, dweights)
+            else:
+                dense_backward_weights_narrow_serial(inputs, dvalues, dweights_t, dweights)
     if DWEIGHTS_BLOCKED:
         if form == fast.BLOCKED:
-            dense_backward_weights_blocked(inputs, dvalues, dweights)
+            if PARALLEL and parallel:
+                dense_backward_weights_blocked_parallel(inputs, dvalues, dweights)
+            else:
+                dense_backward_weights_blocked_serial(inputs, dvalues, dweights)
 
 
 @register_jitable
-def _dense_dinputs(form, dvalues, weights, packed, offset, dinputs, scratch):
-    """``dinputs = dvalues @ weights.T`` in ``form``."""
+def _dense_dinputs(form, parallel, dvalues, weights, packed, offset, dinputs, scratch):
+    """``dinputs = dvalues @ weights.T`` in ``form`` (``cpu.dense_backward_inputs``)."""
     n_inputs, n_neurons = weights.shape
     if DINPUTS_BROADCAST:
         if form == fast.BROADCAST:
-            dense_tn_tiled(dvalues.T, weights.T, _panels(scratch, n_neurons, n_inputs),
-                                dinputs[0], False, dinputs)
+            panels = _panels(scratch, n_neurons, n_inputs)
+            if PARALLEL and parallel:
+                dense_tn_tiled_parallel(dvalues.T, weights.T, panels, dinputs[0], False, dinputs)
+            else:
+                dense_tn_tiled_serial(dvalues.T, weights.T, panels, dinputs[0], False, dinputs)
     if DINPUTS_DOT:
         if form == fast.DOT_TILES:
-            dense_nt_tiled(dvalues, weights, dinputs[0], False, dinputs)
+            if PARALLEL and parallel:
+                dense_nt_tiled_parallel(dvalues, weights, dinputs[0], False, dinputs)
+            else:
+                dense_nt_tiled_serial(dvalues, weights, dinputs[0], False, dinputs)
     if DINPUTS_NARROW:
         if form == fast.NARROW:
-            dense_backward_inputs_narrow(
-                dvalues, _block(packed, offset, n_neurons, n_inputs), dinputs)
+            weights_t = _block(packed, offset, n_neurons, n_inputs)
+            if PARALLEL and parallel:
+                dense_backward_inputs_narrow_parallel(dvalues, weights_t, dinputs)
+            else:
+                dense_backward_inputs_narrow_serial(dvalues, weights_t, dinputs)
 
 
 @register_jitable
-def _penalty(values, l1, l2):
-    """``regularization_loss_loops``' sum: float64, in index order."""
-    sum_abs = 0.0
-    sum_squares = 0.0
-    for k in range(values.shape[0]):
-        value = values[k]
-        sum_abs += abs(value)
-        sum_squares += value * value
-    return l1 * sum_abs + l2 * sum_squares
-
-
-@register_jitable
-def regularization_loss(program, floats, params):
-    """The L1/L2 penalty of every dense layer, weights then biases, layer by layer: the sum
-    ``Loss.regularization_loss`` makes of ``ops.regularization_loss`` calls."""
+def regularization_loss(program, floats, params, out):
+    """The L1/L2 penalty of every dense layer, weights then biases, layer by layer, as
+    ``Loss.regularization_loss`` adds up its ``ops.regularization_loss`` calls (each a
+    ``regularization_loss_loops`` into ``out``, a float64 array of one)."""
     total = 0.0
     for l in range(program.shape[0]):
         if program[l, KIND] != DENSE:
@@ -272,20 +325,23 @@ def regularization_loss(program, floats, params):
         l1 = floats[l, L1_WEIGHTS]
         l2 = floats[l, L2_WEIGHTS]
         if l1 > 0 or l2 > 0:
-            total += _penalty(params[start:start + n_weights], l1, l2)
+            regularization_loss_serial(params[start:start + n_weights], l1, l2, out)
+            total += out[0]
         l1 = floats[l, L1_BIASES]
         l2 = floats[l, L2_BIASES]
         if l1 > 0 or l2 > 0:
-            total += _penalty(params[start + n_weights:start + n_weights + program[l, WIDTH]],
-                              l1, l2)
+            regularization_loss_serial(
+                params[start + n_weights:start + n_weights + program[l, WIDTH]], l1, l2, out)
+            total += out[0]
     return total
 
 
 @register_jitable
 def forward(program, plans, floats, batch_kind, batch, m, training, params, acts, packed,
-            scratch):
-    """Every layer's forward on the ``m`` rows of ``batch``; returns the last layer's output
-    (a view of ``acts``). Dropout masks only while ``training`` (their step counters advance)."""
+            scratch, parallel_min):
+    """Every layer's forward on the ``m`` rows of ``batch`` (``Model.forward``); returns the
+    last layer's output (a view of ``acts``). Dropout masks only while ``training`` (their
+    step counters advance, as ``Dropout.forward`` counts them)."""
     output = batch
     for l in range(program.shape[0]):
         kind = program[l, KIND]
@@ -294,47 +350,51 @@ def forward(program, plans, floats, batch_kind, batch, m, training, params, acts
         inputs = batch if program[l, IN] < 0 else _block(acts, program[l, IN], m, width_in)
         output = _block(acts, program[l, OUT], m, width)
         n = m * width
+        large = PARALLEL and n >= parallel_min
         if kind == DENSE:
             start = program[l, WEIGHTS]
             weights = _block(params, start, width_in, width)
             biases = params[start + width_in * width:start + width_in * width + width]
-            _dense_forward(plans[l, batch_kind, FORWARD_FORM], inputs, weights, packed,
+            _dense_forward(plans[l, batch_kind, FORWARD_FORM],
+                           plans[l, batch_kind, FORWARD_PARALLEL] == 1, inputs, weights, packed,
                            program[l, PACKED], biases, output, scratch)
         if USE_RELU:
             if kind == RELU:
-                flat_in = inputs.reshape(-1)
-                flat_out = output.reshape(-1)
-                for k in prange(n):
-                    relu_element(flat_in, flat_out, k)
+                if large:
+                    relu_forward_parallel(inputs.reshape(-1), output.reshape(-1))
+                else:
+                    relu_forward_serial(inputs.reshape(-1), output.reshape(-1))
         if USE_SIGMOID:
             if kind == SIGMOID:
-                flat_in = inputs.reshape(-1)
-                flat_out = output.reshape(-1)
-                for k in prange(n):
-                    sigmoid_element(flat_in, flat_out, k)
+                if large:
+                    sigmoid_forward_parallel(inputs.reshape(-1), output.reshape(-1))
+                else:
+                    sigmoid_forward_serial(inputs.reshape(-1), output.reshape(-1))
         if USE_SOFTMAX:
             if kind == SOFTMAX:
-                for s in prange(m):
-                    softmax_row(inputs, output, s)
+                if large:
+                    softmax_forward_parallel(inputs, output)
+                else:
+                    softmax_forward_serial(inputs, output)
         if USE_DROPOUT:
             if kind == DROPOUT:
-                flat_in = inputs.reshape(-1)
-                flat_out = output.reshape(-1)
                 if training:
                     mask = _block(scratch, program[l, MASK], m, width)
                     rate = floats[l, RATE]
                     keep_below = np.int64((1.0 - rate) * 2.0 ** 53)
-                    seed = program[l, SEED]
-                    step = program[l, STEP]
-                    for s in prange(m):
-                        dropout_mask_row(seed, step, keep_below, rate, mask, s)
-                    program[l, STEP] = step + 1
-                    flat_mask = mask.reshape(-1)
-                    for k in prange(n):
-                        mask_element(flat_in, flat_mask, flat_out, k)
+                    if large:
+                        dropout_mask_parallel(program[l, SEED], program[l, STEP], keep_below,
+                                              rate, mask)
+                        dropout_forward_parallel(inputs.reshape(-1), mask.reshape(-1),
+                                                 output.reshape(-1))
+                    else:
+                        dropout_mask_serial(program[l, SEED], program[l, STEP], keep_below,
+                                            rate, mask)
+                        dropout_forward_serial(inputs.reshape(-1), mask.reshape(-1),
+                                               output.reshape(-1))
+                    program[l, STEP] += 1
                 else:
-                    for k in prange(n):
-                        flat_out[k] = flat_in[k]
+                    output[...] = inputs     # Dropout.forward(training=False): the inputs
         # LINEAR: its output block is its input's (the identity, as Linear.forward returns
         # its inputs): nothing to do
     return output
@@ -342,73 +402,68 @@ def forward(program, plans, floats, batch_kind, batch, m, training, params, acts
 
 @register_jitable
 def loss_and_accuracy(settings, hyper, output, targets, values, m, sample_losses, correct,
-                      dlast):
-    """The batch's mean loss and mean accuracy (float64, summed in order as ``ops.mean``), and,
-    when ``dlast`` has rows, the loss's gradient with respect to the output (with respect to
-    the softmax's input when the fused softmax + cross-entropy gradient applies)."""
+                      dlast, out):
+    """The batch's mean loss and mean accuracy (``Loss.calculate``, ``Accuracy.calculate``:
+    the loss's and the accuracy's kernels, then ``mean``) and, when ``dlast`` has rows, the
+    loss's gradient with respect to the output (with respect to the softmax's input when the
+    fused softmax + cross-entropy gradient applies, ``Model.backward``'s choice)."""
     gradient = dlast.shape[0] > 0
     loss = settings[LOSS]
     accuracy_kind = settings[ACCURACY]
-    fused = settings[FUSED_SOFTMAX] == 1
-    for s in prange(m):
-        if USE_CATEGORICAL_CROSSENTROPY:
-            if loss == CATEGORICAL_CROSSENTROPY:
-                crossentropy_sample(output, targets, sample_losses, s)
-                if gradient:
-                    if USE_FUSED_SOFTMAX and fused:
-                        softmax_crossentropy_backward_row(output, targets, dlast, s)
-                    else:
-                        crossentropy_backward_row(output, targets, dlast, s)
-        if USE_BINARY_CROSSENTROPY:
-            if loss == BINARY_CROSSENTROPY:
-                binary_crossentropy_sample(output, values, sample_losses, s)
-                if gradient:
-                    binary_crossentropy_backward_row(output, values, dlast, s)
-        if USE_MEAN_SQUARED_ERROR:
-            if loss == MEAN_SQUARED_ERROR:
-                squared_error_sample(output, values, sample_losses, s)
-                if gradient:
-                    squared_error_backward_row(output, values, dlast, s)
-        if USE_MEAN_ABSOLUTE_ERROR:
-            if loss == MEAN_ABSOLUTE_ERROR:
-                absolute_error_sample(output, values, sample_losses, s)
-                if gradient:
-                    absolute_error_backward_row(output, values, dlast, s)
-    loss_sum = 0.0
-    for s in range(m):
-        loss_sum += sample_losses[s]
-    data_loss = loss_sum / m
+    losses = sample_losses[:m]
+    if USE_CATEGORICAL_CROSSENTROPY:
+        if loss == CATEGORICAL_CROSSENTROPY:
+            categorical_crossentropy_serial(output, targets, losses)
+            if gradient:
+                if USE_FUSED_SOFTMAX and settings[FUSED_SOFTMAX] == 1:
+                    softmax_crossentropy_backward_serial(output, targets, dlast)
+                else:
+                    categorical_crossentropy_backward_serial(output, targets, dlast)
+    if USE_BINARY_CROSSENTROPY:
+        if loss == BINARY_CROSSENTROPY:
+            binary_crossentropy_serial(output, values, losses)
+            if gradient:
+                binary_crossentropy_backward_serial(output, values, dlast)
+    if USE_MEAN_SQUARED_ERROR:
+        if loss == MEAN_SQUARED_ERROR:
+            mean_squared_error_serial(output, values, losses)
+            if gradient:
+                mean_squared_error_backward_serial(output, values, dlast)
+    if USE_MEAN_ABSOLUTE_ERROR:
+        if loss == MEAN_ABSOLUTE_ERROR:
+            mean_absolute_error_serial(output, values, losses)
+            if gradient:
+                mean_absolute_error_backward_serial(output, values, dlast)
+    mean_serial(losses, out)
+    data_loss = out[0]
     mean_accuracy = np.nan
-    if USE_CATEGORICAL_ACCURACY and accuracy_kind == CATEGORICAL_ACCURACY:
-        for s in prange(m):
-            accuracy_sample(output, targets, correct, s)
-        correct_sum = 0.0
-        for s in range(m):
-            correct_sum += correct[s]
-        mean_accuracy = correct_sum / m
-    if ((USE_BINARY_ACCURACY and accuracy_kind == BINARY_ACCURACY)
-            or (USE_REGRESSION_ACCURACY and accuracy_kind == REGRESSION_ACCURACY)):
-        n = m * output.shape[1]
-        flat = output.reshape(-1)
-        flat_values = values.reshape(-1)
-        for k in prange(n):
-            if USE_BINARY_ACCURACY and accuracy_kind == BINARY_ACCURACY:
-                binary_accuracy_element(flat, flat_values, correct, k)
-            if USE_REGRESSION_ACCURACY and accuracy_kind == REGRESSION_ACCURACY:
-                regression_accuracy_element(flat, flat_values, hyper[PRECISION], correct, k)
-        element_sum = 0.0
-        for k in range(n):
-            element_sum += correct[k]
-        mean_accuracy = element_sum / n
+    if USE_CATEGORICAL_ACCURACY:
+        if accuracy_kind == CATEGORICAL_ACCURACY:
+            accuracy_serial(output, targets, correct[:m])
+            mean_serial(correct[:m], out)
+            mean_accuracy = out[0]
+    n = m * output.shape[1]
+    if USE_BINARY_ACCURACY:
+        if accuracy_kind == BINARY_ACCURACY:
+            binary_accuracy_serial(output.reshape(-1), values.reshape(-1), correct[:n])
+            mean_serial(correct[:n], out)
+            mean_accuracy = out[0]
+    if USE_REGRESSION_ACCURACY:
+        if accuracy_kind == REGRESSION_ACCURACY:
+            regression_accuracy_serial(output.reshape(-1), values.reshape(-1), hyper[PRECISION],
+                                       correct[:n])
+            mean_serial(correct[:n], out)
+            mean_accuracy = out[0]
     return data_loss, mean_accuracy
 
 
 @register_jitable
 def backward(program, plans, floats, settings, batch_kind, batch, m, params, grads, acts, dacts,
-             packed, scratch):
+             packed, scratch, parallel_min):
     """Every layer's backward, last first, from the loss's gradient in ``dacts`` (at the last
     layer's output, or at the softmax's input for the fused gradient); stops where no earlier
-    layer has parameters. Dense layers also add their penalties' gradients."""
+    layer has parameters. Dense layers also add their penalties' gradients
+    (``Dense.backward``)."""
     last = program.shape[0] - 1
     if USE_FUSED_SOFTMAX and settings[FUSED_SOFTMAX] == 1:
         last -= 1
@@ -420,91 +475,122 @@ def backward(program, plans, floats, settings, batch_kind, batch, m, params, gra
         needs_dinputs = program[l, NEEDS_DINPUTS] == 1
         inputs = batch if program[l, IN] < 0 else _block(acts, program[l, IN], m, width_in)
         n = m * width
+        large = PARALLEL and n >= parallel_min
         if kind == DENSE:
             start = program[l, WEIGHTS]
             n_weights = width_in * width
             weights = _block(params, start, width_in, width)
             dweights = _block(grads, start, width_in, width)
             dbiases = grads[start + n_weights:start + n_weights + width]
-            _dense_dweights(plans[l, batch_kind, DWEIGHTS_FORM], inputs, dvalues, dweights,
-                            scratch, settings[DWEIGHTS_T])
-            dbiases_sum(dvalues, dbiases)
+            _dense_dweights(plans[l, batch_kind, DWEIGHTS_FORM],
+                            plans[l, batch_kind, DWEIGHTS_PARALLEL] == 1, inputs, dvalues,
+                            dweights, scratch, settings[DWEIGHTS_T])
+            dense_backward_biases_serial(dvalues, dbiases)
             l1 = floats[l, L1_WEIGHTS]
             l2 = floats[l, L2_WEIGHTS]
             if l1 > 0 or l2 > 0:
-                flat_weights = params[start:start + n_weights]
-                flat_dweights = grads[start:start + n_weights]
-                for k in prange(n_weights):
-                    penalty_gradient_element(flat_weights, l1, l2, flat_dweights, k)
+                if PARALLEL and n_weights >= parallel_min:
+                    regularization_backward_parallel(params[start:start + n_weights], l1, l2,
+                                                     grads[start:start + n_weights])
+                else:
+                    regularization_backward_serial(params[start:start + n_weights], l1, l2,
+                                                   grads[start:start + n_weights])
             l1 = floats[l, L1_BIASES]
             l2 = floats[l, L2_BIASES]
             if l1 > 0 or l2 > 0:
-                biases = params[start + n_weights:start + n_weights + width]
-                for k in range(width):
-                    penalty_gradient_element(biases, l1, l2, dbiases, k)
+                regularization_backward_serial(
+                    params[start + n_weights:start + n_weights + width], l1, l2, dbiases)
             if needs_dinputs:
-                _dense_dinputs(plans[l, batch_kind, DINPUTS_FORM], dvalues, weights, packed,
-                               program[l, PACKED], _block(dacts, program[l, IN], m, width_in),
-                               scratch)
+                _dense_dinputs(plans[l, batch_kind, DINPUTS_FORM],
+                               plans[l, batch_kind, DINPUTS_PARALLEL] == 1, dvalues, weights,
+                               packed, program[l, PACKED],
+                               _block(dacts, program[l, IN], m, width_in), scratch)
         if not needs_dinputs:
             continue
+        flat_dvalues = dvalues.reshape(-1)
+        flat_dinputs = dacts[program[l, IN]:program[l, IN] + n]
         if USE_RELU:
             if kind == RELU:
-                flat_dvalues = dvalues.reshape(-1)
-                flat_inputs = inputs.reshape(-1)
-                flat_dinputs = dacts[program[l, IN]:program[l, IN] + n]
-                for k in prange(n):
-                    relu_backward_element(flat_dvalues, flat_inputs, flat_dinputs, k)
+                if large:
+                    relu_backward_parallel(flat_dvalues, inputs.reshape(-1), flat_dinputs)
+                else:
+                    relu_backward_serial(flat_dvalues, inputs.reshape(-1), flat_dinputs)
         if USE_SIGMOID:
             if kind == SIGMOID:
-                flat_dvalues = dvalues.reshape(-1)
                 flat_output = acts[program[l, OUT]:program[l, OUT] + n]
-                flat_dinputs = dacts[program[l, IN]:program[l, IN] + n]
-                for k in prange(n):
-                    sigmoid_backward_element(flat_dvalues, flat_output, flat_dinputs, k)
+                if large:
+                    sigmoid_backward_parallel(flat_dvalues, flat_output, flat_dinputs)
+                else:
+                    sigmoid_backward_serial(flat_dvalues, flat_output, flat_dinputs)
         if USE_SOFTMAX:
             if kind == SOFTMAX:
                 output = _block(acts, program[l, OUT], m, width)
                 dinputs = _block(dacts, program[l, IN], m, width)
-                for s in prange(m):
-                    softmax_backward_row(dvalues, output, dinputs, s)
+                if large:
+                    softmax_backward_parallel(dvalues, output, dinputs)
+                else:
+                    softmax_backward_serial(dvalues, output, dinputs)
         if USE_DROPOUT:
             if kind == DROPOUT:
-                flat_dvalues = dvalues.reshape(-1)
                 flat_mask = scratch[program[l, MASK]:program[l, MASK] + n]
-                flat_dinputs = dacts[program[l, IN]:program[l, IN] + n]
-                for k in prange(n):
-                    mask_element(flat_dvalues, flat_mask, flat_dinputs, k)
+                if large:
+                    dropout_backward_parallel(flat_dvalues, flat_mask, flat_dinputs)
+                else:
+                    dropout_backward_serial(flat_dvalues, flat_mask, flat_dinputs)
         # LINEAR: its gradient block is its input's (the identity's gradient is a copy)
 
 
 @register_jitable
-def update(settings, hyper, params, grads, state_1, state_2, learning_rate):
-    """The optimizer's step over every parameter of the model at once (one flat buffer; each
-    parameter's update only reads and writes its own element, as the layered kernels')."""
+def update(settings, hyper, params, grads, state_1, state_2, learning_rate, parallel_min):
+    """The optimizer's step over every parameter of the model at once: one call of its kernel
+    over the one flat buffer (each parameter's update reads and writes its own element only,
+    as when ``Optimizer.update_params`` runs it layer by layer)."""
     n = settings[N_PARAMS]
+    large = PARALLEL and n >= parallel_min
     optimizer = settings[OPTIMIZER]
-    if USE_ADAM and optimizer == ADAM:
-        # float(...): with an integer exponent numba multiplies (powi), which rounds differently
-        # from the libm pow() that Python's ``beta ** (iterations + 1)`` calls.
-        iteration = float(settings[ITERATIONS] + 1)
-        correction_1 = 1 - math.pow(hyper[BETA_1], iteration)
-        correction_2 = 1 - math.pow(hyper[BETA_2], iteration)
-        for k in prange(n):
-            adam_param(params, grads, state_1, state_2, learning_rate, hyper[EPSILON],
-                       hyper[BETA_1], hyper[BETA_2], correction_1, correction_2, k)
-    if USE_SGD and optimizer == SGD:
-        for k in prange(n):
-            sgd_param(params, grads, learning_rate, k)
-    if USE_SGD_MOMENTUM and optimizer == SGD_MOMENTUM:
-        for k in prange(n):
-            sgd_momentum_param(params, grads, state_1, learning_rate, hyper[MOMENTUM], k)
-    if USE_ADAGRAD and optimizer == ADAGRAD:
-        for k in prange(n):
-            adagrad_param(params, grads, state_1, learning_rate, hyper[EPSILON], k)
-    if USE_RMSPROP and optimizer == RMSPROP:
-        for k in prange(n):
-            rmsprop_param(params, grads, state_1, learning_rate, hyper[EPSILON], hyper[RHO], k)
+    p = params[:n]
+    g = grads[:n]
+    if USE_ADAM:
+        if optimizer == ADAM:
+            # float(...): with an integer exponent numba multiplies (powi), which rounds
+            # differently from the libm pow() that Python's ``beta ** (iterations + 1)`` calls.
+            iteration = float(settings[ITERATIONS] + 1)
+            correction_1 = 1 - math.pow(hyper[BETA_1], iteration)
+            correction_2 = 1 - math.pow(hyper[BETA_2], iteration)
+            if large:
+                adam_update_parallel(p, g, state_1[:n], state_2[:n], learning_rate,
+                                     hyper[EPSILON], hyper[BETA_1], hyper[BETA_2],
+                                     correction_1, correction_2)
+            else:
+                adam_update_serial(p, g, state_1[:n], state_2[:n], learning_rate,
+                                   hyper[EPSILON], hyper[BETA_1], hyper[BETA_2], correction_1,
+                                   correction_2)
+    if USE_SGD:
+        if optimizer == SGD:
+            if large:
+                sgd_update_parallel(p, g, learning_rate)
+            else:
+                sgd_update_serial(p, g, learning_rate)
+    if USE_SGD_MOMENTUM:
+        if optimizer == SGD_MOMENTUM:
+            if large:
+                sgd_momentum_update_parallel(p, g, state_1[:n], learning_rate, hyper[MOMENTUM])
+            else:
+                sgd_momentum_update_serial(p, g, state_1[:n], learning_rate, hyper[MOMENTUM])
+    if USE_ADAGRAD:
+        if optimizer == ADAGRAD:
+            if large:
+                adagrad_update_parallel(p, g, state_1[:n], learning_rate, hyper[EPSILON])
+            else:
+                adagrad_update_serial(p, g, state_1[:n], learning_rate, hyper[EPSILON])
+    if USE_RMSPROP:
+        if optimizer == RMSPROP:
+            if large:
+                rmsprop_update_parallel(p, g, state_1[:n], learning_rate, hyper[EPSILON],
+                                        hyper[RHO])
+            else:
+                rmsprop_update_serial(p, g, state_1[:n], learning_rate, hyper[EPSILON],
+                                      hyper[RHO])
 
 
 @register_jitable
@@ -514,19 +600,18 @@ def refresh_packed(program, params, packed):
         if program[l, KIND] == DENSE and program[l, PACKED] >= 0:
             width_in = program[l, WIDTH_IN]
             width = program[l, WIDTH]
-            transpose_tiled(_block(params, program[l, WEIGHTS], width_in, width),
-                                 _block(packed, program[l, PACKED], width, width_in))
+            transpose_tiled_serial(_block(params, program[l, WEIGHTS], width_in, width),
+                                   _block(packed, program[l, PACKED], width, width_in))
 
 
 @register_jitable
 def _gather(X, y_index, y_values, order, start, m, rows, targets, values):
-    """Rows ``order[start:start + m]`` of X and of the targets, copied into the buffers."""
-    for s in prange(m):
+    """Rows ``order[start:start + m]`` of X and of the targets, copied into the buffers
+    (``Model.train``'s ``X[order]`` of a shuffled epoch, batch by batch)."""
+    for s in range(m):
         source = order[start + s]
-        row = X[source]
-        target = rows[s]
         for i in range(X.shape[1]):
-            target[i] = row[i]
+            rows[s, i] = X[source, i]
         if y_index.shape[0] > 0:
             targets[s] = y_index[source]
         if y_values.shape[0] > 0:
@@ -567,6 +652,8 @@ def train_block(X, y_index, y_values, orders, batch_size, n_epochs, program, pla
     sample_losses = scratch[settings[SAMPLE_LOSSES]:settings[CORRECT]]
     correct = scratch[settings[CORRECT]:]
     no_gradient = _block(scratch, 0, 0, last_width)
+    parallel_min = settings[PARALLEL_MIN_ELEMENTS]
+    out = np.zeros(1)       # float64: what ops.mean and ops.regularization_loss read back
     failed = -1
     # Each epoch is a run of batches: its training steps, then the validation data (after the
     # epoch's last update). With no epochs, one pass of validation batches alone
@@ -603,7 +690,7 @@ def train_block(X, y_index, y_values, orders, batch_size, n_epochs, program, pla
             else:
                 if item == n_steps and n_epochs > 0:    # the epoch's training is over
                     epoch_log[epoch, EPOCH_REGULARIZATION] = regularization_loss(
-                        program, floats, params)
+                        program, floats, params, out)
                 start = (item - n_steps) * val_batch_size
                 m = min(val_batch_size, n_val - start)
                 kind = VAL_FULL if m == val_batch_size else VAL_LAST
@@ -613,13 +700,13 @@ def train_block(X, y_index, y_values, orders, batch_size, n_epochs, program, pla
                 batch_values = y_val_values[start:start + m]
                 dlast = no_gradient
             output = forward(program, plans, floats, kind, batch, m, training, params, acts,
-                             packed, scratch)
+                             packed, scratch, parallel_min)
             data_loss = 0.0
             accuracy = 0.0
             if training or settings[LOSS] != NO_LOSS:
                 data_loss, accuracy = loss_and_accuracy(settings, hyper, output, batch_targets,
                                                         batch_values, m, sample_losses,
-                                                        correct, dlast)
+                                                        correct, dlast, out)
             if not training:        # validation: Model.evaluate's running sums, predictions
                 loss_sum += data_loss * m
                 accuracy_sum += accuracy * m
@@ -634,7 +721,7 @@ def train_block(X, y_index, y_values, orders, batch_size, n_epochs, program, pla
                 if hyper[DECAY] != 0:
                     learning_rate = hyper[LEARNING_RATE] * (
                         1.0 / (1.0 + hyper[DECAY] * settings[ITERATIONS]))
-                penalty = regularization_loss(program, floats, params)
+                penalty = regularization_loss(program, floats, params, out)
                 row = epoch * n_steps + step
                 step_log[row, STEP_DATA_LOSS] = data_loss
                 step_log[row, STEP_ACCURACY] = accuracy
@@ -644,14 +731,15 @@ def train_block(X, y_index, y_values, orders, batch_size, n_epochs, program, pla
                     failed = row
                     break
                 backward(program, plans, floats, settings, kind, batch, m, params, grads, acts,
-                         dacts, packed, scratch)
-                update(settings, hyper, params, grads, state_1, state_2, learning_rate)
+                         dacts, packed, scratch, parallel_min)
+                update(settings, hyper, params, grads, state_1, state_2, learning_rate,
+                       parallel_min)
                 hyper[CURRENT_LEARNING_RATE] = learning_rate
                 settings[ITERATIONS] += 1
                 refresh_packed(program, params, packed)
                 if step == n_steps - 1 and n_val_batches == 0:
                     epoch_log[epoch, EPOCH_REGULARIZATION] = regularization_loss(
-                        program, floats, params)
+                        program, floats, params, out)
         if failed >= 0:
             break
         if n_val > 0:
@@ -662,34 +750,26 @@ def train_block(X, y_index, y_values, orders, batch_size, n_epochs, program, pla
 
 # --- Builds -----------------------------------------------------------------------------------------
 
-# The functions of this module that a build copies (bound to the build's constants): numba
-# freezes a function's globals when it compiles it, and a helper reads its own module's
+# The functions of this module a build copies (bound to the build's constants and kernels):
+# numba freezes a function's globals when it compiles it, and a helper reads its own module's
 # globals, so each build gets its own copy of every helper.
-HELPERS = ("_block", "_panels", "_penalty", "regularization_loss")
-# ... and those with a ``prange`` of their own or in an inlined dense kernel (or calling one):
-# the parallel build inlines them into ``train_block``, compiled with ``parallel=True``, so
-# that their loops become its parallel regions (a parallel helper compiled on its own would
-# make ``train_block`` impossible to cache)
-PARALLEL_HELPERS = ("_dense_forward", "_dense_dweights", "_dense_dinputs", "forward",
-                    "loss_and_accuracy", "backward", "update", "refresh_packed", "_gather")
-# dense_fast's kernels: inlined, ``prange`` and all, by the parallel builds; the serial builds
-# call the cpu backend's own serial builds of them (``build``'s ``kernels``): compiled (and
-# cached) once for the layered ops and every build of the step alike
-KERNELS = ("dense_backward_inputs_narrow", "dense_backward_weights_blocked",
-           "dense_backward_weights_narrow", "dense_forward_blocked", "dense_nt_tiled",
-           "dense_tn_tiled", "transpose_tiled")
+HELPERS = ("_block", "_panels", "_dense_forward", "_dense_dweights", "_dense_dinputs",
+           "regularization_loss", "forward", "loss_and_accuracy", "backward", "update",
+           "refresh_packed", "_gather")
 
 
-def build(what: Build, kernels=None):
+def build(what: Build, kernels: dict | None = None):
     """``train_block`` and its helpers again, as plain functions bound to a namespace holding
-    ``what``'s constants, under names of their own (numba names its cache files after the
-    function): ready for ``numba.njit(parallel=what.parallel)``. ``kernels``: compiled
-    (serial) forms of ``KERNELS`` for a serial build to call."""
+    ``what``'s constants and ``kernels`` (``{"<name>_serial": compiled kernel,
+    "<name>_parallel": ...}`` for ``KERNEL_NAMES``: the cpu backend's builds), under names of
+    their own (numba names its cache files after the function): ready for ``numba.njit``."""
     import types
 
     suffix = "__" + what.name()
     namespace = dict(globals())
     namespace.update(constants(what))
+    if kernels is not None:
+        namespace.update(kernels)
 
     def copy(function):
         clone = types.FunctionType(function.__code__, namespace, function.__name__ + suffix,
@@ -701,9 +781,4 @@ def build(what: Build, kernels=None):
 
     for name in HELPERS:
         namespace[name] = register_jitable(copy(globals()[name]))
-    for name in PARALLEL_HELPERS:
-        namespace[name] = register_jitable(inline="always" if what.parallel else "never")(
-            copy(globals()[name]))
-    if not what.parallel and kernels is not None:
-        namespace.update({name: kernels[name] for name in KERNELS})
     return copy(train_block)
