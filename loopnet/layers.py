@@ -49,7 +49,7 @@ def _buffer(previous, shape, dtype):
     allocate every step. Only gradients are reused, never forward outputs (a user may keep
     ``model.predict(...)`` results); a gradient is valid until the next ``backward``.
     """
-    if previous is not None and tuple(previous.shape) == tuple(shape) and previous.dtype == dtype:
+    if previous is not None and previous.shape == shape and previous.dtype == dtype:
         return previous
     return None
 
@@ -154,9 +154,9 @@ class Dense(Layer):
 
     def forward(self, inputs, training: bool = True):
         """``output = inputs @ weights + biases``, computed by ``ops.dense_forward``."""
-        x = ops._array(inputs, "inputs")
-        if x.dtype != self.dtype:
-            x = ops._contiguous(x, self.dtype)  # on the GPU a device array is cast there
+        x = inputs
+        if type(x) is not np.ndarray or x.dtype != self.dtype:   # (else: as it is, at once)
+            x = ops.as_dtype(inputs, self.dtype, "inputs")  # on the GPU cast there
         self.inputs = x
         self.output = output = ops.dense_forward(x, self.weights, self.biases, device=self.device)
         return output
@@ -167,9 +167,9 @@ class Dense(Layer):
         dtype = getattr(dvalues, "dtype", None)
         self.dweights, self.dbiases, self.dinputs = ops.dense_backward(
             dvalues, self.inputs, self.weights,
-            dweights=_buffer(getattr(self, "dweights", None), self.weights.shape, dtype),
-            dbiases=_buffer(getattr(self, "dbiases", None), self.biases.shape, dtype),
-            dinputs=_buffer(getattr(self, "dinputs", None), self.inputs.shape, dtype),
+            dweights=_buffer(self.__dict__.get("dweights"), self.weights.shape, dtype),
+            dbiases=_buffer(self.__dict__.get("dbiases"), self.biases.shape, dtype),
+            dinputs=_buffer(self.__dict__.get("dinputs"), self.inputs.shape, dtype),
             device=self.device,
         )
         if self.weight_regularizer_l1 > 0 or self.weight_regularizer_l2 > 0:

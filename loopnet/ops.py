@@ -118,6 +118,85 @@ def _float_dtype(*arrays: np.ndarray) -> np.dtype:
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_INF = float("inf")
+
+
+# --- The fast path -----------------------------------------------------------------------------
+# A layer calls its ops with arrays that already are what the kernels take: numpy arrays of one
+# float dtype, C-contiguous, not empty. ``_ready`` says so with a few attribute reads (no
+# conversion, no copy), and an op then hands them to a host backend's kernel at once; every
+# other input takes the full path below (conversions, messages). The fast path's conditions
+# are the very checks of the full path, so no bad input gets through it.
+
+def _ready(arrays, dtype=None) -> bool:
+    """Every array is a non-empty C-contiguous numpy array of one float dtype (``dtype`` when
+    given)."""
+    for arr in arrays:
+        if type(arr) is not np.ndarray or not arr.flags.c_contiguous or not arr.size:
+            return False
+        if dtype is None:
+            dtype = arr.dtype
+            if dtype not in _FLOATS:
+                return False
+        elif arr.dtype != dtype:
+            return False
+    return True
+
+
+def _host_backend(device):
+    """The backend of ``device`` when it computes in this process (cpu, numpy, python), else
+    None (the full path handles GPU arrays)."""
+    be = _backend(device)
+    return be if be.HOST else None
+
+
+def _fresh(be, out, shape, dtype, inputs):
+    """``out`` when it is a usable buffer of this shape and dtype that shares no memory with
+    ``inputs``, else a new array from the backend (the fast path's ``_output``)."""
+    if (out is not None and type(out) is np.ndarray and out.shape == shape
+            and out.dtype == dtype and out.flags.c_contiguous and out.flags.writeable
+            and not any(_overlap(out, a) for a in inputs)):
+        return out
+    if out is not None:
+        return None
+    return be.empty(shape, dtype)
+
+
+def _overlap(a, b) -> bool:
+    """Whether two numpy arrays may share memory. Views of numpy-owned memory name the array
+    that owns it as their ``base``: arrays of different owners do not overlap (a few attribute
+    reads); anything else asks ``np.may_share_memory``."""
+    base_a, base_b = a.base, b.base
+    root_a = a if base_a is None else base_a
+    root_b = b if base_b is None else base_b
+    if root_a is root_b:
+        return np.may_share_memory(a, b)
+    if type(root_a) is np.ndarray and type(root_b) is np.ndarray \
+            and root_a.base is None and root_b.base is None:
+        return False
+    return np.may_share_memory(a, b)
+
+
+def _check_host(be, *arrays) -> None:
+    """A GPU array given to a host device: a clear error, not numba's 'can't unbox array'."""
+    if be.HOST and any(_is_device_array(a) for a in arrays):
+        raise TypeError("an input is a GPU array but the op runs on a host device "
+                        f"({be.__name__.rsplit('.', 1)[-1]}): run it with device='cuda', or "
+                        "bring the array back with loopnet.to_numpy(...)")
+
+
+def _unshared(inputs, outputs):
+    """``inputs``, each replaced by a copy where it shares memory with an output (so that a
+    kernel never reads an input it has already overwritten)."""
+    return tuple(a.copy() if isinstance(a, np.ndarray) and any(
+        isinstance(o, np.ndarray) and np.may_share_memory(a, o) for o in outputs) else a
+        for a in inputs)
+
+
+def as_dtype(x, dtype, name: str = "x"):
+    """``x`` (any array-like, or an array on the GPU) as an array of ``dtype``, converted once
+    and C-contiguous, validated as every op validates its inputs (the layers' input cast)."""
+    return _contiguous(_array(x, name), dtype)
 
 
 def _contiguous(arr: np.ndarray, dtype) -> np.ndarray:
@@ -143,6 +222,12 @@ def _class_targets(y_true, n_samples: int, n_classes: int, y_pred_shape) -> np.n
     rows ``(n_samples, n_classes)``, which are turned into indices after checking each row is
     one-hot.
     """
+    if (type(y_true) is np.ndarray and y_true.ndim == 1 and y_true.dtype.kind in "iu"
+            and y_true.shape[0] == n_samples and n_samples
+            and (y_true.dtype.kind == "u" or y_true.min() >= 0) and y_true.max() < n_classes):
+        # class indices in range (the fast path; out of range: the messages below)
+        return y_true if y_true.dtype == np.intp and y_true.flags.c_contiguous \
+            else np.ascontiguousarray(y_true, dtype=np.intp)
     labels = _host(_array(y_true, "y_true"))
     if labels.ndim == 2:
         if labels.shape != tuple(y_pred_shape):
@@ -273,6 +358,9 @@ def _flat_like(x, name: str, dtype=None):
 
 def _scalar(value, name: str, *, minimum=None, strict=False) -> float:
     """A finite Python float hyper-parameter (learning rate, epsilon, l1 ...)."""
+    if type(value) is float and -_INF < value < _INF and (
+            minimum is None or value > minimum or (value == minimum and not strict)):
+        return value            # (the common case, in a few comparisons)
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
@@ -299,6 +387,16 @@ def dense_forward(inputs, weights, biases, *, device: str | None = None):
         >>> dense_forward([1.2, 5.1, 2.1], [3.1, 2.1, 8.7], 3)     # the notes' first neuron
         35.7
     """
+    if (type(inputs) is np.ndarray and type(weights) is np.ndarray and inputs.ndim == 2
+            and weights.ndim == 2 and inputs.shape[1] == weights.shape[0]
+            and type(biases) is np.ndarray and biases.size == weights.shape[1]
+            and (biases.ndim == 1 or (biases.ndim == 2 and biases.shape[0] == 1))
+            and _ready((inputs, weights, biases))):
+        be = _host_backend(device)
+        if be is not None:
+            output = be.empty((inputs.shape[0], weights.shape[1]), inputs.dtype)
+            be.dense_forward(inputs, weights, biases.reshape(-1), output)
+            return output
     x = _array(inputs, "inputs")
     w = _array(weights, "weights")
     b = _array(biases, "biases")
@@ -350,6 +448,23 @@ def dense_backward(dvalues, inputs, weights, *, dweights=None, dbiases=None, din
     ``dweights=``, ``dbiases=``, ``dinputs=`` take buffers of those shapes to write into.
     Each element is summed in a fixed order by one thread: same bits for any thread count.
     """
+    if (type(dvalues) is np.ndarray and type(inputs) is np.ndarray and type(weights) is np.ndarray
+            and dvalues.ndim == 2 and inputs.ndim == 2 and weights.ndim == 2
+            and inputs.shape[1] == weights.shape[0]
+            and dvalues.shape == (inputs.shape[0], weights.shape[1])
+            and _ready((dvalues, inputs, weights))):
+        be = _host_backend(device)
+        if be is not None:
+            dtype = dvalues.dtype
+            sources = (dvalues, inputs, weights)
+            dw = _fresh(be, dweights, weights.shape, dtype, sources)
+            db = _fresh(be, dbiases, (1, weights.shape[1]), dtype, sources)
+            di = _fresh(be, dinputs, inputs.shape, dtype, sources)
+            if dw is not None and db is not None and di is not None:
+                be.dense_backward_weights(inputs, dvalues, dw)
+                be.dense_backward_biases(dvalues, db.reshape(-1))
+                be.dense_backward_inputs(dvalues, weights, di)
+                return dw, db, di
     d = _array(dvalues, "dvalues")
     x = _array(inputs, "inputs")
     w = _array(weights, "weights")
@@ -375,9 +490,13 @@ def dense_backward(dvalues, inputs, weights, *, dweights=None, dbiases=None, din
     x = _contiguous(x, dtype)
     w = _contiguous(w, dtype)
     be = _backend(device)
+    _check_host(be, d, x, w)
     dweights = _output(be, dweights, (n_inputs, n_neurons), dtype, "dweights")
     dbiases = _output(be, dbiases, (1, n_neurons), dtype, "dbiases")
     dinputs = _output(be, dinputs, (n_samples, n_inputs), dtype, "dinputs")
+    # an output that is an input (dinputs=dvalues ...) would be read after it was overwritten:
+    # the kernels read a copy of that input instead
+    d, x, w = _unshared((d, x, w), (dweights, dbiases, dinputs))
     be.dense_backward_weights(x, d, dweights)
     be.dense_backward_biases(d, dbiases.reshape(n_neurons))
     be.dense_backward_inputs(d, w, dinputs)
@@ -396,12 +515,19 @@ def softmax_forward(inputs, *, device: str | None = None):
 
     Rows of the result lie in [0, 1] and sum to 1; adding a constant to a row changes nothing.
     """
+    if type(inputs) is np.ndarray and inputs.ndim == 2 and _ready((inputs,)):
+        be = _host_backend(device)
+        if be is not None:
+            output = be.empty(inputs.shape, inputs.dtype)
+            be.softmax_forward(inputs, output)
+            return output
     x = _array(inputs, "inputs")
     _check_ndim(x, "inputs", (1, 2), "1-D (n_classes,) or 2-D (n_samples, n_classes)")
     _check_not_empty(x, "inputs")
     dtype = _float_dtype(x)
     rows = _contiguous(x.reshape(-1, x.shape[-1]), dtype)
     be = _backend(device)
+    _check_host(be, rows)
     output = be.empty(rows.shape, dtype)
     be.softmax_forward(rows, output)
     return output.reshape(x.shape)
@@ -410,8 +536,16 @@ def softmax_forward(inputs, *, device: str | None = None):
 def _unary(kernel: str, x, name, out, device):
     """Run the element-wise ``kernel`` on one array, flattened; returns the result in its
     shape (in ``out`` when given)."""
+    if type(x) is np.ndarray and _ready((x,)):
+        be = _host_backend(device)
+        if be is not None:
+            result = _fresh(be, out, x.shape, x.dtype, ())
+            if result is not None:              # (an element-wise kernel may run in place)
+                getattr(be, kernel)(x.reshape(-1), result.reshape(-1))
+                return result
     flat, shape = _flat_like(x, name)
     be = _backend(device)
+    _check_host(be, flat)
     result = _output(be, out, shape, flat.dtype)
     getattr(be, kernel)(flat, result.reshape(-1))
     return result
@@ -420,12 +554,21 @@ def _unary(kernel: str, x, name, out, device):
 def _elementwise(kernel: str, first, first_name, second, second_name, out, device):
     """Run the element-wise ``kernel`` on two same-shaped arrays (a gradient or an input, and a
     forward array or mask), flattened, in a common dtype; returns the result in their shape."""
+    if (type(first) is np.ndarray and type(second) is np.ndarray
+            and first.shape == second.shape and _ready((first, second))):
+        be = _host_backend(device)
+        if be is not None:
+            result = _fresh(be, out, first.shape, first.dtype, ())
+            if result is not None:              # (an element-wise kernel may run in place)
+                getattr(be, kernel)(first.reshape(-1), second.reshape(-1), result.reshape(-1))
+                return result
     a = _array(first, first_name)
     b = _array(second, second_name)
     _check_not_empty(a, first_name)
     _same_shape(a, first_name, b.shape, second_name)
     dtype = _float_dtype(a, b)
     be = _backend(device)
+    _check_host(be, a, b)
     result = _output(be, out, a.shape, dtype)
     getattr(be, kernel)(_contiguous(a, dtype).reshape(-1), _contiguous(b, dtype).reshape(-1),
                         result.reshape(-1))
@@ -441,6 +584,14 @@ def softmax_backward(dvalues, output, *, out=None, device: str | None = None):
     """Softmax's gradient through its full Jacobian: ``dinputs[s] = J(output[s]) @ dvalues[s]``
     with ``J = diagflat(output[s]) - output[s] output[s]^T``. ``output`` is the forward result
     (n_samples, n_classes)."""
+    if (type(dvalues) is np.ndarray and type(output) is np.ndarray and output.ndim == 2
+            and dvalues.shape == output.shape and _ready((dvalues, output))):
+        be = _host_backend(device)
+        if be is not None:
+            dinputs = _fresh(be, out, output.shape, output.dtype, (dvalues, output))
+            if dinputs is not None:
+                be.softmax_backward(dvalues, output, dinputs)
+                return dinputs
     d = _array(dvalues, "dvalues")
     o = _array(output, "output")
     _check_ndim(o, "output", (2,), "2-D (n_samples, n_classes)")
@@ -448,8 +599,12 @@ def softmax_backward(dvalues, output, *, out=None, device: str | None = None):
     _same_shape(d, "dvalues", o.shape, "output")
     dtype = _float_dtype(d, o)
     be = _backend(device)
+    _check_host(be, d, o)
     dinputs = _output(be, out, o.shape, dtype)
-    be.softmax_backward(_contiguous(d, dtype), _contiguous(o, dtype), dinputs)
+    # each row reads the whole of its dvalues and output rows while it writes dinputs: an
+    # out= that is one of them is read from a copy
+    d, o = _unshared((_contiguous(d, dtype), _contiguous(o, dtype)), (dinputs,))
+    be.softmax_backward(d, o, dinputs)
     return dinputs
 
 
@@ -482,10 +637,18 @@ def categorical_crossentropy(y_pred, y_true, *, device: str | None = None):
     (n_samples,) or one-hot (n_samples, n_classes). Returns (n_samples,); ``mean`` of it is the
     notes' loss.
     """
+    if type(y_pred) is np.ndarray and y_pred.ndim == 2 and _ready((y_pred,)):
+        be = _host_backend(device)
+        if be is not None and type(y_true) is np.ndarray and y_true.ndim == 1:
+            targets = _class_targets(y_true, y_pred.shape[0], y_pred.shape[1], y_pred.shape)
+            sample_losses = be.empty((y_pred.shape[0],), y_pred.dtype)
+            be.categorical_crossentropy(y_pred, targets, sample_losses)
+            return sample_losses
     probs = _probabilities(y_pred)
     n_samples, n_classes = probs.shape
     labels = _host(_array(y_true, "y_true"))
     be = _backend(device)
+    _check_host(be, probs)
     sample_losses = be.empty((n_samples,), probs.dtype)
     if labels.ndim == 2:
         if labels.shape != probs.shape:
@@ -513,6 +676,12 @@ def accuracy(y_pred, y_true, *, device: str | None = None) -> float:
 
 def mean(values, *, device: str | None = None) -> float:
     """Mean of a 1-D array as a Python float, summed in float64 in a fixed order."""
+    if type(values) is np.ndarray and values.ndim == 1 and _ready((values,)):
+        be = _host_backend(device)
+        if be is not None:
+            output = np.empty(1)
+            be.mean(values, output)
+            return float(output[0])
     v = _array(values, "values")
     _check_not_empty(v, "values")
     v = _contiguous(v.reshape(-1), _float_dtype(v))
@@ -541,6 +710,17 @@ def softmax_crossentropy_backward(softmax_output, y_true, *, out=None,
 def _class_gradient(kernel_name, probabilities, name, y_true, out, device):
     """Run a cross-entropy gradient kernel on (n_samples, n_classes) ``probabilities`` and
     class targets (indices or one-hot rows), validated."""
+    if (type(probabilities) is np.ndarray and probabilities.ndim == 2
+            and _ready((probabilities,))):
+        be = _host_backend(device)
+        if be is not None:
+            targets = _class_targets(y_true, probabilities.shape[0], probabilities.shape[1],
+                                     probabilities.shape)
+            # (each row reads its own values before it writes them: in place is fine)
+            dinputs = _fresh(be, out, probabilities.shape, probabilities.dtype, ())
+            if dinputs is not None:
+                getattr(be, kernel_name)(probabilities, targets, dinputs)
+                return dinputs
     probs = _probabilities(probabilities, name)
     targets = _class_targets(y_true, probs.shape[0], probs.shape[1], probs.shape)
     be = _backend(device)
@@ -740,6 +920,11 @@ def zeros(shape, dtype=np.float32, *, device: str | None = None):
 
 def _update_arrays(params, grads, states, names):
     """Parameters and optimizer state updated in place, gradients converted to their dtype."""
+    if (type(params) is np.ndarray and type(grads) is np.ndarray and grads.shape == params.shape
+            and params.flags.writeable and _ready((params, grads, *states))
+            and all(state.shape == params.shape and state.flags.writeable for state in states)):
+        return (params.reshape(-1), grads.reshape(-1),
+                [state.reshape(-1) for state in states])       # (the fast path)
     p = _writable(params, "params")
     g = _array(grads, "grads")
     _same_shape(g, "grads", p.shape, "params")
@@ -775,7 +960,7 @@ def adagrad_update(params, grads, cache, *, learning_rate, epsilon=1e-7,
                    device: str | None = None):
     """Adagrad step in place: ``cache += grads**2; params += -lr * grads / (sqrt(cache) + eps)``."""
     learning_rate = _scalar(learning_rate, "learning_rate")
-    epsilon = _scalar(epsilon, "epsilon", minimum=0.0)
+    epsilon = _scalar(epsilon, "epsilon", minimum=0.0, strict=True)
     p, g, (c,) = _update_arrays(params, grads, (cache,), ("cache",))
     _backend(device).adagrad_update(p, g, c, learning_rate, epsilon)
     return params
@@ -785,7 +970,7 @@ def rmsprop_update(params, grads, cache, *, learning_rate, epsilon=1e-7, rho=0.9
                    device: str | None = None):
     """RMSprop step in place: ``cache = rho * cache + (1 - rho) * grads**2``, then as Adagrad."""
     learning_rate = _scalar(learning_rate, "learning_rate")
-    epsilon = _scalar(epsilon, "epsilon", minimum=0.0)
+    epsilon = _scalar(epsilon, "epsilon", minimum=0.0, strict=True)
     rho = _scalar(rho, "rho", minimum=0.0)
     if rho > 1:
         raise ValueError(f"rho must be in [0, 1], got {rho}")

@@ -62,14 +62,25 @@ class Optimizer:
         written as the book writes it); its ``device``, when it has one, picks where the update
         runs, else the current default device does."""
         device = getattr(layer, "device", None)
-        for prefix, params, grads in (("weight", layer.weights, layer.dweights),
-                                      ("bias", layer.biases, layer.dbiases)):
-            states = [self._state(layer, f"{prefix}_{name}", params) for name in self.state_names]
+        names = self._attribute_names()
+        for params, grads, attributes in ((layer.weights, layer.dweights, names[0]),
+                                          (layer.biases, layer.dbiases, names[1])):
+            states = [self._state(layer, attribute, params) for attribute in attributes]
             self._update(params, grads, states, device)
+
+    def _attribute_names(self):
+        """``(["weight_momentums", ...], ["bias_momentums", ...])``: the state arrays' names on
+        a layer (made once: this runs for every layer at every step)."""
+        names = self.__dict__.get("_names")
+        if names is None or names[2] != self.state_names:
+            names = self._names = ([f"weight_{name}" for name in self.state_names],
+                                   [f"bias_{name}" for name in self.state_names],
+                                   self.state_names)
+        return names
 
     def _state(self, layer, attribute: str, params):
         state = getattr(layer, attribute, None)
-        if state is None or tuple(state.shape) != tuple(params.shape):
+        if state is None or state.shape != params.shape:
             state = ops.zeros(params.shape, params.dtype, device=getattr(layer, "device", None))
             setattr(layer, attribute, state)
         return state

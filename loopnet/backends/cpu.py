@@ -106,22 +106,30 @@ PARALLEL_MIN_ELEMENTS = int(os.environ.get("LOOPNET_PARALLEL_MIN_ELEMENTS",
                                            50_000 * threads.parallel_min_scale()))
 
 
+# Parameters of the loop kernels that are scalars (``by_size`` looks at the first array).
+SCALARS = ("value", "seed", "step", "keep_below", "rate", "learning_rate", "momentum",
+           "epsilon", "rho", "beta_1", "beta_2", "correction_1", "correction_2", "l1", "l2",
+           "precision")
+
+
 def by_size(function):
     """The cpu form of a loop kernel: a parallel build for large arrays, a serial build for
     small ones (``function`` without ``prange`` has one build).
 
-    The size is that of the largest array argument. Both builds compute every output element
-    in the same order (each has one owner), so the choice never changes a result.
+    The size is that of the kernel's first array argument (its largest: the input, or the
+    parameters). Both builds compute every output element in the same order (each has one
+    owner), so the choice never changes a result.
     """
     if not _uses_prange(function):
         return numba.njit(**OPTIONS)(function)
     serial_build, parallel_build = compile_twice(function)
+    names = function.__code__.co_varnames[:function.__code__.co_argcount]
+    first = next(k for k, name in enumerate(names) if name not in SCALARS)
 
     def run(*args):
-        size = max([a.size for a in args if isinstance(a, np.ndarray)], default=0)
-        kernel = (parallel_build if size >= PARALLEL_MIN_ELEMENTS and threads.parallel_allowed()
-                  else serial_build)
-        return kernel(*args)
+        if args[first].size >= PARALLEL_MIN_ELEMENTS and threads.parallel_allowed():
+            return parallel_build(*args)
+        return serial_build(*args)
 
     run.__name__ = function.__name__
     run.__doc__ = function.__doc__
@@ -134,14 +142,20 @@ LOOPS = collect("loops")
 globals().update({name: by_size(function) for name, function in LOOPS.items()})
 
 to_numpy = np.asarray
+HOST = True     # (ops: arrays live in this process's memory)
+
+
+# Outputs of this many elements or more start on a 64-byte boundary (see ``aligned_empty``):
+# the register-tiled kernels that read them again (large layers) load aligned vectors. Smaller
+# ones are a plain ``np.empty`` (the aligned one costs ~1 us more a call, which the small
+# layers of a learner's loop, called thousands of times, would pay for nothing).
+ALIGNED_MIN = 32768
 
 
 def empty(shape, dtype):
-    """Where ``loopnet.ops`` allocates outputs: arrays of 4096 elements or more start on a
-    64-byte boundary (see ``aligned_empty``), so the activations and gradients that the next
-    op reads are aligned for the tiled kernels; smaller ones are plain ``np.empty``."""
+    """Where ``loopnet.ops`` allocates outputs: large arrays aligned (``ALIGNED_MIN``)."""
     shape = tuple(shape) if not isinstance(shape, int) else (shape,)
-    if math.prod(shape) < 4096:  # (math.prod: np.prod costs ~3 us a call)
+    if math.prod(shape) < ALIGNED_MIN:  # (math.prod: np.prod costs ~3 us a call)
         return np.empty(shape, dtype)
     return aligned_empty(shape, dtype)
 

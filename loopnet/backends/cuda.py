@@ -90,6 +90,7 @@ if SIMULATOR:
     _sim_array.FakeCUDAArray.shape = property(_shape)
 
 
+HOST = False    # (ops: arrays live on the GPU)
 BLOCK_1D = 128
 BLOCK_2D = (16, 16)  # (x = columns, y = rows); equal to dense.TILE so the tiled kernel fits a block
 

@@ -8,3 +8,4 @@ globals().update(collect("numpy"))
 
 empty = np.empty
 to_numpy = np.asarray
+HOST = True     # (ops: arrays live in this process's memory)

@@ -13,6 +13,7 @@ globals().update(LOOPS)
 
 empty = np.empty
 to_numpy = np.asarray
+HOST = True     # (ops: arrays live in this process's memory)
 
 
 def dropout_mask(*args):
