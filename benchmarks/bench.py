@@ -269,12 +269,15 @@ def startup_times():
 def crossover():
     """Times of the cpu backend's dense forward candidates around the thresholds."""
     from loopnet.backends import cpu
+    from loopnet.kernels.dense_fast import FORM_NAMES
 
     rng = np.random.default_rng(0)
     print("dense forward: blocked loops (serial, parallel), NT tiled with packing (serial, "
-          "parallel), broadcast form with packing (serial, parallel)")
+          "parallel), broadcast form with packing (serial, parallel); 'plan': what "
+          "cpu.dense_plan picks for the shape")
     print(f"{'shape':>16} {'MACs':>10} {'blocked ser.':>13} {'blocked par.':>13} "
-          f"{'NT ser.':>11} {'NT par.':>11} {'bcast ser.':>11} {'bcast par.':>11} {'numpy':>10}")
+          f"{'NT ser.':>11} {'NT par.':>11} {'bcast ser.':>11} {'bcast par.':>11} {'numpy':>10}"
+          f"  plan")
     for K, N in ((2, 64), (64, 3), (64, 64), (256, 256), (784, 128)):
         for M in (4, 32, 128, 300, 1024, 4096):
             x = rng.standard_normal((M, K)).astype(np.float32)
@@ -283,7 +286,8 @@ def crossover():
             o = cpu.aligned_empty((M, N), np.float32)
 
             def tiled(kernel):
-                return lambda: kernel(cpu._aligned(x, "x"), cpu._packed(w, "w"), b, True, o)
+                return lambda: kernel(cpu._aligned_for(x, N, "x"), cpu._packed(w, "w"), b, True,
+                                      o)
 
             def broadcast(parallel):
                 return lambda: cpu._broadcast(parallel)(x.T, w, cpu._panels(w, "w"), b, True, o)
@@ -295,8 +299,10 @@ def crossover():
                      median_time(broadcast(False), 21, 0.3),
                      median_time(broadcast(True), 21, 0.3),
                      median_time(lambda: np.dot(x, w) + b, 21, 0.3)]
+            form, parallel = cpu.dense_plan(M, K, N).forward
+            plan = FORM_NAMES[form] + (" parallel" if parallel else "")
             print(f"{f'{M}x{K}x{N}':>16} {M * K * N:>10} " + " ".join(
-                f"{fmt(t):>11}" for t in times))
+                f"{fmt(t):>11}" for t in times) + f"  {plan}")
 
 
 # --- groups ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ for the CPU (or numba-cuda for the GPU), and stands beside its vectorized numpy 
 from loopnet import callbacks, datasets, ops
 from loopnet.accuracy import Accuracy, BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy
 from loopnet.activations import Linear, ReLU, Sigmoid, Softmax
+from loopnet.compiled import SlowPathWarning
 from loopnet.devices import DEVICES, device, get_device, set_device
 from loopnet.layers import Dense, Dropout, Layer
 from loopnet.losses import (
@@ -31,9 +32,10 @@ from loopnet.saving import ModelFileError
 
 # Imported on first use (PEP 562), so `import loopnet` stays free of numba, matplotlib and
 # torch: `loopnet.explain("dense")` (the module is callable), `loopnet.plotting`,
-# `loopnet.interop`. `loopnet.__version__` comes from the installed package's metadata (the
-# version is written in pyproject.toml only), read on first use.
-_LAZY_MODULES = ("explain", "interop", "plotting")
+# `loopnet.interop`, `loopnet.threads` (`loopnet.threads.info()`: numba's threading layer).
+# `loopnet.__version__` comes from the installed package's metadata (the version is written
+# in pyproject.toml only), read on first use.
+_LAZY_MODULES = ("explain", "interop", "plotting", "threads")
 
 
 def _version() -> str:
@@ -45,12 +47,6 @@ def _version() -> str:
         return "0+unknown"
 
 
-# Imported on first use (PEP 562), so `import loopnet` stays free of numba and matplotlib:
-# `loopnet.explain("dense")` (the module is callable), `loopnet.plotting` and
-# `loopnet.threads` (`loopnet.threads.info()`: numba's threading layer).
-_LAZY_MODULES = ("explain", "plotting", "threads")
-
-
 def __getattr__(name):
     if name in _LAZY_MODULES:
         import importlib
@@ -59,6 +55,7 @@ def __getattr__(name):
     if name == "__version__":
         return _version()
     raise AttributeError(f"module 'loopnet' has no attribute {name!r}")
+
 
 __all__ = [
     "DEVICES",
@@ -78,6 +75,7 @@ __all__ = [
     "Optimizer",
     "RMSprop",
     "RegressionAccuracy",
+    "SlowPathWarning",
     "Sigmoid",
     "SoftmaxCategoricalCrossentropy",
     "CategoricalCrossentropy",

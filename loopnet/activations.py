@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 from loopnet import ops
-from loopnet.layers import Layer, _buffer
+from loopnet.layers import Layer
+from loopnet.validate import reusable
 
 
 def _dinputs_buffer(layer, dvalues):
-    """The previous step's ``dinputs`` when it fits this ``dvalues`` (see ``layers._buffer``)."""
-    return _buffer(getattr(layer, "dinputs", None), getattr(dvalues, "shape", ()),
+    """The previous step's ``dinputs`` when it fits this ``dvalues`` (see ``validate.reusable``)."""
+    return reusable(getattr(layer, "dinputs", None), getattr(dvalues, "shape", ()),
                    getattr(dvalues, "dtype", None))
 
 
@@ -76,13 +77,14 @@ class Sigmoid(Layer):
 class Linear(Layer):
     """The identity ``y = x``, a regression model's output activation (``Activation_Linear``).
 
-    ``forward`` passes its inputs on as they are (no copy: nothing writes into a forward
-    output), ``backward`` copies ``dvalues`` into ``dinputs`` as the book does."""
+    ``forward`` and ``backward`` run the identity's ops (``ops.linear_forward``/``_backward``),
+    which copy: the book's ``self.output = inputs`` shares the array, so a later in-place change
+    of one would show in the other."""
 
     def forward(self, inputs, training: bool = True):
         self.inputs = inputs
-        self.output = output = inputs
-        return output
+        self.output = ops.linear_forward(inputs, device=self.device)
+        return self.output
 
     def backward(self, dvalues):
         self.dinputs = ops.linear_backward(dvalues, out=_dinputs_buffer(self, dvalues),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from loopnet import ops
+from loopnet.validate import is_device_array
 
 # Optimizer state a layer may carry (the book's attribute names): each matches its parameter.
 STATE_ARRAYS = (("weight_momentums", "weights"), ("weight_cache", "weights"),
@@ -25,7 +25,7 @@ STATE_ARRAYS = (("weight_momentums", "weights"), ("weight_cache", "weights"),
 
 
 def _is_array(value) -> bool:
-    return isinstance(value, np.ndarray) or ops._is_device_array(value)
+    return isinstance(value, np.ndarray) or is_device_array(value)
 
 
 def _c_contiguous(array) -> bool:

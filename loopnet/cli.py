@@ -159,8 +159,6 @@ def load_data(path: str, *, label_column=None, require_labels: bool = True, n_fe
     a CSV holding exactly ``n_features`` columns is then all features. Every problem raises
     ``UsageError`` with a one-line message naming the file.
     """
-    import numpy as np
-
     if not os.path.exists(path):
         raise UsageError(f"data file {path!r} does not exist")
     if os.path.isdir(path):

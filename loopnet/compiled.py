@@ -226,11 +226,11 @@ class Program:
         index, values = empty_index, empty_values
         if (self.loss == step.CATEGORICAL_CROSSENTROPY
                 or self.accuracy == step.CATEGORICAL_ACCURACY):
-            index = ops._class_targets(y, n_samples, self.n_outputs, shape)
+            index = ops.class_targets(y, n_samples, self.n_outputs, shape)
         if (self.loss in (step.BINARY_CROSSENTROPY, step.MEAN_SQUARED_ERROR,
                           step.MEAN_ABSOLUTE_ERROR)
                 or self.accuracy in (step.BINARY_ACCURACY, step.REGRESSION_ACCURACY)):
-            values = np.ascontiguousarray(ops._targets_like(y, shape, self.dtype))
+            values = np.ascontiguousarray(ops.targets_like(y, shape, self.dtype))
         return index, values
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from loopnet.images import ImageData, load_image_dataset, load_image_folder, load_images
-from loopnet.layers import _positive_int
+from loopnet.validate import positive_int
 
 __all__ = ["ImageData", "load_image_dataset", "load_image_folder", "load_images", "sine_data",
            "spiral_data", "vertical_data"]
@@ -24,8 +24,14 @@ def _label_dtype(classes: int) -> np.dtype:
     return np.promote_types(np.uint8, np.min_scalar_type(classes - 1))
 
 
-def _randn(seed):
-    return np.random.randn if seed is None else np.random.RandomState(seed).randn
+def _blank(samples, classes, seed):
+    """The checked sizes, the normal draws to use and zeroed ``X`` (n, 2) and ``y`` (n,)."""
+    samples = positive_int(samples, "samples")
+    classes = positive_int(classes, "classes")
+    randn = np.random.randn if seed is None else np.random.RandomState(seed).randn
+    X = np.zeros((samples * classes, 2), dtype=np.float64)
+    y = np.zeros(samples * classes, dtype=_label_dtype(classes))
+    return samples, classes, randn, X, y
 
 
 def spiral_data(samples: int, classes: int, *, seed=None, dtype=np.float32):
@@ -34,11 +40,7 @@ def spiral_data(samples: int, classes: int, *, seed=None, dtype=np.float32):
     Returns ``X`` (samples * classes, 2) of ``dtype`` and ``y`` (samples * classes,): uint8 as
     nnfs returns it, or the smallest unsigned integer type that holds every class past 256.
     """
-    samples = _positive_int(samples, "samples")
-    classes = _positive_int(classes, "classes")
-    randn = _randn(seed)
-    X = np.zeros((samples * classes, 2), dtype=np.float64)
-    y = np.zeros(samples * classes, dtype=_label_dtype(classes))
+    samples, classes, randn, X, y = _blank(samples, classes, seed)
     for class_number in range(classes):
         ix = range(samples * class_number, samples * (class_number + 1))
         r = np.linspace(0.0, 1, samples)
@@ -51,11 +53,7 @@ def spiral_data(samples: int, classes: int, *, seed=None, dtype=np.float32):
 def vertical_data(samples: int, classes: int, *, seed=None, dtype=np.float32):
     """``classes`` vertical blobs of ``samples`` points each. Returns ``X`` (n, 2), ``y`` (n,)
     (``y`` as ``spiral_data`` types it)."""
-    samples = _positive_int(samples, "samples")
-    classes = _positive_int(classes, "classes")
-    randn = _randn(seed)
-    X = np.zeros((samples * classes, 2), dtype=np.float64)
-    y = np.zeros(samples * classes, dtype=_label_dtype(classes))
+    samples, classes, randn, X, y = _blank(samples, classes, seed)
     for class_number in range(classes):
         ix = range(samples * class_number, samples * (class_number + 1))
         X[ix] = np.c_[randn(samples) * 0.1 + class_number / 3, randn(samples) * 0.1 + 0.5]
@@ -68,7 +66,7 @@ def sine_data(samples: int = 1000, *, dtype=np.float32):
 
     Returns ``X`` (samples, 1) and ``y`` (samples, 1), both of ``dtype``.
     """
-    samples = _positive_int(samples, "samples")
+    samples = positive_int(samples, "samples")
     X = np.arange(samples).reshape(-1, 1) / samples
     y = np.sin(2 * np.pi * X).reshape(-1, 1)
     return X.astype(dtype), y.astype(dtype)

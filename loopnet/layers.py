@@ -8,6 +8,7 @@ import numpy as np
 
 from loopnet import ops
 from loopnet.devices import check_available, normalize
+from loopnet.validate import is_device_array, number, parameter_dtype, positive_int, reusable
 
 
 def random_normal(shape, seed=None) -> np.ndarray:
@@ -25,42 +26,6 @@ def random_normal(shape, seed=None) -> np.ndarray:
     raise TypeError(
         f"seed must be None, an int, a np.random.Generator or a np.random.RandomState, got {seed!r}"
     )
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return int(value)
-
-
-def _float_dtype(dtype) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
-
-
-def _buffer(previous, shape, dtype):
-    """The gradient buffer of the previous step when it still fits, else None (a new one).
-
-    Layers hand it back to ``ops`` as ``out=``/``dweights=`` so a training loop does not
-    allocate every step. Only gradients are reused, never forward outputs (a user may keep
-    ``model.predict(...)`` results); a gradient is valid until the next ``backward``.
-    """
-    if previous is not None and previous.shape == shape and previous.dtype == dtype:
-        return previous
-    return None
-
-
-def _regularizer(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number >= 0, got {value!r}")
-    value = float(value)
-    if not (value >= 0 and np.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return value
 
 
 class Layer:
@@ -83,7 +48,7 @@ class Layer:
         self.device = normalize(device)
         check_available(self.device)
         for name, value in list(vars(self).items()):
-            if isinstance(value, np.ndarray) or ops._is_device_array(value):
+            if isinstance(value, np.ndarray) or is_device_array(value):
                 setattr(self, name, ops.to_device(value, self.device))
         return self
 
@@ -129,17 +94,17 @@ class Dense(Layer):
                    bias_regularizer_l1=0, bias_regularizer_l2=0, *, dtype=np.float32,
                    weight_scale=0.1) -> None:
         """Check and store the constructor's arguments (everything but the parameters)."""
-        self.n_inputs = _positive_int(n_inputs, "n_inputs")
-        self.n_neurons = _positive_int(n_neurons, "n_neurons")
-        self.dtype = _float_dtype(dtype)
+        self.n_inputs = positive_int(n_inputs, "n_inputs")
+        self.n_neurons = positive_int(n_neurons, "n_neurons")
+        self.dtype = parameter_dtype(dtype)
         # The book's L1/L2 penalties (chapter 14): added to the loss by Loss.regularization_loss
         # and to the gradients by backward().
-        self.weight_regularizer_l1 = _regularizer(weight_regularizer_l1, "weight_regularizer_l1")
-        self.weight_regularizer_l2 = _regularizer(weight_regularizer_l2, "weight_regularizer_l2")
-        self.bias_regularizer_l1 = _regularizer(bias_regularizer_l1, "bias_regularizer_l1")
-        self.bias_regularizer_l2 = _regularizer(bias_regularizer_l2, "bias_regularizer_l2")
+        self.weight_regularizer_l1 = number(weight_regularizer_l1, "weight_regularizer_l1", minimum=0.0)
+        self.weight_regularizer_l2 = number(weight_regularizer_l2, "weight_regularizer_l2", minimum=0.0)
+        self.bias_regularizer_l1 = number(bias_regularizer_l1, "bias_regularizer_l1", minimum=0.0)
+        self.bias_regularizer_l2 = number(bias_regularizer_l2, "bias_regularizer_l2", minimum=0.0)
         # The notes draw 0.1 * randn; the book's chapter code uses 0.01 (weight_scale=0.01).
-        self.weight_scale = _regularizer(weight_scale, "weight_scale")
+        self.weight_scale = number(weight_scale, "weight_scale", minimum=0.0)
 
     @classmethod
     def from_parameters(cls, weights, biases, **config) -> "Dense":
@@ -167,9 +132,9 @@ class Dense(Layer):
         dtype = getattr(dvalues, "dtype", None)
         self.dweights, self.dbiases, self.dinputs = ops.dense_backward(
             dvalues, self.inputs, self.weights,
-            dweights=_buffer(self.__dict__.get("dweights"), self.weights.shape, dtype),
-            dbiases=_buffer(self.__dict__.get("dbiases"), self.biases.shape, dtype),
-            dinputs=_buffer(self.__dict__.get("dinputs"), self.inputs.shape, dtype),
+            dweights=reusable(self.__dict__.get("dweights"), self.weights.shape, dtype),
+            dbiases=reusable(self.__dict__.get("dbiases"), self.biases.shape, dtype),
+            dinputs=reusable(self.__dict__.get("dinputs"), self.inputs.shape, dtype),
             device=self.device,
         )
         if self.weight_regularizer_l1 > 0 or self.weight_regularizer_l2 > 0:
@@ -201,7 +166,7 @@ class Dense(Layer):
 
     def _parameter(self, value, name: str, shape: tuple):
         what = "(n_inputs, n_neurons)" if name == "weights" else "(1, n_neurons)"
-        on_device = ops._is_device_array(value)
+        on_device = is_device_array(value)
         if on_device:
             array = value
         else:
@@ -218,7 +183,7 @@ class Dense(Layer):
             raise ValueError(f"{name} have shape {tuple(array.shape)}, this layer "
                              f"({self!r}) needs {shape} {what}")
         if on_device:
-            return array if array.dtype == self.dtype else ops._contiguous(array, self.dtype)
+            return array if array.dtype == self.dtype else ops.as_dtype(array, self.dtype, name)
         if not (array.dtype == self.dtype and array.flags.c_contiguous
                 and array.flags.writeable):
             with np.errstate(over="ignore"):      # (reported below, with the values)
@@ -228,7 +193,7 @@ class Dense(Layer):
                 raise ValueError(f"{name} hold values beyond the range of {self.dtype} "
                                  f"(largest magnitude {np.abs(array).max():g})")
             array = converted
-        if ops._is_device_array(getattr(self, name, None)):   # the layer lives on the GPU
+        if is_device_array(getattr(self, name, None)):   # the layer lives on the GPU
             array = ops.to_device(array, self.device)
         return array
 
@@ -301,7 +266,7 @@ class Dropout(Layer):
 
     def __init__(self, rate: float, *, seed=None, step: int = 0, device: str | None = None):
         super().__init__(device)
-        rate = _regularizer(rate, "rate")
+        rate = number(rate, "rate", minimum=0.0)
         if rate >= 1:
             raise ValueError(f"Dropout rate must be in [0, 1): the fraction dropped, got {rate}")
         self._dropped = rate
@@ -347,7 +312,7 @@ class Dropout(Layer):
                                "there is no mask to apply")
         self.dinputs = ops.dropout_backward(
             dvalues, self.binary_mask,
-            out=_buffer(getattr(self, "dinputs", None), self.binary_mask.shape,
+            out=reusable(getattr(self, "dinputs", None), self.binary_mask.shape,
                         getattr(dvalues, "dtype", None)),
             device=self.device)
         return self.dinputs

@@ -9,7 +9,7 @@ import numpy as np
 from loopnet import ops
 from loopnet.activations import Softmax
 from loopnet.devices import normalize
-from loopnet.layers import _buffer
+from loopnet.validate import reusable
 
 
 def _float(dtype) -> np.dtype:
@@ -119,7 +119,7 @@ class Loss:
         return self.accumulated_sum / self.accumulated_count
 
     def _dinputs_buffer(self, dvalues):
-        return _buffer(getattr(self, "dinputs", None), getattr(dvalues, "shape", ()),
+        return reusable(getattr(self, "dinputs", None), getattr(dvalues, "shape", ()),
                        getattr(dvalues, "dtype", None))
 
     def get_config(self) -> dict:
@@ -165,7 +165,7 @@ class SoftmaxCategoricalCrossentropy:
     def backward(self, dvalues, y_true):
         self.dinputs = ops.softmax_crossentropy_backward(
             dvalues, y_true,
-            out=_buffer(getattr(self, "dinputs", None), getattr(dvalues, "shape", ()),
+            out=reusable(getattr(self, "dinputs", None), getattr(dvalues, "shape", ()),
                         getattr(dvalues, "dtype", None)),
             device=self.device)
         return self.dinputs

@@ -24,7 +24,6 @@ progress bar); ``model.summary()``, ``model.to_torch()`` and the saving function
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
@@ -32,12 +31,7 @@ from loopnet import checks, ops, training
 from loopnet.activations import Softmax
 from loopnet.layers import Input
 from loopnet.losses import CategoricalCrossentropy, Loss, SoftmaxCategoricalCrossentropy
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+from loopnet.validate import positive_int
 
 
 def _n_rows(data, name: str) -> int:
@@ -238,18 +232,18 @@ class Model:
             raise ValueError("set(loss=..., optimizer=...) before train()")
         if not self.finalized:
             self.finalize()
-        epochs = _positive_int(epochs, "epochs")
+        epochs = positive_int(epochs, "epochs")
         X, y, n_samples = _paired_rows(X, y, "X", "y")
         if n_samples == 0:
             raise ValueError("X is empty: nothing to train on")
         checks.check_model(self, X)
         if batch_size is not None:
-            batch_size = _positive_int(batch_size, "batch_size")
+            batch_size = positive_int(batch_size, "batch_size")
         steps = 1 if batch_size is None else math.ceil(n_samples / batch_size)
         if print_every is not None and print_every != 0:
-            print_every = _positive_int(print_every, "print_every")
+            print_every = positive_int(print_every, "print_every")
         validation_data = checks.check_validation_data(self, validation_data, y)
-        validate_every = _positive_int(validate_every, "validate_every")
+        validate_every = positive_int(validate_every, "validate_every")
         callbacks = _callbacks(callbacks)
         if shuffle and not isinstance(X, np.ndarray):
             raise TypeError("shuffle=True needs X and y as host numpy arrays")
@@ -380,7 +374,7 @@ class Model:
         self.loss.new_pass()
         if self.accuracy is not None:
             self.accuracy.new_pass()
-        size = n_samples if batch_size is None else _positive_int(batch_size, "batch_size")
+        size = n_samples if batch_size is None else positive_int(batch_size, "batch_size")
         for start in range(0, n_samples, size):
             batch_X, batch_y = X_val[start:start + size], y_val[start:start + size]
             output = self.forward(batch_X, training=False)
@@ -405,14 +399,14 @@ class Model:
             X = np.asarray(X)
         n_samples = _n_rows(X, "X")
         width = checks.check_model(self, X)
-        size = n_samples if batch_size is None else _positive_int(batch_size, "batch_size")
+        size = n_samples if batch_size is None else positive_int(batch_size, "batch_size")
         if n_samples == 0:
             if width is None:
                 raise ValueError(f"X is empty (shape {tuple(X.shape)}) and the model's output "
                                  "width is unknown")
             return np.empty((0, width), checks.output_dtype(self))
         if batch_size is not None:
-            _positive_int(batch_size, "batch_size")
+            positive_int(batch_size, "batch_size")
         result = self._compiled_forward(X, None, batch_size, outputs=True)
         if result is not None:
             return result

@@ -13,11 +13,11 @@ copied to contiguous ones. Every function takes ``device=`` (see ``loopnet.devic
 from __future__ import annotations
 
 import importlib
-import math
 
 import numpy as np
 
 from loopnet.devices import backend as _backend
+from loopnet.validate import is_device_array, number
 
 __all__ = [
     "dense_forward",
@@ -61,12 +61,6 @@ __all__ = [
 
 # --- Validation helpers ------------------------------------------------------------------------
 
-def _is_device_array(x) -> bool:
-    """A GPU array (numba device array, CuPy, torch CUDA tensor): the cuda device uses it where it
-    is, so it is validated from its ``.shape``/``.dtype`` and never copied to the host here."""
-    return hasattr(x, "copy_to_host") or hasattr(x, "__cuda_array_interface__")
-
-
 def _gpu():
     """The cuda backend module (imported only once a GPU array is seen)."""
     return importlib.import_module("loopnet.backends.cuda")
@@ -74,12 +68,12 @@ def _gpu():
 
 def _host(arr):
     """A host copy of a GPU array (labels are validated on the host, then copied over once)."""
-    return _gpu().to_numpy(arr) if _is_device_array(arr) else arr
+    return _gpu().to_numpy(arr) if is_device_array(arr) else arr
 
 
 def _array(x, name: str) -> np.ndarray:
     """``x`` as an ndarray of numbers, with errors that name the argument."""
-    if _is_device_array(x):
+    if is_device_array(x):
         arr = x if hasattr(x, "copy_to_host") else _gpu().asarray(x)  # CuPy/torch: numba view
     elif isinstance(x, np.ndarray):
         arr = x
@@ -108,7 +102,7 @@ def _first_non_number(arr: np.ndarray) -> str:
     return "got a ragged or mixed sequence (dtype object)"
 
 
-def _float_dtype(*arrays: np.ndarray) -> np.dtype:
+def _result_dtype(*arrays: np.ndarray) -> np.dtype:
     """float32 when every argument fits in it (float32, float16, small ints), else float64."""
     first = arrays[0].dtype
     if first in _FLOATS and all(a.dtype == first for a in arrays):  # the common case, fast
@@ -118,7 +112,6 @@ def _float_dtype(*arrays: np.ndarray) -> np.dtype:
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_INF = float("inf")
 
 
 # --- The fast path -----------------------------------------------------------------------------
@@ -179,7 +172,7 @@ def _overlap(a, b) -> bool:
 
 def _check_host(be, *arrays) -> None:
     """A GPU array given to a host device: a clear error, not numba's 'can't unbox array'."""
-    if be.HOST and any(_is_device_array(a) for a in arrays):
+    if be.HOST and any(is_device_array(a) for a in arrays):
         raise TypeError("an input is a GPU array but the op runs on a host device "
                         f"({be.__name__.rsplit('.', 1)[-1]}): run it with device='cuda', or "
                         "bring the array back with loopnet.to_numpy(...)")
@@ -200,7 +193,7 @@ def as_dtype(x, dtype, name: str = "x"):
 
 
 def _contiguous(arr: np.ndarray, dtype) -> np.ndarray:
-    if _is_device_array(arr):  # converted on the GPU if needed, never through the host
+    if is_device_array(arr):  # converted on the GPU if needed, never through the host
         return _gpu().asarray(arr, dtype)
     return np.ascontiguousarray(arr, dtype=dtype)
 
@@ -215,7 +208,7 @@ def _check_ndim(arr: np.ndarray, name: str, allowed: tuple[int, ...], meaning: s
         raise ValueError(f"{name} must be {meaning}, got a {arr.ndim}-D array of shape {arr.shape}")
 
 
-def _class_targets(y_true, n_samples: int, n_classes: int, y_pred_shape) -> np.ndarray:
+def class_targets(y_true, n_samples: int, n_classes: int, y_pred_shape) -> np.ndarray:
     """Labels as a contiguous intp array of class indices in ``[0, n_classes)``.
 
     Accepts class indices ``(n_samples,)`` (integers, or floats holding whole numbers) or one-hot
@@ -288,7 +281,7 @@ def _probabilities(y_pred, name: str = "y_pred") -> np.ndarray:
     probs = _array(y_pred, name)
     _check_ndim(probs, name, (2,), "2-D (n_samples, n_classes)")
     _check_not_empty(probs, name)
-    return _contiguous(probs, _float_dtype(probs))
+    return _contiguous(probs, _result_dtype(probs))
 
 
 def _output(be, out, shape, dtype, name: str = "out"):
@@ -331,7 +324,7 @@ def _writable(arr, name: str):
     return arr
 
 
-def _targets_like(y_true, y_pred_shape, dtype) -> np.ndarray:
+def targets_like(y_true, y_pred_shape, dtype) -> np.ndarray:
     """Targets of a binary or regression loss: the shape of ``y_pred`` (n_samples, n_outputs);
     a vector (n_samples,) is accepted for a single output and reshaped to (n_samples, 1)
     (the book reshapes ``y`` itself; numpy would silently broadcast (n,) against (n, 1) to
@@ -352,24 +345,8 @@ def _flat_like(x, name: str, dtype=None):
     """An array flattened for an element-wise kernel, plus its original shape."""
     arr = _array(x, name)
     _check_not_empty(arr, name)
-    dtype = _float_dtype(arr) if dtype is None else dtype
+    dtype = _result_dtype(arr) if dtype is None else dtype
     return _contiguous(arr, dtype).reshape(-1), arr.shape
-
-
-def _scalar(value, name: str, *, minimum=None, strict=False) -> float:
-    """A finite Python float hyper-parameter (learning rate, epsilon, l1 ...)."""
-    if type(value) is float and -_INF < value < _INF and (
-            minimum is None or value > minimum or (value == minimum and not strict)):
-        return value            # (the common case, in a few comparisons)
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):  # (math: np.isfinite on a Python float costs ~1 us)
-        raise ValueError(f"{name} must be finite, got {value}")
-    if minimum is not None and (value < minimum or (strict and value == minimum)):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be {relation} {minimum}, got {value}")
-    return value
 
 
 # --- Dense ----------------------------------------------------------------------------------------
@@ -418,7 +395,7 @@ def dense_forward(inputs, weights, biases, *, device: str | None = None):
             f"biases must have shape ({n_neurons},) or (1, {n_neurons}) to match the "
             f"{n_neurons} neurons of weights {w.shape}, got shape {b.shape}"
         )
-    dtype = _float_dtype(x, w, b)
+    dtype = _result_dtype(x, w, b)
     be = _backend(device)
     x2 = _contiguous(x.reshape(-1, n_inputs), dtype)
     w2 = _contiguous(w.reshape(n_inputs, n_neurons), dtype)
@@ -485,7 +462,7 @@ def dense_backward(dvalues, inputs, weights, *, dweights=None, dbiases=None, din
         )
     n_samples, n_inputs = x.shape
     n_neurons = w.shape[1]
-    dtype = _float_dtype(d, x, w)
+    dtype = _result_dtype(d, x, w)
     d = _contiguous(d, dtype)
     x = _contiguous(x, dtype)
     w = _contiguous(w, dtype)
@@ -524,7 +501,7 @@ def softmax_forward(inputs, *, device: str | None = None):
     x = _array(inputs, "inputs")
     _check_ndim(x, "inputs", (1, 2), "1-D (n_classes,) or 2-D (n_samples, n_classes)")
     _check_not_empty(x, "inputs")
-    dtype = _float_dtype(x)
+    dtype = _result_dtype(x)
     rows = _contiguous(x.reshape(-1, x.shape[-1]), dtype)
     be = _backend(device)
     _check_host(be, rows)
@@ -566,7 +543,7 @@ def _elementwise(kernel: str, first, first_name, second, second_name, out, devic
     b = _array(second, second_name)
     _check_not_empty(a, first_name)
     _same_shape(a, first_name, b.shape, second_name)
-    dtype = _float_dtype(a, b)
+    dtype = _result_dtype(a, b)
     be = _backend(device)
     _check_host(be, a, b)
     result = _output(be, out, a.shape, dtype)
@@ -597,7 +574,7 @@ def softmax_backward(dvalues, output, *, out=None, device: str | None = None):
     _check_ndim(o, "output", (2,), "2-D (n_samples, n_classes)")
     _check_not_empty(o, "output")
     _same_shape(d, "dvalues", o.shape, "output")
-    dtype = _float_dtype(d, o)
+    dtype = _result_dtype(d, o)
     be = _backend(device)
     _check_host(be, d, o)
     dinputs = _output(be, out, o.shape, dtype)
@@ -640,7 +617,7 @@ def categorical_crossentropy(y_pred, y_true, *, device: str | None = None):
     if type(y_pred) is np.ndarray and y_pred.ndim == 2 and _ready((y_pred,)):
         be = _host_backend(device)
         if be is not None and type(y_true) is np.ndarray and y_true.ndim == 1:
-            targets = _class_targets(y_true, y_pred.shape[0], y_pred.shape[1], y_pred.shape)
+            targets = class_targets(y_true, y_pred.shape[0], y_pred.shape[1], y_pred.shape)
             sample_losses = be.empty((y_pred.shape[0],), y_pred.dtype)
             be.categorical_crossentropy(y_pred, targets, sample_losses)
             return sample_losses
@@ -659,7 +636,7 @@ def categorical_crossentropy(y_pred, y_true, *, device: str | None = None):
         _check_one_hot(labels)
         be.categorical_crossentropy_onehot(probs, _contiguous(labels, probs.dtype), sample_losses)
     else:
-        targets = _class_targets(labels, n_samples, n_classes, probs.shape)
+        targets = class_targets(labels, n_samples, n_classes, probs.shape)
         be.categorical_crossentropy(probs, targets, sample_losses)
     return sample_losses
 
@@ -667,7 +644,7 @@ def categorical_crossentropy(y_pred, y_true, *, device: str | None = None):
 def accuracy(y_pred, y_true, *, device: str | None = None) -> float:
     """Fraction of samples whose most confident class (first maximum) is the target class."""
     probs = _probabilities(y_pred)
-    targets = _class_targets(y_true, probs.shape[0], probs.shape[1], probs.shape)
+    targets = class_targets(y_true, probs.shape[0], probs.shape[1], probs.shape)
     be = _backend(device)
     correct = be.empty((probs.shape[0],), probs.dtype)
     be.accuracy(probs, targets, correct)
@@ -684,7 +661,7 @@ def mean(values, *, device: str | None = None) -> float:
             return float(output[0])
     v = _array(values, "values")
     _check_not_empty(v, "values")
-    v = _contiguous(v.reshape(-1), _float_dtype(v))
+    v = _contiguous(v.reshape(-1), _result_dtype(v))
     be = _backend(device)
     output = be.empty((1,), np.float64)
     be.mean(v, output)
@@ -714,7 +691,7 @@ def _class_gradient(kernel_name, probabilities, name, y_true, out, device):
             and _ready((probabilities,))):
         be = _host_backend(device)
         if be is not None:
-            targets = _class_targets(y_true, probabilities.shape[0], probabilities.shape[1],
+            targets = class_targets(y_true, probabilities.shape[0], probabilities.shape[1],
                                      probabilities.shape)
             # (each row reads its own values before it writes them: in place is fine)
             dinputs = _fresh(be, out, probabilities.shape, probabilities.dtype, ())
@@ -722,7 +699,7 @@ def _class_gradient(kernel_name, probabilities, name, y_true, out, device):
                 getattr(be, kernel_name)(probabilities, targets, dinputs)
                 return dinputs
     probs = _probabilities(probabilities, name)
-    targets = _class_targets(y_true, probs.shape[0], probs.shape[1], probs.shape)
+    targets = class_targets(y_true, probs.shape[0], probs.shape[1], probs.shape)
     be = _backend(device)
     dinputs = _output(be, out, probs.shape, probs.dtype)
     getattr(be, kernel_name)(probs, targets, dinputs)
@@ -733,8 +710,8 @@ def _loss_inputs(y_pred, y_true, name: str = "y_pred"):
     pred = _array(y_pred, name)
     _check_ndim(pred, name, (2,), "2-D (n_samples, n_outputs)")
     _check_not_empty(pred, name)
-    dtype = _float_dtype(pred)
-    return _contiguous(pred, dtype), _targets_like(y_true, pred.shape, dtype)
+    dtype = _result_dtype(pred)
+    return _contiguous(pred, dtype), targets_like(y_true, pred.shape, dtype)
 
 
 def _sample_loss(kernel_name, y_pred, y_true, device):
@@ -798,7 +775,7 @@ def binary_accuracy(y_pred, y_true, *, device: str | None = None) -> float:
 
 def regression_accuracy(y_pred, y_true, precision, *, device: str | None = None) -> float:
     """Fraction of outputs within ``precision`` of their target (the book uses ``std(y) / 250``)."""
-    precision = _scalar(precision, "precision", minimum=0.0)
+    precision = number(precision, "precision", minimum=0.0)
     pred, targets = _loss_inputs(y_pred, y_true)
     be = _backend(device)
     correct = be.empty((pred.size,), pred.dtype)
@@ -811,8 +788,8 @@ def regression_accuracy(y_pred, y_true, precision, *, device: str | None = None)
 def regularization_loss(values, *, l1=0.0, l2=0.0, device: str | None = None) -> float:
     """The penalty ``l1 * sum|values| + l2 * sum(values ** 2)`` as a Python float (summed in
     float64 in index order). ``values`` is a weights or biases array of any shape."""
-    l1 = _scalar(l1, "l1", minimum=0.0)
-    l2 = _scalar(l2, "l2", minimum=0.0)
+    l1 = number(l1, "l1", minimum=0.0)
+    l2 = number(l2, "l2", minimum=0.0)
     flat, _ = _flat_like(values, "values")
     be = _backend(device)
     output = be.empty((1,), np.float64)
@@ -823,8 +800,8 @@ def regularization_loss(values, *, l1=0.0, l2=0.0, device: str | None = None) ->
 def regularization_backward(values, dvalues, *, l1=0.0, l2=0.0, device: str | None = None):
     """Add the penalty's gradient ``l1 * sign(values) + 2 * l2 * values`` to ``dvalues`` *in
     place* (``sign`` is +1 at 0, as the book's) and return ``dvalues``."""
-    l1 = _scalar(l1, "l1", minimum=0.0)
-    l2 = _scalar(l2, "l2", minimum=0.0)
+    l1 = number(l1, "l1", minimum=0.0)
+    l2 = number(l2, "l2", minimum=0.0)
     d = _writable(dvalues, "dvalues")
     v = _array(values, "values")
     _same_shape(v, "values", d.shape, "dvalues")
@@ -841,7 +818,7 @@ def dropout_mask(shape, rate: float, *, seed: int, step: int = 0, dtype=np.float
     ``rate``, else ``1 / (1 - rate)``, decided by a hash of ``(seed, step, sample, element)``
     (a counter-based generator: the same mask on every device and for any thread count; see
     ``loopnet.kernels.regularization``). ``shape``: the batch's shape, samples first."""
-    rate = _scalar(rate, "rate", minimum=0.0)
+    rate = number(rate, "rate", minimum=0.0)
     if rate >= 1:
         raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
     seed = _counter(seed, "seed", 2**63)
@@ -942,8 +919,8 @@ def sgd_update(params, grads, *, learning_rate, momentum=0.0, momentums=None,
                device: str | None = None):
     """SGD step in place: ``params += -learning_rate * grads``; with ``momentum`` > 0,
     ``momentums = momentum * momentums - learning_rate * grads; params += momentums``."""
-    learning_rate = _scalar(learning_rate, "learning_rate")
-    momentum = _scalar(momentum, "momentum", minimum=0.0)
+    learning_rate = number(learning_rate, "learning_rate")
+    momentum = number(momentum, "momentum", minimum=0.0)
     be = _backend(device)
     if momentum == 0 and momentums is None:
         p, g, _ = _update_arrays(params, grads, (), ())
@@ -959,8 +936,8 @@ def sgd_update(params, grads, *, learning_rate, momentum=0.0, momentums=None,
 def adagrad_update(params, grads, cache, *, learning_rate, epsilon=1e-7,
                    device: str | None = None):
     """Adagrad step in place: ``cache += grads**2; params += -lr * grads / (sqrt(cache) + eps)``."""
-    learning_rate = _scalar(learning_rate, "learning_rate")
-    epsilon = _scalar(epsilon, "epsilon", minimum=0.0, strict=True)
+    learning_rate = number(learning_rate, "learning_rate")
+    epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
     p, g, (c,) = _update_arrays(params, grads, (cache,), ("cache",))
     _backend(device).adagrad_update(p, g, c, learning_rate, epsilon)
     return params
@@ -969,9 +946,9 @@ def adagrad_update(params, grads, cache, *, learning_rate, epsilon=1e-7,
 def rmsprop_update(params, grads, cache, *, learning_rate, epsilon=1e-7, rho=0.9,
                    device: str | None = None):
     """RMSprop step in place: ``cache = rho * cache + (1 - rho) * grads**2``, then as Adagrad."""
-    learning_rate = _scalar(learning_rate, "learning_rate")
-    epsilon = _scalar(epsilon, "epsilon", minimum=0.0, strict=True)
-    rho = _scalar(rho, "rho", minimum=0.0)
+    learning_rate = number(learning_rate, "learning_rate")
+    epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
+    rho = number(rho, "rho", minimum=0.0)
     if rho > 1:
         raise ValueError(f"rho must be in [0, 1], got {rho}")
     p, g, (c,) = _update_arrays(params, grads, (cache,), ("cache",))
@@ -984,10 +961,10 @@ def adam_update(params, grads, momentums, cache, *, learning_rate, iteration, ep
     """Adam step in place (the book's ``Optimizer_Adam.update_params``); ``iteration`` counts
     the updates made before this one (0 for the first), for the bias corrections
     ``1 - beta ** (iteration + 1)``."""
-    learning_rate = _scalar(learning_rate, "learning_rate")
-    epsilon = _scalar(epsilon, "epsilon", minimum=0.0)
-    beta_1 = _scalar(beta_1, "beta_1", minimum=0.0)
-    beta_2 = _scalar(beta_2, "beta_2", minimum=0.0)
+    learning_rate = number(learning_rate, "learning_rate")
+    epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
+    beta_1 = number(beta_1, "beta_1", minimum=0.0, below=1.0)
+    beta_2 = number(beta_2, "beta_2", minimum=0.0, below=1.0)
     if beta_1 >= 1 or beta_2 >= 1:
         raise ValueError(f"beta_1 and beta_2 must be in [0, 1), got {beta_1} and {beta_2}")
     if isinstance(iteration, bool) or not isinstance(iteration, (int, np.integer)) or iteration < 0:

@@ -15,22 +15,8 @@ epsilon 1e-8). ``decay`` gives ``lr / (1 + decay * iterations)``.
 
 from __future__ import annotations
 
-import numbers
-
 from loopnet import ops
-
-
-def _hyper(value, name: str, *, positive: bool = False, below_one: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if positive and not (0 < value < float("inf")):
-        raise ValueError(f"{name} must be > 0 (and finite), got {value}")
-    if value != value or value in (float("inf"), float("-inf")) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    if below_one and value >= 1:
-        raise ValueError(f"{name} must be < 1, got {value}")
-    return value
+from loopnet.validate import number
 
 
 class Optimizer:
@@ -40,9 +26,9 @@ class Optimizer:
     state_names: tuple[str, ...] = ()
 
     def __init__(self, learning_rate: float, decay: float = 0.0):
-        self.learning_rate = _hyper(learning_rate, "learning_rate", positive=True)
+        self.learning_rate = number(learning_rate, "learning_rate", minimum=0.0, strict=True)
         self.current_learning_rate = self.learning_rate
-        self.decay = _hyper(decay, "decay")
+        self.decay = number(decay, "decay", minimum=0.0)
         self.iterations = 0
 
     def pre_update_params(self) -> None:
@@ -110,7 +96,7 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, momentum: float = 0.0):
         super().__init__(learning_rate, decay)
-        self.momentum = _hyper(momentum, "momentum")
+        self.momentum = number(momentum, "momentum", minimum=0.0)
         self.state_names = ("momentums",) if self.momentum else ()
 
     def _update(self, params, grads, states, device):
@@ -131,7 +117,7 @@ class Adagrad(Optimizer):
 
     def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, epsilon: float = 1e-7):
         super().__init__(learning_rate, decay)
-        self.epsilon = _hyper(epsilon, "epsilon", positive=True)
+        self.epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
 
     def _update(self, params, grads, states, device):
         ops.adagrad_update(params, grads, states[0], learning_rate=self.current_learning_rate,
@@ -149,8 +135,8 @@ class RMSprop(Optimizer):
     def __init__(self, learning_rate: float = 0.001, decay: float = 0.0, epsilon: float = 1e-7,
                  rho: float = 0.9):
         super().__init__(learning_rate, decay)
-        self.epsilon = _hyper(epsilon, "epsilon", positive=True)
-        self.rho = _hyper(rho, "rho")
+        self.epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
+        self.rho = number(rho, "rho", minimum=0.0)
         if self.rho > 1:
             raise ValueError(f"rho must be in [0, 1], got {self.rho}")
 
@@ -170,9 +156,9 @@ class Adam(Optimizer):
     def __init__(self, learning_rate: float = 0.001, decay: float = 0.0, epsilon: float = 1e-7,
                  beta_1: float = 0.9, beta_2: float = 0.999):
         super().__init__(learning_rate, decay)
-        self.epsilon = _hyper(epsilon, "epsilon", positive=True)
-        self.beta_1 = _hyper(beta_1, "beta_1", below_one=True)
-        self.beta_2 = _hyper(beta_2, "beta_2", below_one=True)
+        self.epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
+        self.beta_1 = number(beta_1, "beta_1", minimum=0.0, below=1.0)
+        self.beta_2 = number(beta_2, "beta_2", minimum=0.0, below=1.0)
 
     def _update(self, params, grads, states, device):
         ops.adam_update(params, grads, states[0], states[1],

@@ -43,6 +43,7 @@ import zipfile
 import numpy as np
 
 from loopnet import ops
+from loopnet.validate import is_device_array
 
 FORMAT_VERSION = 1
 MODEL_FORMAT = "loopnet-model"
@@ -438,7 +439,7 @@ def _trainable(model):
 def _check_parameter_arrays(index: int, layer, what: str) -> None:
     for attribute in ("weights", "biases"):
         value = getattr(layer, attribute, None)
-        if not (isinstance(value, np.ndarray) or ops._is_device_array(value)):
+        if not (isinstance(value, np.ndarray) or is_device_array(value)):
             raise TypeError(f"cannot {what} layer {index} ({layer!r}): its {attribute} is "
                             f"{type(value).__name__}, not an array")
 

@@ -1,5 +1,5 @@
-"""The training issue's acceptance runs, on the ``cpu`` device, printing the figures to compare
-with ``shared/book_figures.md`` (not a unit test: the full runs take minutes).
+"""The book's long training runs on the ``cpu`` device, printing the figures to compare with
+the book's recorded ones (not a unit test: the full runs take minutes).
 
     python scripts/acceptance_training.py            # everything
     python scripts/acceptance_training.py spiral     # one or more of: spiral ch14 binary sine
@@ -50,7 +50,7 @@ def report(name, history, model, X_val, y_val, started):
 
 
 def run_spiral():
-    """The issue's run: spiral 1000x3, Dense(2,64)-ReLU-Dense(64,3)-Softmax (notes' 0.1 init),
+    """The main job's run: spiral 1000x3, Dense(2,64)-ReLU-Dense(64,3)-Softmax (notes' 0.1 init),
     Adam(0.05, decay 5e-7), 10,000 full-batch epochs. Needs train acc >= 0.90, held-out >= 0.85."""
     np.random.seed(0)
     X, y = spiral_data(samples=1000, classes=3)
@@ -58,7 +58,7 @@ def run_spiral():
     model = spiral_classifier(1000)
     started = time.perf_counter()
     history = model.train(X, y, epochs=10_000, print_every=1000)
-    val_acc = report("spiral 1000x3 (issue)", history, model, X_test, y_test, started)
+    val_acc = report("spiral 1000x3 (main job)", history, model, X_test, y_test, started)
     ok = history["accuracy"][-1] >= 0.90 and val_acc >= 0.85
     print(f"   acceptance (train >= 0.90, held-out >= 0.85): {'PASS' if ok else 'FAIL'}")
     return ok

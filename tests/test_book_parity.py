@@ -208,7 +208,8 @@ def test_optimizers_update_a_readers_own_layer(spiral):
     # update (with or without a fused multiply-add): eps * (|w| + |lr * dw|).
     model = readers_model(loopnet.SGD(learning_rate=0.5))
     before = [layer.weights.copy() for layer in model.trainable_layers]
-    model.train(X, y, epochs=1, print_every=0)
+    with pytest.warns(loopnet.SlowPathWarning, match=r"layer 0 \(ReadersDense\) is not one of"):
+        model.train(X, y, epochs=1, print_every=0)
     for layer, weights in zip(model.trainable_layers, before):
         step = 0.5 * layer.dweights
         tolerance = np.finfo(np.float64).eps * (np.abs(weights) + np.abs(step))
@@ -216,7 +217,9 @@ def test_optimizers_update_a_readers_own_layer(spiral):
         assert layer.weights.dtype == np.float64
     # Adam keeps its state on the reader's layer, under the book's names, and learns.
     model = readers_model(loopnet.Adam(learning_rate=0.05))
-    history = model.train(X, y, epochs=30, print_every=0)
+    with pytest.warns(loopnet.SlowPathWarning):
+        history = model.train(X, y, epochs=30, print_every=0)
+    assert history["path"].startswith("layered: layer 0 (ReadersDense)")
     assert history["loss"][-1] < 0.95 * history["loss"][0]
     assert model.layers[0].weight_cache.shape == (2, 16)
 

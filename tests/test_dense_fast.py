@@ -9,7 +9,6 @@ across thread counts, builds and runs.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import numba
 import numpy as np
@@ -17,10 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import loopnet
 from helpers import arrays, assert_within, bits, float_dtypes, sum_tolerance
 from loopnet.backends import cpu
-from loopnet.datasets import spiral_data
 from loopnet.kernels import dense as notes_form
 from loopnet.kernels import dense_fast as dense
 from loopnet.kernels import optimizers

@@ -1,4 +1,4 @@
-"""Model: the issue's snippet trains on every device, logs the book's lines, returns a history,
+"""Model: the README's model trains on every device, logs the book's lines, returns a history,
 uses the fused softmax + cross-entropy backward, is deterministic (runs, thread counts, shuffled
 minibatches, dropout), and stops with a clear error when the loss becomes NaN/inf.
 
@@ -40,7 +40,7 @@ def spiral():
     return spiral_data(20, 3, seed=0), spiral_data(10, 3, seed=1)
 
 
-def test_issue_snippet_trains_and_reports(device, spiral, capsys):
+def test_readme_model_trains_and_reports(device, spiral, capsys):
     (X, y), (X_test, y_test) = spiral
     model = classifier(device, l2=5e-4)
     assert model.softmax_classifier_output is not None       # fused backward chosen

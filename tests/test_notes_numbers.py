@@ -1,5 +1,5 @@
-"""Every number printed in the notes (shared/notes/nnfs_notes_ch1-5.txt), computed by loopnet on
-every device.
+"""Every number printed in the notes (chapters 1-5 of "Neural Networks from Scratch"),
+computed by loopnet on every device.
 
 The expected values are copied from the notes' printed outputs, never recomputed. How precise
 each printed number is decides part of its tolerance:

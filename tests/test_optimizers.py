@@ -96,7 +96,7 @@ def test_book_defaults():
 
 
 def test_learning_rate_decay_is_the_books():
-    """``lr / (1 + decay * iterations)``; book_figures.md: Adam(0.05, decay 5e-7) prints
+    """``lr / (1 + decay * iterations)``; the book's chapter-18 run (Adam(0.05, decay 5e-7)) prints
     0.04975126853296942 at epoch 10,000, when 9,999 updates were made before the last one."""
     adam = loopnet.Adam(learning_rate=0.05, decay=5e-7)
     adam.iterations = 9_999

@@ -24,7 +24,6 @@ import math
 import os
 import threading
 import time
-import types
 import warnings
 from typing import NamedTuple
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from loopnet import threads
 from loopnet.backends import collect
+from loopnet.kernels import renamed
 
 # Options of every build (see the module docstring for error_model).
 OPTIONS = {"cache": True, "error_model": "numpy"}
@@ -72,20 +72,6 @@ def compile_loops(function):
     if not _uses_prange(function):
         return numba.njit(**OPTIONS)(function)
     return threads.serialized(numba.njit(parallel=True, **OPTIONS)(function))
-
-
-def renamed(function, suffix, **constants):
-    """The same Python function under another name: numba's cache file is named after the
-    function, so a serial and a parallel build of one function compiled with ``cache=True``
-    would share (and overwrite) one cache file; distinct names give each its own.
-    ``constants`` replace module globals in the copy (numba freezes globals at compile time)."""
-    namespace = dict(function.__globals__, **constants) if constants else function.__globals__
-    copy = types.FunctionType(function.__code__, namespace, function.__name__ + suffix,
-                              function.__defaults__, function.__closure__)
-    copy.__qualname__ = function.__qualname__ + suffix
-    copy.__doc__ = function.__doc__
-    copy.__module__ = function.__module__
-    return copy
 
 
 def compile_twice(function, **options):

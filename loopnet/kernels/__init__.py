@@ -25,6 +25,24 @@ return arrays, and it lets the training loop reuse buffers). Shapes and labels a
 MODULES = ("dense", "activations", "losses", "regularization", "optimizers")
 
 
+def renamed(function, suffix: str, namespace: dict | None = None):
+    """The same Python function under another name (``function.__name__ + suffix``), reading
+    its globals from ``namespace`` (default: its own module's). numba names a cache file after
+    the function, so two builds of one function compiled with ``cache=True`` (serial and
+    parallel, or the training step for two models) need two names; and numba freezes globals
+    at compile time, so a namespace of other values gives a build of other constants."""
+    import types
+
+    copy = types.FunctionType(function.__code__,
+                              function.__globals__ if namespace is None else namespace,
+                              function.__name__ + suffix, function.__defaults__,
+                              function.__closure__)
+    copy.__qualname__ = function.__qualname__ + suffix
+    copy.__doc__ = function.__doc__
+    copy.__module__ = function.__module__
+    return copy
+
+
 def body(function):
     """Mark ``function`` as a loop body: a plain Python function (the ``python`` device and
     numba's CUDA simulator run it as it is) that numba compiles into whichever compiled kernel

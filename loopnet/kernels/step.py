@@ -38,6 +38,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from loopnet.kernels import dense_fast as fast
+from loopnet.kernels import renamed
 
 
 # --- The layer program: program[l, field] ------------------------------------------------------
@@ -763,22 +764,12 @@ def build(what: Build, kernels: dict | None = None):
     ``what``'s constants and ``kernels`` (``{"<name>_serial": compiled kernel,
     "<name>_parallel": ...}`` for ``KERNEL_NAMES``: the cpu backend's builds), under names of
     their own (numba names its cache files after the function): ready for ``numba.njit``."""
-    import types
-
     suffix = "__" + what.name()
     namespace = dict(globals())
     namespace.update(constants(what))
     if kernels is not None:
         namespace.update(kernels)
 
-    def copy(function):
-        clone = types.FunctionType(function.__code__, namespace, function.__name__ + suffix,
-                                   function.__defaults__, function.__closure__)
-        clone.__qualname__ = function.__qualname__ + suffix
-        clone.__module__ = function.__module__
-        clone.__doc__ = function.__doc__
-        return clone
-
     for name in HELPERS:
-        namespace[name] = register_jitable(copy(globals()[name]))
-    return copy(train_block)
+        namespace[name] = register_jitable(renamed(globals()[name], suffix, namespace))
+    return renamed(train_block, suffix, namespace)

@@ -1,0 +1,77 @@
+"""The argument checks every module shares, in one place, so that one kind of mistake gets one
+kind of error everywhere: a value of the wrong type is a ``TypeError``, a value of the right
+type out of range a ``ValueError``, and both messages name the argument and what it got.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+_INF = float("inf")
+
+
+def is_device_array(x) -> bool:
+    """A GPU array (numba device array, CuPy, torch CUDA tensor): the cuda device uses it where it
+    is, so it is validated from its ``.shape``/``.dtype`` and never copied to the host."""
+    return hasattr(x, "copy_to_host") or hasattr(x, "__cuda_array_interface__")
+
+
+def positive_int(value, name: str) -> int:
+    """``value`` as an int >= 1 (sizes, epochs, batch sizes, sample counts)."""
+    if type(value) is int and value >= 1:
+        return value            # (the common case)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def number(value, name: str, *, minimum=None, strict: bool = False, below=None) -> float:
+    """A finite Python float hyper-parameter (learning rate, epsilon, l1, a dropout rate ...).
+
+    ``minimum``: the smallest value allowed (excluded when ``strict``, as ``epsilon > 0`` needs);
+    ``below``: a bound the value must stay under (Adam's ``beta_1 < 1``).
+    """
+    if type(value) is float and -_INF < value < _INF and (
+            minimum is None or value > minimum or (value == minimum and not strict)) and (
+            below is None or value < below):
+        return value            # (the common case, in a few comparisons)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+    if not math.isfinite(value):  # (math: np.isfinite on a Python float costs ~1 us)
+        raise ValueError(f"{name} must be{bound or ' a number'} and finite, got {value}")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        raise ValueError(f"{name} must be{bound}, got {value}")
+    if below is not None and value >= below:
+        raise ValueError(f"{name} must be < {below}, got {value}")
+    return value
+
+
+def parameter_dtype(dtype) -> np.dtype:
+    """The dtype a layer keeps its parameters in: float32 or float64, nothing else."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def reusable(previous, shape, dtype):
+    """The gradient buffer of the previous step when it still fits, else None (a new one).
+
+    Layers, activations and losses hand it back to ``ops`` as ``out=``/``dweights=`` so a
+    training loop does not allocate every step. Only gradients are reused, never forward
+    outputs (a user may keep ``model.predict(...)`` results); a gradient is valid until the
+    next ``backward``.
+    """
+    if previous is not None and previous.shape == shape and previous.dtype == dtype:
+        return previous
+    return None
