@@ -251,6 +251,7 @@ class CompiledRun:
         self.step = step
         dtype = program.dtype
         self.X = X
+        self.val_rows = val_rows
         n_samples = X.shape[0]
         self.batch_size = max(1, min(batch_size or n_samples, n_samples)) if n_samples else 1
         self.val_batch_size = max(1, min(val_batch_size or val_rows, val_rows)) if val_rows else 1
@@ -410,17 +411,25 @@ class CompiledRun:
         table = program.program
         forms = {"forward": set(), "dweights": set(), "dinputs": set()}
         training = program.optimizer is not None
+        parallel = self.cpu.parallel_step(self._work_per_step())
+        # the batch kinds this run meets: training batches when it trains, validation (or
+        # evaluation) batches when it has such rows
+        kinds = ((step.TRAIN_FULL, step.TRAIN_LAST) if self.X.shape[0] else ()) + (
+            (step.VAL_FULL, step.VAL_LAST) if self.val_rows else ())
         for l in range(table.shape[0]):
             if table[l, step.KIND] != step.DENSE:
                 continue
-            for kind in (step.TRAIN_FULL, step.TRAIN_LAST, step.VAL_FULL, step.VAL_LAST):
-                forms["forward"].add(int(self.plans[l, kind, step.FORWARD_FORM]))
+            for kind in kinds:
+                plan = self.plans[l, kind]
+                forms["forward"].add((int(plan[step.FORWARD_FORM]),
+                                      parallel and bool(plan[step.FORWARD_PARALLEL])))
                 if training and kind in (step.TRAIN_FULL, step.TRAIN_LAST):
-                    forms["dweights"].add(int(self.plans[l, kind, step.DWEIGHTS_FORM]))
+                    forms["dweights"].add((int(plan[step.DWEIGHTS_FORM]),
+                                           parallel and bool(plan[step.DWEIGHTS_PARALLEL])))
                     if table[l, step.NEEDS_DINPUTS]:
-                        forms["dinputs"].add(int(self.plans[l, kind, step.DINPUTS_FORM]))
+                        forms["dinputs"].add((int(plan[step.DINPUTS_FORM]),
+                                              parallel and bool(plan[step.DINPUTS_PARALLEL])))
         layers = {int(k) for k in table[:, step.KIND]} - {step.DENSE, step.LINEAR}
-        parallel = self.cpu.parallel_step(self._work_per_step())
         if os.environ.get(FULL_BUILD_VAR) == "full":
             return step.FULL._replace(parallel=parallel)
         return step.Build(
@@ -436,14 +445,16 @@ class CompiledRun:
         if build.loss == self.step.FULL.loss:
             return self.cpu.training_step(build)
         # evaluate/predict after training: the training build covers them when it has their
-        # forward forms (no second compile for loopnet train's final evaluation)
+        # forward forms, in either build (serial and parallel builds give the same bits; no
+        # second compile for loopnet train's final evaluation)
         last = getattr(self.program.model, "_compiled_build", None)
         if (self.program.optimizer is None and last is not None
                 and last._replace(optimizer=-1, dweights_forms=frozenset(),
                                   dinputs_forms=frozenset(), forward_forms=frozenset(),
                                   parallel=build.parallel)
                 == build._replace(forward_forms=frozenset())
-                and build.forward_forms <= last.forward_forms):
+                and {form for form, _ in build.forward_forms}
+                <= {form for form, _ in last.forward_forms}):
             build = last
         elif self.program.optimizer is not None:
             self.program.model._compiled_build = build

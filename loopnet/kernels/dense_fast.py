@@ -27,11 +27,11 @@ and the compiled training step both ask it:
 
 Each kernel is a ``prange`` over a body (``forward_rows_blocked``, ``tn_tile`` ...) that owns
 whole output rows or tiles and sums them in one fixed order, so no result depends on the thread
-count. The kernels are ``register_jitable(inline="always")``: the cpu backend compiles each on
-its own, and the compiled training step gets them inlined, ``prange`` and all, so both run the
-very same loops (their bodies, which never allocate, without numba's reference counting, as
-``loopnet.kernels.body`` explains); the cpu backend runs a serial build below PARALLEL_MIN multiply-adds, where starting
-threads would cost more than the work. fastmath here is reassociation only (no ``nnan``/
+count. The cpu backend compiles each kernel twice, a serial and a parallel build, and the
+layered ops and the compiled training step call those very builds (the bodies, which never
+allocate, without numba's reference counting, as ``loopnet.kernels.body`` explains); a
+product below PARALLEL_MIN multiply-adds runs the serial build, where starting threads would
+cost more than the work. fastmath here is reassociation only (no ``nnan``/
 ``ninf``): NaN and inf come out where the numpy twin gives them. Measurements behind the sizes
 below are in BENCHMARKS.md (``python benchmarks/bench.py --crossover``).
 """
@@ -79,7 +79,6 @@ TILE_ROWS = 6
 K_BLOCK = 1024
 
 
-@register_jitable(inline="always")
 def transpose_tiled(source, target):
     """``target[c, r] = source[r, c]`` (pack a matrix transposed), in 32 x 32 blocks.
 
@@ -99,7 +98,6 @@ def transpose_tiled(source, target):
                     target_row[r] = source[r, c]
 
 
-@register_jitable(inline="always")
 def dense_nt_tiled(rows, columns_t, biases, add_biases, output):
     """``output[r, c] = sum_k rows[r, k] * columns_t[c, k]`` (``+ biases[c]`` if ``add_biases``).
 
@@ -328,7 +326,6 @@ def pack_panel(b, panels, p):
             row[c] = 0
 
 
-@register_jitable(inline="always")
 def dense_tn_tiled(a, b, panels, biases, add_biases, output):
     """``output[i, j] = sum_k a[k, i] * b[k, j]`` (``+ biases[j]`` if ``add_biases``); ``panels``
     (ceil(n_columns / PANEL_WIDTH), n_k, PANEL_WIDTH) is scratch for ``b`` cut into panels
@@ -487,7 +484,6 @@ def tn_tile(a_block, b_block, biases, add_biases, output, r0, owned, c0, accumul
                 o[c] = total[c]
 
 
-@register_jitable(inline="always")
 def dense_forward_blocked(inputs, weights, biases, output):
     """``dense_forward_loops`` for 4 samples and 4 inputs at a time: the same bits, ~2x faster.
 
@@ -573,7 +569,6 @@ def forward_rows_blocked(inputs, weights, biases, output, s0, relu):
                 o[n] = value
 
 
-@register_jitable(inline="always")
 def dense_backward_weights_blocked(inputs, dvalues, dweights):
     """``dense_backward_weights_loops`` for 4 weight rows and 4 samples at a time: same bits.
 
@@ -645,7 +640,6 @@ def weights_rows_blocked(inputs, dvalues, dweights, i0, n_samples):
 # same order as the loops (so their bits), with the inner loop over the inputs instead: one
 # vector for 16 inputs.
 
-@register_jitable(inline="always")
 def dense_backward_weights_narrow(inputs, dvalues, dweights_t, dweights):
     """``dweights = inputs.T @ dvalues`` summed into ``dweights_t`` (its transpose, scratch)
     sample by sample, ``s = 0, 1, ...``, as ``dense_backward_weights_loops`` does (4 samples per
@@ -690,7 +684,6 @@ def dense_backward_weights_narrow(inputs, dvalues, dweights_t, dweights):
 NARROW_BAND = 64
 
 
-@register_jitable(inline="always")
 def dense_backward_inputs_narrow(dvalues, weights_t, dinputs):
     """``dinputs = dvalues @ weights.T`` from ``weights_t`` = ``weights.T``: the bits of
     ``dense_backward_inputs_loops``. One ``prange`` iteration owns a sample's row."""

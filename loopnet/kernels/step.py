@@ -95,9 +95,9 @@ class Build(NamedTuple):
     optimizer: int          # SGD ... or -1 (evaluate / predict only)
     fused_softmax: bool     # the softmax + cross-entropy gradient in one (model ends in Softmax)
     layers: frozenset       # the layer kinds besides DENSE and LINEAR (RELU, SIGMOID ...)
-    forward_forms: frozenset     # dense_fast's forms of the forward products
-    dweights_forms: frozenset    # ... of dweights
-    dinputs_forms: frozenset     # ... of dinputs
+    forward_forms: frozenset     # (form, parallel) pairs of the forward products: dense_fast's
+    dweights_forms: frozenset    # ... of dweights       forms, each in the serial or parallel
+    dinputs_forms: frozenset     # ... of dinputs        build its plans ask for
     parallel: bool
 
     def name(self) -> str:
@@ -129,7 +129,7 @@ def _sources() -> str:
 # Every branch: one build for any model (``loopnet.compiled``'s LOOPNET_STEP_BUILD=full)
 ANY = -2
 FULL = Build(ANY, ANY, ANY, True, frozenset((RELU, SIGMOID, SOFTMAX, DROPOUT)),
-             frozenset((0, 2, 3)), frozenset((0, 1, 3)), frozenset((1, 2, 3)), False)
+             frozenset(), frozenset(), frozenset(), False)
 
 # What the functions below are compiled for, as constants numba folds (``build`` gives each
 # build its own): as written here, uncompiled, everything. A branch behind a False is dropped.
@@ -141,6 +141,14 @@ USE_FUSED_SOFTMAX = USE_RELU = USE_SIGMOID = USE_SOFTMAX = USE_DROPOUT = True
 FORWARD_BLOCKED = FORWARD_DOT = FORWARD_BROADCAST = True
 DWEIGHTS_BLOCKED = DWEIGHTS_NARROW = DWEIGHTS_BROADCAST = True
 DINPUTS_NARROW = DINPUTS_DOT = DINPUTS_BROADCAST = True
+# ... and which builds of each (the parallel builds of the dense forms are the costliest
+# compiles of all: a build compiles only those its plans ask for)
+FORWARD_BLOCKED_SERIAL = FORWARD_DOT_SERIAL = FORWARD_BROADCAST_SERIAL = True
+DWEIGHTS_BLOCKED_SERIAL = DWEIGHTS_NARROW_SERIAL = DWEIGHTS_BROADCAST_SERIAL = True
+DINPUTS_NARROW_SERIAL = DINPUTS_DOT_SERIAL = DINPUTS_BROADCAST_SERIAL = True
+FORWARD_BLOCKED_PARALLEL = FORWARD_DOT_PARALLEL = FORWARD_BROADCAST_PARALLEL = True
+DWEIGHTS_BLOCKED_PARALLEL = DWEIGHTS_NARROW_PARALLEL = DWEIGHTS_BROADCAST_PARALLEL = True
+DINPUTS_NARROW_PARALLEL = DINPUTS_DOT_PARALLEL = DINPUTS_BROADCAST_PARALLEL = True
 TRAINING = True
 PARALLEL = True         # calls of large arrays take the kernels' parallel builds
 FLAGS = ("USE_CATEGORICAL_CROSSENTROPY", "USE_BINARY_CROSSENTROPY", "USE_MEAN_SQUARED_ERROR",
@@ -150,6 +158,10 @@ FLAGS = ("USE_CATEGORICAL_CROSSENTROPY", "USE_BINARY_CROSSENTROPY", "USE_MEAN_SQ
          "FORWARD_BLOCKED", "FORWARD_DOT", "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED",
          "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW", "DINPUTS_DOT",
          "DINPUTS_BROADCAST", "TRAINING", "PARALLEL")
+FORM_FLAGS = ("FORWARD_BLOCKED", "FORWARD_DOT", "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED",
+              "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW", "DINPUTS_DOT",
+              "DINPUTS_BROADCAST")
+FLAGS += tuple(f"{flag}_{build}" for flag in FORM_FLAGS for build in ("SERIAL", "PARALLEL"))
 
 
 def constants(build: Build) -> dict:
@@ -159,7 +171,8 @@ def constants(build: Build) -> dict:
     names = {fast.BLOCKED: "BLOCKED", fast.NARROW: "NARROW", fast.DOT_TILES: "DOT",
              fast.BROADCAST: "BROADCAST"}
     if build.loss == ANY:
-        return dict.fromkeys(FLAGS, True) | {"PARALLEL": build.parallel}
+        return dict.fromkeys(FLAGS, True) | {"PARALLEL": build.parallel} | {
+            f"{flag}_PARALLEL": build.parallel for flag in FORM_FLAGS}
     values = {
         "USE_CATEGORICAL_CROSSENTROPY": build.loss == CATEGORICAL_CROSSENTROPY,
         "USE_BINARY_CROSSENTROPY": build.loss == BINARY_CROSSENTROPY,
@@ -179,8 +192,10 @@ def constants(build: Build) -> dict:
     for product, used in forms.items():
         for form, name in names.items():
             key = f"{product}_{name}"
-            if key in FLAGS:
-                values[key] = form in used
+            if key in FORM_FLAGS:
+                values[f"{key}_SERIAL"] = (form, False) in used
+                values[f"{key}_PARALLEL"] = build.parallel and (form, True) in used
+                values[key] = values[f"{key}_SERIAL"] or values[f"{key}_PARALLEL"]
     return values
 
 
@@ -233,6 +248,20 @@ def _panels(scratch, n_k, n_columns):
         (n_panels, n_k, fast.PANEL_WIDTH))
 
 
+# The broadcast form's operands are passed as ``x[::1]``, views numba types with the general
+# layout ('A'), and its ``add_biases`` through ``_plain``: the forward (``inputs.T``,
+# ``weights``), dweights (``inputs``, ``dvalues``) and dinputs (``dvalues.T``, ``weights.T``)
+# then share one compiled specialization of ``dense_tn_tiled`` instead of one each (its
+# parallel build is the costliest compile of the step: the chapter-19-sized model's cold
+# compile 35 -> 24 s). The kernel reads ``a`` in tiles of five columns and copies ``b`` into
+# panels, so the general layout costs nothing measurable (784-128-10 epochs within noise).
+@register_jitable
+def _plain(flag):
+    """``flag`` typed as a bool, not as the literal ``True`` or ``False`` (a kernel called with
+    each literal would be compiled twice)."""
+    return flag
+
+
 @register_jitable
 def _dense_forward(form, parallel, inputs, weights, packed, offset, biases, output, scratch):
     """``output = inputs @ weights + biases`` in ``form``, as ``loopnet.backends.cpu``'s
@@ -241,22 +270,24 @@ def _dense_forward(form, parallel, inputs, weights, packed, offset, biases, outp
     if FORWARD_BROADCAST:
         if form == fast.BROADCAST:
             panels = _panels(scratch, n_inputs, n_neurons)
-            if PARALLEL and parallel:
-                dense_tn_tiled_parallel(inputs.T, weights, panels, biases, True, output)
-            else:
-                dense_tn_tiled_serial(inputs.T, weights, panels, biases, True, output)
+            if FORWARD_BROADCAST_PARALLEL and (parallel or not FORWARD_BROADCAST_SERIAL):
+                dense_tn_tiled_parallel(inputs.T[::1], weights[::1], panels, biases, _plain(True),
+                                        output)
+            elif FORWARD_BROADCAST_SERIAL:
+                dense_tn_tiled_serial(inputs.T[::1], weights[::1], panels, biases, _plain(True),
+                                      output)
     if FORWARD_DOT:
         if form == fast.DOT_TILES:
             weights_t = _block(packed, offset, n_neurons, n_inputs)
-            if PARALLEL and parallel:
+            if FORWARD_DOT_PARALLEL and (parallel or not FORWARD_DOT_SERIAL):
                 dense_nt_tiled_parallel(inputs, weights_t, biases, True, output)
-            else:
+            elif FORWARD_DOT_SERIAL:
                 dense_nt_tiled_serial(inputs, weights_t, biases, True, output)
     if FORWARD_BLOCKED:
         if form == fast.BLOCKED:
-            if PARALLEL and parallel:
+            if FORWARD_BLOCKED_PARALLEL and (parallel or not FORWARD_BLOCKED_SERIAL):
                 dense_forward_blocked_parallel(inputs, weights, biases, output)
-            else:
+            elif FORWARD_BLOCKED_SERIAL:
                 dense_forward_blocked_serial(inputs, weights, biases, output)
 
 
@@ -267,22 +298,24 @@ def _dense_dweights(form, parallel, inputs, dvalues, dweights, scratch, dweights
     if DWEIGHTS_BROADCAST:
         if form == fast.BROADCAST:
             panels = _panels(scratch, dvalues.shape[0], n_neurons)
-            if PARALLEL and parallel:
-                dense_tn_tiled_parallel(inputs, dvalues, panels, dweights[0], False, dweights)
-            else:
-                dense_tn_tiled_serial(inputs, dvalues, panels, dweights[0], False, dweights)
+            if DWEIGHTS_BROADCAST_PARALLEL and (parallel or not DWEIGHTS_BROADCAST_SERIAL):
+                dense_tn_tiled_parallel(inputs[::1], dvalues[::1], panels, dweights[0],
+                                        _plain(False), dweights)
+            elif DWEIGHTS_BROADCAST_SERIAL:
+                dense_tn_tiled_serial(inputs[::1], dvalues[::1], panels, dweights[0],
+                                      _plain(False), dweights)
     if DWEIGHTS_NARROW:
         if form == fast.NARROW:
             dweights_t = _block(scratch, dweights_t_offset, n_neurons, n_inputs)
-            if PARALLEL and parallel:
+            if DWEIGHTS_NARROW_PARALLEL and (parallel or not DWEIGHTS_NARROW_SERIAL):
                 dense_backward_weights_narrow_parallel(inputs, dvalues, dweights_t, dweights)
-            else:
+            elif DWEIGHTS_NARROW_SERIAL:
                 dense_backward_weights_narrow_serial(inputs, dvalues, dweights_t, dweights)
     if DWEIGHTS_BLOCKED:
         if form == fast.BLOCKED:
-            if PARALLEL and parallel:
+            if DWEIGHTS_BLOCKED_PARALLEL and (parallel or not DWEIGHTS_BLOCKED_SERIAL):
                 dense_backward_weights_blocked_parallel(inputs, dvalues, dweights)
-            else:
+            elif DWEIGHTS_BLOCKED_SERIAL:
                 dense_backward_weights_blocked_serial(inputs, dvalues, dweights)
 
 
@@ -293,22 +326,24 @@ def _dense_dinputs(form, parallel, dvalues, weights, packed, offset, dinputs, sc
     if DINPUTS_BROADCAST:
         if form == fast.BROADCAST:
             panels = _panels(scratch, n_neurons, n_inputs)
-            if PARALLEL and parallel:
-                dense_tn_tiled_parallel(dvalues.T, weights.T, panels, dinputs[0], False, dinputs)
-            else:
-                dense_tn_tiled_serial(dvalues.T, weights.T, panels, dinputs[0], False, dinputs)
+            if DINPUTS_BROADCAST_PARALLEL and (parallel or not DINPUTS_BROADCAST_SERIAL):
+                dense_tn_tiled_parallel(dvalues.T[::1], weights.T[::1], panels, dinputs[0],
+                                        _plain(False), dinputs)
+            elif DINPUTS_BROADCAST_SERIAL:
+                dense_tn_tiled_serial(dvalues.T[::1], weights.T[::1], panels, dinputs[0],
+                                      _plain(False), dinputs)
     if DINPUTS_DOT:
         if form == fast.DOT_TILES:
-            if PARALLEL and parallel:
+            if DINPUTS_DOT_PARALLEL and (parallel or not DINPUTS_DOT_SERIAL):
                 dense_nt_tiled_parallel(dvalues, weights, dinputs[0], False, dinputs)
-            else:
+            elif DINPUTS_DOT_SERIAL:
                 dense_nt_tiled_serial(dvalues, weights, dinputs[0], False, dinputs)
     if DINPUTS_NARROW:
         if form == fast.NARROW:
             weights_t = _block(packed, offset, n_neurons, n_inputs)
-            if PARALLEL and parallel:
+            if DINPUTS_NARROW_PARALLEL and (parallel or not DINPUTS_NARROW_SERIAL):
                 dense_backward_inputs_narrow_parallel(dvalues, weights_t, dinputs)
-            else:
+            elif DINPUTS_NARROW_SERIAL:
                 dense_backward_inputs_narrow_serial(dvalues, weights_t, dinputs)
 
 
