@@ -39,3 +39,24 @@ def device(request) -> str:
     fixtures, which would not be reset between its examples).
     """
     return request.param
+
+
+_simulator_run = None
+
+
+def pytest_collection_finish(session):
+    """Start the CUDA simulator's subprocess early, beside the rest of the suite (see
+    ``test_cuda_simulator.SimulatorRun``), when its test is among those selected."""
+    global _simulator_run
+    if CUDASIM:
+        return
+    for item in session.items:
+        if item.name == "test_cuda_device_under_the_simulator":
+            _simulator_run = item.module.SimulatorRun
+            _simulator_run.start()
+            return
+
+
+def pytest_sessionfinish(session):
+    if _simulator_run is not None:      # (a run cut short: its subprocess goes too)
+        _simulator_run.stop()
