@@ -47,39 +47,15 @@ SETUPS = {
 
 def chapter_10(epochs: int) -> tuple[float, float]:
     """Wall seconds and CPU seconds (all of this process's threads) for ``epochs`` epochs of
-    the book's chapter-10 loop (no printing)."""
-    import numpy as np
+    the book's chapter-10 loop (``chapter_loops.chapter10`` over ``loopnet.nnfs``' classes, no
+    printing)."""
+    import loopnet.nnfs
+    from chapter_loops import chapter10, chapter_data
 
-    from loopnet.datasets import spiral_data
-    from loopnet.nnfs import (Activation_ReLU, Activation_Softmax_Loss_CategoricalCrossentropy,
-                              Layer_Dense, Optimizer_SGD)
-
-    X, y = spiral_data(samples=100, classes=3, seed=0)
-    rng = np.random.RandomState(0)
-    dense1 = Layer_Dense(2, 64, seed=rng)
-    activation1 = Activation_ReLU()
-    dense2 = Layer_Dense(64, 3, seed=rng)
-    loss_activation = Activation_Softmax_Loss_CategoricalCrossentropy()
-    optimizer = Optimizer_SGD(learning_rate=1.0, decay=1e-3, momentum=0.9)
-    start, start_cpu = time.perf_counter(), time.process_time()
-    for epoch in range(epochs):
-        dense1.forward(X)
-        activation1.forward(dense1.output)
-        dense2.forward(activation1.output)
-        loss = loss_activation.forward(dense2.output, y)
-        predictions = np.argmax(loss_activation.output, axis=1)
-        accuracy = np.mean(predictions == y)
-        loss_activation.backward(loss_activation.output, y)
-        dense2.backward(loss_activation.dinputs)
-        activation1.backward(dense2.dinputs)
-        dense1.backward(activation1.dinputs)
-        optimizer.pre_update_params()
-        optimizer.update_params(dense1)
-        optimizer.update_params(dense2)
-        optimizer.post_update_params()
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    assert np.isfinite(loss) and 0 <= accuracy <= 1
-    return elapsed, cpu
+    X, y = chapter_data("ch10")
+    start_cpu = time.process_time()
+    result = chapter10(loopnet.nnfs, epochs, X, y)
+    return result.seconds, time.process_time() - start_cpu
 
 
 def spinner() -> subprocess.Popen:

@@ -11,7 +11,6 @@ Every section is optional.
 
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -23,26 +22,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+from bench import median_time  # noqa: E402  (the main process's timing, pause and warm-up)
 from book_models import MODELS, model_data, optimizer_settings, per_epoch_median  # noqa: E402
 
 torch.set_num_threads(2)
 torch.set_flush_denormal(True)
-
-
-def median_time(function, repeats=7, budget=2.0):
-    start = time.perf_counter()
-    function()
-    while time.perf_counter() - start < 0.02:  # warm up as the main process does
-        function()
-    times = []
-    start = time.perf_counter()
-    for _ in range(repeats):
-        t = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - start > budget and len(times) >= 3:
-            break
-    return statistics.median(times)
 
 
 def dense_ops(shapes, repeats):

@@ -130,6 +130,29 @@ def bits(array) -> bytes:
     return repr((array.shape, array.dtype.str)).encode() + array.tobytes()
 
 
+def spiral_classifier(device=None, *, hidden=16, weight_l2=0.0, bias_l2=0.0, bias_l1=0.0,
+                      dropout=None, lr=0.05, decay=0.0, seeds=(1, 2, 3)):
+    """The tests' small model, finalized: Dense(2, hidden)-ReLU-[Dropout]-Dense(hidden, 3)-
+    Softmax, categorical cross-entropy, Adam, categorical accuracy, all on ``device``.
+    ``seeds``: the first Dense's, the Dropout's and the second Dense's."""
+    import loopnet
+
+    model = loopnet.Model()
+    model.add(loopnet.Dense(2, hidden, weight_regularizer_l2=weight_l2,
+                            bias_regularizer_l2=bias_l2, bias_regularizer_l1=bias_l1,
+                            seed=seeds[0], device=device))
+    model.add(loopnet.ReLU(device=device))
+    if dropout:
+        model.add(loopnet.Dropout(dropout, seed=seeds[1], device=device))
+    model.add(loopnet.Dense(hidden, 3, seed=seeds[2], device=device))
+    model.add(loopnet.Softmax(device=device))
+    model.set(loss=loopnet.CategoricalCrossentropy(device=device),
+              optimizer=loopnet.Adam(learning_rate=lr, decay=decay),
+              accuracy=loopnet.CategoricalAccuracy(device=device))
+    model.finalize()
+    return model
+
+
 # --- Hypothesis strategies ------------------------------------------------------------------------
 
 float_dtypes = st.sampled_from([np.float32, np.float64])

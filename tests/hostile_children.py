@@ -37,21 +37,13 @@ def run_cases(cases) -> None:
 
 def model_state_cases():
     import loopnet
+    from helpers import spiral_classifier
     from loopnet.datasets import spiral_data
 
     X, y = spiral_data(10, 3, seed=0)
 
     def classifier(device="cpu"):
-        model = loopnet.Model()
-        model.add(loopnet.Dense(2, 16, seed=1, device=device))
-        model.add(loopnet.ReLU(device=device))
-        model.add(loopnet.Dense(16, 3, seed=2, device=device))
-        model.add(loopnet.Softmax(device=device))
-        model.set(loss=loopnet.CategoricalCrossentropy(device=device),
-                  optimizer=loopnet.Adam(learning_rate=0.05),
-                  accuracy=loopnet.CategoricalAccuracy(device=device))
-        model.finalize()
-        return model
+        return spiral_classifier(device, seeds=(1, None, 2))
 
     def broken(change, device="cpu"):
         def case_for(call):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import loopnet
-from helpers import bits
+from helpers import bits, spiral_classifier
 from loopnet import ops
 from loopnet.datasets import spiral_data
 
@@ -33,19 +33,7 @@ def spiral():
 
 
 def classifier(l2=0.0, dropout=None, device="numpy"):
-    model = loopnet.Model()
-    model.add(loopnet.Dense(2, 16, weight_regularizer_l2=l2, bias_regularizer_l2=l2, seed=1,
-                            device=device))
-    model.add(loopnet.ReLU(device=device))
-    if dropout:
-        model.add(loopnet.Dropout(dropout, seed=2, device=device))
-    model.add(loopnet.Dense(16, 3, seed=3, device=device))
-    model.add(loopnet.Softmax(device=device))
-    model.set(loss=loopnet.CategoricalCrossentropy(device=device),
-              optimizer=loopnet.Adam(learning_rate=0.05, decay=5e-3),
-              accuracy=loopnet.CategoricalAccuracy(device=device))
-    model.finalize()
-    return model
+    return spiral_classifier(device, weight_l2=l2, bias_l2=l2, dropout=dropout, decay=5e-3)
 
 
 # --- Accuracy: the book's predictions or the model's outputs --------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import loopnet
-from helpers import bits
+from helpers import bits, spiral_classifier
 from loopnet.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from loopnet.datasets import spiral_data
 
@@ -25,16 +25,7 @@ def spiral():
 
 
 def classifier(device="numpy", lr=0.05):
-    model = loopnet.Model()
-    model.add(loopnet.Dense(2, 16, seed=1, device=device))
-    model.add(loopnet.ReLU(device=device))
-    model.add(loopnet.Dense(16, 3, seed=3, device=device))
-    model.add(loopnet.Softmax(device=device))
-    model.set(loss=loopnet.CategoricalCrossentropy(device=device),
-              optimizer=loopnet.Adam(learning_rate=lr),
-              accuracy=loopnet.CategoricalAccuracy(device=device))
-    model.finalize()
-    return model
+    return spiral_classifier(device, lr=lr)
 
 
 class Snapshots(Callback):

@@ -14,25 +14,14 @@ import numpy as np
 import pytest
 
 import loopnet
-from helpers import HOST_DEVICES, assert_within, bits
+from helpers import HOST_DEVICES, assert_within, bits, spiral_classifier
 from loopnet import ops
 from loopnet.datasets import sine_data, spiral_data
 
 
 def classifier(device=None, dropout=None, l2=0.0, lr=0.05):
-    model = loopnet.Model()
-    model.add(loopnet.Dense(2, 16, weight_regularizer_l2=l2, bias_regularizer_l2=l2, seed=1,
-                            device=device))
-    model.add(loopnet.ReLU(device=device))
-    if dropout:
-        model.add(loopnet.Dropout(dropout, seed=2, device=device))
-    model.add(loopnet.Dense(16, 3, seed=3, device=device))
-    model.add(loopnet.Softmax(device=device))
-    model.set(loss=loopnet.CategoricalCrossentropy(device=device),
-              optimizer=loopnet.Adam(learning_rate=lr, decay=5e-7),
-              accuracy=loopnet.CategoricalAccuracy(device=device))
-    model.finalize()
-    return model
+    return spiral_classifier(device, weight_l2=l2, bias_l2=l2, dropout=dropout, lr=lr,
+                             decay=5e-7)
 
 
 @pytest.fixture(scope="module")

@@ -12,25 +12,15 @@ import numpy as np
 import pytest
 
 import loopnet
-from helpers import bits
+from helpers import bits, spiral_classifier
 from loopnet import ops
 from loopnet.datasets import spiral_data
 from loopnet.saving import ModelFileError
 
 
 def build(device=None, hidden=8):
-    model = loopnet.Model()
-    model.add(loopnet.Dense(2, hidden, weight_regularizer_l2=5e-4, bias_regularizer_l1=1e-4,
-                            seed=0, device=device))
-    model.add(loopnet.ReLU(device=device))
-    model.add(loopnet.Dropout(0.1, seed=1, device=device))
-    model.add(loopnet.Dense(hidden, 3, seed=2, device=device))
-    model.add(loopnet.Softmax(device=device))
-    model.set(loss=loopnet.CategoricalCrossentropy(device=device),
-              optimizer=loopnet.Adam(learning_rate=0.05, decay=5e-4),
-              accuracy=loopnet.CategoricalAccuracy(device=device))
-    model.finalize()
-    return model
+    return spiral_classifier(device, hidden=hidden, weight_l2=5e-4, bias_l1=1e-4, dropout=0.1,
+                             decay=5e-4, seeds=(0, 1, 2))
 
 
 @pytest.fixture(scope="module")
