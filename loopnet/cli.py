@@ -1017,7 +1017,7 @@ def _error(message: str) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from loopnet.interrupts import interruptible
+    from loopnet.interrupts import EXIT_STATUS, interruptible
 
     try:
         with interruptible():  # Ctrl-C stops within a second, also while numba compiles
@@ -1040,4 +1040,22 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         _error("loopnet: interrupted")
-        return 130
+        if argv is None:    # the loopnet command itself, not a call from Python code
+            _end_interrupted_process(EXIT_STATUS)
+        return EXIT_STATUS
+
+
+def _end_interrupted_process(status: int) -> None:
+    """End the process at once with the interrupted status, without unwinding further.
+
+    The interrupt may have stopped numba half way through a compile, between an LLVM call and
+    the Python line that records who owns its result. Freeing those objects (when this handler
+    drops the traceback, or when the interpreter shuts down) can then crash the process with a
+    segfault after it printed its message, rarely. Nothing remains to be done: flush what was
+    printed and leave, as the watchdog of ``loopnet.interrupts`` does."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(status)

@@ -105,3 +105,39 @@ def test_ctrl_c_during_the_first_compile_stops_loopnet_train(tmp_path):
         assert status == 130 and stderr.rstrip().endswith("loopnet: interrupted"), (
             delay, status, stderr[-2000:])
         assert took < 2.0, f"SIGINT {delay} s into training: the process took {took:.1f} s to stop"
+
+
+def test_the_interrupted_command_ends_without_unwinding_what_the_interrupt_left():
+    """After Ctrl-C the ``loopnet`` command prints its message and ends with status 130 from
+    inside the handler: objects the interrupt left half built (a compile stopped between an
+    LLVM call and its bookkeeping) are never finalized, neither when the traceback is dropped
+    nor at interpreter shutdown. main() called from Python code returns the status instead."""
+    program = """
+import atexit, sys
+from loopnet import cli
+
+class HalfBuilt:
+    def __del__(self):
+        print("finalized", flush=True)
+
+def command(args):
+    left = HalfBuilt()      # held by the traceback's frame until the handler drops it
+    raise KeyboardInterrupt
+
+parser = cli.build_parser()
+cli.build_parser = lambda: parser
+parser.set_defaults(run=command)
+for action in parser._subparsers._group_actions:
+    for sub in action.choices.values():
+        sub.set_defaults(run=command)
+print("returned", cli.main(["train"]), flush=True)   # a call from Python code
+atexit.register(print, "shut down")
+sys.argv = ["loopnet", "train"]
+cli.main()
+print("after main")
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["finalized", "returned 130"]
+    assert result.stderr.splitlines() == ["loopnet: interrupted"] * 2
