@@ -444,21 +444,18 @@ class CompiledRun:
         build = self.build()
         if build.loss == self.step.FULL.loss:
             return self.cpu.training_step(build)
-        # evaluate/predict after training: the training build covers them when it has their
-        # forward forms, in either build (serial and parallel builds give the same bits; no
-        # second compile for loopnet train's final evaluation)
-        last = getattr(self.program.model, "_compiled_build", None)
-        if (self.program.optimizer is None and last is not None
-                and last._replace(optimizer=-1, dweights_forms=frozenset(),
-                                  dinputs_forms=frozenset(), forward_forms=frozenset(),
-                                  parallel=build.parallel)
-                == build._replace(forward_forms=frozenset())
-                and {form for form, _ in build.forward_forms}
-                <= {form for form, _ in last.forward_forms}):
-            build = last
-        elif self.program.optimizer is not None:
+        if self.program.optimizer is not None:
             self.program.model._compiled_build = build
-        return self.cpu.training_step(build)
+            return self.cpu.training_step(build)
+        # evaluate / predict: a build this process already has serves it when it holds every
+        # branch the run takes (the model's own training build first: no second compile for
+        # loopnet train's final evaluation, nor for a predict after training); otherwise
+        # the forward-only build, which serves every model of the same forms
+        made_here = sorted(self.cpu.step_builds(), key=lambda made: made.parallel != build.parallel)
+        for made in (getattr(self.program.model, "_compiled_build", None), *made_here):
+            if made is not None and made.serves(build):
+                return self.cpu.training_step(made)
+        return self.cpu.training_step(build.forward_only())
 
     def _work_per_step(self):
         table = self.program.program

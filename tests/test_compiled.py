@@ -349,3 +349,43 @@ def test_builds_of_other_kinds_compile_under_other_names():
             assert build.parallel == (n_samples == 200_000)
             names.add(step.build(build).__qualname__)
     assert len(names) == 4
+
+
+def test_evaluate_and_predict_run_on_a_build_the_process_has(monkeypatch):
+    """After training, a model's evaluate and predict run on its training build: no second
+    compile. A model the process has no build for gets the forward-only build, with every
+    layer kind, which then serves other models of the same loss and forms; a build without
+    the run's loss, layer kinds or forms serves nothing."""
+    from loopnet.kernels import step
+
+    monkeypatch.delenv(compiled.FULL_BUILD_VAR, raising=False)
+    monkeypatch.setattr(cpu, "_step_builds", {})    # as in a fresh process
+    X, y = spiral_data(10, 3, seed=0)
+    spec = dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)], loss="categorical", n_outputs=3,
+                optimizer="adam", seed=0)
+    model = build_model(spec)
+    model.train(X, y, epochs=2, print_every=0, progress=False)
+    trained = cpu.step_builds()
+    assert len(trained) == 1 and trained[0].optimizer == step.ADAM
+    predictions = model.predict(X)
+    evaluation = model.evaluate(X, y, verbose=False)
+    assert cpu.step_builds() == trained
+    with environment(**{compiled.ENV_VAR: "0"}):     # the layered path: the same numbers
+        assert bits(model.predict(X)) == bits(predictions)
+        assert model.evaluate(X, y, verbose=False) == evaluation
+
+    others = [build_model(dict(spec, hidden=[(8, activation, 0.0, 0.0)], optimizer="sgd"))
+              for activation in ("sigmoid", "dropout")]
+    others[0].predict(X)                        # sigmoid: the training build lacks it
+    made = cpu.step_builds()[1:]
+    assert len(made) == 1 and made[0].layers == step.EVERY_LAYER and made[0].optimizer == -1
+    others[1].predict(X)                        # dropout: the forward-only build has it
+    assert cpu.step_builds()[1:] == made
+
+    request = made[0]._replace(layers=frozenset({step.RELU}))
+    assert made[0].serves(request) and trained[0].serves(request)
+    assert not trained[0].serves(request._replace(layers=frozenset({step.SIGMOID})))
+    assert not trained[0].serves(request._replace(loss=step.MEAN_SQUARED_ERROR))
+    missing = min({0, 1, 2, 3} - {form for form, _ in trained[0].forward_forms})
+    assert not trained[0].serves(request._replace(forward_forms=frozenset({(missing, False)})))
+    assert not made[0].serves(trained[0])       # a training run is never served

@@ -443,6 +443,11 @@ def training_step(build):
     return kernel
 
 
+def step_builds() -> tuple:
+    """The ``loopnet.kernels.step.Build``s this process has made, oldest first."""
+    return tuple(_step_builds)
+
+
 def compile_for(kernel, args) -> float:
     """Compile (or load from numba's cache) ``kernel`` for these arguments' types unless this
     process already has it; returns the seconds it took (0.0 when it was there)."""

@@ -26,6 +26,9 @@ forms), and numba drops a branch on a constant before it types it. So each ``Bui
 loss, accuracy and optimizer, which layer kinds and dense forms, serial or parallel - is a copy
 of this module's functions whose constants say so: it compiles only what such models run, and
 every model of the same kinds, whatever its sizes, runs the same compiled (and cached) build.
+``Model.evaluate`` and ``predict`` run on any build the process has that holds what they need
+(``Build.serves``: a model's training build serves them), else on a forward-only build with
+every layer kind, which serves every model of the same loss and dense forms.
 The kernels it calls are compiled (and cached) once, for the layered ops and every build alike.
 A parallel build calls a kernel's parallel build for large arrays (as the layered ops do); a
 serial one, for small models, never wakes a thread.
@@ -108,6 +111,29 @@ class Build(NamedTuple):
 
         return hashlib.sha256((repr(self) + _sources()).encode()).hexdigest()[:12]
 
+    def serves(self, run: "Build") -> bool:
+        """Whether this build can run ``run``, the build a ``Model.evaluate`` or ``predict``
+        call asks for. Every branch is also chosen at run time (from ``settings`` and the
+        plans), and a dense form falls back to the serial or parallel kernel the build has
+        (the same bits), so a build serves a forward-only run when it holds the run's loss,
+        accuracy, layer kinds and forward forms: a model's training build serves its
+        evaluate and predict. Forward-only runs take no gradient, so the fused softmax +
+        cross-entropy gradient does not matter to them."""
+        if self.loss == ANY:
+            return True
+        return (run.optimizer == -1 and run.loss in (NO_LOSS, self.loss)
+                and run.accuracy in (NO_ACCURACY, self.accuracy)
+                and run.layers <= self.layers
+                and {form for form, _ in run.forward_forms}
+                <= {form for form, _ in self.forward_forms})
+
+    def forward_only(self) -> "Build":
+        """The build to compile for this forward-only one when no build this process has
+        serves it: with every layer kind, so that one build serves the evaluate or
+        predict of every model with the same loss, accuracy and forward forms (the layer
+        kernels are small; a dense form is what costs to compile)."""
+        return self._replace(fused_softmax=False, layers=EVERY_LAYER)
+
 
 _fingerprint = None
 
@@ -128,8 +154,8 @@ def _sources() -> str:
 
 # Every branch: one build for any model (``loopnet.compiled``'s LOOPNET_STEP_BUILD=full)
 ANY = -2
-FULL = Build(ANY, ANY, ANY, True, frozenset((RELU, SIGMOID, SOFTMAX, DROPOUT)),
-             frozenset(), frozenset(), frozenset(), False)
+EVERY_LAYER = frozenset((RELU, SIGMOID, SOFTMAX, DROPOUT))    # the kinds besides DENSE, LINEAR
+FULL = Build(ANY, ANY, ANY, True, EVERY_LAYER, frozenset(), frozenset(), frozenset(), False)
 
 # What the functions below are compiled for, as constants numba folds (``build`` gives each
 # build its own): as written here, uncompiled, everything. A branch behind a False is dropped.
