@@ -44,11 +44,20 @@ def device(request) -> str:
 _simulator_run = None
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Under pytest-xdist (the suite's default, one worker per core), the CUDA simulator's test
+    goes first: the worker that takes it waits on its subprocess, which needs a core of its
+    own for over a minute, while the other workers go on with the rest."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.name != "test_cuda_device_under_the_simulator")
+
+
 def pytest_collection_finish(session):
-    """Start the CUDA simulator's subprocess early, beside the rest of the suite (see
-    ``test_cuda_simulator.SimulatorRun``), when its test is among those selected."""
+    """Without pytest-xdist, start the CUDA simulator's subprocess early, beside the rest of
+    the suite (see ``test_cuda_simulator.SimulatorRun``), when its test is among those
+    selected. (Each xdist worker collects every test, but only one runs it.)"""
     global _simulator_run
-    if CUDASIM:
+    if CUDASIM or os.environ.get("PYTEST_XDIST_WORKER"):
         return
     for item in session.items:
         if item.name == "test_cuda_device_under_the_simulator":
