@@ -450,7 +450,7 @@ class CompiledRun:
         # evaluate / predict: a build this process already has serves it when it holds every
         # branch the run takes (the model's own training build first: no second compile for
         # loopnet train's final evaluation, nor for a predict after training); otherwise
-        # the forward-only build, which serves every model of the same forms
+        # a forward-only build of its own
         made_here = sorted(self.cpu.step_builds(), key=lambda made: made.parallel != build.parallel)
         for made in (getattr(self.program.model, "_compiled_build", None), *made_here):
             if made is not None and made.serves(build):

@@ -27,8 +27,7 @@ loss, accuracy and optimizer, which layer kinds and dense forms, serial or paral
 of this module's functions whose constants say so: it compiles only what such models run, and
 every model of the same kinds, whatever its sizes, runs the same compiled (and cached) build.
 ``Model.evaluate`` and ``predict`` run on any build the process has that holds what they need
-(``Build.serves``: a model's training build serves them), else on a forward-only build with
-every layer kind, which serves every model of the same loss and dense forms.
+(``Build.serves``: a model's training build serves them), else on a forward-only build.
 The kernels it calls are compiled (and cached) once, for the layered ops and every build alike.
 A parallel build calls a kernel's parallel build for large arrays (as the layered ops do); a
 serial one, for small models, never wakes a thread.
@@ -129,10 +128,10 @@ class Build(NamedTuple):
 
     def forward_only(self) -> "Build":
         """The build to compile for this forward-only one when no build this process has
-        serves it: with every layer kind, so that one build serves the evaluate or
-        predict of every model with the same loss, accuracy and forward forms (the layer
-        kernels are small; a dense form is what costs to compile)."""
-        return self._replace(fused_softmax=False, layers=EVERY_LAYER)
+        serves it: the same, less the fused gradient's flag, which a forward-only run never
+        reads. (Not with every layer kind, which would let one build serve more models: the
+        layer kernels a model does not use add seconds to a first ``loopnet predict``.)"""
+        return self._replace(fused_softmax=False)
 
 
 _fingerprint = None
@@ -154,8 +153,8 @@ def _sources() -> str:
 
 # Every branch: one build for any model (``loopnet.compiled``'s LOOPNET_STEP_BUILD=full)
 ANY = -2
-EVERY_LAYER = frozenset((RELU, SIGMOID, SOFTMAX, DROPOUT))    # the kinds besides DENSE, LINEAR
-FULL = Build(ANY, ANY, ANY, True, EVERY_LAYER, frozenset(), frozenset(), frozenset(), False)
+FULL = Build(ANY, ANY, ANY, True, frozenset((RELU, SIGMOID, SOFTMAX, DROPOUT)),
+             frozenset(), frozenset(), frozenset(), False)
 
 # What the functions below are compiled for, as constants numba folds (``build`` gives each
 # build its own): as written here, uncompiled, everything. A branch behind a False is dropped.
