@@ -445,15 +445,15 @@ class CompiledRun:
         if build.loss == self.step.FULL.loss:
             return self.cpu.training_step(build)
         if self.program.optimizer is not None:
-            self.program.model._compiled_build = build
             return self.cpu.training_step(build)
         # evaluate / predict: a build this process already has serves it when it holds every
-        # branch the run takes (the model's own training build first: no second compile for
-        # loopnet train's final evaluation, nor for a predict after training); otherwise
-        # a forward-only build of its own
-        made_here = sorted(self.cpu.step_builds(), key=lambda made: made.parallel != build.parallel)
-        for made in (getattr(self.program.model, "_compiled_build", None), *made_here):
-            if made is not None and made.serves(build):
+        # branch the run takes (a model's training build does: no second compile for loopnet
+        # train's final evaluation, nor for a predict after training); the newest first, of
+        # the same serial or parallel kind first; otherwise a forward-only build of its own
+        made_here = sorted(reversed(self.cpu.step_builds()),
+                           key=lambda made: made.parallel != build.parallel)
+        for made in made_here:
+            if made.serves(build):
                 return self.cpu.training_step(made)
         return self.cpu.training_step(build.forward_only())
 

@@ -43,7 +43,7 @@ class SimulatorRun:
         paths = [str(TESTS / name) for name in DEVICE_TESTS if (TESTS / name).exists()]
         cls.output = tempfile.TemporaryFile("w+")
         cls.process = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths],
+            [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *paths],
             env=_env(NUMBA_ENABLE_CUDASIM="1", LOOPNET_TEST_DEVICES="cuda"),
             cwd=TESTS.parent, stdout=cls.output, stderr=subprocess.STDOUT, text=True)
 

@@ -24,7 +24,8 @@ def test_there_are_notebooks():
 def test_notebook_runs(notebook):
     pytest.importorskip("nbmake")
     completed = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbmake", "--nbmake-timeout=600", "-q",
+        # -n 0: one notebook, one process (not the suite's xdist workers)
+        [sys.executable, "-m", "pytest", "--nbmake", "--nbmake-timeout=600", "-q", "-n", "0",
          "-p", "no:cacheprovider", str(notebook.relative_to(ROOT))],
         cwd=ROOT, capture_output=True, text=True,
     )
