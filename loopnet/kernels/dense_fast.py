@@ -495,11 +495,15 @@ def dense_forward_blocked(inputs, weights, biases, output):
     so the very same bits (compiled without ``fastmath``, which would fuse or reorder them). One
     ``prange`` iteration owns 4 sample rows (``forward_rows_blocked``).
     """
-    for block in prange((inputs.shape[0] + 3) // 4):
-        forward_rows_blocked(inputs, weights, biases, output, block * 4, False)
+    if inputs.shape[1] <= 2:  # (the spiral's 2 inputs, the sine's 1): one pass per row
+        for s in prange(inputs.shape[0]):
+            rows_few_inputs(inputs, weights, biases, output, s)
+    else:
+        for block in prange((inputs.shape[0] + 3) // 4):
+            forward_rows_blocked(inputs, weights, biases, output, block * 4, False)
 
 
-@register_jitable(_nrt=False)
+@register_jitable(_nrt=False, inline="always")
 def forward_rows_blocked(inputs, weights, biases, output, s0, relu):
     """Rows ``s0 .. s0 + 3`` of ``dense_forward_blocked`` (fewer at the end), then ``relu``
     (``relu_forward_loops``' test) if asked: the body one ``prange`` iteration runs.
@@ -569,6 +573,34 @@ def forward_rows_blocked(inputs, weights, biases, output, s0, relu):
                 o[n] = value
 
 
+@register_jitable(_nrt=False, inline="always")
+def rows_few_inputs(inputs, weights, biases, output, s):
+    """Row ``s`` of ``dense_forward_blocked`` for a layer of 1 or 2 inputs (the spiral's 2, the
+    sine's 1) in one pass: ``output[s, n] = ((0 + x0 * w0[n]) + x1 * w1[n]) + biases[n]``, the
+    loops' very sums (from zero, input by input, then the bias), so their bits. The 4-row
+    passes zero the outputs, add each input's products and the biases in separate passes over
+    the row: with 2 inputs, 4 short loops per row, whose start-up cost was most of the time
+    (300x2x64: 12 -> 3 us).
+
+    Inlined into its kernel (``inline="always"``): called once per row, a body left as a
+    function of its own cost more than its work (the same loop ran 3 us inlined, 8 us called).
+    Branches for 3 and 4 inputs made LLVM compile all of them slower (10 us), so those layers
+    take the 4-row passes."""
+    zero = output.dtype.type(0)
+    o = output[s]
+    x = inputs[s]
+    w0 = weights[0]
+    a0 = x[0]
+    if inputs.shape[1] == 1:
+        for n in range(o.shape[0]):
+            o[n] = (zero + a0 * w0[n]) + biases[n]
+    else:
+        w1 = weights[1]
+        a1 = x[1]
+        for n in range(o.shape[0]):
+            o[n] = ((zero + a0 * w0[n]) + a1 * w1[n]) + biases[n]
+
+
 def dense_backward_weights_blocked(inputs, dvalues, dweights):
     """``dense_backward_weights_loops`` for 4 weight rows and 4 samples at a time: same bits.
 
@@ -622,9 +654,22 @@ def weights_rows_blocked(inputs, dvalues, dweights, i0, n_samples):
                     g3[n] = g3[n] + a03 * y0 + a13 * y1 + a23 * y2 + a33 * y3
                 s += 4
             first = s
-        else:
-            first = 0
-        for s in range(first, n_samples):  # the last samples (or every one for 1-3 rows)
+        else:  # 1-3 rows (a layer of 1-3 inputs, or the last rows): 4 samples per pass, row by row
+            for i in range(i0, i_end):
+                g = dweights[i, n0:n0 + nw]
+                s = 0
+                while s + 4 <= n_samples:
+                    d0 = dvalues[s, n0:n0 + nw]
+                    d1 = dvalues[s + 1, n0:n0 + nw]
+                    d2 = dvalues[s + 2, n0:n0 + nw]
+                    d3 = dvalues[s + 3, n0:n0 + nw]
+                    a0 = inputs[s, i]; a1 = inputs[s + 1, i]  # noqa: E702
+                    a2 = inputs[s + 2, i]; a3 = inputs[s + 3, i]  # noqa: E702
+                    for n in range(nw):
+                        g[n] = g[n] + a0 * d0[n] + a1 * d1[n] + a2 * d2[n] + a3 * d3[n]
+                    s += 4
+            first = n_samples - n_samples % 4
+        for s in range(first, n_samples):  # the last 0-3 samples
             d = dvalues[s, n0:n0 + nw]
             for i in range(i0, i_end):
                 a = inputs[s, i]
@@ -691,7 +736,7 @@ def dense_backward_inputs_narrow(dvalues, weights_t, dinputs):
         dinputs_row_narrow(dvalues, weights_t, dinputs, s)
 
 
-@register_jitable(_nrt=False)
+@register_jitable(_nrt=False, inline="always")
 def dinputs_row_narrow(dvalues, weights_t, dinputs, s):
     """Row ``s`` of ``dinputs = dvalues @ weights.T``: ``dinputs[s, i] = sum_n dvalues[s, n] *
     weights_t[n, i]``, each element adding its terms for ``n = 0, 1, ...``
@@ -699,9 +744,43 @@ def dinputs_row_narrow(dvalues, weights_t, dinputs, s):
     ``weights_t[n]``, so the row is updated as a vector. (Whole arrays and an index, not row
     views: a view per sample cost a third of the time at 300x64x3.)"""
     n_inputs = dinputs.shape[1]
-    for i in range(n_inputs):
-        dinputs[s, i] = 0
-    for n in range(dvalues.shape[1]):
+    n_neurons = dvalues.shape[1]
+    zero = dinputs.dtype.type(0)
+    # The first 1-4 neurons in one pass from zero, then 4 neurons per pass: each pass is a
+    # short loop whose start-up cost matters at these sizes (300x3x64: 13 -> 4 us), and the
+    # terms are still added for n = 0, 1, ..., left to right.
+    d0 = dvalues[s, 0]
+    if n_neurons == 1:
+        for i in range(n_inputs):
+            dinputs[s, i] = zero + d0 * weights_t[0, i]
+    elif n_neurons == 2:
+        d1 = dvalues[s, 1]
+        for i in range(n_inputs):
+            dinputs[s, i] = (zero + d0 * weights_t[0, i]) + d1 * weights_t[1, i]
+    elif n_neurons == 3:
+        d1 = dvalues[s, 1]
+        d2 = dvalues[s, 2]
+        for i in range(n_inputs):
+            dinputs[s, i] = (((zero + d0 * weights_t[0, i]) + d1 * weights_t[1, i])
+                             + d2 * weights_t[2, i])
+    else:
+        d1 = dvalues[s, 1]
+        d2 = dvalues[s, 2]
+        d3 = dvalues[s, 3]
+        for i in range(n_inputs):
+            dinputs[s, i] = ((((zero + d0 * weights_t[0, i]) + d1 * weights_t[1, i])
+                              + d2 * weights_t[2, i]) + d3 * weights_t[3, i])
+    n = 4
+    while n + 4 <= n_neurons:
+        d0 = dvalues[s, n]
+        d1 = dvalues[s, n + 1]
+        d2 = dvalues[s, n + 2]
+        d3 = dvalues[s, n + 3]
+        for i in range(n_inputs):
+            dinputs[s, i] = (dinputs[s, i] + d0 * weights_t[n, i] + d1 * weights_t[n + 1, i]
+                             + d2 * weights_t[n + 2, i] + d3 * weights_t[n + 3, i])
+        n += 4
+    for n in range(n, n_neurons):
         dvalue = dvalues[s, n]
         for i in range(n_inputs):
             dinputs[s, i] += dvalue * weights_t[n, i]
