@@ -967,16 +967,39 @@ def adam_update(params, grads, momentums, cache, *, learning_rate, iteration, ep
     beta_2 = number(beta_2, "beta_2", minimum=0.0, below=1.0)
     if beta_1 >= 1 or beta_2 >= 1:
         raise ValueError(f"beta_1 and beta_2 must be in [0, 1), got {beta_1} and {beta_2}")
-    if isinstance(iteration, bool) or not isinstance(iteration, (int, np.integer)) or iteration < 0:
-        raise ValueError(f"iteration must be a non-negative integer, got {iteration!r}")
-    # Host-side scalars, computed here once in float64 (Python's pow) so that every device
-    # rounds the very same number to the parameters' dtype.
-    correction_1 = 1 - beta_1 ** (int(iteration) + 1)
-    correction_2 = 1 - beta_2 ** (int(iteration) + 1)
+    correction_1, correction_2 = adam_corrections(beta_1, beta_2, iteration)
     p, g, (m, c) = _update_arrays(params, grads, (momentums, cache), ("momentums", "cache"))
     _backend(device).adam_update(p, g, m, c, learning_rate, epsilon, beta_1, beta_2,
                                  correction_1, correction_2)
     return params
+
+
+def adam_corrections(beta_1: float, beta_2: float, iteration: int) -> tuple[float, float]:
+    """Adam's bias corrections ``1 - beta ** (iteration + 1)`` after ``iteration`` updates:
+    host-side scalars computed once in float64 (Python's pow), so that every device, and the
+    optimizer's direct path, rounds the very same numbers to the parameters' dtype."""
+    if isinstance(iteration, bool) or not isinstance(iteration, (int, np.integer)) or iteration < 0:
+        raise ValueError(f"iteration must be a non-negative integer, got {iteration!r}")
+    return 1 - beta_1 ** (int(iteration) + 1), 1 - beta_2 ** (int(iteration) + 1)
+
+
+def host_backend(device=None):
+    """The backend module of ``device`` when it computes in this process (cpu, numpy, python),
+    else None (a GPU)."""
+    return _host_backend(device)
+
+
+def update_views(params, grads, states):
+    """Flat views ``(params, grads, *states)`` for an optimizer kernel when every array already
+    is what the kernels take (numpy arrays of one float dtype, C-contiguous, not empty, of one
+    shape, params and states writable), else None: the arrays ``_update_arrays``' fast path
+    would hand over as they are, so views of them stay right while the arrays are the same."""
+    arrays = (params, grads, *states)
+    if (type(params) is np.ndarray and type(grads) is np.ndarray and _ready(arrays)
+            and all(a.shape == params.shape for a in arrays)
+            and params.flags.writeable and all(s.flags.writeable for s in states)):
+        return tuple(a.reshape(-1) for a in arrays)
+    return None
 
 
 def to_numpy(array) -> np.ndarray:

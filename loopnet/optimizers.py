@@ -47,6 +47,13 @@ class Optimizer:
         ``layer`` is any object with those four arrays (a loopnet ``Dense``, or a ``Layer_Dense``
         written as the book writes it); its ``device``, when it has one, picks where the update
         runs, else the current default device does."""
+        views = self._views(layer)
+        if views is not None:      # the arrays ops checked last time, unchanged: run the kernel
+            kernel, scalars = self._kernel()
+            run = getattr(views[0], kernel)
+            run(*views[1], *scalars)
+            run(*views[2], *scalars)
+            return
         device = getattr(layer, "device", None)
         names = self._attribute_names()
         for params, grads, attributes in ((layer.weights, layer.dweights, names[0]),
@@ -63,6 +70,68 @@ class Optimizer:
                                    [f"bias_{name}" for name in self.state_names],
                                    self.state_names)
         return names
+
+    # The learner's loop calls ``update_params`` for every layer at every step, and checking
+    # its arrays through ``loopnet.ops`` (types, shapes, dtypes, contiguity, writability, then
+    # flat views for the kernel) cost ~5 us per array against ~0.5 us for the kernel. The views
+    # of a layer's arrays that passed those checks are kept here, with the arrays themselves:
+    # while the layer holds the very same array objects (updated in place, as every optimizer
+    # and ``Dense.backward`` do) and they stay writable, the checks would pass again, so the
+    # kernel runs at once. A new array (``set_parameters``, ``layer.to(...)``, a user's own
+    # assignment) misses and takes the checked path, which then keeps its views.
+    LAYER_VIEWS = 256   # layers remembered per optimizer (beyond that the cache starts over)
+
+    def _views(self, layer):
+        """``(backend, weight views, bias views)`` for ``layer`` (parameters, gradients, state:
+        flat views in the kernels' argument order) when its arrays are those checked last
+        time, else None (and the views are made for next time, where a host backend runs
+        them)."""
+        cache = self.__dict__.get("_layer_views")
+        if cache is None:
+            cache = self._layer_views = {}
+        names = self._attribute_names()
+        entry = cache.get(id(layer))
+        if entry is not None:
+            arrays, views = entry
+            if (arrays[0] is layer and arrays[1] is layer.weights
+                    and arrays[2] is layer.dweights and arrays[3] is layer.biases
+                    and arrays[4] is layer.dbiases
+                    and all(getattr(layer, name, None) is array
+                            for name, array in zip(names[0] + names[1], arrays[5:]))
+                    and arrays[1].flags.writeable and arrays[3].flags.writeable
+                    and all(state.flags.writeable for state in arrays[5:])):
+                return views
+            del cache[id(layer)]
+            return None
+        be = ops.host_backend(getattr(layer, "device", None))
+        if be is None:
+            return None
+        arrays = [layer, layer.weights, getattr(layer, "dweights", None), layer.biases,
+                  getattr(layer, "dbiases", None)]
+        flat = []
+        for params, grads, attributes in ((arrays[1], arrays[2], names[0]),
+                                          (arrays[3], arrays[4], names[1])):
+            states = [getattr(layer, attribute, None) for attribute in attributes]
+            checked = ops.update_views(params, grads, states)
+            if checked is None:
+                return None
+            flat.append(checked)
+            arrays += states
+        if len(cache) >= self.LAYER_VIEWS:
+            cache.clear()
+        cache[id(layer)] = (tuple(arrays), (be, *flat))
+        return None
+
+    def __getstate__(self) -> dict:
+        """Pickle and ``copy.deepcopy`` leave the kept views behind (a copy checks its own
+        arrays again on its first steps)."""
+        state = self.__dict__.copy()
+        state.pop("_layer_views", None)
+        return state
+
+    def _kernel(self):  # pragma: no cover - overridden
+        """The backend kernel's name and its scalar arguments (checked as ``ops`` checks them)."""
+        raise NotImplementedError
 
     def _state(self, layer, attribute: str, params):
         state = getattr(layer, attribute, None)
@@ -99,6 +168,13 @@ class SGD(Optimizer):
         self.momentum = number(momentum, "momentum", minimum=0.0)
         self.state_names = ("momentums",) if self.momentum else ()
 
+    def _kernel(self):
+        learning_rate = number(self.current_learning_rate, "learning_rate")
+        if self.momentum:
+            return "sgd_momentum_update", (learning_rate,
+                                           number(self.momentum, "momentum", minimum=0.0))
+        return "sgd_update", (learning_rate,)
+
     def _update(self, params, grads, states, device):
         if self.momentum:
             ops.sgd_update(params, grads, learning_rate=self.current_learning_rate,
@@ -118,6 +194,10 @@ class Adagrad(Optimizer):
     def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, epsilon: float = 1e-7):
         super().__init__(learning_rate, decay)
         self.epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
+
+    def _kernel(self):
+        return "adagrad_update", (number(self.current_learning_rate, "learning_rate"),
+                                  number(self.epsilon, "epsilon", minimum=0.0, strict=True))
 
     def _update(self, params, grads, states, device):
         ops.adagrad_update(params, grads, states[0], learning_rate=self.current_learning_rate,
@@ -140,6 +220,13 @@ class RMSprop(Optimizer):
         if self.rho > 1:
             raise ValueError(f"rho must be in [0, 1], got {self.rho}")
 
+    def _kernel(self):
+        rho = number(self.rho, "rho", minimum=0.0)
+        if rho > 1:
+            raise ValueError(f"rho must be in [0, 1], got {rho}")
+        return "rmsprop_update", (number(self.current_learning_rate, "learning_rate"),
+                                  number(self.epsilon, "epsilon", minimum=0.0, strict=True), rho)
+
     def _update(self, params, grads, states, device):
         ops.rmsprop_update(params, grads, states[0], learning_rate=self.current_learning_rate,
                            epsilon=self.epsilon, rho=self.rho, device=device)
@@ -159,6 +246,14 @@ class Adam(Optimizer):
         self.epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
         self.beta_1 = number(beta_1, "beta_1", minimum=0.0, below=1.0)
         self.beta_2 = number(beta_2, "beta_2", minimum=0.0, below=1.0)
+
+    def _kernel(self):
+        beta_1 = number(self.beta_1, "beta_1", minimum=0.0, below=1.0)
+        beta_2 = number(self.beta_2, "beta_2", minimum=0.0, below=1.0)
+        return "adam_update", (number(self.current_learning_rate, "learning_rate"),
+                               number(self.epsilon, "epsilon", minimum=0.0, strict=True),
+                               beta_1, beta_2,
+                               *ops.adam_corrections(beta_1, beta_2, self.iterations))
 
     def _update(self, params, grads, states, device):
         ops.adam_update(params, grads, states[0], states[1],

@@ -155,3 +155,114 @@ def test_optimizer_classes_descend_and_keep_state_on_the_layer(device, name):
         for state in optimizer.state_names:
             assert host(getattr(layer, f"{prefix}_{state}")).shape == \
                 (layer.weights if prefix == "weight" else layer.biases).shape
+
+
+ALL_OPTIMIZERS = {**OPTIMIZERS,
+                  "SGD momentum": lambda: loopnet.SGD(learning_rate=0.5, decay=1e-2, momentum=0.9)}
+
+
+def _stepped_layer(make_optimizer, steps, device, *, switch=None):
+    """A Dense(3, 2) layer after ``steps`` updates from fixed gradients; ``switch(layer, step)``
+    may replace or change its arrays between steps."""
+    rng = np.random.default_rng(3)
+    layer = loopnet.Dense(3, 2, seed=1, device=device)
+    optimizer = make_optimizer()
+    layer.dweights = np.zeros((3, 2), np.float32)
+    layer.dbiases = np.zeros((1, 2), np.float32)
+    for step in range(steps):
+        # in place, as Dense.backward writes its gradients
+        layer.dweights[...] = rng.standard_normal((3, 2)).astype(np.float32)
+        layer.dbiases[...] = rng.standard_normal((1, 2)).astype(np.float32)
+        if switch is not None:
+            switch(layer, step)
+        optimizer.pre_update_params()
+        optimizer.update_params(layer)
+        optimizer.post_update_params()
+    return layer, optimizer
+
+
+def _reference(make_optimizer, steps, device):
+    """The same steps through ``loopnet.ops`` alone (the checked path), no optimizer object
+    remembered between steps: a fresh one each step, carrying the iteration count."""
+    rng = np.random.default_rng(3)
+    layer = loopnet.Dense(3, 2, seed=1, device=device)
+    template = make_optimizer()
+    for step in range(steps):
+        layer.dweights = rng.standard_normal((3, 2)).astype(np.float32)
+        layer.dbiases = rng.standard_normal((1, 2)).astype(np.float32)
+        optimizer = make_optimizer()
+        optimizer.iterations = step
+        optimizer.pre_update_params()
+        optimizer.update_params(layer)   # (a new optimizer: its first call checks everything)
+    return layer, template
+
+
+@pytest.mark.parametrize("name", sorted(ALL_OPTIMIZERS))
+def test_update_params_direct_path_gives_the_checked_paths_bits(name, monkeypatch):
+    """From the third step on ``update_params`` runs the kernel on the views it kept (the
+    learner's loop): the parameters and state equal, bit for bit, those of updates that each
+    went through every check."""
+    make = ALL_OPTIMIZERS[name]
+    checked = []
+    original = ops._update_arrays
+    monkeypatch.setattr(ops, "_update_arrays", lambda *a: checked.append(1) or original(*a))
+    layer, optimizer = _stepped_layer(make, 6, "cpu")
+    # two arrays per step; with state arrays to create, the first two steps are checked
+    assert len(checked) <= 4, f"{len(checked)} checked updates: the kept views were not used"
+    monkeypatch.undo()
+    reference, _ = _reference(make, 6, "cpu")
+    assert bits(layer.weights) == bits(reference.weights)
+    assert bits(layer.biases) == bits(reference.biases)
+    for prefix in ("weight", "bias"):
+        for state in optimizer.state_names:
+            assert bits(getattr(layer, f"{prefix}_{state}")) == \
+                bits(getattr(reference, f"{prefix}_{state}"))
+
+
+def test_update_params_follows_new_arrays_and_refuses_read_only_ones():
+    """A kept view never outlives its array: weights replaced by ``set_parameters`` are the ones
+    updated (the old array is left alone), a gradient replaced by a float64 array is converted
+    as the checked path converts it, and weights made read-only raise instead of changing."""
+    old = {}
+
+    def replace(layer, step):
+        if step == 3:
+            old["weights"] = layer.weights
+            old["bits"] = bits(layer.weights)
+            layer.set_parameters(layer.weights.copy(), layer.biases)
+        if step == 4:
+            layer.dweights = layer.dweights.astype(np.float64)
+
+    layer, optimizer = _stepped_layer(lambda: loopnet.Adam(learning_rate=0.05), 6, "cpu",
+                                      switch=replace)
+    assert bits(old["weights"]) == old["bits"]           # the replaced array: not touched
+    reference, _ = _reference(lambda: loopnet.Adam(learning_rate=0.05), 6, "cpu")
+    np.testing.assert_array_equal(layer.biases, reference.biases)
+    # weights: same steps, except step 4's gradient went through float64 and back (exact here)
+    np.testing.assert_allclose(layer.weights, reference.weights, rtol=0, atol=0)
+
+    layer.weights.flags.writeable = False
+    before = bits(layer.weights)
+    with pytest.raises(ValueError, match="read-only|writ"):
+        optimizer.update_params(layer)
+    assert bits(layer.weights) == before
+
+
+def test_an_optimizer_with_kept_views_pickles_and_copies():
+    """The kept views stay behind when an optimizer is pickled or deep-copied; the copies then
+    train on exactly as the original does."""
+    import copy
+    import pickle
+
+    layer, optimizer = _stepped_layer(lambda: loopnet.Adam(learning_rate=0.05), 4, "cpu")
+    assert optimizer._layer_views
+    clones = [pickle.loads(pickle.dumps((layer, optimizer))), copy.deepcopy((layer, optimizer))]
+    assert all("_layer_views" not in twin.__dict__ for _, twin in clones)
+    for trained, step in [(layer, optimizer)] + clones:
+        for _ in range(3):
+            step.pre_update_params()
+            step.update_params(trained)
+            step.post_update_params()
+    for twin_layer, twin in clones:
+        assert bits(twin_layer.weights) == bits(layer.weights)
+        assert bits(twin_layer.bias_cache) == bits(layer.bias_cache)
