@@ -177,6 +177,9 @@ BROADCAST_MIN = int(os.environ.get("LOOPNET_BROADCAST_MIN", 500_000))
 LARGE_MIN = int(os.environ.get("LOOPNET_LARGE_MIN", 1_000_000))
 HUGE_MIN = int(os.environ.get("LOOPNET_HUGE_MIN", 10_000_000))
 LARGE_INPUTS = int(os.environ.get("LOOPNET_LARGE_INPUTS", 128))
+# dweights in the broadcast form with a single panel of columns runs serially up to this many
+# rows (the layer's inputs): see ``dense_plan``.
+SHARED_PANEL_MAX_ROWS = int(os.environ.get("LOOPNET_SHARED_PANEL_MAX_ROWS", 128))
 
 
 class Product(NamedTuple):
@@ -244,7 +247,12 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
     else:
         forward = Product(_fast.BLOCKED, parallel)
     if _broadcast_pays(n_samples, n_inputs, n_neurons, n_inputs, n_neurons):
-        dweights = Product(_fast.BROADCAST, _parallel(work, n_inputs))
+        # One panel (<= 64 neurons) that one thread packs and every thread then reads in full:
+        # up to SHARED_PANEL_MAX_ROWS rows the parallel build ran no faster than the serial
+        # one and often half as fast (1000x64x64, ch17's layer: 102 us serial, 94-238 us in
+        # parallel over repeated runs); with two or more panels each thread packs its own.
+        one_panel = n_neurons <= _fast.PANEL_WIDTH and n_inputs <= SHARED_PANEL_MAX_ROWS
+        dweights = Product(_fast.BROADCAST, _parallel(work, n_inputs) and not one_panel)
     elif n_neurons < 16 and n_inputs >= 16:
         # one thread per band of NARROW_BAND inputs: a single band stays serial
         dweights = Product(_fast.NARROW, parallel and n_inputs > _fast.NARROW_BAND)
