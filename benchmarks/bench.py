@@ -44,7 +44,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-DENSE_SHAPES = [(1024, 1024, 1024), (4096, 784, 128), (32, 784, 128), (300, 2, 64), (300, 64, 3)]
+# (the last four: the spiral model's layers, then the sine model's 64x64 layer and first layer)
+DENSE_SHAPES = [(1024, 1024, 1024), (4096, 784, 128), (32, 784, 128), (300, 2, 64), (300, 64, 3),
+                (1000, 64, 64), (1000, 1, 64)]
 PYTHON_DEVICE_MAX_WORK = 100_000      # the uncompiled python device only for tiny shapes
 
 

@@ -144,15 +144,18 @@ def _host_backend(device):
 
 
 def _fresh(be, out, shape, dtype, inputs):
-    """``out`` when it is a usable buffer of this shape and dtype that shares no memory with
-    ``inputs``, else a new array from the backend (the fast path's ``_output``)."""
-    if (out is not None and type(out) is np.ndarray and out.shape == shape
-            and out.dtype == dtype and out.flags.c_contiguous and out.flags.writeable
-            and not any(_overlap(out, a) for a in inputs)):
+    """The fast path's ``_output``: a new array from the backend when ``out`` is None; ``out``
+    when it is a usable buffer of this shape and dtype that shares no memory with ``inputs``;
+    else None (the caller then takes the full path, which copies or explains)."""
+    if out is None:
+        return be.empty(shape, dtype)
+    if (type(out) is np.ndarray and out.shape == shape and out.dtype == dtype
+            and out.flags.c_contiguous and out.flags.writeable):
+        for a in inputs:    # (a loop, not any() over a generator: this runs on every op)
+            if _overlap(out, a):
+                return None
         return out
-    if out is not None:
-        return None
-    return be.empty(shape, dtype)
+    return None
 
 
 def _overlap(a, b) -> bool:
