@@ -495,15 +495,18 @@ def dense_forward_blocked(inputs, weights, biases, output):
     so the very same bits (compiled without ``fastmath``, which would fuse or reorder them). One
     ``prange`` iteration owns 4 sample rows (``forward_rows_blocked``).
     """
+    n_samples = inputs.shape[0]
     if inputs.shape[1] <= 2:  # (the spiral's 2 inputs, the sine's 1): one pass per row
-        for s in prange(inputs.shape[0]):
-            rows_few_inputs(inputs, weights, biases, output, s)
+        for block in prange((n_samples + FEW_INPUTS_ROWS - 1) // FEW_INPUTS_ROWS):
+            s0 = block * FEW_INPUTS_ROWS
+            rows_few_inputs(inputs, weights, biases, output, s0,
+                            min(n_samples, s0 + FEW_INPUTS_ROWS))
     else:
         for block in prange((inputs.shape[0] + 3) // 4):
             forward_rows_blocked(inputs, weights, biases, output, block * 4, False)
 
 
-@register_jitable(_nrt=False, inline="always")
+@register_jitable(_nrt=False)
 def forward_rows_blocked(inputs, weights, biases, output, s0, relu):
     """Rows ``s0 .. s0 + 3`` of ``dense_forward_blocked`` (fewer at the end), then ``relu``
     (``relu_forward_loops``' test) if asked: the body one ``prange`` iteration runs.
@@ -573,32 +576,35 @@ def forward_rows_blocked(inputs, weights, biases, output, s0, relu):
                 o[n] = value
 
 
-@register_jitable(_nrt=False, inline="always")
-def rows_few_inputs(inputs, weights, biases, output, s):
-    """Row ``s`` of ``dense_forward_blocked`` for a layer of 1 or 2 inputs (the spiral's 2, the
-    sine's 1) in one pass: ``output[s, n] = ((0 + x0 * w0[n]) + x1 * w1[n]) + biases[n]``, the
-    loops' very sums (from zero, input by input, then the bias), so their bits. The 4-row
-    passes zero the outputs, add each input's products and the biases in separate passes over
-    the row: with 2 inputs, 4 short loops per row, whose start-up cost was most of the time
-    (300x2x64: 12 -> 3 us).
-
-    Inlined into its kernel (``inline="always"``): called once per row, a body left as a
-    function of its own cost more than its work (the same loop ran 3 us inlined, 8 us called).
-    Branches for 3 and 4 inputs made LLVM compile all of them slower (10 us), so those layers
-    take the 4-row passes."""
+@register_jitable(_nrt=False)
+def rows_few_inputs(inputs, weights, biases, output, s0, s1):
+    """Rows ``s0 .. s1 - 1`` of ``dense_forward_blocked`` for a layer of 1 or 2 inputs (the
+    spiral's 2, the sine's 1), one pass per row: ``output[s, n] = ((0 + x0 * w0[n]) + x1 *
+    w1[n]) + biases[n]``, the loops' very sums (from zero, input by input, then the bias), so
+    their bits. The 4-row passes zero the outputs, add each input's products and the biases in
+    separate passes over the row: with 2 inputs, 4 short loops per row, whose start-up cost
+    was most of the time (300x2x64: 12 -> ~5 us). A block of rows per call (FEW_INPUTS_ROWS):
+    a call per row cost more than the row's work."""
     zero = output.dtype.type(0)
-    o = output[s]
-    x = inputs[s]
     w0 = weights[0]
-    a0 = x[0]
     if inputs.shape[1] == 1:
-        for n in range(o.shape[0]):
-            o[n] = (zero + a0 * w0[n]) + biases[n]
+        for s in range(s0, s1):
+            o = output[s]
+            a0 = inputs[s, 0]
+            for n in range(o.shape[0]):
+                o[n] = (zero + a0 * w0[n]) + biases[n]
     else:
         w1 = weights[1]
-        a1 = x[1]
-        for n in range(o.shape[0]):
-            o[n] = ((zero + a0 * w0[n]) + a1 * w1[n]) + biases[n]
+        for s in range(s0, s1):
+            o = output[s]
+            a0 = inputs[s, 0]
+            a1 = inputs[s, 1]
+            for n in range(o.shape[0]):
+                o[n] = ((zero + a0 * w0[n]) + a1 * w1[n]) + biases[n]
+
+
+# Rows per call of rows_few_inputs (and per prange iteration).
+FEW_INPUTS_ROWS = 16
 
 
 def dense_backward_weights_blocked(inputs, dvalues, dweights):
@@ -736,7 +742,7 @@ def dense_backward_inputs_narrow(dvalues, weights_t, dinputs):
         dinputs_row_narrow(dvalues, weights_t, dinputs, s)
 
 
-@register_jitable(_nrt=False, inline="always")
+@register_jitable(_nrt=False)
 def dinputs_row_narrow(dvalues, weights_t, dinputs, s):
     """Row ``s`` of ``dinputs = dvalues @ weights.T``: ``dinputs[s, i] = sum_n dvalues[s, n] *
     weights_t[n, i]``, each element adding its terms for ``n = 0, 1, ...``
@@ -746,43 +752,28 @@ def dinputs_row_narrow(dvalues, weights_t, dinputs, s):
     n_inputs = dinputs.shape[1]
     n_neurons = dvalues.shape[1]
     zero = dinputs.dtype.type(0)
-    # The first 1-4 neurons in one pass from zero, then 4 neurons per pass: each pass is a
-    # short loop whose start-up cost matters at these sizes (300x3x64: 13 -> 4 us), and the
-    # terms are still added for n = 0, 1, ..., left to right.
+    # Two neurons per pass over the row, the first pass from zero: each pass is a short loop
+    # whose start-up cost matters at these sizes (300x3x64: 13 -> ~6 us), and the terms are
+    # still added for n = 0, 1, ..., left to right. (Passes of up to 4 neurons ran ~1 us
+    # faster and took 3x as long to compile.)
     d0 = dvalues[s, 0]
     if n_neurons == 1:
         for i in range(n_inputs):
             dinputs[s, i] = zero + d0 * weights_t[0, i]
-    elif n_neurons == 2:
-        d1 = dvalues[s, 1]
-        for i in range(n_inputs):
-            dinputs[s, i] = (zero + d0 * weights_t[0, i]) + d1 * weights_t[1, i]
-    elif n_neurons == 3:
-        d1 = dvalues[s, 1]
-        d2 = dvalues[s, 2]
-        for i in range(n_inputs):
-            dinputs[s, i] = (((zero + d0 * weights_t[0, i]) + d1 * weights_t[1, i])
-                             + d2 * weights_t[2, i])
-    else:
-        d1 = dvalues[s, 1]
-        d2 = dvalues[s, 2]
-        d3 = dvalues[s, 3]
-        for i in range(n_inputs):
-            dinputs[s, i] = ((((zero + d0 * weights_t[0, i]) + d1 * weights_t[1, i])
-                              + d2 * weights_t[2, i]) + d3 * weights_t[3, i])
-    n = 4
-    while n + 4 <= n_neurons:
+        return
+    d1 = dvalues[s, 1]
+    for i in range(n_inputs):
+        dinputs[s, i] = (zero + d0 * weights_t[0, i]) + d1 * weights_t[1, i]
+    n = 2
+    while n + 2 <= n_neurons:
         d0 = dvalues[s, n]
         d1 = dvalues[s, n + 1]
-        d2 = dvalues[s, n + 2]
-        d3 = dvalues[s, n + 3]
         for i in range(n_inputs):
-            dinputs[s, i] = (dinputs[s, i] + d0 * weights_t[n, i] + d1 * weights_t[n + 1, i]
-                             + d2 * weights_t[n + 2, i] + d3 * weights_t[n + 3, i])
-        n += 4
-    for n in range(n, n_neurons):
-        dvalue = dvalues[s, n]
+            dinputs[s, i] = (dinputs[s, i] + d0 * weights_t[n, i]) + d1 * weights_t[n + 1, i]
+        n += 2
+    if n < n_neurons:
+        d0 = dvalues[s, n]
         for i in range(n_inputs):
-            dinputs[s, i] += dvalue * weights_t[n, i]
+            dinputs[s, i] += d0 * weights_t[n, i]
 
 
