@@ -358,6 +358,14 @@ def test_dense_plan_picks_the_forms_of_its_table():
         assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (T, T, T), shape
     plan = cpu.dense_plan(4, 784, 512)   # fewer rows than a tile: the loops' bits
     assert plan.forward.form == B
+    # dweights of one panel of columns (<= 64 neurons) and <= 128 inputs: serial, whatever the
+    # work; with two panels, or more inputs, parallel where the work allows
+    parallel_allowed = cpu.threads.parallel_allowed()
+    assert not cpu.dense_plan(1000, 64, 64).dweights.parallel
+    assert not cpu.dense_plan(4096, 128, 64).dweights.parallel
+    assert cpu.dense_plan(1000, 64, 128).dweights.parallel == parallel_allowed
+    assert cpu.dense_plan(1000, 256, 64).dweights.parallel == parallel_allowed
+    assert cpu.dense_plan(1000, 64, 64).forward.parallel == parallel_allowed
 
 
 def test_cpu_dense_ops_run_the_form_the_plan_names():

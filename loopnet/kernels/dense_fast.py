@@ -493,7 +493,8 @@ def dense_forward_blocked(inputs, weights, biases, output):
     ``output[s, n]`` still adds ``inputs[s, i] * weights[i, n]`` for ``i = 0, 1, ...`` one at a
     time, left to right, then the bias: exactly the sums of the loops and of the notes' neuron,
     so the very same bits (compiled without ``fastmath``, which would fuse or reorder them). One
-    ``prange`` iteration owns 4 sample rows (``forward_rows_blocked``).
+    ``prange`` iteration owns 4 sample rows (``forward_rows_blocked``), or FEW_INPUTS_ROWS rows
+    of a layer of 1 or 2 inputs (``rows_few_inputs``).
     """
     n_samples = inputs.shape[0]
     if inputs.shape[1] <= 2:  # (the spiral's 2 inputs, the sine's 1): one pass per row
@@ -502,7 +503,7 @@ def dense_forward_blocked(inputs, weights, biases, output):
             rows_few_inputs(inputs, weights, biases, output, s0,
                             min(n_samples, s0 + FEW_INPUTS_ROWS))
     else:
-        for block in prange((inputs.shape[0] + 3) // 4):
+        for block in prange((n_samples + 3) // 4):
             forward_rows_blocked(inputs, weights, biases, output, block * 4, False)
 
 
@@ -583,8 +584,10 @@ def rows_few_inputs(inputs, weights, biases, output, s0, s1):
     w1[n]) + biases[n]``, the loops' very sums (from zero, input by input, then the bias), so
     their bits. The 4-row passes zero the outputs, add each input's products and the biases in
     separate passes over the row: with 2 inputs, 4 short loops per row, whose start-up cost
-    was most of the time (300x2x64: 12 -> ~5 us). A block of rows per call (FEW_INPUTS_ROWS):
-    a call per row cost more than the row's work."""
+    was most of the time (300x2x64: 10-12 -> 3.6-5 us). A block of rows per call
+    (FEW_INPUTS_ROWS): a call per row cost more than the row's work, and inlining the body
+    into the kernel (``inline="always"``), which ran it faster still, doubled the kernel's
+    compile time."""
     zero = output.dtype.type(0)
     w0 = weights[0]
     if inputs.shape[1] == 1:
@@ -753,9 +756,9 @@ def dinputs_row_narrow(dvalues, weights_t, dinputs, s):
     n_neurons = dvalues.shape[1]
     zero = dinputs.dtype.type(0)
     # Two neurons per pass over the row, the first pass from zero: each pass is a short loop
-    # whose start-up cost matters at these sizes (300x3x64: 13 -> ~6 us), and the terms are
-    # still added for n = 0, 1, ..., left to right. (Passes of up to 4 neurons ran ~1 us
-    # faster and took 3x as long to compile.)
+    # whose start-up cost matters at these sizes (300x64x3's dinputs: 13 -> 8.5 us), and the
+    # terms are still added for n = 0, 1, ..., left to right. (Passes of up to 4 neurons ran
+    # it in 5.5 us but took 3x as long to compile.)
     d0 = dvalues[s, 0]
     if n_neurons == 1:
         for i in range(n_inputs):
