@@ -49,11 +49,12 @@ class Optimizer:
         runs, else the current default device does."""
         views = self._views(layer)
         if views is not None:      # the arrays ops checked last time, unchanged: run the kernel
-            kernel, scalars = self._kernel()
-            run = getattr(views[0], kernel)
-            run(*views[1], *scalars)
-            run(*views[2], *scalars)
-            return
+            kernel, n_states, scalars = self._kernel()
+            if len(views[1]) == 2 + n_states:   # (else a setting changed: the checked path)
+                run = getattr(views[0], kernel)
+                run(*views[1], *scalars)
+                run(*views[2], *scalars)
+                return
         device = getattr(layer, "device", None)
         names = self._attribute_names()
         for params, grads, attributes in ((layer.weights, layer.dweights, names[0]),
@@ -93,7 +94,8 @@ class Optimizer:
         entry = cache.get(id(layer))
         if entry is not None:
             arrays, views = entry
-            if (arrays[0] is layer and arrays[1] is layer.weights
+            if (len(arrays) == 5 + len(names[0]) + len(names[1])
+                    and arrays[0] is layer and arrays[1] is layer.weights
                     and arrays[2] is layer.dweights and arrays[3] is layer.biases
                     and arrays[4] is layer.dbiases
                     and all(getattr(layer, name, None) is array
@@ -101,7 +103,7 @@ class Optimizer:
                     and arrays[1].flags.writeable and arrays[3].flags.writeable
                     and all(state.flags.writeable for state in arrays[5:])):
                 return views
-            del cache[id(layer)]
+            cache.pop(id(layer), None)   # (pop: another thread may have dropped it)
             return None
         be = ops.host_backend(getattr(layer, "device", None))
         if be is None:
@@ -130,7 +132,8 @@ class Optimizer:
         return state
 
     def _kernel(self):  # pragma: no cover - overridden
-        """The backend kernel's name and its scalar arguments (checked as ``ops`` checks them)."""
+        """The backend kernel's name, how many state arrays it takes and its scalar arguments
+        (checked as ``ops`` checks them)."""
         raise NotImplementedError
 
     def _state(self, layer, attribute: str, params):
@@ -171,9 +174,9 @@ class SGD(Optimizer):
     def _kernel(self):
         learning_rate = number(self.current_learning_rate, "learning_rate")
         if self.momentum:
-            return "sgd_momentum_update", (learning_rate,
-                                           number(self.momentum, "momentum", minimum=0.0))
-        return "sgd_update", (learning_rate,)
+            return "sgd_momentum_update", 1, (learning_rate,
+                                              number(self.momentum, "momentum", minimum=0.0))
+        return "sgd_update", 0, (learning_rate,)
 
     def _update(self, params, grads, states, device):
         if self.momentum:
@@ -196,8 +199,8 @@ class Adagrad(Optimizer):
         self.epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
 
     def _kernel(self):
-        return "adagrad_update", (number(self.current_learning_rate, "learning_rate"),
-                                  number(self.epsilon, "epsilon", minimum=0.0, strict=True))
+        return "adagrad_update", 1, (number(self.current_learning_rate, "learning_rate"),
+                                     number(self.epsilon, "epsilon", minimum=0.0, strict=True))
 
     def _update(self, params, grads, states, device):
         ops.adagrad_update(params, grads, states[0], learning_rate=self.current_learning_rate,
@@ -224,8 +227,9 @@ class RMSprop(Optimizer):
         rho = number(self.rho, "rho", minimum=0.0)
         if rho > 1:
             raise ValueError(f"rho must be in [0, 1], got {rho}")
-        return "rmsprop_update", (number(self.current_learning_rate, "learning_rate"),
-                                  number(self.epsilon, "epsilon", minimum=0.0, strict=True), rho)
+        return "rmsprop_update", 1, (number(self.current_learning_rate, "learning_rate"),
+                                     number(self.epsilon, "epsilon", minimum=0.0, strict=True),
+                                     rho)
 
     def _update(self, params, grads, states, device):
         ops.rmsprop_update(params, grads, states[0], learning_rate=self.current_learning_rate,
@@ -250,10 +254,10 @@ class Adam(Optimizer):
     def _kernel(self):
         beta_1 = number(self.beta_1, "beta_1", minimum=0.0, below=1.0)
         beta_2 = number(self.beta_2, "beta_2", minimum=0.0, below=1.0)
-        return "adam_update", (number(self.current_learning_rate, "learning_rate"),
-                               number(self.epsilon, "epsilon", minimum=0.0, strict=True),
-                               beta_1, beta_2,
-                               *ops.adam_corrections(beta_1, beta_2, self.iterations))
+        return "adam_update", 2, (number(self.current_learning_rate, "learning_rate"),
+                                  number(self.epsilon, "epsilon", minimum=0.0, strict=True),
+                                  beta_1, beta_2,
+                                  *ops.adam_corrections(beta_1, beta_2, self.iterations))
 
     def _update(self, params, grads, states, device):
         ops.adam_update(params, grads, states[0], states[1],

@@ -266,3 +266,15 @@ def test_an_optimizer_with_kept_views_pickles_and_copies():
     for twin_layer, twin in clones:
         assert bits(twin_layer.weights) == bits(layer.weights)
         assert bits(twin_layer.bias_cache) == bits(layer.bias_cache)
+
+
+def test_a_setting_changed_between_steps_takes_the_checked_path():
+    """Momentum switched off after the views were kept (the state arrays stay on the layer):
+    the next step is the plain SGD step the checked path gives, not a momentum step."""
+    layer, optimizer = _stepped_layer(
+        lambda: loopnet.SGD(learning_rate=0.5, momentum=0.9), 4, "cpu")
+    expected = layer.weights.copy()
+    ops.sgd_update(expected, layer.dweights, learning_rate=0.5)
+    optimizer.momentum = 0.0
+    optimizer.update_params(layer)
+    assert bits(layer.weights) == bits(expected)
