@@ -136,7 +136,7 @@ def _ready(arrays, dtype=None) -> bool:
     return True
 
 
-def _host_backend(device):
+def host_backend(device=None):
     """The backend of ``device`` when it computes in this process (cpu, numpy, python), else
     None (the full path handles GPU arrays)."""
     be = _backend(device)
@@ -372,7 +372,7 @@ def dense_forward(inputs, weights, biases, *, device: str | None = None):
             and type(biases) is np.ndarray and biases.size == weights.shape[1]
             and (biases.ndim == 1 or (biases.ndim == 2 and biases.shape[0] == 1))
             and _ready((inputs, weights, biases))):
-        be = _host_backend(device)
+        be = host_backend(device)
         if be is not None:
             output = be.empty((inputs.shape[0], weights.shape[1]), inputs.dtype)
             be.dense_forward(inputs, weights, biases.reshape(-1), output)
@@ -433,7 +433,7 @@ def dense_backward(dvalues, inputs, weights, *, dweights=None, dbiases=None, din
             and inputs.shape[1] == weights.shape[0]
             and dvalues.shape == (inputs.shape[0], weights.shape[1])
             and _ready((dvalues, inputs, weights))):
-        be = _host_backend(device)
+        be = host_backend(device)
         if be is not None:
             dtype = dvalues.dtype
             sources = (dvalues, inputs, weights)
@@ -496,7 +496,7 @@ def softmax_forward(inputs, *, device: str | None = None):
     Rows of the result lie in [0, 1] and sum to 1; adding a constant to a row changes nothing.
     """
     if type(inputs) is np.ndarray and inputs.ndim == 2 and _ready((inputs,)):
-        be = _host_backend(device)
+        be = host_backend(device)
         if be is not None:
             output = be.empty(inputs.shape, inputs.dtype)
             be.softmax_forward(inputs, output)
@@ -517,7 +517,7 @@ def _unary(kernel: str, x, name, out, device):
     """Run the element-wise ``kernel`` on one array, flattened; returns the result in its
     shape (in ``out`` when given)."""
     if type(x) is np.ndarray and _ready((x,)):
-        be = _host_backend(device)
+        be = host_backend(device)
         if be is not None:
             result = _fresh(be, out, x.shape, x.dtype, ())
             if result is not None:              # (an element-wise kernel may run in place)
@@ -536,7 +536,7 @@ def _elementwise(kernel: str, first, first_name, second, second_name, out, devic
     forward array or mask), flattened, in a common dtype; returns the result in their shape."""
     if (type(first) is np.ndarray and type(second) is np.ndarray
             and first.shape == second.shape and _ready((first, second))):
-        be = _host_backend(device)
+        be = host_backend(device)
         if be is not None:
             result = _fresh(be, out, first.shape, first.dtype, ())
             if result is not None:              # (an element-wise kernel may run in place)
@@ -566,7 +566,7 @@ def softmax_backward(dvalues, output, *, out=None, device: str | None = None):
     (n_samples, n_classes)."""
     if (type(dvalues) is np.ndarray and type(output) is np.ndarray and output.ndim == 2
             and dvalues.shape == output.shape and _ready((dvalues, output))):
-        be = _host_backend(device)
+        be = host_backend(device)
         if be is not None:
             dinputs = _fresh(be, out, output.shape, output.dtype, (dvalues, output))
             if dinputs is not None:
@@ -618,7 +618,7 @@ def categorical_crossentropy(y_pred, y_true, *, device: str | None = None):
     notes' loss.
     """
     if type(y_pred) is np.ndarray and y_pred.ndim == 2 and _ready((y_pred,)):
-        be = _host_backend(device)
+        be = host_backend(device)
         if be is not None and type(y_true) is np.ndarray and y_true.ndim == 1:
             targets = class_targets(y_true, y_pred.shape[0], y_pred.shape[1], y_pred.shape)
             sample_losses = be.empty((y_pred.shape[0],), y_pred.dtype)
@@ -657,7 +657,7 @@ def accuracy(y_pred, y_true, *, device: str | None = None) -> float:
 def mean(values, *, device: str | None = None) -> float:
     """Mean of a 1-D array as a Python float, summed in float64 in a fixed order."""
     if type(values) is np.ndarray and values.ndim == 1 and _ready((values,)):
-        be = _host_backend(device)
+        be = host_backend(device)
         if be is not None:
             output = np.empty(1)
             be.mean(values, output)
@@ -692,7 +692,7 @@ def _class_gradient(kernel_name, probabilities, name, y_true, out, device):
     class targets (indices or one-hot rows), validated."""
     if (type(probabilities) is np.ndarray and probabilities.ndim == 2
             and _ready((probabilities,))):
-        be = _host_backend(device)
+        be = host_backend(device)
         if be is not None:
             targets = class_targets(y_true, probabilities.shape[0], probabilities.shape[1],
                                      probabilities.shape)
@@ -900,11 +900,9 @@ def zeros(shape, dtype=np.float32, *, device: str | None = None):
 
 def _update_arrays(params, grads, states, names):
     """Parameters and optimizer state updated in place, gradients converted to their dtype."""
-    if (type(params) is np.ndarray and type(grads) is np.ndarray and grads.shape == params.shape
-            and params.flags.writeable and _ready((params, grads, *states))
-            and all(state.shape == params.shape and state.flags.writeable for state in states)):
-        return (params.reshape(-1), grads.reshape(-1),
-                [state.reshape(-1) for state in states])       # (the fast path)
+    views = update_views(params, grads, states)
+    if views is not None:                                       # (the fast path)
+        return views[0], views[1], list(views[2:])
     p = _writable(params, "params")
     g = _array(grads, "grads")
     _same_shape(g, "grads", p.shape, "params")
@@ -977,6 +975,18 @@ def adam_update(params, grads, momentums, cache, *, learning_rate, iteration, ep
     return params
 
 
+def optimizer_update(kernel: str, params, grads, states, scalars, *, names,
+                     device: str | None = None):
+    """One optimizer step in place by the backend kernel named ``kernel`` (``sgd_update``,
+    ``adam_update`` ... of ``loopnet.kernels.optimizers``): ``params``, ``grads`` and the state
+    arrays ``states`` (named ``names`` in messages) checked and flattened as the update
+    functions above check them, then ``scalars`` (already checked) after them. The optimizer
+    classes run their steps through it."""
+    p, g, flat_states = _update_arrays(params, grads, states, names)
+    getattr(_backend(device), kernel)(p, g, *flat_states, *scalars)
+    return params
+
+
 def adam_corrections(beta_1: float, beta_2: float, iteration: int) -> tuple[float, float]:
     """Adam's bias corrections ``1 - beta ** (iteration + 1)`` after ``iteration`` updates:
     host-side scalars computed once in float64 (Python's pow), so that every device, and the
@@ -984,12 +994,6 @@ def adam_corrections(beta_1: float, beta_2: float, iteration: int) -> tuple[floa
     if isinstance(iteration, bool) or not isinstance(iteration, (int, np.integer)) or iteration < 0:
         raise ValueError(f"iteration must be a non-negative integer, got {iteration!r}")
     return 1 - beta_1 ** (int(iteration) + 1), 1 - beta_2 ** (int(iteration) + 1)
-
-
-def host_backend(device=None):
-    """The backend module of ``device`` when it computes in this process (cpu, numpy, python),
-    else None (a GPU)."""
-    return _host_backend(device)
 
 
 def update_views(params, grads, states):

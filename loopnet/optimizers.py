@@ -47,20 +47,20 @@ class Optimizer:
         ``layer`` is any object with those four arrays (a loopnet ``Dense``, or a ``Layer_Dense``
         written as the book writes it); its ``device``, when it has one, picks where the update
         runs, else the current default device does."""
+        kernel, scalars = self._kernel()
         views = self._views(layer)
         if views is not None:      # the arrays ops checked last time, unchanged: run the kernel
-            kernel, n_states, scalars = self._kernel()
-            if len(views[1]) == 2 + n_states:   # (else a setting changed: the checked path)
-                run = getattr(views[0], kernel)
-                run(*views[1], *scalars)
-                run(*views[2], *scalars)
-                return
+            run = getattr(views[0], kernel)
+            run(*views[1], *scalars)
+            run(*views[2], *scalars)
+            return
         device = getattr(layer, "device", None)
         names = self._attribute_names()
         for params, grads, attributes in ((layer.weights, layer.dweights, names[0]),
                                           (layer.biases, layer.dbiases, names[1])):
             states = [self._state(layer, attribute, params) for attribute in attributes]
-            self._update(params, grads, states, device)
+            ops.optimizer_update(kernel, params, grads, states, scalars,
+                                 names=self.state_names, device=device)
 
     def _attribute_names(self):
         """``(["weight_momentums", ...], ["bias_momentums", ...])``: the state arrays' names on
@@ -132,8 +132,9 @@ class Optimizer:
         return state
 
     def _kernel(self):  # pragma: no cover - overridden
-        """The backend kernel's name, how many state arrays it takes and its scalar arguments
-        (checked as ``ops`` checks them)."""
+        """The update as the backend runs it: the kernel's name (``loopnet.kernels.optimizers``)
+        and its scalar arguments after the arrays, checked as ``ops``' update functions check
+        them (the state arrays are ``state_names``, in that order)."""
         raise NotImplementedError
 
     def _state(self, layer, attribute: str, params):
@@ -142,9 +143,6 @@ class Optimizer:
             state = ops.zeros(params.shape, params.dtype, device=getattr(layer, "device", None))
             setattr(layer, attribute, state)
         return state
-
-    def _update(self, params, grads, states, device):  # pragma: no cover - overridden
-        raise NotImplementedError
 
     def get_config(self) -> dict:
         """Hyper-parameters and counters (saved as JSON by ``Model.save``)."""
@@ -169,21 +167,18 @@ class SGD(Optimizer):
     def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, momentum: float = 0.0):
         super().__init__(learning_rate, decay)
         self.momentum = number(momentum, "momentum", minimum=0.0)
-        self.state_names = ("momentums",) if self.momentum else ()
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """``("momentums",)`` with momentum, else none (follows ``momentum`` if it changes)."""
+        return ("momentums",) if self.momentum else ()
 
     def _kernel(self):
         learning_rate = number(self.current_learning_rate, "learning_rate")
         if self.momentum:
-            return "sgd_momentum_update", 1, (learning_rate,
-                                              number(self.momentum, "momentum", minimum=0.0))
-        return "sgd_update", 0, (learning_rate,)
-
-    def _update(self, params, grads, states, device):
-        if self.momentum:
-            ops.sgd_update(params, grads, learning_rate=self.current_learning_rate,
-                           momentum=self.momentum, momentums=states[0], device=device)
-        else:
-            ops.sgd_update(params, grads, learning_rate=self.current_learning_rate, device=device)
+            return "sgd_momentum_update", (learning_rate,
+                                           number(self.momentum, "momentum", minimum=0.0))
+        return "sgd_update", (learning_rate,)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "momentum": self.momentum}
@@ -199,12 +194,8 @@ class Adagrad(Optimizer):
         self.epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
 
     def _kernel(self):
-        return "adagrad_update", 1, (number(self.current_learning_rate, "learning_rate"),
-                                     number(self.epsilon, "epsilon", minimum=0.0, strict=True))
-
-    def _update(self, params, grads, states, device):
-        ops.adagrad_update(params, grads, states[0], learning_rate=self.current_learning_rate,
-                           epsilon=self.epsilon, device=device)
+        return "adagrad_update", (number(self.current_learning_rate, "learning_rate"),
+                                  number(self.epsilon, "epsilon", minimum=0.0, strict=True))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "epsilon": self.epsilon}
@@ -227,13 +218,8 @@ class RMSprop(Optimizer):
         rho = number(self.rho, "rho", minimum=0.0)
         if rho > 1:
             raise ValueError(f"rho must be in [0, 1], got {rho}")
-        return "rmsprop_update", 1, (number(self.current_learning_rate, "learning_rate"),
-                                     number(self.epsilon, "epsilon", minimum=0.0, strict=True),
-                                     rho)
-
-    def _update(self, params, grads, states, device):
-        ops.rmsprop_update(params, grads, states[0], learning_rate=self.current_learning_rate,
-                           epsilon=self.epsilon, rho=self.rho, device=device)
+        return "rmsprop_update", (number(self.current_learning_rate, "learning_rate"),
+                                  number(self.epsilon, "epsilon", minimum=0.0, strict=True), rho)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "epsilon": self.epsilon, "rho": self.rho}
@@ -254,16 +240,9 @@ class Adam(Optimizer):
     def _kernel(self):
         beta_1 = number(self.beta_1, "beta_1", minimum=0.0, below=1.0)
         beta_2 = number(self.beta_2, "beta_2", minimum=0.0, below=1.0)
-        return "adam_update", 2, (number(self.current_learning_rate, "learning_rate"),
-                                  number(self.epsilon, "epsilon", minimum=0.0, strict=True),
-                                  beta_1, beta_2,
-                                  *ops.adam_corrections(beta_1, beta_2, self.iterations))
-
-    def _update(self, params, grads, states, device):
-        ops.adam_update(params, grads, states[0], states[1],
-                        learning_rate=self.current_learning_rate, iteration=self.iterations,
-                        epsilon=self.epsilon, beta_1=self.beta_1, beta_2=self.beta_2,
-                        device=device)
+        return "adam_update", (number(self.current_learning_rate, "learning_rate"),
+                               number(self.epsilon, "epsilon", minimum=0.0, strict=True),
+                               beta_1, beta_2, *ops.adam_corrections(beta_1, beta_2, self.iterations))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "epsilon": self.epsilon, "beta_1": self.beta_1,

@@ -278,3 +278,18 @@ def test_a_setting_changed_between_steps_takes_the_checked_path():
     optimizer.momentum = 0.0
     optimizer.update_params(layer)
     assert bits(layer.weights) == bits(expected)
+
+
+def test_momentum_switched_on_later_keeps_its_state_on_the_layer():
+    """SGD's state arrays follow ``momentum``: switched on after plain steps, the next step
+    creates ``weight_momentums`` (from zeros) and takes the momentum step of ``ops``."""
+    layer, optimizer = _stepped_layer(lambda: loopnet.SGD(learning_rate=0.5), 4, "cpu")
+    assert not hasattr(layer, "weight_momentums")
+    expected = layer.weights.copy()
+    momentums = np.zeros_like(expected)
+    ops.sgd_update(expected, layer.dweights, learning_rate=0.5, momentum=0.9,
+                   momentums=momentums)
+    optimizer.momentum = 0.9
+    optimizer.update_params(layer)
+    assert bits(layer.weights) == bits(expected)
+    assert bits(layer.weight_momentums) == bits(momentums)
