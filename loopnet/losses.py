@@ -12,8 +12,13 @@ from loopnet.devices import normalize
 from loopnet.validate import reusable
 
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _float(dtype) -> np.dtype:
     """float32 or float64 (the dtypes loopnet computes in); anything else reads as float64."""
+    if dtype is _FLOATS[0] or dtype is _FLOATS[1]:  # (an array's dtype: at once)
+        return dtype
     try:
         dtype = np.dtype(dtype)
     except TypeError:
@@ -23,6 +28,9 @@ def _float(dtype) -> np.dtype:
 
 def _parameter_dtype(layers) -> np.dtype:
     """The dtype the layers' parameters share (float32 when there are none)."""
+    if len(layers) == 1:        # (one layer, the book's regularization_loss(layer): at once)
+        dtype = getattr(layers[0].weights, "dtype", None)
+        return np.dtype(np.float32) if dtype is None else _float(dtype)
     dtypes = [getattr(layer.weights, "dtype", None) for layer in layers]
     dtypes = [_float(d) for d in dtypes if d is not None]
     return np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
@@ -30,7 +38,7 @@ def _parameter_dtype(layers) -> np.dtype:
 
 def _working(value: float, dtype):
     """``value`` as a numpy scalar of ``dtype``: printed with the digits the dtype holds."""
-    return np.dtype(dtype).type(value)
+    return (dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)).type(value)
 
 
 class Loss:

@@ -398,3 +398,61 @@ def test_softmax_of_huge_finite_values_does_not_overflow(device, row, dtype, exp
     assert np.all(np.isfinite(probs))
     assert probs.dtype == dtype
     np.testing.assert_array_equal(probs[0], np.array(expected, dtype))
+
+
+# --- The fast paths hand back what the checked paths do ------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loss_and_penalty_fast_paths_match_the_checked_paths(device, dtype):
+    """Contiguous arrays of the working dtype take the ops' fast paths; the same values as
+    strided views (or targets of another dtype or shape) take the checked ones: same bits, and
+    what the checked path refuses is still refused."""
+    rng = np.random.default_rng(1)
+    pred = rng.uniform(0.05, 0.95, (6, 2)).astype(dtype)
+    targets = (rng.uniform(size=(6, 2)) > 0.5).astype(dtype)
+    values = rng.standard_normal((3, 4)).astype(dtype)
+    grads = rng.standard_normal((3, 4)).astype(dtype)
+
+    def run(pred, targets, values, grads):
+        out = [np.asarray(ops.to_numpy(r)) for r in (
+            ops.binary_crossentropy(pred, targets, device=device),
+            ops.binary_crossentropy_backward(pred, targets, device=device),
+            ops.mean_squared_error(pred, targets, device=device),
+            ops.mean_squared_error_backward(pred, targets, device=device),
+            ops.mean_absolute_error(pred, targets, device=device),
+            ops.mean_absolute_error_backward(pred, targets, device=device),
+        )]
+        out.append(np.float64(ops.regularization_loss(values, l1=1e-3, l2=5e-4, device=device)))
+        # dvalues is updated in place, so contiguous on both paths: strided values take the
+        # checked one
+        updated = np.array(grads)
+        ops.regularization_backward(values, updated, l1=1e-3, l2=5e-4, device=device)
+        out.append(np.asarray(ops.to_numpy(updated)))
+        return out
+
+    fast = run(pred, targets, values, grads)
+    checked = run(_strided(pred), _strided(targets), _strided(values), _strided(grads))
+    for a, b in zip(fast, checked):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    # targets of another dtype (uint8 labels, as the book's spiral data) or one column as a
+    # vector are converted, as the checked path converts them
+    column = pred[:, :1].copy()
+    labels = targets[:, 0].astype(np.uint8)
+    reference = ops.binary_crossentropy_backward(column, labels.astype(dtype).reshape(-1, 1),
+                                                 device=device)
+    for given in (labels, labels.reshape(-1, 1), labels.astype(dtype)):
+        result = ops.binary_crossentropy_backward(column, given, device=device)
+        assert np.asarray(ops.to_numpy(result)).tobytes() == \
+            np.asarray(ops.to_numpy(reference)).tobytes()
+    with pytest.raises(ValueError, match=r"y_true has shape \(6, 1\) but y_pred has shape"):
+        ops.mean_squared_error(pred, targets[:, :1], device=device)
+    with pytest.raises(TypeError, match="y_true must hold"):
+        ops.mean_squared_error(pred, targets.astype(object), device=device)
+    with pytest.raises(ValueError, match=r"values has shape \(3, 4\) but dvalues has shape"):
+        ops.regularization_backward(values, grads[:2].copy(), l2=1e-3, device=device)
+    frozen = grads.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable C-contiguous"):
+        ops.regularization_backward(values, frozen, l2=1e-3, device=device)
+    with pytest.raises(ValueError, match="l2 must be >= 0"):
+        ops.regularization_loss(values, l2=-1.0, device=device)

@@ -302,7 +302,10 @@ def scratch(slot, shape, dtype):
 
 
 def _packed(source, slot):
-    """``source.T`` packed into a scratch array."""
+    """``source.T`` packed into a scratch array; a vector (one row or one column) is its own
+    transpose in memory, so it is handed back reshaped, with no copy (the same values)."""
+    if source.shape[0] == 1 or source.shape[1] == 1:
+        return source.reshape(source.shape[1], source.shape[0])
     target = scratch(slot, (source.shape[1], source.shape[0]), source.dtype)
     transpose = (transpose_parallel
                  if source.size >= 4 * PARALLEL_MIN and threads.parallel_allowed()
