@@ -740,43 +740,50 @@ NARROW_BAND = 64
 
 def dense_backward_inputs_narrow(dvalues, weights_t, dinputs):
     """``dinputs = dvalues @ weights.T`` from ``weights_t`` = ``weights.T``: the bits of
-    ``dense_backward_inputs_loops``. One ``prange`` iteration owns a sample's row."""
-    for s in prange(dvalues.shape[0]):
-        dinputs_row_narrow(dvalues, weights_t, dinputs, s)
+    ``dense_backward_inputs_loops``. One ``prange`` iteration owns NARROW_ROWS sample rows."""
+    n_samples = dvalues.shape[0]
+    for block in prange((n_samples + NARROW_ROWS - 1) // NARROW_ROWS):
+        s0 = block * NARROW_ROWS
+        dinputs_rows_narrow(dvalues, weights_t, dinputs, s0, min(n_samples, s0 + NARROW_ROWS))
 
 
 @register_jitable(_nrt=False)
-def dinputs_row_narrow(dvalues, weights_t, dinputs, s):
-    """Row ``s`` of ``dinputs = dvalues @ weights.T``: ``dinputs[s, i] = sum_n dvalues[s, n] *
-    weights_t[n, i]``, each element adding its terms for ``n = 0, 1, ...``
+def dinputs_rows_narrow(dvalues, weights_t, dinputs, s0, s1):
+    """Rows ``s0 .. s1 - 1`` of ``dinputs = dvalues @ weights.T``: ``dinputs[s, i] = sum_n
+    dvalues[s, n] * weights_t[n, i]``, each element adding its terms for ``n = 0, 1, ...``
     (``dinputs_row``'s order, so its bits), but the inner loop runs over ``i`` along
-    ``weights_t[n]``, so the row is updated as a vector. (Whole arrays and an index, not row
-    views: a view per sample cost a third of the time at 300x64x3.)"""
+    ``weights_t[n]``, so the row is updated as a vector. (Whole arrays and indices, not row
+    views: a view per sample cost a third of the time at 300x64x3. A block of rows per call,
+    as ``rows_few_inputs``: a call per row, ~15 ns, cost as much as a row of one or two
+    neurons.)"""
     n_inputs = dinputs.shape[1]
     n_neurons = dvalues.shape[1]
     zero = dinputs.dtype.type(0)
-    # Two neurons per pass over the row, the first pass from zero: each pass is a short loop
-    # whose start-up cost matters at these sizes (300x64x3's dinputs: 13 -> 8.5 us), and the
-    # terms are still added for n = 0, 1, ..., left to right. (Passes of up to 4 neurons ran
-    # it in 5.5 us but took 3x as long to compile.)
-    d0 = dvalues[s, 0]
-    if n_neurons == 1:
+    for s in range(s0, s1):
+        # Two neurons per pass over the row, the first pass from zero: each pass is a short
+        # loop whose start-up cost matters at these sizes (300x64x3's dinputs: 13 -> 8.5 us),
+        # and the terms are still added for n = 0, 1, ..., left to right. (Passes of up to 4
+        # neurons ran it in 5.5 us but took 3x as long to compile.)
+        d0 = dvalues[s, 0]
+        if n_neurons == 1:
+            for i in range(n_inputs):
+                dinputs[s, i] = zero + d0 * weights_t[0, i]
+            continue
+        d1 = dvalues[s, 1]
         for i in range(n_inputs):
-            dinputs[s, i] = zero + d0 * weights_t[0, i]
-        return
-    d1 = dvalues[s, 1]
-    for i in range(n_inputs):
-        dinputs[s, i] = (zero + d0 * weights_t[0, i]) + d1 * weights_t[1, i]
-    n = 2
-    while n + 2 <= n_neurons:
-        d0 = dvalues[s, n]
-        d1 = dvalues[s, n + 1]
-        for i in range(n_inputs):
-            dinputs[s, i] = (dinputs[s, i] + d0 * weights_t[n, i]) + d1 * weights_t[n + 1, i]
-        n += 2
-    if n < n_neurons:
-        d0 = dvalues[s, n]
-        for i in range(n_inputs):
-            dinputs[s, i] += d0 * weights_t[n, i]
+            dinputs[s, i] = (zero + d0 * weights_t[0, i]) + d1 * weights_t[1, i]
+        n = 2
+        while n + 2 <= n_neurons:
+            d0 = dvalues[s, n]
+            d1 = dvalues[s, n + 1]
+            for i in range(n_inputs):
+                dinputs[s, i] = (dinputs[s, i] + d0 * weights_t[n, i]) + d1 * weights_t[n + 1, i]
+            n += 2
+        if n < n_neurons:
+            d0 = dvalues[s, n]
+            for i in range(n_inputs):
+                dinputs[s, i] += d0 * weights_t[n, i]
 
 
+# Rows per call of dinputs_rows_narrow (and per prange iteration).
+NARROW_ROWS = 16
