@@ -193,13 +193,22 @@ def dbiases_sum(dvalues, dbiases):
     inner loop reads ``dvalues[s, :]`` contiguously. Serial on purpose: it is ``n_samples *
     n_neurons`` additions, far fewer than the two products, so threads would not pay off.
     """
-    n_neurons = dvalues.shape[1]
+    n_samples, n_neurons = dvalues.shape
     for n in range(n_neurons):
         dbiases[n] = 0
-    for s in range(dvalues.shape[0]):
-        dvalues_row = dvalues[s]
+    # Four samples per pass over dbiases, each still added in sample order (the same sums):
+    # one load and store of dbiases[n] per four additions, not per addition (300x64: 4.0 ->
+    # 1.7 us). Then the last samples one at a time.
+    s = 0
+    while s + 4 <= n_samples:
         for n in range(n_neurons):
-            dbiases[n] += dvalues_row[n]
+            dbiases[n] = (((dbiases[n] + dvalues[s, n]) + dvalues[s + 1, n])
+                          + dvalues[s + 2, n]) + dvalues[s + 3, n]
+        s += 4
+    while s < n_samples:
+        for n in range(n_neurons):
+            dbiases[n] += dvalues[s, n]
+        s += 1
 
 
 def dense_backward_biases_loops(dvalues, dbiases):
