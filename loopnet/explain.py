@@ -1,6 +1,6 @@
 """``loopnet.explain("dense")``: one op's loops beside its numpy twin, run on the same input.
 
-For an op this prints the body every device runs (``relu_element``, ``softmax_row`` ...: the
+For an op this prints the body every device runs (``relu_element``, ``softmax_rows`` ...: the
 loop body written once), then the source of ``<op>_loops`` (the ``prange`` over it that the
 ``cpu`` device compiles and the ``python`` device runs) beside ``<op>_numpy`` (the vectorized
 twin), and the CUDA launcher; then it runs loops and twin on the same small random input and

@@ -6,7 +6,7 @@ Backward kernels take ``dvalues``, the gradient of the loss with respect to this
 ``output``, and write ``dinputs``, the gradient with respect to its ``inputs`` (chain rule).
 
 Each op is written once, as a *body* that computes one element or one row (``relu_element``,
-``softmax_row``, ...); the devices only differ in how they walk the indices:
+``softmax_rows``, ...); the devices only differ in how they walk the indices:
 
     relu_forward_loops   for k in prange(n): relu_element(inputs, output, k)    (cpu, python)
     relu_forward_kernel  k = cuda.grid(1); if k < n: relu_element(inputs, output, k)  (cuda)
@@ -20,7 +20,7 @@ it, CPU or GPU.
 import numpy as np
 from numba import prange
 
-from loopnet.kernels import body
+from loopnet.kernels import ROW_BLOCK, body
 from loopnet.kernels.scalars import exp
 
 # The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
@@ -69,9 +69,9 @@ def relu_forward_numpy(inputs, output):
 #            exp_values / exp_values.sum(axis=1, keepdims=True))
 
 @body
-def softmax_row(inputs, output, s):
-    """Softmax of sample ``s``'s row (``output`` may be ``inputs`` itself: each value is read
-    before it is overwritten).
+def softmax_rows(inputs, output, s0, s1):
+    """Softmax of the rows of samples ``s0 .. s1 - 1``, each on its own (``output`` may be
+    ``inputs`` itself: each value is read before it is overwritten).
 
     Subtracting the row's maximum first keeps every exponent <= 0, so ``exp`` lies in (0, 1]
     and cannot overflow for large finite inputs (the notes' overflow trick); the result is the
@@ -79,26 +79,29 @@ def softmax_row(inputs, output, s):
     order by the one caller that owns it: deterministic for any thread count.
     """
     n_classes = inputs.shape[1]
-    row_max = inputs[s, 0]
-    for j in range(1, n_classes):
-        # `or x != x`: once a NaN is seen it stays the maximum, so the whole row becomes NaN,
-        # as the twin's np.max (which propagates NaN) makes it.
-        x = inputs[s, j]
-        if x > row_max or x != x:
-            row_max = x
-    norm_base = output.dtype.type(0)
-    for j in range(n_classes):
-        exp_value = exp(inputs[s, j] - row_max)
-        output[s, j] = exp_value
-        norm_base += exp_value
-    for j in range(n_classes):
-        output[s, j] = output[s, j] / norm_base
+    for s in range(s0, s1):
+        row_max = inputs[s, 0]
+        for j in range(1, n_classes):
+            # `or x != x`: once a NaN is seen it stays the maximum, so the whole row becomes
+            # NaN, as the twin's np.max (which propagates NaN) makes it.
+            x = inputs[s, j]
+            if x > row_max or x != x:
+                row_max = x
+        norm_base = output.dtype.type(0)
+        for j in range(n_classes):
+            exp_value = exp(inputs[s, j] - row_max)
+            output[s, j] = exp_value
+            norm_base += exp_value
+        for j in range(n_classes):
+            output[s, j] = output[s, j] / norm_base
 
 
 def softmax_forward_loops(inputs, output):
-    """``softmax_row`` for every sample, one row per ``prange`` iteration."""
-    for s in prange(inputs.shape[0]):
-        softmax_row(inputs, output, s)
+    """``softmax_rows`` for every sample, ROW_BLOCK rows per ``prange`` iteration."""
+    n_samples = inputs.shape[0]
+    for block in prange((n_samples + ROW_BLOCK - 1) // ROW_BLOCK):
+        s0 = block * ROW_BLOCK
+        softmax_rows(inputs, output, s0, min(n_samples, s0 + ROW_BLOCK))
 
 
 def softmax_forward_kernel(inputs, output):
@@ -106,7 +109,7 @@ def softmax_forward_kernel(inputs, output):
     reduction per row would not pay off)."""
     s = cuda.grid(1)
     if s < inputs.shape[0]:
-        softmax_row(inputs, output, s)
+        softmax_rows(inputs, output, s, s + 1)
 
 
 def softmax_forward_numpy(inputs, output):

@@ -23,7 +23,7 @@ compiled training step; see ``loopnet/kernels/activations.py`` for the pattern.
 import numpy as np
 from numba import prange
 
-from loopnet.kernels import body
+from loopnet.kernels import ROW_BLOCK, body
 from loopnet.kernels.scalars import log
 
 # The CUDA kernels (``*_kernel``) use this name; ``loopnet.backends.cuda``, the only importer of
@@ -299,30 +299,36 @@ def softmax_crossentropy_backward_numpy(softmax_output, class_targets, dinputs):
 #     (twin: the book's Loss_BinaryCrossentropy, np.mean(..., axis=-1))
 
 @body
-def binary_crossentropy_sample(y_pred, y_true, sample_losses, s):
-    """One independent yes/no question per output (a sigmoid each); the sample's loss is the mean
-    over its outputs. Clipped on both sides: ``log(0)`` and ``log(1 - 1)`` are both possible."""
+def binary_crossentropy_samples(y_pred, y_true, sample_losses, s0, s1):
+    """One independent yes/no question per output (a sigmoid each); a sample's loss is the mean
+    over its outputs, for the samples ``s0 .. s1 - 1``. Clipped on both sides: ``log(0)`` and
+    ``log(1 - 1)`` are both possible."""
     one = y_pred.dtype.type(1)
     n_outputs = y_pred.shape[1]
-    total = y_pred.dtype.type(0)
-    for j in range(n_outputs):
-        p = clipped(y_pred, s, j)
-        t = y_true[s, j]
-        total += -(t * log(p) + (one - t) * log(one - p))
-    sample_losses[s] = total / y_pred.dtype.type(n_outputs)
+    for s in range(s0, s1):
+        total = y_pred.dtype.type(0)
+        for j in range(n_outputs):
+            p = clipped(y_pred, s, j)
+            t = y_true[s, j]
+            total += -(t * log(p) + (one - t) * log(one - p))
+        sample_losses[s] = total / y_pred.dtype.type(n_outputs)
 
 
 def binary_crossentropy_loops(y_pred, y_true, sample_losses):
-    """``binary_crossentropy_sample`` for every sample."""
-    for s in prange(y_pred.shape[0]):
-        binary_crossentropy_sample(y_pred, y_true, sample_losses, s)
+    """``binary_crossentropy_samples`` for every sample, ROW_BLOCK samples per ``prange``
+    iteration (a call per sample cost ~10 ns, half of a sample of one output)."""
+    n_samples = y_pred.shape[0]
+    for block in prange((n_samples + ROW_BLOCK - 1) // ROW_BLOCK):
+        s0 = block * ROW_BLOCK
+        binary_crossentropy_samples(y_pred, y_true, sample_losses, s0,
+                                    min(n_samples, s0 + ROW_BLOCK))
 
 
 def binary_crossentropy_kernel(y_pred, y_true, sample_losses):
     """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
     if s < y_pred.shape[0]:
-        binary_crossentropy_sample(y_pred, y_true, sample_losses, s)
+        binary_crossentropy_samples(y_pred, y_true, sample_losses, s, s + 1)
 
 
 def binary_crossentropy_numpy(y_pred, y_true, sample_losses):

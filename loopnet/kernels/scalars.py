@@ -1,8 +1,9 @@
 """``exp``, ``log`` and ``sqrt`` for the loop bodies: one spelling that runs on every device.
 
-A loop body (``softmax_row``, ``adam_param``, ...) runs three ways: as plain Python (the ``python``
-device, and numba's CUDA simulator), compiled by numba for the CPU (the ``cpu`` device and the
-compiled training step) and compiled by numba-cuda for the GPU (the ``cuda`` device). Neither
+A loop body (``softmax_rows``, ``adam_param``, ...) runs three ways: as plain Python (the
+``python`` device, and numba's CUDA simulator), compiled by numba for the CPU (the ``cpu``
+device and the compiled training step) and compiled by numba-cuda for the GPU (the ``cuda``
+device). Neither
 spelling of the library functions fits all three:
 
 - ``np.exp`` keeps a float32 argument float32 in plain Python and is what the ``cpu`` device
