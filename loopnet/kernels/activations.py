@@ -161,8 +161,8 @@ def relu_backward_numpy(dvalues, inputs, dinputs):
 #     (twin: np.diagflat(output[s]) - np.dot(output[s], output[s].T), times dvalues[s])
 
 @body
-def softmax_backward_row(dvalues, output, dinputs, s):
-    """Softmax's gradient through its full Jacobian matrix, for sample ``s``.
+def softmax_backward_rows(dvalues, output, dinputs, s0, s1):
+    """Softmax's gradient through its full Jacobian matrix, for samples ``s0 .. s1 - 1``.
 
     Each output ``j`` depends on every input ``k``: ``d output_j / d input_k = output_j *
     (delta_jk - output_k)`` (``delta_jk`` is 1 on the diagonal, else 0). The Jacobian element is
@@ -173,27 +173,30 @@ def softmax_backward_row(dvalues, output, dinputs, s):
     """
     n_classes = output.shape[1]
     zero = output.dtype.type(0)
-    for j in range(n_classes):
-        dinput = zero
-        for k in range(n_classes):
-            # diagflat(output) - output output^T, element (j, k), as the book builds it
-            diagonal = output[s, j] if j == k else zero
-            jacobian = diagonal - output[s, j] * output[s, k]
-            dinput += jacobian * dvalues[s, k]
-        dinputs[s, j] = dinput
+    for s in range(s0, s1):
+        for j in range(n_classes):
+            dinput = zero
+            for k in range(n_classes):
+                # diagflat(output) - output output^T, element (j, k), as the book builds it
+                diagonal = output[s, j] if j == k else zero
+                jacobian = diagonal - output[s, j] * output[s, k]
+                dinput += jacobian * dvalues[s, k]
+            dinputs[s, j] = dinput
 
 
 def softmax_backward_loops(dvalues, output, dinputs):
-    """``softmax_backward_row`` for every sample, one row per ``prange`` iteration."""
-    for s in prange(output.shape[0]):
-        softmax_backward_row(dvalues, output, dinputs, s)
+    """``softmax_backward_rows`` for every sample, ROW_BLOCK rows per ``prange`` iteration."""
+    n_samples = output.shape[0]
+    for block in prange((n_samples + ROW_BLOCK - 1) // ROW_BLOCK):
+        s0 = block * ROW_BLOCK
+        softmax_backward_rows(dvalues, output, dinputs, s0, min(n_samples, s0 + ROW_BLOCK))
 
 
 def softmax_backward_kernel(dvalues, output, dinputs):
     """CUDA: one thread per sample ``s``."""
     s = cuda.grid(1)
     if s < output.shape[0]:
-        softmax_backward_row(dvalues, output, dinputs, s)
+        softmax_backward_rows(dvalues, output, dinputs, s, s + 1)
 
 
 def softmax_backward_notes(dvalues, output, dinputs):
