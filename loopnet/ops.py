@@ -972,12 +972,19 @@ def rmsprop_update(params, grads, cache, *, learning_rate, epsilon=1e-7, rho=0.9
     """RMSprop step in place: ``cache = rho * cache + (1 - rho) * grads**2``, then as Adagrad."""
     learning_rate = number(learning_rate, "learning_rate")
     epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
-    rho = number(rho, "rho", minimum=0.0)
-    if rho > 1:
-        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    rho = rmsprop_rho(rho)
     p, g, (c,) = _update_arrays(params, grads, (cache,), ("cache",))
     _backend(device).rmsprop_update(p, g, c, learning_rate, epsilon, rho)
     return params
+
+
+def rmsprop_rho(rho) -> float:
+    """RMSprop's decay rate checked: a number in [0, 1] (the op and the optimizer class both
+    take it through here)."""
+    rho = number(rho, "rho", minimum=0.0)
+    if rho > 1:
+        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    return rho
 
 
 def adam_update(params, grads, momentums, cache, *, learning_rate, iteration, epsilon=1e-7,

@@ -210,16 +210,12 @@ class RMSprop(Optimizer):
                  rho: float = 0.9):
         super().__init__(learning_rate, decay)
         self.epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
-        self.rho = number(rho, "rho", minimum=0.0)
-        if self.rho > 1:
-            raise ValueError(f"rho must be in [0, 1], got {self.rho}")
+        self.rho = ops.rmsprop_rho(rho)
 
     def _kernel(self):
-        rho = number(self.rho, "rho", minimum=0.0)
-        if rho > 1:
-            raise ValueError(f"rho must be in [0, 1], got {rho}")
         return "rmsprop_update", (number(self.current_learning_rate, "learning_rate"),
-                                  number(self.epsilon, "epsilon", minimum=0.0, strict=True), rho)
+                                  number(self.epsilon, "epsilon", minimum=0.0, strict=True),
+                                  ops.rmsprop_rho(self.rho))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "epsilon": self.epsilon, "rho": self.rho}

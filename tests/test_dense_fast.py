@@ -167,9 +167,9 @@ def test_blocked_dweights_give_the_loops_bits(data):
 def test_narrow_kernels_give_the_loops_bits(data):
     """The backward kernels for layers of few neurons add the loops' products in the loops'
     order, vectors along the inputs: the very same bits, serial or parallel, NaN/inf
-    included (bands of NARROW_BAND inputs and blocks of NARROW_ROWS samples crossed)."""
+    included (bands of NARROW_BAND inputs and blocks of ROW_BLOCK samples crossed)."""
     dtype = data.draw(float_dtypes)
-    n_samples = data.draw(st.integers(1, 4 * dense.NARROW_ROWS + 6))
+    n_samples = data.draw(st.integers(1, 4 * dense.ROW_BLOCK + 6))
     n_inputs = data.draw(st.integers(1, 2 * dense.NARROW_BAND + 7))
     n_neurons = data.draw(st.integers(1, 15))
     inputs = data.draw(arrays(dtype, (n_samples, n_inputs)))

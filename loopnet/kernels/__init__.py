@@ -26,9 +26,10 @@ return arrays, and it lets the training loop reuse buffers). Shapes and labels a
 
 MODULES = ("dense", "activations", "losses", "regularization", "optimizers")
 
-# Rows per call of a row-range body in the ``cpu`` loops: LLVM does not inline a body with
-# several loops into its kernel, and a call per row (~10 ns: an array is passed as seven
-# values) cost as much as a row's work at a few classes (2700x3 softmax: 75 -> 55 us).
+# Rows per call of a row-range body in the ``cpu`` loops (and ``dense_fast``'s row kernels):
+# LLVM does not inline a body with several loops into its kernel, and a call per row (~10 ns:
+# an array is passed as seven values) cost as much as a row's work at a few classes (2700x3
+# softmax: 75 -> 55 us).
 ROW_BLOCK = 16
 
 

@@ -41,6 +41,8 @@ from numba import carray, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, register_jitable
 
+from loopnet.kernels import ROW_BLOCK
+
 # The forms a product can take (``loopnet.backends.cpu.dense_plan`` returns them).
 BLOCKED = 0
 NARROW = 1
@@ -493,15 +495,15 @@ def dense_forward_blocked(inputs, weights, biases, output):
     ``output[s, n]`` still adds ``inputs[s, i] * weights[i, n]`` for ``i = 0, 1, ...`` one at a
     time, left to right, then the bias: exactly the sums of the loops and of the notes' neuron,
     so the very same bits (compiled without ``fastmath``, which would fuse or reorder them). One
-    ``prange`` iteration owns 4 sample rows (``forward_rows_blocked``), or FEW_INPUTS_ROWS rows
+    ``prange`` iteration owns 4 sample rows (``forward_rows_blocked``), or ROW_BLOCK rows
     of a layer of 1 or 2 inputs (``rows_few_inputs``).
     """
     n_samples = inputs.shape[0]
     if inputs.shape[1] <= 2:  # (the spiral's 2 inputs, the sine's 1): one pass per row
-        for block in prange((n_samples + FEW_INPUTS_ROWS - 1) // FEW_INPUTS_ROWS):
-            s0 = block * FEW_INPUTS_ROWS
+        for block in prange((n_samples + ROW_BLOCK - 1) // ROW_BLOCK):
+            s0 = block * ROW_BLOCK
             rows_few_inputs(inputs, weights, biases, output, s0,
-                            min(n_samples, s0 + FEW_INPUTS_ROWS))
+                            min(n_samples, s0 + ROW_BLOCK))
     else:
         for block in prange((n_samples + 3) // 4):
             forward_rows_blocked(inputs, weights, biases, output, block * 4, False)
@@ -585,7 +587,7 @@ def rows_few_inputs(inputs, weights, biases, output, s0, s1):
     their bits. The 4-row passes zero the outputs, add each input's products and the biases in
     separate passes over the row: with 2 inputs, 4 short loops per row, whose start-up cost
     was most of the time (300x2x64: 10-12 -> 3.6-5 us). A block of rows per call
-    (FEW_INPUTS_ROWS): a call per row cost more than the row's work, and inlining the body
+    (ROW_BLOCK): a call per row cost more than the row's work, and inlining the body
     into the kernel (``inline="always"``), which ran it faster still, doubled the kernel's
     compile time."""
     zero = output.dtype.type(0)
@@ -604,10 +606,6 @@ def rows_few_inputs(inputs, weights, biases, output, s0, s1):
             a1 = inputs[s, 1]
             for n in range(o.shape[0]):
                 o[n] = ((zero + a0 * w0[n]) + a1 * w1[n]) + biases[n]
-
-
-# Rows per call of rows_few_inputs (and per prange iteration).
-FEW_INPUTS_ROWS = 16
 
 
 def dense_backward_weights_blocked(inputs, dvalues, dweights):
@@ -740,11 +738,11 @@ NARROW_BAND = 64
 
 def dense_backward_inputs_narrow(dvalues, weights_t, dinputs):
     """``dinputs = dvalues @ weights.T`` from ``weights_t`` = ``weights.T``: the bits of
-    ``dense_backward_inputs_loops``. One ``prange`` iteration owns NARROW_ROWS sample rows."""
+    ``dense_backward_inputs_loops``. One ``prange`` iteration owns ROW_BLOCK sample rows."""
     n_samples = dvalues.shape[0]
-    for block in prange((n_samples + NARROW_ROWS - 1) // NARROW_ROWS):
-        s0 = block * NARROW_ROWS
-        dinputs_rows_narrow(dvalues, weights_t, dinputs, s0, min(n_samples, s0 + NARROW_ROWS))
+    for block in prange((n_samples + ROW_BLOCK - 1) // ROW_BLOCK):
+        s0 = block * ROW_BLOCK
+        dinputs_rows_narrow(dvalues, weights_t, dinputs, s0, min(n_samples, s0 + ROW_BLOCK))
 
 
 @register_jitable(_nrt=False)
@@ -784,6 +782,3 @@ def dinputs_rows_narrow(dvalues, weights_t, dinputs, s0, s1):
             for i in range(n_inputs):
                 dinputs[s, i] += d0 * weights_t[n, i]
 
-
-# Rows per call of dinputs_rows_narrow (and per prange iteration).
-NARROW_ROWS = 16
