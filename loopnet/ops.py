@@ -149,28 +149,25 @@ def _fresh(be, out, shape, dtype, inputs):
     else None (the caller then takes the full path, which copies or explains)."""
     if out is None:
         return be.empty(shape, dtype)
-    if (type(out) is np.ndarray and out.shape == shape and out.dtype == dtype
-            and out.flags.c_contiguous and out.flags.writeable):
-        for a in inputs:    # (a loop, not any() over a generator: this runs on every op)
-            if _overlap(out, a):
-                return None
-        return out
-    return None
-
-
-def _overlap(a, b) -> bool:
-    """Whether two numpy arrays may share memory. Views of numpy-owned memory name the array
-    that owns it as their ``base``: arrays of different owners do not overlap (a few attribute
-    reads); anything else asks ``np.may_share_memory``."""
-    base_a, base_b = a.base, b.base
-    root_a = a if base_a is None else base_a
-    root_b = b if base_b is None else base_b
-    if root_a is root_b:
-        return np.may_share_memory(a, b)
-    if type(root_a) is np.ndarray and type(root_b) is np.ndarray \
-            and root_a.base is None and root_b.base is None:
-        return False
-    return np.may_share_memory(a, b)
+    if type(out) is not np.ndarray or out.shape != shape or out.dtype != dtype:
+        return None
+    flags = out.flags
+    if not (flags.c_contiguous and flags.writeable):
+        return None
+    # Views of numpy-owned memory name the array that owns it as their ``base``: arrays of
+    # different owners do not overlap (a few attribute reads); anything else asks
+    # np.may_share_memory. Written out, ``out``'s owner found once: this runs on every op, up
+    # to three outputs against three inputs (a function per pair cost ~1 us a dense backward).
+    base = out.base
+    root = out if base is None else base
+    known = type(root) is np.ndarray and root.base is None
+    for a in inputs:
+        base = a.base
+        root_a = a if base is None else base
+        if (not known or root_a is root or type(root_a) is not np.ndarray
+                or root_a.base is not None) and np.may_share_memory(out, a):
+            return None
+    return out
 
 
 def _check_host(be, *arrays) -> None:
@@ -211,19 +208,26 @@ def _check_ndim(arr: np.ndarray, name: str, allowed: tuple[int, ...], meaning: s
         raise ValueError(f"{name} must be {meaning}, got a {arr.ndim}-D array of shape {arr.shape}")
 
 
-def class_targets(y_true, n_samples: int, n_classes: int, y_pred_shape) -> np.ndarray:
+def class_targets(y_true, n_samples: int, n_classes: int, y_pred_shape, be=None) -> np.ndarray:
     """Labels as a contiguous intp array of class indices in ``[0, n_classes)``.
 
     Accepts class indices ``(n_samples,)`` (integers, or floats holding whole numbers) or one-hot
     rows ``(n_samples, n_classes)``, which are turned into indices after checking each row is
-    one-hot.
+    one-hot. ``be``, a host backend that has ``class_indices`` (cpu), checks and converts
+    integer labels in one compiled pass.
     """
     if (type(y_true) is np.ndarray and y_true.ndim == 1 and y_true.dtype.kind in "iu"
-            and y_true.shape[0] == n_samples and n_samples
-            and (y_true.dtype.kind == "u" or y_true.min() >= 0) and y_true.max() < n_classes):
-        # class indices in range (the fast path; out of range: the messages below)
-        return y_true if y_true.dtype == np.intp and y_true.flags.c_contiguous \
-            else np.ascontiguousarray(y_true, dtype=np.intp)
+            and y_true.shape[0] == n_samples and n_samples):
+        # class indices (the fast path; out of range: the messages below)
+        # (numba reads native byte order only: big-endian labels take numpy's checks)
+        convert = getattr(be, "class_indices", None) if y_true.dtype.isnative else None
+        if convert is not None:
+            targets = convert(y_true, n_classes)
+            if targets is not None:
+                return targets
+        elif (y_true.dtype.kind == "u" or y_true.min() >= 0) and y_true.max() < n_classes:
+            return y_true if y_true.dtype == np.intp and y_true.flags.c_contiguous \
+                else np.ascontiguousarray(y_true, dtype=np.intp)
     labels = _host(_array(y_true, "y_true"))
     if labels.ndim == 2:
         if labels.shape != tuple(y_pred_shape):
@@ -620,7 +624,7 @@ def categorical_crossentropy(y_pred, y_true, *, device: str | None = None):
     if type(y_pred) is np.ndarray and y_pred.ndim == 2 and _ready((y_pred,)):
         be = host_backend(device)
         if be is not None and type(y_true) is np.ndarray and y_true.ndim == 1:
-            targets = class_targets(y_true, y_pred.shape[0], y_pred.shape[1], y_pred.shape)
+            targets = class_targets(y_true, y_pred.shape[0], y_pred.shape[1], y_pred.shape, be)
             sample_losses = be.empty((y_pred.shape[0],), y_pred.dtype)
             be.categorical_crossentropy(y_pred, targets, sample_losses)
             return sample_losses
@@ -695,7 +699,7 @@ def _class_gradient(kernel_name, probabilities, name, y_true, out, device):
         be = host_backend(device)
         if be is not None:
             targets = class_targets(y_true, probabilities.shape[0], probabilities.shape[1],
-                                     probabilities.shape)
+                                     probabilities.shape, be)
             # (each row reads its own values before it writes them: in place is fine)
             dinputs = _fresh(be, out, probabilities.shape, probabilities.dtype, ())
             if dinputs is not None:

@@ -63,13 +63,14 @@ class Optimizer:
                                  names=self.state_names, device=device)
 
     def _attribute_names(self):
-        """``(["weight_momentums", ...], ["bias_momentums", ...])``: the state arrays' names on
-        a layer (made once: this runs for every layer at every step)."""
+        """``(["weight_momentums", ...], ["bias_momentums", ...], state_names, all of them)``:
+        the state arrays' names on a layer (made once: this runs for every layer at every
+        step)."""
         names = self.__dict__.get("_names")
         if names is None or names[2] != self.state_names:
-            names = self._names = ([f"weight_{name}" for name in self.state_names],
-                                   [f"bias_{name}" for name in self.state_names],
-                                   self.state_names)
+            weights = [f"weight_{name}" for name in self.state_names]
+            biases = [f"bias_{name}" for name in self.state_names]
+            names = self._names = (weights, biases, self.state_names, tuple(weights + biases))
         return names
 
     # The learner's loop calls ``update_params`` for every layer at every step, and checking
@@ -94,15 +95,21 @@ class Optimizer:
         entry = cache.get(id(layer))
         if entry is not None:
             arrays, views = entry
-            if (len(arrays) == 5 + len(names[0]) + len(names[1])
+            if (len(arrays) == 5 + len(names[3])
                     and arrays[0] is layer and arrays[1] is layer.weights
                     and arrays[2] is layer.dweights and arrays[3] is layer.biases
                     and arrays[4] is layer.dbiases
-                    and all(getattr(layer, name, None) is array
-                            for name, array in zip(names[0] + names[1], arrays[5:]))
-                    and arrays[1].flags.writeable and arrays[3].flags.writeable
-                    and all(state.flags.writeable for state in arrays[5:])):
-                return views
+                    and arrays[1].flags.writeable and arrays[3].flags.writeable):
+                # (a plain loop, not all() over generators: this runs for every layer at
+                # every step, and the generators cost ~1.5 us of its ~3.4)
+                k = 5
+                for name in names[3]:
+                    state = arrays[k]
+                    if getattr(layer, name, None) is not state or not state.flags.writeable:
+                        break
+                    k += 1
+                else:
+                    return views
             cache.pop(id(layer), None)   # (pop: another thread may have dropped it)
             return None
         be = ops.host_backend(getattr(layer, "device", None))

@@ -248,6 +248,27 @@ def test_update_params_follows_new_arrays_and_refuses_read_only_ones():
     assert bits(layer.weights) == before
 
 
+def test_update_params_follows_new_state_arrays_and_refuses_read_only_ones():
+    """The kept views follow the optimizer's state arrays too: a state array replaced on the
+    layer is the one updated (the old one is left alone), and one made read-only raises."""
+    layer, optimizer = _stepped_layer(lambda: loopnet.Adam(learning_rate=0.05), 4, "cpu")
+    old = layer.bias_cache
+    old_bits = bits(old)
+    layer.bias_cache = old.copy()
+    layer.dbiases[...] = 1.0
+    optimizer.update_params(layer)
+    assert bits(old) == old_bits
+    assert bits(layer.bias_cache) != old_bits
+    for _ in range(2):    # views of the new arrays kept again
+        optimizer.update_params(layer)
+    assert optimizer._views(layer) is not None
+    layer.weight_momentums.flags.writeable = False
+    before = bits(layer.weights)
+    with pytest.raises(ValueError, match="read-only|writ"):
+        optimizer.update_params(layer)
+    assert bits(layer.weights) == before
+
+
 def test_an_optimizer_with_kept_views_pickles_and_copies():
     """The kept views stay behind when an optimizer is pickled or deep-copied; the copies then
     train on exactly as the original does."""

@@ -456,3 +456,45 @@ def test_loss_and_penalty_fast_paths_match_the_checked_paths(device, dtype):
         ops.regularization_backward(values, frozen, l2=1e-3, device=device)
     with pytest.raises(ValueError, match="l2 must be >= 0"):
         ops.regularization_loss(values, l2=-1.0, device=device)
+
+
+_LABEL_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+                 np.uint64, np.dtype(">i4"), np.dtype(">u2")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_class_label_fast_paths_match_the_checked_paths(device, dtype):
+    """Integer labels of every dtype and byte order (contiguous, strided, read-only) give the
+    bits of the same labels as a list (the checked path), in the cross-entropy and its fused
+    gradient with softmax; a label out of range is still refused with its position, whichever
+    dtype carries it."""
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.ones(3), size=8).astype(dtype)
+    listed = [int(v) for v in rng.integers(0, 3, 8)]
+
+    def run(labels):
+        return [np.asarray(ops.to_numpy(r)).tobytes() for r in (
+            ops.categorical_crossentropy(probs, labels, device=device),
+            ops.softmax_crossentropy_backward(probs, labels, device=device),
+            ops.categorical_crossentropy_backward(probs, labels, device=device))]
+
+    reference = run(listed)
+    for label_dtype in _LABEL_DTYPES:
+        labels = np.array(listed, dtype=label_dtype)
+        strided = np.repeat(labels, 2)[::2]
+        frozen = labels.copy()
+        frozen.flags.writeable = False
+        for given in (labels, strided, frozen):
+            assert run(given) == reference, (label_dtype, given.strides)
+        for position, bad in ((5, 3), (0, np.iinfo(labels.dtype).max)):
+            wrong = labels.copy()
+            wrong[position] = bad
+            for op in (ops.categorical_crossentropy, ops.softmax_crossentropy_backward):
+                with pytest.raises(ValueError, match=rf"class index {bad} at position "
+                                                     rf"{position}, but y_pred has only 3"):
+                    op(probs, wrong, device=device)
+        if np.dtype(label_dtype).kind == "i":
+            wrong = labels.copy()
+            wrong[7] = -1
+            with pytest.raises(ValueError, match=r"negative class index -1 at position 7"):
+                ops.categorical_crossentropy(probs, wrong, device=device)
