@@ -595,14 +595,42 @@ class Trainer:
         optimizer.current_learning_rate = float(run.hyper[step.CURRENT_LEARNING_RATE])
         steps = self.steps
         done = n_epochs if failed < 0 else failed // steps
-        records = []
-        for epoch in range(done):
-            rows = step_log[epoch * steps:(epoch + 1) * steps]
-            records.append(EpochRecord(rows, run.batch_size, n_samples, epoch_log[epoch],
-                                       bool(self.X_val.shape[0])))
         if failed >= 0:
             self.failure = (failed // steps, failed % steps, step_log[failed])
-        return records
+        return Block(step_log[:done * steps], epoch_log[:done], steps, run.batch_size, n_samples,
+                     bool(self.X_val.shape[0]))
+
+
+class Block:
+    """The epochs one compiled call completed: ``step_log`` (one row per step: mean data loss,
+    mean accuracy, penalty, learning rate) and ``epoch_log`` (one row per epoch: the penalty
+    after its last update, the validation loss and accuracy), read epoch by epoch
+    (``records``) or, for a full-batch run, as whole columns (``columns``)."""
+
+    def __init__(self, step_log, epoch_log, steps, batch_size, n_samples, validated):
+        self.step_log, self.epoch_log = step_log, epoch_log
+        self.steps, self.batch_size, self.n_samples = steps, batch_size, n_samples
+        self.validated = validated
+        self.epochs = epoch_log.shape[0]
+
+    def records(self):
+        """One ``EpochRecord`` per epoch."""
+        steps = self.steps
+        return [EpochRecord(self.step_log[epoch * steps:(epoch + 1) * steps], self.batch_size,
+                            self.n_samples, self.epoch_log[epoch], self.validated)
+                for epoch in range(self.epochs)]
+
+    def columns(self):
+        """``(data_loss, accuracy, regularization_loss, learning_rate, validation)`` of a
+        full-batch block (one step per epoch): float64 arrays with one value per epoch;
+        ``validation`` is ``(loss, accuracy)`` arrays, or None without validation data."""
+        from loopnet.kernels import step
+
+        log = self.step_log
+        validation = ((self.epoch_log[:, step.EPOCH_VAL_LOSS],
+                       self.epoch_log[:, step.EPOCH_VAL_ACCURACY]) if self.validated else None)
+        return (log[:, step.STEP_DATA_LOSS], log[:, step.STEP_ACCURACY],
+                log[:, step.STEP_REGULARIZATION], log[:, step.STEP_LEARNING_RATE], validation)
 
 
 class EpochRecord:

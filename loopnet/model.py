@@ -269,10 +269,16 @@ class Model:
                 count = trainer.block_size(epochs - epoch + 1, run.epoch_by_epoch)
                 orders = [rng.permutation(n_samples) if rng is not None else None
                           for _ in range(count)]
-                records = trainer.train(orders)
+                block = trainer.train(orders)
                 run.compile_time = trainer.run.compile_time
                 stop = False
-                for record in records:
+                # full batch, no callback, no bar (and the block's own validation figures):
+                # every epoch of the block recorded at once, from its columns
+                bulk = run.in_bulk and (validation_data is None or block.validated)
+                if bulk:
+                    stop = run.end_epochs(epoch, n_samples, *block.columns())
+                    epoch += block.epochs
+                for record in () if bulk else block.records():
                     run.start_epoch(epoch)
                     for step, (data_loss, accuracy, regularization_loss, learning_rate,
                                rows) in enumerate(record.steps):

@@ -277,6 +277,59 @@ class TrainingRun:
             return True
         return False
 
+    @property
+    def in_bulk(self) -> bool:
+        """Whether ``end_epochs`` may record a block of epochs at once: full batch (one step
+        per epoch), no callbacks and no progress bar (nothing that runs between epochs)."""
+        return not self.by_steps and not self.callbacks and self.bar is None
+
+    def end_epochs(self, first: int, n_samples: int, data_loss, accuracy, regularization_loss,
+                   learning_rate, validation=None) -> bool:
+        """Epochs ``first``, ``first + 1``, ... of a full-batch run (``in_bulk``) at once, from
+        float64 arrays of one value per epoch (``validation``: ``(loss, accuracy)`` arrays,
+        given whenever the run has validation data): the history, lines and validation ``start_epoch``, ``step`` and ``end_epoch``
+        would give epoch by epoch, computed with the same float64 operations on whole arrays
+        (the same bits; a compiled block's epochs then cost no Python each). Returns True
+        when training was asked to stop."""
+        import numpy as np
+
+        k = len(data_loss)
+        if k == 0:
+            return False
+        epochs = np.arange(first, first + k)
+        # step's sums (from 0.0, weighted by the batch's rows) over end_epoch's count
+        data = (0.0 + data_loss * n_samples) / n_samples
+        penalty = (0.0 + regularization_loss * n_samples) / n_samples
+        if self.has_accuracy:
+            accuracy = (0.0 + accuracy * n_samples) / n_samples
+        else:
+            accuracy = np.full(k, float("nan"))
+        lists = {"epoch": epochs.tolist(), "loss": (data + penalty).tolist(),
+                 "data_loss": data.tolist(), "regularization_loss": penalty.tolist(),
+                 "accuracy": accuracy.tolist(), "learning_rate": learning_rate.tolist()}
+        for key in HISTORY_KEYS:
+            self.history[key].extend(lists[key])
+        if self.validation_data is not None:
+            validated = (epochs % self.validate_every == 0) | (epochs == self.epochs)
+            val_loss = np.where(validated, validation[0], np.nan)
+            val_accuracy = np.where(validated, validation[1], np.nan)
+            self.history["val_loss"].extend(val_loss.tolist())
+            self.history["val_accuracy"].extend(val_accuracy.tolist())
+            if validated.any():
+                last = int(np.flatnonzero(validated)[-1])
+                self.last_validation = (float(validation[0][last]),
+                                        float(validation[1][last]))
+        self.learning_rate = float(learning_rate[-1])
+        if self.print_every:
+            for j in np.flatnonzero(epochs % self.print_every == 0).tolist():
+                self.write(f"epoch: {first + j}, " + numbers(
+                    lists["accuracy"][j], lists["data_loss"][j],
+                    lists["regularization_loss"][j], lists["learning_rate"][j]))
+        if getattr(self.model, "stop_training", False):
+            self.stopped_epoch = first + k - 1
+            return True
+        return False
+
     def finish(self) -> dict:
         """Close the bar, print chapter 18's final validation line, run the callbacks'
         ``on_train_end``; returns the history (with ``stopped_epoch`` when a callback

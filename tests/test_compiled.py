@@ -391,3 +391,65 @@ def test_evaluate_and_predict_run_on_a_build_the_process_has(monkeypatch):
     missing = min({0, 1, 2, 3} - {form for form, _ in trained[0].forward_forms})
     assert not trained[0].serves(request._replace(forward_forms=frozenset({(missing, False)})))
     assert not made[0].serves(trained[0])       # a training run is never served
+
+
+class _LogsOnly(loopnet.callbacks.Callback):
+    """Reads the logs only: the compiled step still runs blocks of epochs, but each epoch's
+    bookkeeping runs one by one (``end_epoch``), not in bulk."""
+
+    reads_parameters = False
+
+
+@pytest.mark.parametrize("accuracy", [True, False])
+def test_full_batch_blocks_are_recorded_in_bulk_as_epoch_by_epoch(capsys, monkeypatch,
+                                                                   accuracy):
+    """A full-batch run without callbacks or progress bar records each compiled block's
+    epochs at once (``TrainingRun.end_epochs``): the history (validated every third epoch and
+    after the last, NaN between), the printed lines and the stop on a NaN loss are those of
+    the epoch-by-epoch bookkeeping, bit for bit."""
+    X, y = spiral_data(20, 3, seed=1)
+    X_val, y_val = spiral_data(5, 3, seed=2)
+    spec = dict(n_inputs=2, hidden=[(6, "relu", 5e-4, 1e-3)], loss="categorical",
+                n_outputs=3, optimizer="adam", seed=3)
+
+    from loopnet.training import TrainingRun
+
+    blocks = []
+    end_epochs = TrainingRun.end_epochs
+
+    def counted(self, first, *args):
+        blocks.append(first)
+        return end_epochs(self, first, *args)
+
+    monkeypatch.setattr(TrainingRun, "end_epochs", counted)
+
+    def run(callbacks, X=X):
+        model = build_model(spec)
+        if not accuracy:
+            model.accuracy = None
+        history = model.train(X, y, epochs=10, print_every=4, validation_data=(X_val, y_val),
+                              validate_every=3, progress=False, callbacks=callbacks)
+        return history, capsys.readouterr().out
+
+    bulk, bulk_out = run(None)
+    assert blocks and blocks[0] == 1
+    blocks.clear()
+    one_by_one, one_by_one_out = run([_LogsOnly()])
+    assert not blocks
+    assert bulk["path"] == one_by_one["path"] == "compiled"
+    assert bulk_out == one_by_one_out and "epoch: 8, " in bulk_out and "validation, " in bulk_out
+    assert sorted(bulk) == sorted(one_by_one)
+    for key in bulk:
+        if isinstance(bulk[key], list):
+            assert bits(np.array(bulk[key])) == bits(np.array(one_by_one[key])), key
+    assert np.isnan(bulk["val_loss"][1]) and not np.isnan(bulk["val_loss"][2])
+    assert np.isnan(bulk["accuracy"][0]) != accuracy
+    # a NaN input: both stop with the same message, after the same epochs
+    X_bad = X.copy()
+    X_bad[3, 0] = np.nan
+    messages = []
+    for callbacks in (None, [_LogsOnly()]):
+        with pytest.raises(FloatingPointError) as error:
+            run(callbacks, X_bad)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1] and messages[0].startswith("training diverged at epoch 1")
