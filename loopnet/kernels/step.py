@@ -37,7 +37,8 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba.extending import register_jitable
+from numba import carray, types
+from numba.extending import intrinsic, register_jitable
 
 from loopnet.kernels import dense_fast as fast
 from loopnet.kernels import renamed
@@ -259,10 +260,30 @@ def _plain_kernels() -> dict:
 globals().update(_plain_kernels())
 
 
+@intrinsic
+def _element_pointer(typingctx, array, offset):
+    """A pointer to ``array``'s element ``offset`` (a 1-D contiguous array)."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(array)(context, builder, args[0]).data
+        return builder.gep(data, [args[1]])
+    return types.CPointer(array.dtype)(array, offset), codegen
+
+
+# The step's views of its buffers (each layer's block of the activations, a flat view for an
+# element-wise kernel) are made as ``carray``s over a pointer: a slice or ``reshape`` would call
+# numba's reshape helper and count references on every view (~1 us an epoch of the book's
+# small models, whose whole epoch is 20-40 us). The buffers are the step's arguments, which
+# outlive every view.
 @register_jitable
 def _block(buffer, offset, rows, columns):
     """``buffer[offset:]`` as a (rows, columns) C-contiguous view."""
-    return buffer[offset:offset + rows * columns].reshape((rows, columns))
+    return carray(_element_pointer(buffer, offset), (rows, columns))
+
+
+@register_jitable
+def _flat(array):
+    """A C-contiguous ``array`` as a 1-D view of all its elements."""
+    return carray(_element_pointer(array, 0), (array.size,))
 
 
 @register_jitable
@@ -422,15 +443,15 @@ def forward(program, plans, floats, batch_kind, batch, m, training, params, acts
         if USE_RELU:
             if kind == RELU:
                 if large:
-                    relu_forward_parallel(inputs.reshape(-1), output.reshape(-1))
+                    relu_forward_parallel(_flat(inputs), _flat(output))
                 else:
-                    relu_forward_serial(inputs.reshape(-1), output.reshape(-1))
+                    relu_forward_serial(_flat(inputs), _flat(output))
         if USE_SIGMOID:
             if kind == SIGMOID:
                 if large:
-                    sigmoid_forward_parallel(inputs.reshape(-1), output.reshape(-1))
+                    sigmoid_forward_parallel(_flat(inputs), _flat(output))
                 else:
-                    sigmoid_forward_serial(inputs.reshape(-1), output.reshape(-1))
+                    sigmoid_forward_serial(_flat(inputs), _flat(output))
         if USE_SOFTMAX:
             if kind == SOFTMAX:
                 if large:
@@ -446,13 +467,13 @@ def forward(program, plans, floats, batch_kind, batch, m, training, params, acts
                     if large:
                         dropout_mask_parallel(program[l, SEED], program[l, STEP], keep_below,
                                               rate, mask)
-                        dropout_forward_parallel(inputs.reshape(-1), mask.reshape(-1),
-                                                 output.reshape(-1))
+                        dropout_forward_parallel(_flat(inputs), _flat(mask),
+                                                 _flat(output))
                     else:
                         dropout_mask_serial(program[l, SEED], program[l, STEP], keep_below,
                                             rate, mask)
-                        dropout_forward_serial(inputs.reshape(-1), mask.reshape(-1),
-                                               output.reshape(-1))
+                        dropout_forward_serial(_flat(inputs), _flat(mask),
+                                               _flat(output))
                     program[l, STEP] += 1
                 else:
                     output[...] = inputs     # Dropout.forward(training=False): the inputs
@@ -506,12 +527,12 @@ def loss_and_accuracy(settings, hyper, output, targets, values, m, sample_losses
     n = m * output.shape[1]
     if USE_BINARY_ACCURACY:
         if accuracy_kind == BINARY_ACCURACY:
-            binary_accuracy_serial(output.reshape(-1), values.reshape(-1), correct[:n])
+            binary_accuracy_serial(_flat(output), _flat(values), correct[:n])
             mean_serial(correct[:n], out)
             mean_accuracy = out[0]
     if USE_REGRESSION_ACCURACY:
         if accuracy_kind == REGRESSION_ACCURACY:
-            regression_accuracy_serial(output.reshape(-1), values.reshape(-1), hyper[PRECISION],
+            regression_accuracy_serial(_flat(output), _flat(values), hyper[PRECISION],
                                        correct[:n])
             mean_serial(correct[:n], out)
             mean_accuracy = out[0]
@@ -568,14 +589,14 @@ def backward(program, plans, floats, settings, batch_kind, batch, m, params, gra
                                _block(dacts, program[l, IN], m, width_in), scratch)
         if not needs_dinputs:
             continue
-        flat_dvalues = dvalues.reshape(-1)
+        flat_dvalues = _flat(dvalues)
         flat_dinputs = dacts[program[l, IN]:program[l, IN] + n]
         if USE_RELU:
             if kind == RELU:
                 if large:
-                    relu_backward_parallel(flat_dvalues, inputs.reshape(-1), flat_dinputs)
+                    relu_backward_parallel(flat_dvalues, _flat(inputs), flat_dinputs)
                 else:
-                    relu_backward_serial(flat_dvalues, inputs.reshape(-1), flat_dinputs)
+                    relu_backward_serial(flat_dvalues, _flat(inputs), flat_dinputs)
         if USE_SIGMOID:
             if kind == SIGMOID:
                 flat_output = acts[program[l, OUT]:program[l, OUT] + n]
