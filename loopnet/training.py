@@ -17,7 +17,10 @@ after each epoch the epoch's, through four calls of a ``TrainingRun``::
     history = run.finish()                          # and run.close() in a finally
 
 so any way of running the steps (the layered ops, a compiled training step) reports the same
-way. The numbers are Python floats: ``data_loss`` the batch's mean loss, ``accuracy`` its
+way. A path that ran a block of full-batch epochs at once may hand them over together,
+``run.end_epochs(first, n_samples, data_loss, accuracy, regularization_loss, learning_rate,
+validation)`` with arrays of one value per epoch, where ``run.in_bulk`` (no callbacks, no
+progress bar): the same history and lines, without a Python round per epoch. The numbers are Python floats: ``data_loss`` the batch's mean loss, ``accuracy`` its
 fraction right (``None`` without an accuracy), ``regularization_loss`` the L1/L2 penalty of
 the weights the step started from, ``learning_rate`` the rate the step used.
 
