@@ -277,6 +277,9 @@ def _element_pointer(typingctx, array, offset):
 @register_jitable
 def _block(buffer, offset, rows, columns):
     """``buffer[offset:]`` as a (rows, columns) C-contiguous view."""
+    if offset < 0 or offset + rows * columns > buffer.shape[0]:
+        # (a slice would have been cut short and its reshape refused: never a view past the end)
+        raise IndexError("a block of the training step's buffers runs past their end")
     return carray(_element_pointer(buffer, offset), (rows, columns))
 
 
