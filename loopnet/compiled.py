@@ -4,10 +4,10 @@
 allocates every buffer once; ``CompiledRun.train`` then runs blocks of epochs through
 ``train_block`` and hands back, per step, the numbers the layered path would have produced
 (mean data loss, mean accuracy, penalty, learning rate; a ``Block`` of them per call), so that
-``Model.train`` prints, records and validates the same way whichever path ran. Parameters, gradients and the optimizer's state
-are copied from the layers into flat buffers when a call starts and back (into the very same
-arrays) after every block: between blocks the model is exactly where the layered path would
-have left it.
+``Model.train`` prints, records and validates the same way whichever path ran. Parameters,
+gradients and the optimizer's state are copied from the layers into flat buffers when a call
+starts and back (into the very same arrays) after every block: between blocks the model is
+exactly where the layered path would have left it.
 
 Covered: every model ``Model`` builds from Dense (with L1/L2 penalties), Dropout, ReLU, Sigmoid,
 Linear and Softmax; CategoricalCrossentropy (class indices or one-hot), BinaryCrossentropy,

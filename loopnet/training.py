@@ -20,9 +20,10 @@ so any way of running the steps (the layered ops, a compiled training step) repo
 way. A path that ran a block of full-batch epochs at once may hand them over together,
 ``run.end_epochs(first, n_samples, data_loss, accuracy, regularization_loss, learning_rate,
 validation)`` with arrays of one value per epoch, where ``run.in_bulk`` (no callbacks, no
-progress bar): the same history and lines, without a Python round per epoch. The numbers are Python floats: ``data_loss`` the batch's mean loss, ``accuracy`` its
-fraction right (``None`` without an accuracy), ``regularization_loss`` the L1/L2 penalty of
-the weights the step started from, ``learning_rate`` the rate the step used.
+progress bar): the same history and lines, without a Python round per epoch. The numbers are
+Python floats: ``data_loss`` the batch's mean loss, ``accuracy`` its fraction right (``None``
+without an accuracy), ``regularization_loss`` the L1/L2 penalty of the weights the step
+started from, ``learning_rate`` the rate the step used.
 
 The log follows the book. Full-batch training (``batch_size=None``) prints chapter 18's line
 every ``print_every`` epochs and the validation line once, after training::
@@ -290,10 +291,10 @@ class TrainingRun:
                    learning_rate, validation=None) -> bool:
         """Epochs ``first``, ``first + 1``, ... of a full-batch run (``in_bulk``) at once, from
         float64 arrays of one value per epoch (``validation``: ``(loss, accuracy)`` arrays,
-        given whenever the run has validation data): the history, lines and validation ``start_epoch``, ``step`` and ``end_epoch``
-        would give epoch by epoch, computed with the same float64 operations on whole arrays
-        (the same bits; a compiled block's epochs then cost no Python each). Returns True
-        when training was asked to stop."""
+        given whenever the run has validation data): the history, lines and validation that
+        ``start_epoch``, ``step`` and ``end_epoch`` would give epoch by epoch, computed with
+        their float64 operations on whole arrays (the same bits; a compiled block's epochs
+        then cost no Python each). Returns True when training was asked to stop."""
         import numpy as np
 
         k = len(data_loss)
