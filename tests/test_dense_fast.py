@@ -51,6 +51,27 @@ def test_tiled_kernel_matches_the_twin(data):
         assert_within(output, expected, nt_tolerance(rows, columns_t, biases * add), "tiled")
 
 
+@settings(max_examples=30)
+@given(data=st.data())
+def test_narrow_products_give_the_bits_of_the_tiles_ragged_edge(data):
+    # A product of 1-3 output columns runs plain dot products over bands of rows, not tiles;
+    # they are the very outputs the ragged edge of a wider product computes (its last columns),
+    # so a layer's narrow forward has the bits it had inside a wider one, on either build.
+    dtype = data.draw(float_dtypes)
+    n_rows, n_k = data.draw(st.integers(1, 300)), data.draw(tile_sides)
+    n_ragged = data.draw(st.integers(1, 3))
+    rows = data.draw(arrays(dtype, (n_rows, n_k), bound=10.0))
+    columns_t = data.draw(arrays(dtype, (4 + n_ragged, n_k), bound=10.0))
+    biases = data.draw(arrays(dtype, (4 + n_ragged,), bound=10.0))
+    add = data.draw(st.booleans())
+    wide = np.full((n_rows, 4 + n_ragged), np.nan, dtype)
+    cpu.dense_nt_tiled_serial(rows, columns_t, biases, add, wide)
+    for kernel in (cpu.dense_nt_tiled_serial, cpu.dense_nt_tiled_parallel):
+        narrow = np.full((n_rows, n_ragged), np.nan, dtype)
+        kernel(rows, np.ascontiguousarray(columns_t[4:]), biases[4:].copy(), add, narrow)
+        assert bits(narrow) == bits(wide[:, 4:])
+
+
 @given(data=st.data())
 def test_transpose_tiled(data):
     dtype = data.draw(float_dtypes)
