@@ -34,10 +34,15 @@ ENV_VAR = "LOOPNET_COMPILED_STEP"
 # them all, e.g. for tests that train many kinds of models), instead of a build per kind.
 FULL_BUILD_VAR = "LOOPNET_STEP_BUILD"
 
-# A block of epochs is sized to take roughly this many multiply-adds (~0.1 s), so the Python
-# side (the log, the history, the progress bar) keeps up, while the per-call cost of handing
-# ~30 arrays to numba (tens of microseconds) is paid once per block, not per epoch.
-BLOCK_WORK = 50_000_000
+# A block of epochs is sized to take roughly this many multiply-adds (a step's forward and
+# backward: 3x the forward's), 0.01-0.2 s here (the book's models run 2.5-40 G of them a
+# second), so the Python side (the log, the history, the progress bar) keeps up, while a
+# block's own cost (~0.1 ms: its arguments, the parameters copied in and out, its records)
+# is spread over its epochs: ch17's 1-64-64-1 on 1,000 rows, one thread, ran blocks of 3
+# epochs at 50M (386 us an epoch) and of 39 at 500M (354-361 us; all 300 in one block 344).
+BLOCK_WORK = 500_000_000
+# ... and at most this many steps (the step log: 40 bytes a step).
+BLOCK_STEPS = 100_000
 
 
 class Unsupported(Exception):
@@ -557,7 +562,8 @@ class Trainer:
         work = 3 * self.run._work_per_step() * max(1, self.steps)
         if self.X_val.shape[0]:
             work += self.run._work_per_step() * -(-self.X_val.shape[0] // self.run.batch_size)
-        return max(1, min(remaining, BLOCK_WORK // max(1, work)))
+        return max(1, min(remaining, BLOCK_WORK // max(1, work),
+                          BLOCK_STEPS // max(1, self.steps)))
 
     def train(self, orders):
         """Run ``len(orders)`` epochs (``orders`` (n_epochs, n) row orders, or ``None`` rows for

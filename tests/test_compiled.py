@@ -453,3 +453,65 @@ def test_full_batch_blocks_are_recorded_in_bulk_as_epoch_by_epoch(capsys, monkey
             run(callbacks, X_bad)
         messages.append(str(error.value))
     assert messages[0] == messages[1] and messages[0].startswith("training diverged at epoch 1")
+
+
+@pytest.mark.parametrize("batch_size", [None, 7])
+def test_blocks_of_any_size_train_to_the_same_bits(monkeypatch, batch_size):
+    """``Model.train`` runs its epochs in compiled blocks sized by their work (``BLOCK_WORK``,
+    ``BLOCK_STEPS``); where the blocks end never changes a number: one epoch per block gives
+    the bits of the whole run in one block (shuffled minibatches, dropout, L1/L2, validation,
+    Adam's state, the dropout step counters)."""
+    spec = dict(n_inputs=2, hidden=[(9, "relu", 5e-4, 1e-3), (6, "dropout", 0.0, 0.0)],
+                loss="categorical", n_outputs=3, optimizer="adam", n_samples=23,
+                batch_size=batch_size, shuffle=True, validation=True, epochs=7, seed=5)
+    from loopnet.compiled import Trainer
+
+    calls = []
+    train_block = Trainer.train
+
+    def counted(self, orders):
+        calls.append(len(orders))
+        return train_block(self, orders)
+
+    monkeypatch.setattr(Trainer, "train", counted)
+    whole = train(spec, compiled_step=True, build="own")
+    assert calls == [7]
+    calls.clear()
+    monkeypatch.setattr(compiled, "BLOCK_WORK", 1)
+    one_by_one = train(spec, compiled_step=True, build="own")
+    assert calls == [1] * 7
+    calls.clear()
+    monkeypatch.setattr(compiled, "BLOCK_WORK", 10**12)
+    monkeypatch.setattr(compiled, "BLOCK_STEPS", 2 * (-(-23 // (batch_size or 23))))
+    in_twos = train(spec, compiled_step=True, build="own")
+    assert calls == [2, 2, 2, 1]
+    assert whole[0]["path"] == "compiled"
+    same_bits(whole, one_by_one)
+    same_bits(whole, in_twos)
+
+
+def test_compile_for_remembers_the_kinds_of_arguments_it_compiled(monkeypatch):
+    """``cpu.compile_for`` (the training step's compile, timed apart from training) asks
+    numba for the arguments' types only for kinds of arguments it has not compiled yet: the
+    same kinds again cost no ``numba.typeof`` (~6 us an array); a new kind (another dtype, a
+    read-only array) is typed and compiled."""
+    kernel = numba.njit(lambda values, n: values.sum() + n)
+    values = np.ones(4, np.float32)
+    assert cpu.compile_for(kernel, (values, 2)) > 0
+    typed = []
+    typeof = numba.typeof
+
+    def counted(value):
+        typed.append(value)
+        return typeof(value)
+
+    monkeypatch.setattr(numba, "typeof", counted)
+    assert cpu.compile_for(kernel, (np.zeros(9, np.float32), 5)) == 0.0
+    assert typed == []
+    read_only = np.ones(4, np.float32)
+    read_only.flags.writeable = False
+    for other in (np.ones(4, np.float64), read_only):
+        assert cpu.compile_for(kernel, (other, 2)) > 0
+        assert typed[-2] is other
+    assert len(kernel.overloads) == 3
+    assert cpu.compile_for(kernel, (read_only, 3)) == 0.0 and len(typed) == 4
