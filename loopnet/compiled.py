@@ -312,9 +312,11 @@ class CompiledRun:
             if reads_transpose:
                 table[l, step.PACKED] = packed
                 packed += _round_up(width * width_in, align)
-        self.acts = cpu.aligned_empty(max(offset, 1), dtype)
-        self.dacts = cpu.aligned_empty(max(offset, 1), dtype)
-        self.packed = cpu.aligned_empty(max(packed, 1), dtype)
+        # (the buffers are borrowed from this thread's pool and given back by ``release``)
+        self.borrowed = []
+        self.acts = self._borrow(max(offset, 1), dtype)
+        self.dacts = self._borrow(max(offset, 1), dtype)
+        self.packed = self._borrow(max(packed, 1), dtype)
         settings = np.zeros(step.N_SETTINGS, np.int64)
         scratch = _round_up(panels, align)
         settings[step.DWEIGHTS_T] = scratch
@@ -326,7 +328,7 @@ class CompiledRun:
         scratch += _round_up(rows, align)
         settings[step.CORRECT] = scratch
         scratch += rows * program.n_outputs
-        self.scratch = cpu.aligned_empty(scratch, dtype)
+        self.scratch = self._borrow(scratch, dtype)
         self.scratch[...] = 0
         settings[step.PARALLEL_MIN_ELEMENTS] = cpu.PARALLEL_MIN_ELEMENTS
         settings[step.N_PARAMS] = program.n_params
@@ -336,16 +338,29 @@ class CompiledRun:
         settings[step.OPTIMIZER] = getattr(program, "optimizer", None) or 0
         settings[step.FUSED_SOFTMAX] = getattr(program, "fused_softmax", 0)
         self.settings = settings
-        self.params = cpu.aligned_empty(program.n_params, dtype)
-        self.grads = cpu.aligned_empty(program.n_params, dtype)
+        self.params = self._borrow(program.n_params, dtype)
+        self.grads = self._borrow(program.n_params, dtype)
         self.state_1 = np.zeros(program.n_params if _uses_state(program, 1) else 1, dtype)
         self.state_2 = np.zeros(program.n_params if _uses_state(program, 2) else 1, dtype)
         self.hyper = np.zeros(step.N_HYPER, np.float64)
         n_inputs = int(table[0, step.WIDTH_IN])
-        self.rows = cpu.aligned_empty((self.batch_size, n_inputs), dtype)
+        self.rows = self._borrow(self.batch_size * n_inputs, dtype).reshape(
+            (self.batch_size, n_inputs))
         self.targets = np.zeros(self.batch_size, np.intp)
         self.values = np.zeros((self.batch_size, program.n_outputs), dtype)
         self.compile_time = 0.0
+
+    def _borrow(self, size, dtype):
+        array = self.cpu.borrow(size, dtype)
+        self.borrowed.append(array)
+        return array
+
+    def release(self):
+        """Give the borrowed buffers back to this thread's pool; the run is unusable after."""
+        borrowed, self.borrowed = self.borrowed, []
+        self.acts = self.dacts = self.packed = self.scratch = None
+        self.params = self.grads = self.rows = None
+        self.cpu.give_back(borrowed)
 
     def steps_per_epoch(self):
         n_samples = self.X.shape[0]
@@ -673,12 +688,15 @@ def forward_only(model, X, y=None, *, batch_size=None, outputs=False):
         program.loss = None
         program.accuracy = program.step.NO_ACCURACY
     run = CompiledRun(program, np.zeros((0, X.shape[1]), program.dtype), None, n, batch_size)
-    run.load()
-    predictions = (np.zeros((n, program.n_outputs), program.dtype) if outputs
-                   else np.zeros((0, program.n_outputs), program.dtype))
-    _, epoch_log, _ = run.call(0, np.zeros((1, 0), np.intp), np.zeros(0, np.intp),
-                               np.zeros((0, program.n_outputs), program.dtype), X, y_index,
-                               y_values, predictions)
+    try:
+        run.load()
+        predictions = (np.zeros((n, program.n_outputs), program.dtype) if outputs
+                       else np.zeros((0, program.n_outputs), program.dtype))
+        _, epoch_log, _ = run.call(0, np.zeros((1, 0), np.intp), np.zeros(0, np.intp),
+                                   np.zeros((0, program.n_outputs), program.dtype), X, y_index,
+                                   y_values, predictions)
+    finally:
+        run.release()
     if outputs:
         return predictions
     step = program.step

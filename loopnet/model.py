@@ -326,6 +326,8 @@ class Model:
             return run.finish()
         finally:
             run.close()
+            if trainer is not None:
+                trainer.run.release()   # (its buffers back to this thread's pool)
 
     def _compiled_forward(self, X, y, batch_size, outputs=False):
         """``evaluate``'s ``(loss, accuracy)`` or ``predict``'s outputs through the compiled

@@ -515,3 +515,78 @@ def test_compile_for_remembers_the_kinds_of_arguments_it_compiled(monkeypatch):
         assert typed[-2] is other
     assert len(kernel.overloads) == 3
     assert cpu.compile_for(kernel, (read_only, 3)) == 0.0 and len(typed) == 4
+
+
+class _Predicts(loopnet.callbacks.Callback):
+    """Runs the model's ``predict`` after every epoch, in the middle of its training run."""
+
+    def __init__(self, X):
+        super().__init__()
+        self.X = X
+        self.outputs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.outputs.append(self.model.predict(self.X))
+
+
+def test_runs_borrow_their_buffers_and_never_share_them(monkeypatch):
+    """The compiled step's buffers are borrowed from a pool of this thread's arrays
+    (``cpu.borrow``) and given back when ``train``, ``evaluate`` or ``predict`` ends: no array
+    is lent to two runs at once (a callback's ``predict`` in the middle of ``train``, whose
+    buffers have the very sizes of the training run's, gets others), every one comes back, a
+    second ``predict`` allocates none, and the numbers are those of a run without the
+    callback; another thread never gets this thread's arrays."""
+    spec = dict(n_inputs=2, hidden=[(40, "relu", 5e-4, 0.0), (8, "dropout", 0.0, 0.0)],
+                loss="categorical", n_outputs=3, optimizer="adam", n_samples=60,
+                batch_size=None, shuffle=False, validation=False, epochs=4, seed=9)
+    alone = train(spec, compiled_step=True, build="own")
+    X, y = data_of(spec, spec["n_samples"], spec["seed"])
+    outstanding, reused, given = set(), [], set()
+    borrow, give_back = cpu.borrow, cpu.give_back
+
+    def tracked_borrow(size, dtype):
+        array = borrow(size, dtype)
+        assert id(array) not in outstanding        # lent to two runs at once
+        outstanding.add(id(array))
+        reused.append(id(array) in given)
+        return array
+
+    def tracked_give_back(arrays):
+        for array in arrays:
+            outstanding.remove(id(array))
+            given.add(id(array))
+        give_back(arrays)
+
+    monkeypatch.setattr(cpu, "borrow", tracked_borrow)
+    monkeypatch.setattr(cpu, "give_back", tracked_give_back)
+    callback = _Predicts(X)
+    with environment(**{compiled.FULL_BUILD_VAR: "own"}), loopnet.device("cpu"):
+        model = build_model(spec)
+        history = model.train(X, y, epochs=4, print_every=0, progress=False,
+                              callbacks=[callback])
+        assert outstanding == set() and len(callback.outputs) == 4 and any(reused)
+        assert history["path"] == "compiled"
+        assert bits(np.array(history["loss"])) == bits(np.array(alone[0]["loss"]))
+        for mine, theirs in zip(model.get_parameters(), alone[1]):
+            assert bits(mine[0]) == bits(theirs[0]) and bits(mine[1]) == bits(theirs[1])
+        expected = model.predict(X)
+        allocated = []
+        aligned_empty = cpu.aligned_empty
+        monkeypatch.setattr(cpu, "aligned_empty",
+                            lambda *args: allocated.append(args) or aligned_empty(*args))
+        for _ in range(3):
+            assert bits(model.predict(X)) == bits(expected)
+        assert allocated == [] and outstanding == set()
+    first = borrow(1000, np.float32)
+    second = borrow(1000, np.float32)
+    assert first is not second
+    give_back([first, second])
+    import threading
+
+    others = []
+    thread = threading.Thread(target=lambda: others.append(borrow(1000, np.float32)))
+    thread.start()
+    thread.join()
+    assert others[0] is not first and others[0] is not second
+    assert {id(borrow(1000, np.float32)), id(borrow(1000, np.float32))} == {id(first),
+                                                                          id(second)}
