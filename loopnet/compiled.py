@@ -1,7 +1,9 @@
 """``Model.train``, ``evaluate`` and ``predict`` on the ``cpu`` device, in one compiled call.
 
 ``plan(model, ...)`` turns a model into the layer program of ``loopnet.kernels.step`` and
-allocates every buffer once; ``CompiledRun.train`` then runs blocks of epochs through
+sets up every buffer once per call (borrowed from a pool of the calling thread's arrays and
+given back when the call ends: fresh memory would cost a page fault per 4 KB on every call);
+``CompiledRun.train`` then runs blocks of epochs through
 ``train_block`` and hands back, per step, the numbers the layered path would have produced
 (mean data loss, mean accuracy, penalty, learning rate; a ``Block`` of them per call), so that
 ``Model.train`` prints, records and validates the same way whichever path ran. Parameters,

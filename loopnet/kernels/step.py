@@ -18,7 +18,8 @@ the offsets the program names, and so do its gradients (``grads``) and the optim
 (``state_1``, ``state_2``): the update is one call over one buffer. Each layer's output and the
 gradient with respect to it live in ``acts`` and ``dacts`` (one ``batch_size x width`` block per
 layer); scratch for the dense forms (packed transposes, panels) in ``packed`` and ``scratch``.
-All are allocated once per ``Model.train`` call by ``loopnet.compiled``.
+All are set up once per ``Model.train`` call by ``loopnet.compiled`` (lent from a pool of
+the calling thread's arrays).
 
 Builds (``build``, compiled by ``loopnet.backends.cpu.training_step``): the function is one,
 but a model uses only some of its branches (one loss, one optimizer, a few layer kinds and dense
