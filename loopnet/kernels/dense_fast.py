@@ -114,7 +114,8 @@ def dense_nt_tiled(rows, columns_t, biases, add_biases, output):
         # No 4-column tile: every output is the ragged edge's plain dot product, run here over
         # bands of rows without the tile's per-block set-up (its six row views per block cost
         # more than the dots: 1000x64 @ 64x1 10.3 -> 6.2 us, 300x64 @ 64x3 5.8 -> 4.2 us). The
-        # same code, so the same bits.
+        # same loop, so the same values to the bit (but for the sign of a zero sum, which
+        # fastmath's ``nsz`` leaves to the compiler).
         for band in prange((n_rows + PLAIN_BAND - 1) // PLAIN_BAND):
             r0 = band * PLAIN_BAND
             nt_rows_plain(rows, columns_t, biases, add_biases, output, r0,
