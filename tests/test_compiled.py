@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import numba
 import numpy as np
@@ -464,16 +465,14 @@ def test_blocks_of_any_size_train_to_the_same_bits(monkeypatch, batch_size):
     spec = dict(n_inputs=2, hidden=[(9, "relu", 5e-4, 1e-3), (6, "dropout", 0.0, 0.0)],
                 loss="categorical", n_outputs=3, optimizer="adam", n_samples=23,
                 batch_size=batch_size, shuffle=True, validation=True, epochs=7, seed=5)
-    from loopnet.compiled import Trainer
-
     calls = []
-    train_block = Trainer.train
+    train_block = compiled.Trainer.train
 
     def counted(self, orders):
         calls.append(len(orders))
         return train_block(self, orders)
 
-    monkeypatch.setattr(Trainer, "train", counted)
+    monkeypatch.setattr(compiled.Trainer, "train", counted)
     whole = train(spec, compiled_step=True, build="own")
     assert calls == [7]
     calls.clear()
@@ -581,8 +580,6 @@ def test_runs_borrow_their_buffers_and_never_share_them(monkeypatch):
     second = borrow(1000, np.float32)
     assert first is not second
     give_back([first, second])
-    import threading
-
     others = []
     thread = threading.Thread(target=lambda: others.append(borrow(1000, np.float32)))
     thread.start()
