@@ -170,6 +170,50 @@ def _fresh(be, out, shape, dtype, inputs):
     return out
 
 
+def _buffer(be, out, shape, dtype):
+    """``out`` when it is a C-contiguous writeable numpy array of this shape and dtype, else a
+    new array from the backend (the direct paths' reuse of a layer's gradient buffers)."""
+    if (type(out) is np.ndarray and out.shape == shape and out.dtype == dtype
+            and out.flags.c_contiguous and out.flags.writeable):
+        return out
+    return be.empty(shape, dtype)
+
+
+def dense_backward_direct(dvalues, inputs, weights, biases, dweights, dbiases, dinputs, device):
+    """``Dense.backward``'s direct path: ``(backend, (dweights, dbiases, dinputs))`` computed by
+    the backend's kernels at once when it is one that runs them in one call and checks buffers
+    for overlap in one (``cpu``: ``dense_gradients``, ``overlapping``) and every array already is what the kernels take: the checks of
+    ``dense_backward``'s fast path, and ``biases`` (given when the layer has penalties to add)
+    of shape ``(1, n_neurons)`` and the same dtype. The previous buffers ``dweights``,
+    ``dbiases``, ``dinputs`` are reused where they fit and share no memory with an input or
+    with each other, else new ones are made. Otherwise ``(None, None)``: the layer then calls
+    ``dense_backward``, which converts or explains."""
+    be = host_backend(device)
+    gradients = getattr(be, "dense_gradients", None)
+    if (gradients is None or type(dvalues) is not np.ndarray
+            or type(inputs) is not np.ndarray or type(weights) is not np.ndarray
+            or dvalues.ndim != 2 or inputs.ndim != 2 or weights.ndim != 2
+            or inputs.shape[1] != weights.shape[0]
+            or dvalues.shape != (inputs.shape[0], weights.shape[1])
+            or not _ready((dvalues, inputs, weights))):
+        return None, None
+    dtype = dvalues.dtype
+    bias_shape = (1, weights.shape[1])
+    if biases is None:
+        biases = weights                     # (only read by the overlap check)
+    elif (type(biases) is not np.ndarray or biases.shape != bias_shape
+            or biases.dtype != dtype or not biases.flags.c_contiguous):
+        return None, None
+    dw = _buffer(be, dweights, weights.shape, dtype)
+    db = _buffer(be, dbiases, bias_shape, dtype)
+    di = _buffer(be, dinputs, inputs.shape, dtype)
+    if be.overlapping(dw, db, di, dvalues, inputs, weights, biases):
+        dw, db, di = (be.empty(weights.shape, dtype), be.empty(bias_shape, dtype),
+                      be.empty(inputs.shape, dtype))
+    gradients(inputs, dvalues, weights, dw, db.reshape(-1), di)
+    return be, (dw, db, di)
+
+
 def _check_host(be, *arrays) -> None:
     """A GPU array given to a host device: a clear error, not numba's 'can't unbox array'."""
     if be.HOST and any(is_device_array(a) for a in arrays):
@@ -520,10 +564,12 @@ def softmax_forward(inputs, *, device: str | None = None):
 def _unary(kernel: str, x, name, out, device):
     """Run the element-wise ``kernel`` on one array, flattened; returns the result in its
     shape (in ``out`` when given)."""
-    if type(x) is np.ndarray and _ready((x,)):
-        be = host_backend(device)
-        if be is not None:
-            result = _fresh(be, out, x.shape, x.dtype, ())
+    if (type(x) is np.ndarray and x.dtype in _FLOATS and x.flags.c_contiguous
+            and x.size):                        # (_ready, written out: a learner's loop runs
+        be = _backend(device)                   # an activation's forward and backward at
+        if be.HOST:                             # every step, ~0.5 us of calls each)
+            result = be.empty(x.shape, x.dtype) if out is None else _fresh(
+                be, out, x.shape, x.dtype, ())
             if result is not None:              # (an element-wise kernel may run in place)
                 getattr(be, kernel)(x.reshape(-1), result.reshape(-1))
                 return result
@@ -540,9 +586,10 @@ def _elementwise(kernel: str, first, first_name, second, second_name, out, devic
     forward array or mask), flattened, in a common dtype; returns the result in their shape."""
     if (type(first) is np.ndarray and type(second) is np.ndarray
             and first.shape == second.shape and _ready((first, second))):
-        be = host_backend(device)
-        if be is not None:
-            result = _fresh(be, out, first.shape, first.dtype, ())
+        be = _backend(device)
+        if be.HOST:
+            result = be.empty(first.shape, first.dtype) if out is None else _fresh(
+                be, out, first.shape, first.dtype, ())
             if result is not None:              # (an element-wise kernel may run in place)
                 getattr(be, kernel)(first.reshape(-1), second.reshape(-1), result.reshape(-1))
                 return result

@@ -372,6 +372,43 @@ def test_dense_layer_backward_adds_penalties(device, rng):
     assert_within(host(layer.dweights) - first, inputs.T @ dvalues, tol, "second backward")
 
 
+@pytest.mark.parametrize("alias", ["dvalues is its dinputs", "dvalues is its dweights",
+                                   "inputs are its dinputs", "dinputs is its dweights",
+                                   "weights are its dweights"])
+def test_dense_backward_handed_its_own_buffers_computes_from_their_values(device, rng, alias):
+    """A square layer's gradient buffers have the shapes of its inputs and weights, so a loop
+    can hand one back as an input (or make two of them one array): the kernels must then read
+    the values it held, never a half-written buffer (the layer writes new buffers instead)."""
+    import loopnet
+
+    layer = loopnet.Dense(4, 4, weight_regularizer_l1=0.01, weight_regularizer_l2=0.02,
+                          bias_regularizer_l2=0.04, seed=0, dtype=np.float64, device=device)
+    layer.biases = rng.standard_normal((1, 4))
+    layer.forward(rng.standard_normal((4, 4)))
+    layer.backward(rng.standard_normal((4, 4)))           # the buffers now exist
+    dvalues = rng.standard_normal((4, 4))
+    if alias == "dvalues is its dinputs":
+        dvalues = layer.dinputs
+    elif alias == "dvalues is its dweights":
+        dvalues = layer.dweights
+    elif alias == "inputs are its dinputs":
+        layer.inputs = layer.dinputs
+    elif alias == "dinputs is its dweights":
+        layer.dinputs = layer.dweights
+    elif alias == "weights are its dweights":
+        layer.weights = layer.dweights
+    inputs, weights, biases = host(layer.inputs).copy(), host(layer.weights).copy(), host(
+        layer.biases).copy()
+    d = host(dvalues).copy()
+    layer.backward(dvalues)
+    expected_dw = inputs.T @ d + 0.01 * np.where(weights < 0, -1, 1) + 2 * 0.02 * weights
+    expected_db = d.sum(axis=0, keepdims=True) + 2 * 0.04 * biases
+    # float64 sums of 4 terms of magnitude ~1-10: 1e-12 is ~1e4 ulps of headroom
+    assert_within(host(layer.dweights), expected_dw, 1e-12, f"dweights ({alias})")
+    assert_within(host(layer.dbiases), expected_db, 1e-12, f"dbiases ({alias})")
+    assert_within(host(layer.dinputs), d @ weights.T, 1e-12, f"dinputs ({alias})")
+
+
 def test_backward_shape_errors_name_the_shapes(device):
     with pytest.raises(ValueError, match=r"dvalues has shape \(4, 2\)"):
         ops.dense_backward(np.ones((4, 2)), np.ones((4, 3)), np.ones((3, 5)), device=device)

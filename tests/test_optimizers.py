@@ -4,6 +4,8 @@ book (defaults, learning-rate decay, state on the layer), and every optimizer de
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -314,3 +316,53 @@ def test_momentum_switched_on_later_keeps_its_state_on_the_layer():
     optimizer.update_params(layer)
     assert bits(layer.weights) == bits(expected)
     assert bits(layer.weight_momentums) == bits(momentums)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_OPTIMIZERS))
+def test_a_setting_changed_within_a_step_reaches_the_next_layer(name):
+    """The step's scalars are made once for all layers of a step, but a hyper-parameter
+    changed between two layers' ``update_params`` is the one the next layer gets (the same bits
+    as a fresh optimizer of that setting), and a bad value raises at once."""
+    make = ALL_OPTIMIZERS[name]
+    first, optimizer = _stepped_layer(make, 3, "cpu")
+    second = loopnet.Dense(2, 3, seed=1)
+    second.dweights = np.full((2, 3), 0.5, np.float32)
+    second.dbiases = np.full((1, 3), -0.25, np.float32)
+    twin = copy.deepcopy(second)
+    fresh = copy.deepcopy(optimizer)
+    optimizer.pre_update_params()
+    optimizer.update_params(first)
+    optimizer.current_learning_rate = optimizer.current_learning_rate / 3
+    optimizer.update_params(second)
+    fresh.pre_update_params()
+    fresh.current_learning_rate = fresh.current_learning_rate / 3
+    fresh.update_params(twin)
+    assert bits(second.weights) == bits(twin.weights)
+    assert bits(second.biases) == bits(twin.biases)
+    optimizer.current_learning_rate = "0.1"
+    with pytest.raises(TypeError, match="learning_rate"):
+        optimizer.update_params(second)
+
+
+def test_a_subclass_reading_its_own_setting_gets_it_every_layer():
+    """A subclass's ``_kernel`` may read attributes loopnet does not know: its scalars are made
+    for every layer, so a change between layers reaches the next one."""
+
+    class Scaled(loopnet.SGD):
+        scale = 1.0
+
+        def _kernel(self):
+            kernel, (learning_rate,) = super()._kernel()
+            return kernel, (learning_rate * self.scale,)
+
+    optimizer = Scaled(learning_rate=1.0)
+    layers = [loopnet.Dense(2, 2, seed=k) for k in range(2)]
+    for layer in layers:
+        layer.dweights = np.ones((2, 2), np.float32)
+        layer.dbiases = np.ones((1, 2), np.float32)
+    before = [layer.weights.copy() for layer in layers]
+    optimizer.update_params(layers[0])
+    optimizer.scale = 0.5
+    optimizer.update_params(layers[1])
+    np.testing.assert_array_equal(before[0] - layers[0].weights, np.float32(1.0))
+    np.testing.assert_array_equal(before[1] - layers[1].weights, np.float32(0.5))
