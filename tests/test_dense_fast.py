@@ -382,11 +382,14 @@ def test_dense_plan_picks_the_forms_of_its_table():
         assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (T, T, T), shape
     plan = cpu.dense_plan(4, 784, 512)   # fewer rows than a tile: the loops' bits
     assert plan.forward.form == B
-    # dweights of one panel of columns (<= 64 neurons) and <= 128 inputs: serial, whatever the
-    # work; with two panels, or more inputs, parallel where the work allows
+    # dweights of one panel of columns to pack (< 64 neurons) and <= 128 inputs: serial,
+    # whatever the work; with exactly 64 (dvalues is its own panel, nothing to pack), two
+    # panels, or more inputs, parallel where the work allows
     parallel_allowed = cpu.threads.parallel_allowed()
-    assert not cpu.dense_plan(1000, 64, 64).dweights.parallel
-    assert not cpu.dense_plan(4096, 128, 64).dweights.parallel
+    assert not cpu.dense_plan(1000, 64, 48).dweights.parallel
+    assert not cpu.dense_plan(4096, 128, 32).dweights.parallel
+    assert cpu.dense_plan(1000, 64, 64).dweights.parallel == parallel_allowed
+    assert cpu.dense_plan(4096, 128, 64).dweights.parallel == parallel_allowed
     assert cpu.dense_plan(1000, 64, 128).dweights.parallel == parallel_allowed
     assert cpu.dense_plan(1000, 256, 64).dweights.parallel == parallel_allowed
     assert cpu.dense_plan(1000, 64, 64).forward.parallel == parallel_allowed
@@ -517,3 +520,32 @@ def test_broadcast_kernel_across_k_blocks(n_panels, a_view):
     output = same_bits_for_every_thread_count(
         run, (cpu.dense_tn_tiled_serial, cpu.dense_tn_tiled_parallel))
     assert_matches_with_nan_and_inf(output, expected, a.T, b.T, biases, "broadcast, k blocks")
+
+
+@pytest.mark.parametrize("n_k", [1, 7, dense.K_BLOCK_BROADCAST + 3,
+                                 dense.PANELS_IN_L2 // dense.PANEL_WIDTH + 9])
+def test_an_operand_that_is_its_own_panel_gives_the_packed_bits(n_k):
+    """``b`` of PANEL_WIDTH contiguous columns passed as its own panel (a 64-neuron layer's
+    ``weights`` or ``dvalues``: ``is_own_panel``, nothing packed) gives the bits of the same
+    product through packed scratch, on both builds and with the summed index in blocks; ``b``
+    is left as it was. A 64-column view of a wider array, or a panel that is not ``b`` itself,
+    is packed."""
+    rng = np.random.default_rng(11)
+    width = dense.PANEL_WIDTH
+    a = rng.standard_normal((n_k, 13)).astype(np.float32)
+    b = rng.standard_normal((n_k, width)).astype(np.float32)
+    biases = rng.standard_normal(width).astype(np.float32)
+    before = bits(b)
+    reference = broadcast(a, b, biases, True, cpu.dense_tn_tiled_serial)
+    for kernel in (cpu.dense_tn_tiled_serial, cpu.dense_tn_tiled_parallel):
+        output = np.full((13, width), np.nan, np.float32)
+        kernel(a, b, b.reshape(1, n_k, width), biases, True, output)
+        assert bits(output) == bits(reference)
+        assert bits(b) == before
+    assert np.shares_memory(cpu._panels(b, "test"), b)          # the cpu op hands b itself
+    wide = np.ascontiguousarray(np.concatenate([b, b], axis=1))
+    assert not np.shares_memory(cpu._panels(wide[:, :width], "test"), wide)   # scratch
+    output = np.full((13, width), np.nan, np.float32)
+    cpu.dense_tn_tiled_serial(a, wide[:, :width], cpu._panels(wide[:, :width], "test"),
+                              biases, True, output)
+    assert bits(output) == bits(reference)

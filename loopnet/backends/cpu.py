@@ -300,11 +300,14 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
     else:
         forward = Product(_fast.BLOCKED, parallel)
     if _broadcast_pays(n_samples, n_inputs, n_neurons, n_inputs, n_neurons):
-        # One panel (<= 64 neurons) that one thread packs and every thread then reads in full:
+        # One panel (< 64 neurons) that one thread packs and every thread then reads in full:
         # up to SHARED_PANEL_MAX_ROWS rows the parallel build ran no faster than the serial
-        # one and often half as fast (1000x64x64, ch17's layer: 102 us serial, 94-238 us in
-        # parallel over repeated runs); with two or more panels each thread packs its own.
-        one_panel = n_neurons <= _fast.PANEL_WIDTH and n_inputs <= SHARED_PANEL_MAX_ROWS
+        # one and often half as fast (1000x64x64, ch17's layer, when it packed its dvalues:
+        # 102 us serial, 94-238 us in parallel over repeated runs); with two or more panels
+        # each thread packs its own, and with exactly 64 neurons ``dvalues`` is its own panel
+        # (``dense_fast.is_own_panel``), nothing to pack: ch17's layer then ran 77 us serial,
+        # 48 us in parallel (medians of 40 alternating rounds).
+        one_panel = n_neurons < _fast.PANEL_WIDTH and n_inputs <= SHARED_PANEL_MAX_ROWS
         dweights = Product(_fast.BROADCAST, _parallel(work, n_inputs) and not one_panel)
     elif n_neurons < 16 and n_inputs >= 16:
         # one thread per band of NARROW_BAND inputs: a single band stays serial
@@ -424,9 +427,14 @@ def _aligned_for(source, reuse, slot):
 
 
 def _panels(b, slot):
-    """Scratch for ``b`` cut into panels by ``dense_tn_tiled``."""
+    """Scratch for ``b`` cut into panels by ``dense_tn_tiled``, or ``b`` itself viewed as its
+    one panel when it already is one (``is_own_panel``: 64 contiguous columns; writeable, so
+    that the kernel sees the type of the scratch it would otherwise get)."""
     n_k, n_columns = b.shape
     width = _fast.PANEL_WIDTH
+    if (n_columns == width and b.flags.c_contiguous and b.flags.writeable
+            and b.strides[0] == width * b.itemsize):   # (one row counts as contiguous)
+        return b.reshape(1, n_k, width)
     return scratch(slot, ((n_columns + width - 1) // width, n_k, width), b.dtype)
 
 

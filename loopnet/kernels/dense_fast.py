@@ -331,6 +331,18 @@ _stack_copy = _stack_array(K_BLOCK_BROADCAST * TN_ROWS)  # a tile's values of ``
 
 
 @register_jitable(_nrt=False)
+def is_own_panel(b, panels):
+    """Whether ``panels`` is ``b`` itself, already in panel form: ``b`` has PANEL_WIDTH
+    columns, its rows contiguous and one after the other, and the caller passed ``b`` viewed
+    as one panel (a layer of 64 neurons: ``weights`` in the forward, ``dvalues`` in dweights).
+    Nothing to pack then (ch17's 1000x64 dvalues: ~18 us of a ~90 us dweights), and the sums
+    read the very values a packed copy would hold: the same bits."""
+    return (panels.shape[0] == 1 and b.shape[1] == PANEL_WIDTH
+            and b.strides[1] == b.itemsize and b.strides[0] == PANEL_WIDTH * b.itemsize
+            and panels.ctypes.data == b.ctypes.data)
+
+
+@register_jitable(_nrt=False)
 def pack_panel(b, panels, p):
     """``panels[p, k, c] = b[k, p * PANEL_WIDTH + c]``, zeros past ``b``'s last column.
 
@@ -395,8 +407,12 @@ def dense_tn_tiled(a, b, panels, biases, add_biases, output):
                 tn_tile(a[:, start:start + TN_ROWS], panels[p], biases, add_biases, output,
                         start, owned, p * PANEL_WIDTH, False)
         return
-    for p in prange(n_panels):
-        pack_panel(b, panels, p)
+    if n_panels == 1:   # (one panel: packed here, not in a parallel region of one iteration,
+        if not is_own_panel(b, panels):     # whose start cost more than the copy at 64x64)
+            pack_panel(b, panels, 0)
+    else:
+        for p in prange(n_panels):
+            pack_panel(b, panels, p)
     if n_rows < TN_ROWS:
         tn_rows_plain(a, panels, biases, add_biases, output)
         return

@@ -298,6 +298,16 @@ def _panels(scratch, n_k, n_columns):
         (n_panels, n_k, fast.PANEL_WIDTH))
 
 
+@register_jitable
+def _panels_of(b, scratch):
+    """``_panels`` for a C-contiguous right-hand operand ``b``: ``b`` itself viewed as its one
+    panel when it has PANEL_WIDTH columns (``dense_fast.is_own_panel``: nothing to pack)."""
+    n_k, n_columns = b.shape
+    if n_columns == fast.PANEL_WIDTH:
+        return b.reshape((1, n_k, fast.PANEL_WIDTH))
+    return _panels(scratch, n_k, n_columns)
+
+
 # The broadcast form's operands are passed as ``x[::1]``, views numba types with the general
 # layout ('A'), and its ``add_biases`` through ``_plain``: the forward (``inputs.T``,
 # ``weights``), dweights (``inputs``, ``dvalues``) and dinputs (``dvalues.T``, ``weights.T``)
@@ -323,7 +333,7 @@ def _dense_forward(form, parallel, inputs, weights, packed, offset, biases, outp
     n_inputs, n_neurons = weights.shape
     if FORWARD_BROADCAST:
         if form == fast.BROADCAST:
-            panels = _panels(scratch, n_inputs, n_neurons)
+            panels = _panels_of(weights, scratch)
             if FORWARD_BROADCAST_PARALLEL and (parallel or not FORWARD_BROADCAST_SERIAL):
                 dense_tn_tiled_parallel(inputs.T[::1], weights[::1], panels, biases, _plain(True),
                                         output)
@@ -351,7 +361,7 @@ def _dense_dweights(form, parallel, inputs, dvalues, dweights, scratch, dweights
     n_inputs, n_neurons = dweights.shape
     if DWEIGHTS_BROADCAST:
         if form == fast.BROADCAST:
-            panels = _panels(scratch, dvalues.shape[0], n_neurons)
+            panels = _panels_of(dvalues, scratch)
             if DWEIGHTS_BROADCAST_PARALLEL and (parallel or not DWEIGHTS_BROADCAST_SERIAL):
                 dense_tn_tiled_parallel(inputs[::1], dvalues[::1], panels, dweights[0],
                                         _plain(False), dweights)
@@ -843,8 +853,8 @@ def train_block(X, y_index, y_values, orders, batch_size, n_epochs, program, pla
 # The functions of this module a build copies (bound to the build's constants and kernels):
 # numba freezes a function's globals when it compiles it, and a helper reads its own module's
 # globals, so each build gets its own copy of every helper.
-HELPERS = ("_block", "_panels", "_dense_forward", "_dense_dweights", "_dense_dinputs",
-           "regularization_loss", "forward", "loss_and_accuracy", "backward", "update",
+HELPERS = ("_block", "_panels", "_panels_of", "_dense_forward", "_dense_dweights",
+           "_dense_dinputs", "regularization_loss", "forward", "loss_and_accuracy", "backward", "update",
            "refresh_packed", "_gather")
 
 
