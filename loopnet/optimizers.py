@@ -47,7 +47,7 @@ class Optimizer:
         ``layer`` is any object with those four arrays (a loopnet ``Dense``, or a ``Layer_Dense``
         written as the book writes it); its ``device``, when it has one, picks where the update
         runs, else the current default device does."""
-        kernel, scalars = self._step_kernel()
+        kernel, scalars = self._kernel()
         views = self._views(layer)
         if views is not None:      # the arrays ops checked last time, unchanged: run the kernel
             run = getattr(views[0], kernel)
@@ -136,28 +136,7 @@ class Optimizer:
         arrays again on its first steps)."""
         state = self.__dict__.copy()
         state.pop("_layer_views", None)
-        state.pop("_kept_kernel", None)
         return state
-
-    #: the attributes ``_kernel`` reads (the step's scalars depend on nothing else)
-    kernel_attributes: tuple[str, ...] = ()
-
-    def _step_kernel(self):
-        """``_kernel()``, made once per step: every layer of a step gets the same scalars, so
-        they are kept with the very objects they were made from (``kernel_attributes``,
-        compared by identity: a new value, even an equal one, is checked again), and the
-        second and later layers of the step skip the checks (~1 us a layer for Adam). Only
-        loopnet's own classes keep them: a subclass's ``_kernel`` may read other attributes."""
-        if type(self) not in OPTIMIZERS_KEEPING_KERNELS:   # (a subclass may read more)
-            return self._kernel()
-        current = tuple([getattr(self, name) for name in self.kernel_attributes])
-        kept = self.__dict__.get("_kept_kernel")
-        if kept is not None and len(kept[0]) == len(current) and all(
-                [a is b for a, b in zip(kept[0], current)]):
-            return kept[1]
-        kernel = self._kernel()
-        self._kept_kernel = (current, kernel)
-        return kernel
 
     def _kernel(self):  # pragma: no cover - overridden
         """The update as the backend runs it: the kernel's name (``loopnet.kernels.optimizers``)
@@ -196,8 +175,6 @@ class SGD(Optimizer):
         super().__init__(learning_rate, decay)
         self.momentum = number(momentum, "momentum", minimum=0.0)
 
-    kernel_attributes = ("current_learning_rate", "momentum")
-
     @property
     def state_names(self) -> tuple[str, ...]:
         """``("momentums",)`` with momentum, else none (follows ``momentum`` if it changes)."""
@@ -218,7 +195,6 @@ class Adagrad(Optimizer):
     """Per-parameter steps shrinking with the summed squared gradients (``Optimizer_Adagrad``)."""
 
     state_names = ("cache",)
-    kernel_attributes = ("current_learning_rate", "epsilon")
 
     def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, epsilon: float = 1e-7):
         super().__init__(learning_rate, decay)
@@ -236,7 +212,6 @@ class RMSprop(Optimizer):
     """Adagrad with a moving-average cache (``Optimizer_RMSprop``)."""
 
     state_names = ("cache",)
-    kernel_attributes = ("current_learning_rate", "epsilon", "rho")
 
     def __init__(self, learning_rate: float = 0.001, decay: float = 0.0, epsilon: float = 1e-7,
                  rho: float = 0.9):
@@ -257,7 +232,6 @@ class Adam(Optimizer):
     """Momentum plus RMSprop with bias correction (``Optimizer_Adam``)."""
 
     state_names = ("momentums", "cache")
-    kernel_attributes = ("current_learning_rate", "epsilon", "beta_1", "beta_2", "iterations")
 
     def __init__(self, learning_rate: float = 0.001, decay: float = 0.0, epsilon: float = 1e-7,
                  beta_1: float = 0.9, beta_2: float = 0.999):
@@ -279,4 +253,3 @@ class Adam(Optimizer):
 
 
 OPTIMIZERS = {cls.__name__: cls for cls in (SGD, Adagrad, RMSprop, Adam)}
-OPTIMIZERS_KEEPING_KERNELS = frozenset(OPTIMIZERS.values())

@@ -320,9 +320,9 @@ def test_momentum_switched_on_later_keeps_its_state_on_the_layer():
 
 @pytest.mark.parametrize("name", sorted(ALL_OPTIMIZERS))
 def test_a_setting_changed_within_a_step_reaches_the_next_layer(name):
-    """The step's scalars are made once for all layers of a step, but a hyper-parameter
-    changed between two layers' ``update_params`` is the one the next layer gets (the same bits
-    as a fresh optimizer of that setting), and a bad value raises at once."""
+    """A hyper-parameter changed between two layers' ``update_params`` of one step is the one
+    the next layer gets (the same bits as a fresh optimizer of that setting), and a bad value
+    raises at once: nothing made for the step's first layer is reused stale."""
     make = ALL_OPTIMIZERS[name]
     first, optimizer = _stepped_layer(make, 3, "cpu")
     second = loopnet.Dense(2, 3, seed=1)
@@ -345,8 +345,8 @@ def test_a_setting_changed_within_a_step_reaches_the_next_layer(name):
 
 
 def test_a_subclass_reading_its_own_setting_gets_it_every_layer():
-    """A subclass's ``_kernel`` may read attributes loopnet does not know: its scalars are made
-    for every layer, so a change between layers reaches the next one."""
+    """A subclass's ``_kernel`` may read attributes loopnet does not know: a change of one
+    between two layers reaches the next one."""
 
     class Scaled(loopnet.SGD):
         scale = 1.0
