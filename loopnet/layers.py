@@ -144,8 +144,9 @@ class Dense(Layer):
                      self.bias_regularizer_l1, self.bias_regularizer_l2)
         # A learner's loop calls this thousands of times on small arrays, where going through
         # ops.dense_backward and two ops.regularization_backward calls cost ~8 us of Python
-        # against ~6 us of kernels: with the arrays already in the kernels' form (ops.direct
-        # says so with the very checks of the ops' fast paths) the kernels run at once.
+        # against ~6 us of kernels: with the arrays already in the kernels' form
+        # (ops.dense_backward_direct says so with the checks of the ops' fast paths) the
+        # kernels run at once.
         be, grads = ops.dense_backward_direct(
             dvalues, self.inputs, weights, biases if any(penalties) else None,
             state.get("dweights"), state.get("dbiases"), state.get("dinputs"), self.device)
@@ -172,7 +173,8 @@ class Dense(Layer):
                 ops.regularization_backward(weights, self.dweights, l1=weight_l1, l2=weight_l2,
                                             device=self.device)
             else:   # (weights and dweights checked above: flat views of them for the kernel)
-                be.regularization_backward(weights.reshape(-1), number(weight_l1, "l1", minimum=0.0),
+                be.regularization_backward(weights.reshape(-1),
+                                           number(weight_l1, "l1", minimum=0.0),
                                            number(weight_l2, "l2", minimum=0.0),
                                            grads[0].reshape(-1))
         if bias_l1 > 0 or bias_l2 > 0:
@@ -180,7 +182,8 @@ class Dense(Layer):
                 ops.regularization_backward(biases, self.dbiases, l1=bias_l1, l2=bias_l2,
                                             device=self.device)
             else:
-                be.regularization_backward(biases.reshape(-1), number(bias_l1, "l1", minimum=0.0),
+                be.regularization_backward(biases.reshape(-1),
+                                           number(bias_l1, "l1", minimum=0.0),
                                            number(bias_l2, "l2", minimum=0.0),
                                            grads[1].reshape(-1))
         return self.dinputs

@@ -181,10 +181,11 @@ def _buffer(be, out, shape, dtype):
 
 def dense_backward_direct(dvalues, inputs, weights, biases, dweights, dbiases, dinputs, device):
     """``Dense.backward``'s direct path: ``(backend, (dweights, dbiases, dinputs))`` computed by
-    the backend's kernels at once when it is one that runs them in one call and checks buffers
-    for overlap in one (``cpu``: ``dense_gradients``, ``overlapping``) and every array already is what the kernels take: the checks of
-    ``dense_backward``'s fast path, and ``biases`` (given when the layer has penalties to add)
-    of shape ``(1, n_neurons)`` and the same dtype. The previous buffers ``dweights``,
+    the backend's kernels at once, when the backend runs them in one call and checks buffers
+    for overlap in one (``cpu``: ``dense_gradients``, ``overlapping``) and every array already
+    is what the kernels take: the checks of ``dense_backward``'s fast path, and ``biases``
+    (given when the layer has penalties to add) of shape ``(1, n_neurons)`` and the same
+    dtype. The previous buffers ``dweights``,
     ``dbiases``, ``dinputs`` are reused where they fit and share no memory with an input or
     with each other, else new ones are made. Otherwise ``(None, None)``: the layer then calls
     ``dense_backward``, which converts or explains."""

@@ -854,8 +854,8 @@ def train_block(X, y_index, y_values, orders, batch_size, n_epochs, program, pla
 # numba freezes a function's globals when it compiles it, and a helper reads its own module's
 # globals, so each build gets its own copy of every helper.
 HELPERS = ("_block", "_panels", "_panels_of", "_dense_forward", "_dense_dweights",
-           "_dense_dinputs", "regularization_loss", "forward", "loss_and_accuracy", "backward", "update",
-           "refresh_packed", "_gather")
+           "_dense_dinputs", "regularization_loss", "forward", "loss_and_accuracy", "backward",
+           "update", "refresh_packed", "_gather")
 
 
 def build(what: Build, kernels: dict | None = None):
