@@ -329,12 +329,27 @@ class Model:
             if trainer is not None:
                 trainer.run.release()   # (its buffers back to this thread's pool)
 
+    # A compiled forward pass (``evaluate``, ``predict``) first lays out the model's program
+    # and buffers in Python (~100-140 us for the book's models), while the layers run one by
+    # one at a few microseconds of Python per layer and batch: measured with 1, 2, 4, 8 and
+    # 16 batches, the layers were faster up to ~8 batches of ch16's 4 layers (45 -> 132 us
+    # against 134 us) and ~2-4 batches of ch15's and ch17's 6 (155 -> 296 us against 251-288;
+    # 263 -> 402 us against 381-383). So the compiled pass runs from this many layer calls
+    # (batches x layers) on; both give the same numbers.
+    COMPILED_FORWARD_MIN_CALLS = 24
+
     def _compiled_forward(self, X, y, batch_size, outputs=False):
         """``evaluate``'s ``(loss, accuracy)`` or ``predict``'s outputs through the compiled
-        step, or None where it does not cover the model (the layers then run one by one)."""
+        step, or None where it does not cover the model or the layers run it faster (few
+        batches: ``COMPILED_FORWARD_MIN_CALLS``); the layers then run one by one."""
         from loopnet import compiled
 
         if not compiled.enabled():
+            return None
+        n_samples = X.shape[0]
+        n_batches = 1 if batch_size is None else -(-n_samples // positive_int(batch_size,
+                                                                            "batch_size"))
+        if n_batches * len(self.layers) < self.COMPILED_FORWARD_MIN_CALLS:
             return None
         try:
             return compiled.forward_only(self, X, y, batch_size=batch_size, outputs=outputs)

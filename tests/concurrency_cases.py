@@ -123,6 +123,14 @@ def predict_case():
     bad = sum(not np.array_equal(out, want[k]) for k in range(N_THREADS) for out in got[k])
     emit("threads: Model.predict, one shared model", mismatches=bad,
          total=N_THREADS * PREDICTIONS)
+    # in batches of 100: enough layer calls for the compiled pass, each thread borrowing
+    # buffers of its own (the calls above, one batch each, run the layers one by one)
+    want = [models[0].predict(x, batch_size=100) for x in inputs]
+    got = in_threads(lambda k: [models[0].predict(inputs[k], batch_size=100)
+                                for _ in range(PREDICTIONS)], N_THREADS)
+    bad = sum(not np.array_equal(out, want[k]) for k in range(N_THREADS) for out in got[k])
+    emit("threads: Model.predict in batches (compiled), one shared model", mismatches=bad,
+         total=N_THREADS * PREDICTIONS)
 
 
 def train_case():

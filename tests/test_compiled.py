@@ -370,19 +370,20 @@ def test_evaluate_and_predict_run_on_a_build_the_process_has(monkeypatch):
     model.train(X, y, epochs=2, print_every=0, progress=False)
     trained = cpu.step_builds()
     assert len(trained) == 1 and trained[0].optimizer == step.ADAM
-    predictions = model.predict(X)
-    evaluation = model.evaluate(X, y, verbose=False)
+    # (batches of 2: enough layer calls for the compiled pass, COMPILED_FORWARD_MIN_CALLS)
+    predictions = model.predict(X, batch_size=2)
+    evaluation = model.evaluate(X, y, batch_size=2, verbose=False)
     assert cpu.step_builds() == trained
     with environment(**{compiled.ENV_VAR: "0"}):     # the layered path: the same numbers
-        assert bits(model.predict(X)) == bits(predictions)
-        assert model.evaluate(X, y, verbose=False) == evaluation
+        assert bits(model.predict(X, batch_size=2)) == bits(predictions)
+        assert model.evaluate(X, y, batch_size=2, verbose=False) == evaluation
 
     others = [build_model(dict(spec, hidden=[(width, "sigmoid", 0.0, 0.0)], optimizer="sgd"))
               for width in (8, 6)]
-    others[0].predict(X)                        # sigmoid: the training build lacks it
+    others[0].predict(X, batch_size=2)          # sigmoid: the training build lacks it
     made = cpu.step_builds()[1:]
     assert len(made) == 1 and made[0].optimizer == -1 and step.SIGMOID in made[0].layers
-    others[1].predict(X)                        # same kinds and forms: the same build
+    others[1].predict(X, batch_size=2)          # same kinds and forms: the same build
     assert cpu.step_builds()[1:] == made
 
     request = made[0]._replace(layers=frozenset({step.RELU}))
@@ -392,6 +393,37 @@ def test_evaluate_and_predict_run_on_a_build_the_process_has(monkeypatch):
     missing = min({0, 1, 2, 3} - {form for form, _ in trained[0].forward_forms})
     assert not trained[0].serves(request._replace(forward_forms=frozenset({(missing, False)})))
     assert not made[0].serves(trained[0])       # a training run is never served
+
+
+def test_a_forward_pass_of_few_batches_runs_the_layers_of_many_the_compiled_step(monkeypatch):
+    """``predict``/``evaluate`` of a batch or a few run the layers one by one (the compiled
+    pass's set-up would cost more than their Python: no build is made for them); of many
+    batches (``Model.COMPILED_FORWARD_MIN_CALLS`` layer calls) the compiled step. Both give
+    the same bits, and a bad ``batch_size`` is refused the same way on both."""
+    monkeypatch.delenv(compiled.FULL_BUILD_VAR, raising=False)
+    monkeypatch.setattr(cpu, "_step_builds", {})    # as in a fresh process
+    X, y = spiral_data(10, 3, seed=0)
+    model = build_model(dict(n_inputs=2, hidden=[(8, "sigmoid", 0.0, 0.0)],
+                             loss="categorical", n_outputs=3, optimizer="sgd", seed=0))
+    n_layers = len(model.layers)
+    few = -(-X.shape[0] // max(1, (model.COMPILED_FORWARD_MIN_CALLS - 1) // n_layers))
+    many = max(1, X.shape[0] // -(-model.COMPILED_FORWARD_MIN_CALLS // n_layers))
+    layered = [model.predict(X), model.predict(X, batch_size=few),
+               model.evaluate(X, y, verbose=False)]
+    assert cpu.step_builds() == ()
+    compiled_pass = [model.predict(X, batch_size=many)]
+    assert len(cpu.step_builds()) == 1
+    compiled_pass.append(model.evaluate(X, y, batch_size=many, verbose=False))
+    assert len(cpu.step_builds()) == 2              # (with the loss, which predict has not)
+    with environment(**{compiled.ENV_VAR: "0"}):
+        assert bits(compiled_pass[0]) == bits(model.predict(X, batch_size=many))
+        assert compiled_pass[1] == model.evaluate(X, y, batch_size=many, verbose=False)
+    assert bits(layered[0]) == bits(model.predict(X, batch_size=X.shape[0]))
+    for bad in (0, -3, 2.5, "2"):
+        with pytest.raises((TypeError, ValueError), match="batch_size"):
+            model.predict(X, batch_size=bad)
+        with pytest.raises((TypeError, ValueError), match="batch_size"):
+            model.evaluate(X, y, batch_size=bad, verbose=False)
 
 
 class _LogsOnly(loopnet.callbacks.Callback):
@@ -558,6 +590,9 @@ def test_runs_borrow_their_buffers_and_never_share_them(monkeypatch):
 
     monkeypatch.setattr(cpu, "borrow", tracked_borrow)
     monkeypatch.setattr(cpu, "give_back", tracked_give_back)
+    # a predict of one batch on the compiled pass too: its buffers then have the very sizes
+    # of the training run's
+    monkeypatch.setattr(loopnet.Model, "COMPILED_FORWARD_MIN_CALLS", 1)
     callback = _Predicts(X)
     with environment(**{compiled.FULL_BUILD_VAR: "own"}), loopnet.device("cpu"):
         model = build_model(spec)
