@@ -19,6 +19,8 @@ import numpy as np
 
 from loopnet.validate import is_device_array
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
 # Optimizer state a layer may carry (the book's attribute names): each matches its parameter.
 STATE_ARRAYS = (("weight_momentums", "weights"), ("weight_cache", "weights"),
                 ("bias_momentums", "biases"), ("bias_cache", "biases"))
@@ -45,9 +47,14 @@ def _writeable(array) -> bool:
     return array.flags.writeable if isinstance(array, np.ndarray) else True
 
 
-def _check_array(layer_name: str, attribute: str, array, shape, dtype) -> None:
+def _check_array(index: int, layer, attribute: str, array, shape, dtype) -> None:
     """One array a kernel updates in place: type, shape, dtype, layout, writeability."""
-    where = f"{layer_name}.{attribute}"
+    if (type(array) is np.ndarray and (shape is None or array.shape == shape)
+            and (dtype is None or array.dtype == dtype) and array.dtype in _FLOATS
+            and array.flags.c_contiguous and array.flags.writeable):
+        return      # (the common case, in a few look-ups: the messages below name the layer
+        #              by its repr, which costs more than all of this, so only on an error)
+    where = f"layer {index} ({layer!r}).{attribute}"
     if not _is_array(array):
         raise TypeError(f"{where} is a {type(array).__name__}, not an array "
                         "(set_parameters() converts lists and other arrays)")
@@ -70,29 +77,34 @@ def check_layer(index: int, layer) -> None:
     """A trainable layer's ``weights``, ``biases`` and optimizer state (see the module)."""
     from loopnet.layers import Dense
 
-    name = f"layer {index} ({layer!r})"
     weights, biases = layer.weights, getattr(layer, "biases", None)
     if isinstance(layer, Dense):
-        shapes = {"weights": (layer.n_inputs, layer.n_neurons), "biases": (1, layer.n_neurons)}
+        weights_shape, biases_shape = (layer.n_inputs, layer.n_neurons), (1, layer.n_neurons)
         dtype = layer.dtype
     else:       # a layer of the user's own: its parameters need only agree with each other
-        shapes = {"weights": None, "biases": None}
+        weights_shape = biases_shape = None
         dtype = getattr(weights, "dtype", None)
-    _check_array(name, "weights", weights, shapes["weights"], dtype)
-    _check_array(name, "biases", biases, shapes["biases"], dtype)
-    parameters = {"weights": weights, "biases": biases}
+    _check_array(index, layer, "weights", weights, weights_shape, dtype)
+    _check_array(index, layer, "biases", biases, biases_shape, dtype)
     for state, parameter in STATE_ARRAYS:
         value = getattr(layer, state, None)
         if value is not None:
-            _check_array(name, state, value, parameters[parameter].shape, dtype)
+            _check_array(index, layer, state,
+                         value, (weights if parameter == "weights" else biases).shape, dtype)
+
+
+_PASS_THROUGH = None
 
 
 def _pass_through(layer) -> bool:
     """Layers whose output is as wide as their input."""
-    from loopnet.activations import Linear, ReLU, Sigmoid, Softmax
-    from loopnet.layers import Dropout
+    global _PASS_THROUGH
+    if _PASS_THROUGH is None:   # (imported on first use: those modules import this one)
+        from loopnet.activations import Linear, ReLU, Sigmoid, Softmax
+        from loopnet.layers import Dropout
 
-    return isinstance(layer, (ReLU, Softmax, Sigmoid, Linear, Dropout))
+        _PASS_THROUGH = (ReLU, Softmax, Sigmoid, Linear, Dropout)
+    return isinstance(layer, _PASS_THROUGH)
 
 
 def check_model(model, X=None, *, name: str = "X"):
@@ -112,21 +124,31 @@ def check_model(model, X=None, *, name: str = "X"):
         dtype = getattr(X, "dtype", None)
         if dtype is not None and dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {dtype}")
-        width, source = shape[1], f"{name} (shape {shape}) has {shape[1]} features"
+        width, source = shape[1], ("X", shape)  # (the message is made only on an error)
     for index, layer in enumerate(model.layers):
         if hasattr(layer, "weights"):
             check_layer(index, layer)
         if isinstance(layer, Dense):
             if width is not None and width != layer.n_inputs:
-                raise ValueError(f"{source} but layer {index} ({layer!r}) takes "
-                                 f"{layer.n_inputs} inputs (weights shape "
+                raise ValueError(f"{_width_source(source, name)} but layer {index} "
+                                 f"({layer!r}) takes {layer.n_inputs} inputs (weights shape "
                                  f"{tuple(layer.weights.shape)})")
             width = layer.n_neurons
-            source = (f"layer {index} ({layer!r}) gives {width} outputs (weights shape "
-                      f"{tuple(layer.weights.shape)})")
+            source = ("layer", index, layer)
         elif not _pass_through(layer):
             width, source = None, None
     return width
+
+
+def _width_source(source, name: str) -> str:
+    """Where the width a Dense layer disagrees with comes from: ``("X", shape)`` or
+    ``("layer", index, layer)``, the Dense layer before."""
+    if source[0] == "X":
+        shape = source[1]
+        return f"{name} (shape {shape}) has {shape[1]} features"
+    _, index, layer = source
+    return (f"layer {index} ({layer!r}) gives {layer.n_neurons} outputs (weights shape "
+            f"{tuple(layer.weights.shape)})")
 
 
 def output_dtype(model):
