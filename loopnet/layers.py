@@ -167,25 +167,17 @@ class Dense(Layer):
                                        dbiases=buffers[1], dinputs=buffers[2],
                                        device=self.device)
         self.dweights, self.dbiases, self.dinputs = grads
-        weight_l1, weight_l2, bias_l1, bias_l2 = penalties
-        if weight_l1 > 0 or weight_l2 > 0:
-            if be is None:
-                ops.regularization_backward(weights, self.dweights, l1=weight_l1, l2=weight_l2,
-                                            device=self.device)
-            else:   # (weights and dweights checked above: flat views of them for the kernel)
-                be.regularization_backward(weights.reshape(-1),
-                                           number(weight_l1, "l1", minimum=0.0),
-                                           number(weight_l2, "l2", minimum=0.0),
-                                           grads[0].reshape(-1))
-        if bias_l1 > 0 or bias_l2 > 0:
-            if be is None:
-                ops.regularization_backward(biases, self.dbiases, l1=bias_l1, l2=bias_l2,
-                                            device=self.device)
-            else:
-                be.regularization_backward(biases.reshape(-1),
-                                           number(bias_l1, "l1", minimum=0.0),
-                                           number(bias_l2, "l2", minimum=0.0),
-                                           grads[1].reshape(-1))
+        for values, gradient, l1, l2 in ((weights, grads[0], *penalties[:2]),
+                                         (biases, grads[1], *penalties[2:])):
+            if l1 > 0 or l2 > 0:
+                if be is None:
+                    ops.regularization_backward(values, gradient, l1=l1, l2=l2,
+                                                device=self.device)
+                else:   # (both checked above: flat views of them for the kernel)
+                    be.regularization_backward(values.reshape(-1),
+                                               number(l1, "l1", minimum=0.0),
+                                               number(l2, "l2", minimum=0.0),
+                                               gradient.reshape(-1))
         return self.dinputs
 
     def get_parameters(self):

@@ -38,12 +38,7 @@ def _parameter_dtype(layers) -> np.dtype:
 
 def _working(value: float, dtype):
     """``value`` as a numpy scalar of ``dtype``: printed with the digits the dtype holds."""
-    if dtype is _FLOATS[0]:
-        return _FLOAT32(value)
     return (dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)).type(value)
-
-
-_FLOAT32 = np.float32
 
 
 class Loss:
@@ -74,25 +69,22 @@ class Loss:
         """The L1/L2 penalty of ``layer`` (chapter 14's form), or of every remembered trainable
         layer when called without one (chapter 18's form), as a numpy scalar of the layers'
         dtype (``np.float32`` for float32 weights), as the book's ``np.sum`` gives it."""
-        layers = self.trainable_layers if layer is None else (layer,)
+        layers = self.trainable_layers if layer is None else [layer]
         return _working(self._regularization_total(layers), _parameter_dtype(layers))
 
     def _regularization_total(self, layers=None) -> float:
         """The penalty as a Python float (summed in float64): what ``Model`` records."""
         total = 0.0
         for layer in self.trainable_layers if layers is None else layers:
-            # (written out, not as a loop over pairs: a learner's loop asks for each layer's
-            # penalty at every step, most layers having none)
-            l1 = getattr(layer, "weight_regularizer_l1", 0)
-            l2 = getattr(layer, "weight_regularizer_l2", 0)
-            if l1 > 0 or l2 > 0:
-                total += ops.regularization_loss(layer.weights, l1=l1, l2=l2,
-                                                 device=getattr(layer, "device", None))
-            l1 = getattr(layer, "bias_regularizer_l1", 0)
-            l2 = getattr(layer, "bias_regularizer_l2", 0)
-            if l1 > 0 or l2 > 0:
-                total += ops.regularization_loss(layer.biases, l1=l1, l2=l2,
-                                                 device=getattr(layer, "device", None))
+            device = getattr(layer, "device", None)
+            for values, l1, l2 in (
+                (layer.weights, getattr(layer, "weight_regularizer_l1", 0),
+                 getattr(layer, "weight_regularizer_l2", 0)),
+                (layer.biases, getattr(layer, "bias_regularizer_l1", 0),
+                 getattr(layer, "bias_regularizer_l2", 0)),
+            ):
+                if l1 > 0 or l2 > 0:
+                    total += ops.regularization_loss(values, l1=l1, l2=l2, device=device)
         return total
 
     def calculate(self, output, y, *, include_regularization: bool = False):

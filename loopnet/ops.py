@@ -170,6 +170,17 @@ def _fresh(be, out, shape, dtype, inputs):
     return out
 
 
+def _dense_backward_ready(dvalues, inputs, weights) -> bool:
+    """``dense_backward``'s arrays already are what its kernels take: 2-D numpy arrays of one
+    float dtype, C-contiguous, not empty, their shapes aligned."""
+    return (type(dvalues) is np.ndarray and type(inputs) is np.ndarray
+            and type(weights) is np.ndarray
+            and dvalues.ndim == 2 and inputs.ndim == 2 and weights.ndim == 2
+            and inputs.shape[1] == weights.shape[0]
+            and dvalues.shape == (inputs.shape[0], weights.shape[1])
+            and _ready((dvalues, inputs, weights)))
+
+
 def _buffer(be, out, shape, dtype):
     """``out`` when it is a C-contiguous writeable numpy array of this shape and dtype, else a
     new array from the backend (the direct paths' reuse of a layer's gradient buffers)."""
@@ -185,18 +196,13 @@ def dense_backward_direct(dvalues, inputs, weights, biases, dweights, dbiases, d
     for overlap in one (``cpu``: ``dense_gradients``, ``overlapping``) and every array already
     is what the kernels take: the checks of ``dense_backward``'s fast path, and ``biases``
     (given when the layer has penalties to add) of shape ``(1, n_neurons)`` and the same
-    dtype. The previous buffers ``dweights``,
-    ``dbiases``, ``dinputs`` are reused where they fit and share no memory with an input or
-    with each other, else new ones are made. Otherwise ``(None, None)``: the layer then calls
-    ``dense_backward``, which converts or explains."""
+    dtype. The previous buffers ``dweights``, ``dbiases``, ``dinputs`` are reused where they
+    fit and share no memory with an input or with each other, else new ones are made.
+    Otherwise ``(None, None)``: the layer then calls ``dense_backward``, which converts or
+    explains."""
     be = host_backend(device)
     gradients = getattr(be, "dense_gradients", None)
-    if (gradients is None or type(dvalues) is not np.ndarray
-            or type(inputs) is not np.ndarray or type(weights) is not np.ndarray
-            or dvalues.ndim != 2 or inputs.ndim != 2 or weights.ndim != 2
-            or inputs.shape[1] != weights.shape[0]
-            or dvalues.shape != (inputs.shape[0], weights.shape[1])
-            or not _ready((dvalues, inputs, weights))):
+    if gradients is None or not _dense_backward_ready(dvalues, inputs, weights):
         return None, None
     dtype = dvalues.dtype
     bias_shape = (1, weights.shape[1])
@@ -477,18 +483,17 @@ def dense_backward(dvalues, inputs, weights, *, dweights=None, dbiases=None, din
     ``dweights=``, ``dbiases=``, ``dinputs=`` take buffers of those shapes to write into.
     Each element is summed in a fixed order by one thread: same bits for any thread count.
     """
-    if (type(dvalues) is np.ndarray and type(inputs) is np.ndarray and type(weights) is np.ndarray
-            and dvalues.ndim == 2 and inputs.ndim == 2 and weights.ndim == 2
-            and inputs.shape[1] == weights.shape[0]
-            and dvalues.shape == (inputs.shape[0], weights.shape[1])
-            and _ready((dvalues, inputs, weights))):
+    if _dense_backward_ready(dvalues, inputs, weights):
         be = host_backend(device)
         if be is not None:
             dtype = dvalues.dtype
             sources = (dvalues, inputs, weights)
+            # (each buffer also apart from those before it: else the full path explains)
             dw = _fresh(be, dweights, weights.shape, dtype, sources)
-            db = _fresh(be, dbiases, (1, weights.shape[1]), dtype, sources)
-            di = _fresh(be, dinputs, inputs.shape, dtype, sources)
+            db = (None if dw is None
+                  else _fresh(be, dbiases, (1, weights.shape[1]), dtype, sources + (dw,)))
+            di = None if db is None else _fresh(be, dinputs, inputs.shape, dtype,
+                                                sources + (dw, db))
             if dw is not None and db is not None and di is not None:
                 be.dense_backward_weights(inputs, dvalues, dw)
                 be.dense_backward_biases(dvalues, db.reshape(-1))
@@ -523,6 +528,13 @@ def dense_backward(dvalues, inputs, weights, *, dweights=None, dbiases=None, din
     dweights = _output(be, dweights, (n_inputs, n_neurons), dtype, "dweights")
     dbiases = _output(be, dbiases, (1, n_neurons), dtype, "dbiases")
     dinputs = _output(be, dinputs, (n_samples, n_inputs), dtype, "dinputs")
+    outputs = (("dweights", dweights), ("dbiases", dbiases), ("dinputs", dinputs))
+    for k, (name, out) in enumerate(outputs):
+        for other_name, other in outputs[k + 1:]:
+            if out is other or (isinstance(out, np.ndarray) and isinstance(other, np.ndarray)
+                                and np.may_share_memory(out, other)):
+                raise ValueError(f"the {name} and {other_name} buffers share memory: each "
+                                 "gradient needs a buffer of its own")
     # an output that is an input (dinputs=dvalues ...) would be read after it was overwritten:
     # the kernels read a copy of that input instead
     d, x, w = _unshared((d, x, w), (dweights, dbiases, dinputs))
@@ -565,12 +577,10 @@ def softmax_forward(inputs, *, device: str | None = None):
 def _unary(kernel: str, x, name, out, device):
     """Run the element-wise ``kernel`` on one array, flattened; returns the result in its
     shape (in ``out`` when given)."""
-    if (type(x) is np.ndarray and x.dtype in _FLOATS and x.flags.c_contiguous
-            and x.size):                        # (_ready, written out: a learner's loop runs
-        be = _backend(device)                   # an activation's forward and backward at
-        if be.HOST:                             # every step, ~0.5 us of calls each)
-            result = be.empty(x.shape, x.dtype) if out is None else _fresh(
-                be, out, x.shape, x.dtype, ())
+    if type(x) is np.ndarray and _ready((x,)):
+        be = host_backend(device)
+        if be is not None:
+            result = _fresh(be, out, x.shape, x.dtype, ())
             if result is not None:              # (an element-wise kernel may run in place)
                 getattr(be, kernel)(x.reshape(-1), result.reshape(-1))
                 return result
@@ -587,10 +597,9 @@ def _elementwise(kernel: str, first, first_name, second, second_name, out, devic
     forward array or mask), flattened, in a common dtype; returns the result in their shape."""
     if (type(first) is np.ndarray and type(second) is np.ndarray
             and first.shape == second.shape and _ready((first, second))):
-        be = _backend(device)
-        if be.HOST:
-            result = be.empty(first.shape, first.dtype) if out is None else _fresh(
-                be, out, first.shape, first.dtype, ())
+        be = host_backend(device)
+        if be is not None:
+            result = _fresh(be, out, first.shape, first.dtype, ())
             if result is not None:              # (an element-wise kernel may run in place)
                 getattr(be, kernel)(first.reshape(-1), second.reshape(-1), result.reshape(-1))
                 return result

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import arrays, assert_within, bits, eps, float_dtypes, sides, sum_tolerance
+from helpers import (HOST_DEVICES, arrays, assert_within, bits, eps, float_dtypes, sides,
+                     sum_tolerance)
 from loopnet import ops
 from loopnet.kernels import activations, dense, losses, regularization
 
@@ -407,6 +408,21 @@ def test_dense_backward_handed_its_own_buffers_computes_from_their_values(device
     assert_within(host(layer.dweights), expected_dw, 1e-12, f"dweights ({alias})")
     assert_within(host(layer.dbiases), expected_db, 1e-12, f"dbiases ({alias})")
     assert_within(host(layer.dinputs), d @ weights.T, 1e-12, f"dinputs ({alias})")
+
+
+@pytest.mark.parametrize("host_device", HOST_DEVICES)
+def test_dense_backward_refuses_one_buffer_for_two_gradients(host_device):
+    """``dweights=`` and ``dinputs=`` given the same array (a square layer's gradients have one
+    shape): a ValueError naming both, never one gradient written over the other."""
+    shared = np.empty((4, 4))
+    with pytest.raises(ValueError, match="dweights and dinputs buffers share memory"):
+        ops.dense_backward(np.ones((4, 4)), np.ones((4, 4)), np.ones((4, 4)), dweights=shared,
+                           dinputs=shared, device=host_device)
+    dweights, _, dinputs = ops.dense_backward(np.ones((4, 4)), np.ones((4, 4)),
+                                              2 * np.ones((4, 4)), dweights=shared,
+                                              dinputs=np.empty((4, 4)), device=host_device)
+    assert dweights is shared and np.array_equal(dweights, np.full((4, 4), 4.0))
+    assert np.array_equal(dinputs, np.full((4, 4), 8.0))                # (sums of 4 terms)
 
 
 def test_backward_shape_errors_name_the_shapes(device):

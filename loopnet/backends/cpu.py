@@ -141,8 +141,7 @@ ALIGNED_MIN = 32768
 
 def empty(shape, dtype):
     """Where ``loopnet.ops`` allocates outputs: large arrays aligned (``ALIGNED_MIN``)."""
-    if type(shape) is not tuple:
-        shape = tuple(shape) if not isinstance(shape, int) else (shape,)
+    shape = tuple(shape) if not isinstance(shape, int) else (shape,)
     if math.prod(shape) < ALIGNED_MIN:  # (math.prod: np.prod costs ~3 us a call)
         return np.empty(shape, dtype)
     return aligned_empty(shape, dtype)
