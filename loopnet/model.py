@@ -127,9 +127,16 @@ class Model:
         layer's ``prev`` and ``next``; the last layer's ``next`` is the loss), find the
         trainable layers, tell the loss about them (for the L1/L2 penalties), and use the
         fused softmax + cross-entropy backward when the model ends in ``Softmax`` and the
-        loss is ``CategoricalCrossentropy``."""
+        loss is ``CategoricalCrossentropy``. A loss or accuracy made without a ``device``
+        runs where the layers' outputs are: on the layers' device when they name one."""
         if not self.layers:
             raise ValueError("the model has no layers: add() some before finalize()")
+        devices = {layer.device for layer in self.layers
+                   if getattr(layer, "device", None) is not None}
+        if len(devices) == 1:      # (a host-device loss could not read the GPU's outputs)
+            for part in (self.loss, self.accuracy):
+                if part is not None and getattr(part, "device", "") is None:
+                    part.device = next(iter(devices))
         self.input_layer = Input()
         chain = [self.input_layer, *self.layers, self.loss]
         for previous, layer, following in zip(chain, chain[1:], chain[2:]):

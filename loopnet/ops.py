@@ -223,10 +223,17 @@ def dense_backward_direct(dvalues, inputs, weights, biases, dweights, dbiases, d
 
 def _check_host(be, *arrays) -> None:
     """A GPU array given to a host device: a clear error, not numba's 'can't unbox array'."""
-    if be.HOST and any(is_device_array(a) for a in arrays):
+    if be.HOST and any(type(a) is not np.ndarray and is_device_array(a) for a in arrays):
         raise TypeError("an input is a GPU array but the op runs on a host device "
                         f"({be.__name__.rsplit('.', 1)[-1]}): run it with device='cuda', or "
                         "bring the array back with loopnet.to_numpy(...)")
+
+
+def _checked_backend(device, *arrays):
+    """The backend of ``device``, after ``_check_host`` of ``arrays``."""
+    be = _backend(device)
+    _check_host(be, *arrays)
+    return be
 
 
 def _unshared(inputs, outputs):
@@ -455,6 +462,7 @@ def dense_forward(inputs, weights, biases, *, device: str | None = None):
         )
     dtype = _result_dtype(x, w, b)
     be = _backend(device)
+    _check_host(be, x, w, b)
     x2 = _contiguous(x.reshape(-1, n_inputs), dtype)
     w2 = _contiguous(w.reshape(n_inputs, n_neurons), dtype)
     b1 = _contiguous(b.reshape(n_neurons), dtype)
@@ -710,6 +718,7 @@ def accuracy(y_pred, y_true, *, device: str | None = None) -> float:
     probs = _probabilities(y_pred)
     targets = class_targets(y_true, probs.shape[0], probs.shape[1], probs.shape)
     be = _backend(device)
+    _check_host(be, probs)
     correct = be.empty((probs.shape[0],), probs.dtype)
     be.accuracy(probs, targets, correct)
     return mean(correct, device=device)
@@ -727,6 +736,7 @@ def mean(values, *, device: str | None = None) -> float:
     _check_not_empty(v, "values")
     v = _contiguous(v.reshape(-1), _result_dtype(v))
     be = _backend(device)
+    _check_host(be, v)
     output = be.empty((1,), np.float64)
     be.mean(v, output)
     return float(be.to_numpy(output)[0])
@@ -765,6 +775,7 @@ def _class_gradient(kernel_name, probabilities, name, y_true, out, device):
     probs = _probabilities(probabilities, name)
     targets = class_targets(y_true, probs.shape[0], probs.shape[1], probs.shape)
     be = _backend(device)
+    _check_host(be, probs, out)
     dinputs = _output(be, out, probs.shape, probs.dtype)
     getattr(be, kernel_name)(probs, targets, dinputs)
     return dinputs
@@ -790,6 +801,7 @@ def _loss_inputs(y_pred, y_true, name: str = "y_pred"):
 def _sample_loss(kernel_name, y_pred, y_true, device):
     pred, targets = _loss_inputs(y_pred, y_true)
     be = _backend(device)
+    _check_host(be, pred, targets)
     sample_losses = be.empty((pred.shape[0],), pred.dtype)
     getattr(be, kernel_name)(pred, targets, sample_losses)
     return sample_losses
@@ -798,6 +810,7 @@ def _sample_loss(kernel_name, y_pred, y_true, device):
 def _loss_gradient(kernel_name, dvalues, y_true, out, device):
     pred, targets = _loss_inputs(dvalues, y_true, "dvalues")
     be = _backend(device)
+    _check_host(be, pred, targets, out)
     dinputs = _output(be, out, pred.shape, pred.dtype)
     getattr(be, kernel_name)(pred, targets, dinputs)
     return dinputs
@@ -841,6 +854,7 @@ def binary_accuracy(y_pred, y_true, *, device: str | None = None) -> float:
     """Fraction of outputs where ``y_pred > 0.5`` agrees with the 0/1 target."""
     pred, targets = _loss_inputs(y_pred, y_true)
     be = _backend(device)
+    _check_host(be, pred, targets)
     correct = be.empty((pred.size,), pred.dtype)
     be.binary_accuracy(pred.reshape(-1), targets.reshape(-1), correct)
     return mean(correct, device=device)
@@ -851,6 +865,7 @@ def regression_accuracy(y_pred, y_true, precision, *, device: str | None = None)
     precision = number(precision, "precision", minimum=0.0)
     pred, targets = _loss_inputs(y_pred, y_true)
     be = _backend(device)
+    _check_host(be, pred, targets)
     correct = be.empty((pred.size,), pred.dtype)
     be.regression_accuracy(pred.reshape(-1), targets.reshape(-1), precision, correct)
     return mean(correct, device=device)
@@ -871,6 +886,7 @@ def regularization_loss(values, *, l1=0.0, l2=0.0, device: str | None = None) ->
             return float(output[0])
     flat, _ = _flat_like(values, "values")
     be = _backend(device)
+    _check_host(be, flat)
     output = be.empty((1,), np.float64)
     be.regularization_loss(flat, l1, l2, output)
     return float(be.to_numpy(output)[0])
@@ -895,6 +911,7 @@ def regularization_backward(values, dvalues, *, l1=0.0, l2=0.0, device: str | No
     if l1 == 0 and l2 == 0:
         return d
     be = _backend(device)
+    _check_host(be, v, d)
     be.regularization_backward(_contiguous(v, d.dtype).reshape(-1), l1, l2, d.reshape(-1))
     return d
 
@@ -1009,11 +1026,13 @@ def sgd_update(params, grads, *, learning_rate, momentum=0.0, momentums=None,
     be = _backend(device)
     if momentum == 0 and momentums is None:
         p, g, _ = _update_arrays(params, grads, (), ())
+        _check_host(be, p, g)
         be.sgd_update(p, g, learning_rate)
         return params
     if momentums is None:
         raise ValueError("momentum > 0 needs a momentums array (ops.zeros(params.shape))")
     p, g, (m,) = _update_arrays(params, grads, (momentums,), ("momentums",))
+    _check_host(be, p, g, m)
     be.sgd_momentum_update(p, g, m, learning_rate, momentum)
     return params
 
@@ -1024,7 +1043,7 @@ def adagrad_update(params, grads, cache, *, learning_rate, epsilon=1e-7,
     learning_rate = number(learning_rate, "learning_rate")
     epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
     p, g, (c,) = _update_arrays(params, grads, (cache,), ("cache",))
-    _backend(device).adagrad_update(p, g, c, learning_rate, epsilon)
+    _checked_backend(device, p, g, c).adagrad_update(p, g, c, learning_rate, epsilon)
     return params
 
 
@@ -1035,7 +1054,7 @@ def rmsprop_update(params, grads, cache, *, learning_rate, epsilon=1e-7, rho=0.9
     epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
     rho = rmsprop_rho(rho)
     p, g, (c,) = _update_arrays(params, grads, (cache,), ("cache",))
-    _backend(device).rmsprop_update(p, g, c, learning_rate, epsilon, rho)
+    _checked_backend(device, p, g, c).rmsprop_update(p, g, c, learning_rate, epsilon, rho)
     return params
 
 
@@ -1061,8 +1080,8 @@ def adam_update(params, grads, momentums, cache, *, learning_rate, iteration, ep
         raise ValueError(f"beta_1 and beta_2 must be in [0, 1), got {beta_1} and {beta_2}")
     correction_1, correction_2 = adam_corrections(beta_1, beta_2, iteration)
     p, g, (m, c) = _update_arrays(params, grads, (momentums, cache), ("momentums", "cache"))
-    _backend(device).adam_update(p, g, m, c, learning_rate, epsilon, beta_1, beta_2,
-                                 correction_1, correction_2)
+    be = _checked_backend(device, p, g, m, c)
+    be.adam_update(p, g, m, c, learning_rate, epsilon, beta_1, beta_2, correction_1, correction_2)
     return params
 
 
@@ -1074,7 +1093,7 @@ def optimizer_update(kernel: str, params, grads, states, scalars, *, names,
     functions above check them, then ``scalars`` (already checked) after them. The optimizer
     classes run their steps through it."""
     p, g, flat_states = _update_arrays(params, grads, states, names)
-    getattr(_backend(device), kernel)(p, g, *flat_states, *scalars)
+    getattr(_checked_backend(device, p, g, *flat_states), kernel)(p, g, *flat_states, *scalars)
     return params
 
 

@@ -356,11 +356,11 @@ def test_dense_layer_backward_adds_penalties(device, rng):
     layer = loopnet.Dense(3, 4, weight_regularizer_l1=0.01, weight_regularizer_l2=0.02,
                           bias_regularizer_l1=0.03, bias_regularizer_l2=0.04, seed=0,
                           dtype=np.float64, device=device)
-    layer.biases = rng.standard_normal((1, 4))
+    layer.set_parameters(host(layer.weights), rng.standard_normal((1, 4)))
     inputs, dvalues = rng.standard_normal((5, 3)), rng.standard_normal((5, 4))
     layer.forward(inputs)
     dinputs = layer.backward(dvalues)
-    w, b = layer.weights, layer.biases
+    w, b = host(layer.weights), host(layer.biases)
     expected_dw = inputs.T @ dvalues + 0.01 * np.where(w < 0, -1, 1) + 2 * 0.02 * w
     expected_db = dvalues.sum(axis=0, keepdims=True) + 0.03 * np.where(b < 0, -1, 1) + 2 * 0.04 * b
     tol = 1e-12

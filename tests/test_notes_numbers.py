@@ -90,8 +90,7 @@ def test_layer_zip_loop_and_dot(device):
     assert np.all(np.abs(output - LAYER_OUTPUTS) <= tol)
 
     layer = loopnet.Dense(4, 3, dtype=np.float64, device=device)
-    layer.weights[...] = weights
-    layer.biases[...] = BIASES
+    layer.set_parameters(weights, BIASES)
     assert np.all(np.abs(host(layer.forward(INPUTS)) - LAYER_OUTPUTS) <= tol)
 
 

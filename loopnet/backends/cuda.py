@@ -39,6 +39,7 @@ import importlib
 import inspect
 import math
 import os
+import sys
 import textwrap
 import threading
 import types
@@ -65,10 +66,21 @@ def _unavailable(why: str) -> RuntimeError:
     return RuntimeError(f"the 'cuda' device is not usable here: {why}.\n{_HOW_TO_FIX}")
 
 
+# numba warns at every launch of fewer than 128 blocks; the book's arrays (300 samples) make
+# such grids for most ops, and the warnings would bury the training log. A value the user set
+# stays. (Read by numba-cuda's configuration when ``numba.cuda`` is imported, and again by
+# numba's whenever the environment changes.)
+os.environ.setdefault("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS", "0")
+
 try:
     from numba import cuda
 except ImportError as err:  # numba-cuda is not installed (numba >= 0.61 no longer bundles it)
     raise _unavailable(f"numba-cuda is not installed ({err})") from None
+
+for _config in ("numba.cuda.core.config", "numba.core.config"):   # (already read, if imported)
+    if os.environ["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"] == "0" and hasattr(
+            sys.modules.get(_config), "CUDA_LOW_OCCUPANCY_WARNINGS"):
+        sys.modules[_config].CUDA_LOW_OCCUPANCY_WARNINGS = 0
 
 if not cuda.is_available():
     raise _unavailable("no CUDA GPU/driver was found (numba.cuda.is_available() is False)")
@@ -134,6 +146,20 @@ def to_numpy(array) -> np.ndarray:
     return np.asarray(array)
 
 
+def host_layout(x, dtype=None) -> np.ndarray:
+    """``x`` as a C-contiguous host array with the strides of a fresh one, ready to copy over.
+
+    numpy calls an array with a dimension of length 1 contiguous whatever that dimension's
+    stride, and ``np.ascontiguousarray`` then keeps it; numba-cuda sizes the device copy from
+    the strides and fails on it (a ``(1,)`` view of every other float32 became ``(0,)``)."""
+    array = np.ascontiguousarray(x, dtype=dtype)
+    expected, stride = [], array.itemsize
+    for length in reversed(array.shape):
+        expected.append(stride)
+        stride *= length
+    return array if array.strides == tuple(reversed(expected)) else array.copy()
+
+
 def asarray(x, dtype=None):
     """``x`` as a C-contiguous device array of ``dtype``, moved or converted at most once.
 
@@ -142,7 +168,7 @@ def asarray(x, dtype=None):
     host array is converted on the host and copied to the GPU once.
     """
     if not is_device_array(x):
-        return cuda.to_device(np.ascontiguousarray(x, dtype=dtype))
+        return cuda.to_device(host_layout(x, dtype))
     if not hasattr(x, "copy_to_host"):
         x = cuda.as_cuda_array(x)  # CuPy / torch: a zero-copy numba view of the same memory
     dtype = x.dtype if dtype is None else np.dtype(dtype)
@@ -205,7 +231,7 @@ def _launch(kernel, threads, args, written=(), blocks=None):
     copy_back = []
     for position, arg in enumerate(args):
         if isinstance(arg, np.ndarray):
-            device_arg = cuda.to_device(np.ascontiguousarray(arg))
+            device_arg = cuda.to_device(host_layout(arg))
             if position in written:
                 copy_back.append((device_arg, arg))
             arg = device_arg

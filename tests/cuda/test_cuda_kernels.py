@@ -180,3 +180,105 @@ def test_spiral_model_trains_on_cuda_like_on_cpu():
             losses[device] = model.train(X, y, epochs=3, print_every=None)["loss"]
     assert losses["cpu"][-1] < losses["cpu"][0]
     np.testing.assert_allclose(losses["cuda"], losses["cpu"], rtol=1e-5)
+
+
+def test_a_host_array_goes_over_with_the_strides_of_a_fresh_one():
+    """numpy calls a view with a dimension of length 1 contiguous whatever that dimension's
+    stride, and numba-cuda's copy to the GPU failed on such a view (a GPU showed it: the
+    simulator copies differently): ``host_layout`` hands over a fresh copy instead."""
+    every_other = np.arange(8, dtype=np.float32)[::2][:1]
+    column = np.arange(8.0).reshape(2, 4)[:, :1]
+    assert every_other.flags.c_contiguous and every_other.strides == (8,)
+    for view, strides in ((every_other, (4,)), (column, (8, 8))):
+        laid_out = gpu.host_layout(view)
+        assert laid_out.strides == strides and np.array_equal(laid_out, view)
+        assert np.array_equal(gpu.to_numpy(gpu.asarray(view)), view)
+    fitting = np.ones((3, 4), np.float32)
+    assert gpu.host_layout(fitting) is fitting          # nothing to copy
+    out = ops.dense_forward(np.ones(3), np.arange(6.0).reshape(3, 2)[:, :1], every_other[:1],
+                            device="cuda")
+    assert np.array_equal(loopnet.to_numpy(out), [6.0 + 0.0])
+
+
+@pytest.mark.parametrize("host", ["cpu", "numpy", "python"])
+def test_a_gpu_array_given_to_a_host_device_is_a_clear_error(host):
+    """Every op checks that its arrays are where its device runs: a GPU array handed to a host
+    device raises a TypeError saying what to do, never numba's 'can't unbox array' (or, for
+    the numpy device, a silent copy per call)."""
+    rng = np.random.default_rng(0)
+    probs = gpu.asarray(np.full((4, 3), 1 / 3, np.float32))
+    column = gpu.asarray(rng.uniform(size=(4, 1)).astype(np.float32))
+    flat = gpu.asarray(rng.standard_normal(6).astype(np.float32))
+    on_host = np.ones(6, np.float32)
+    calls = {
+        "dense_forward": lambda: ops.dense_forward(probs, np.ones((3, 2), np.float32),
+                                                   np.zeros(2, np.float32), device=host),
+        "accuracy": lambda: ops.accuracy(probs, np.array([0, 1, 2, 0]), device=host),
+        "binary_accuracy": lambda: ops.binary_accuracy(column, np.ones((4, 1)), device=host),
+        "regression_accuracy": lambda: ops.regression_accuracy(column, np.ones((4, 1)), 0.1,
+                                                               device=host),
+        "binary_crossentropy": lambda: ops.binary_crossentropy(column, np.ones((4, 1)),
+                                                               device=host),
+        "mean_squared_error_backward": lambda: ops.mean_squared_error_backward(
+            column, np.ones((4, 1)), device=host),
+        "softmax_crossentropy_backward": lambda: ops.softmax_crossentropy_backward(
+            probs, np.array([0, 1, 2, 0]), device=host),
+        "mean": lambda: ops.mean(flat, device=host),
+        "regularization_loss": lambda: ops.regularization_loss(flat, l2=0.1, device=host),
+        "regularization_backward": lambda: ops.regularization_backward(
+            flat, on_host.copy(), l2=0.1, device=host),
+        "sgd_update": lambda: ops.sgd_update(on_host.copy(), flat, learning_rate=0.1,
+                                             device=host),
+        "sgd_update with momentum": lambda: ops.sgd_update(
+            on_host.copy(), flat, learning_rate=0.1, momentum=0.9,
+            momentums=np.zeros(6, np.float32), device=host),
+        "adagrad_update": lambda: ops.adagrad_update(on_host.copy(), flat, on_host.copy(),
+                                                     learning_rate=0.1, device=host),
+        "rmsprop_update": lambda: ops.rmsprop_update(on_host.copy(), flat, on_host.copy(),
+                                                     learning_rate=0.1, device=host),
+        "adam_update": lambda: ops.adam_update(on_host.copy(), flat, on_host.copy(),
+                                               on_host.copy(), learning_rate=0.1, iteration=0,
+                                               device=host),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match="GPU array but the op runs on a host device") as err:
+            call()
+        assert "to_numpy" in str(err.value), name
+
+
+def test_a_model_s_loss_and_accuracy_made_without_a_device_follow_its_layers():
+    """Layers placed on the GPU, a loss and an accuracy made without a device: ``finalize``
+    puts those two where the layers' outputs are (a host loss could not read them), and the
+    model trains as one whose every part names the device."""
+    from loopnet.datasets import spiral_data
+
+    X, y = spiral_data(samples=6, classes=2, seed=0)
+    histories = []
+    for named in (False, True):
+        where = {"device": "cuda"} if named else {}
+        model = loopnet.Model()
+        model.add(loopnet.Dense(2, 4, seed=0, device="cuda"))
+        model.add(loopnet.ReLU(device="cuda"))
+        model.add(loopnet.Dense(4, 1, seed=1, device="cuda"))
+        model.add(loopnet.Sigmoid(device="cuda"))
+        model.set(loss=loopnet.BinaryCrossentropy(**where),
+                  optimizer=loopnet.Adam(learning_rate=0.05),
+                  accuracy=loopnet.BinaryAccuracy(**where))
+        model.finalize()
+        assert (model.loss.device, model.accuracy.device) == ("cuda", "cuda")
+        histories.append(model.train(X, y.reshape(-1, 1), epochs=2, print_every=None))
+    assert histories[0]["loss"] == histories[1]["loss"]
+    assert histories[0]["accuracy"] == histories[1]["accuracy"]
+
+
+def test_numba_s_low_occupancy_warning_is_off_unless_the_user_asked_for_it():
+    """The book's small arrays launch grids of under 128 blocks on most ops, and numba warned
+    about each of them on a real GPU (the simulator does not): the cuda device turns that
+    warning off where the user has not set ``NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS``."""
+    import os
+    import sys
+
+    assert os.environ.get("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS") == "0"
+    configs = [sys.modules[name] for name in ("numba.cuda.core.config", "numba.core.config")
+               if hasattr(sys.modules.get(name), "CUDA_LOW_OCCUPANCY_WARNINGS")]
+    assert configs and all(c.CUDA_LOW_OCCUPANCY_WARNINGS == 0 for c in configs)
