@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from loopnet import ops
-from loopnet.devices import check_available, normalize
+from loopnet.devices import base_name, check_available, get_device, normalize
 from loopnet.validate import is_device_array, number, parameter_dtype, positive_int, reusable
 
 
@@ -76,7 +76,9 @@ class Dense(Layer):
     so that no transpose is needed in ``forward``, drawn as ``weight_scale * randn`` with
     ``weight_scale=0.1`` as in the notes (the book's chapter code draws ``0.01 * randn``: pass
     ``weight_scale=0.01`` to match it); ``biases`` start at 0 with shape ``(1, n_neurons)``.
-    ``dtype`` is float32 by default; inputs are converted to it.
+    ``dtype`` is float32 by default; inputs are converted to it. ``device`` fixes where the
+    layer runs and its parameters live; without it the layer follows the current device, except
+    that one made while the current device is a GPU is placed there, as ``device="cuda"``.
 
     >>> np.random.seed(0)
     >>> layer1 = Dense(4, 5)
@@ -96,8 +98,12 @@ class Dense(Layer):
         self.weights = (self.weight_scale
                         * random_normal((self.n_inputs, self.n_neurons), seed)).astype(self.dtype)
         self.biases = np.zeros((1, self.n_neurons), dtype=self.dtype)
-        if self.device is not None:  # e.g. device="cuda": the parameters live there from the start
-            self.to(self.device)
+        # device="cuda", or made while the current device is a GPU (set_device, a `device`
+        # context, LOOPNET_DEVICE): the parameters live there from the start, and the layer
+        # stays there (otherwise every op would copy them over, and back after each update)
+        where = self.device if self.device is not None else get_device()
+        if self.device is not None or base_name(where) == "cuda":
+            self.to(where)
 
     def _configure(self, n_inputs, n_neurons, weight_regularizer_l1=0, weight_regularizer_l2=0,
                    bias_regularizer_l1=0, bias_regularizer_l2=0, *, dtype=np.float32,

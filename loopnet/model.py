@@ -31,7 +31,7 @@ from loopnet import checks, ops, training
 from loopnet.activations import Softmax
 from loopnet.layers import Input
 from loopnet.losses import CategoricalCrossentropy, Loss, SoftmaxCategoricalCrossentropy
-from loopnet.validate import positive_int
+from loopnet.validate import is_device_array, positive_int
 
 
 def _n_rows(data, name: str) -> int:
@@ -150,6 +150,14 @@ class Model:
             self.softmax_classifier_output = SoftmaxCategoricalCrossentropy(device=self.loss.device)
         self.output_layer_activation = self.layers[-1]
         self.finalized = True
+
+    def _gpu(self):
+        """The GPU every layer with a device of its own is on (``cuda``, ``cuda:1``), or None."""
+        devices = {layer.device for layer in self.layers
+                   if getattr(layer, "device", None) is not None}
+        if len(devices) == 1 and next(iter(devices)).startswith("cuda"):
+            return next(iter(devices))
+        return None
 
     # --- passes -------------------------------------------------------------------------------
 
@@ -303,11 +311,18 @@ class Model:
                                           self.optimizer.current_learning_rate)
                 if stop:
                     return run.finish()
+            # layers on a GPU: the samples go over once (once an epoch when shuffled), not at
+            # every op that reads them
+            gpu = self._gpu() if epoch <= epochs else None
+            if gpu is not None and rng is None and not is_device_array(X):
+                X = ops.to_device(X, gpu)
             for epoch in range(epoch, epochs + 1):
                 X_epoch, y_epoch = X, y
                 if rng is not None:
                     order = rng.permutation(n_samples)
                     X_epoch, y_epoch = X[order], y[order]
+                    if gpu is not None:
+                        X_epoch = ops.to_device(X_epoch, gpu)
                 self.loss.new_pass()
                 if self.accuracy is not None:
                     self.accuracy.new_pass()
