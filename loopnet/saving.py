@@ -712,10 +712,12 @@ def _extras(model) -> dict:
 
 def load_model(source, device=None):
     """Rebuild a ``Model`` written by ``save_model``; ``device`` (optional) is given to every
-    layer, the loss and the accuracy (otherwise they follow the current default device).
+    layer, the loss and the accuracy, and the parameters (with the optimizer's state) are moved
+    there once; otherwise they follow the current default device, and when that is a GPU the
+    layers with parameters are placed on it, as ``Dense`` made there are.
     ``source``: a path or an open binary file. Loading draws no random numbers and leaves
     numpy's global random state alone."""
-    from loopnet.devices import normalize
+    from loopnet.devices import base_name, get_device, normalize
     from loopnet.model import Model
 
     if device is not None:
@@ -747,8 +749,14 @@ def load_model(source, device=None):
     model.preprocessing, model.class_names = preprocessing, class_names
     if device is not None:
         for obj in [*model.layers, loss, accuracy]:
-            if obj is not None:
+            if obj is not None and hasattr(obj, "to"):
+                obj.to(device)      # (the parameters go over once, not at every op)
+            elif obj is not None:
                 obj.device = device
+    elif base_name(get_device()) == "cuda":
+        for layer in model.layers:
+            if hasattr(layer, "weights") and hasattr(layer, "to"):
+                layer.to(get_device())
     if model.layers:
         model.finalize()
     return model

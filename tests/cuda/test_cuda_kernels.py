@@ -325,3 +325,28 @@ def test_an_epoch_on_the_gpu_copies_the_samples_at_most_once_and_no_parameter(mo
                                 for a in (layer.weights, layer.biases)}
             assert not parameter_shapes & set(shapes), shapes
             assert shapes.count(X.shape) == copies_of_X, (shuffle, shapes)
+
+
+def test_a_model_loaded_for_the_gpu_has_its_parameters_there(tmp_path):
+    """``Model.load(path, device="cuda")``, or a load while the current device is a GPU: the
+    parameters and the optimizer's state are moved over once (before, only the device names
+    changed, and every op copied the host arrays over)."""
+    from loopnet.cli import build_model
+    from loopnet.datasets import spiral_data
+    from loopnet.validate import is_device_array
+
+    X, y = spiral_data(samples=4, classes=3, seed=0)
+    model = build_model(2, 3, [5], regression=False, learning_rate=0.05, seed=0)
+    model.train(X, y, epochs=2, print_every=None)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    with loopnet.device("cuda"):
+        followed = loopnet.Model.load(path)
+    for loaded in (loopnet.Model.load(path, device="cuda"), followed):
+        for layer, original in zip(loaded.trainable_layers, model.trainable_layers):
+            assert layer.device == "cuda"
+            for name in ("weights", "biases", "weight_momentums", "bias_cache"):
+                assert is_device_array(getattr(layer, name)), name
+                np.testing.assert_array_equal(loopnet.to_numpy(getattr(layer, name)),
+                                              getattr(original, name))
+    assert not is_device_array(loopnet.Model.load(path).trainable_layers[0].weights)
