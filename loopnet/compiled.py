@@ -298,7 +298,7 @@ class CompiledRun:
                 training = kind in (step.TRAIN_FULL, step.TRAIN_LAST)
                 if plan.forward.form == fast.BROADCAST:
                     panels = max(panels, -(-width // 64) * width_in * 64)
-                if plan.forward.form == fast.DOT_TILES:
+                if plan.forward.form in (fast.DOT_TILES, fast.DOT_PLAIN):
                     reads_transpose = True
                 if not training:
                     continue

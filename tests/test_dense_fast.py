@@ -54,9 +54,11 @@ def test_tiled_kernel_matches_the_twin(data):
 @settings(max_examples=30)
 @given(data=st.data())
 def test_narrow_products_give_the_bits_of_the_tiles_ragged_edge(data):
-    # A product of 1-3 output columns runs plain dot products over bands of rows, not tiles;
-    # they are the very outputs the ragged edge of a wider product computes (its last columns),
-    # so a layer's narrow forward has the bits it had inside a wider one, on either build.
+    # A product of 1-3 output columns runs plain dot products over bands of rows, not tiles,
+    # in dense_nt_tiled and in dense_nt_plain (the DOT_PLAIN form, which the plan picks for
+    # such products); they are the very outputs the ragged edge of a wider product computes
+    # (its last columns), so a layer's narrow forward has the bits it had inside a wider one,
+    # on either build of either kernel.
     # Zeros are compared by value: FASTMATH's ``nsz`` (no signed zeros) lets LLVM drop the
     # ``0 +`` that starts a sum, so a sum of -0 products may be -0 in one compiled context and
     # +0 in another; every other value keeps its bits.
@@ -69,7 +71,8 @@ def test_narrow_products_give_the_bits_of_the_tiles_ragged_edge(data):
     add = data.draw(st.booleans())
     wide = np.full((n_rows, 4 + n_ragged), np.nan, dtype)
     cpu.dense_nt_tiled_serial(rows, columns_t, biases, add, wide)
-    for kernel in (cpu.dense_nt_tiled_serial, cpu.dense_nt_tiled_parallel):
+    for kernel in (cpu.dense_nt_tiled_serial, cpu.dense_nt_tiled_parallel,
+                   cpu.dense_nt_plain_serial, cpu.dense_nt_plain_parallel):
         narrow = np.full((n_rows, n_ragged), np.nan, dtype)
         kernel(rows, np.ascontiguousarray(columns_t[4:]), biases[4:].copy(), add, narrow)
         assert bits(narrow + 0) == bits(wide[:, 4:] + 0)     # (x + 0: -0 -> +0, else x)
@@ -369,11 +372,14 @@ def test_dense_plan_picks_the_forms_of_its_table():
     loops' bits (blocked, narrow), the narrow forward runs dot products, middle and large
     layers the broadcast form, small batches serially."""
     B, N, D, T = dense.BLOCKED, dense.NARROW, dense.DOT_TILES, dense.BROADCAST
+    P = dense.DOT_PLAIN      # dot products of fewer than 4 output columns: no tile
     plan = cpu.dense_plan(300, 2, 64)
-    assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (B, B, D)
+    assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (B, B, P)
     assert not (plan.forward.parallel or plan.dweights.parallel or plan.dinputs.parallel)
     plan = cpu.dense_plan(300, 64, 3)
-    assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (D, N, N)
+    assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (P, N, N)
+    assert cpu.dense_plan(300, 64, 4).forward.form == D
+    assert cpu.dense_plan(300, 4, 64).dinputs.form == D
     # 58k multiply-adds: in parallel from PARALLEL_MIN (scaled for the threading layer)
     assert plan.forward.parallel == (300 * 64 * 3 >= cpu.PARALLEL_MIN)
     for shape in ((32, 784, 128), (128, 784, 128), (4096, 784, 128), (1024, 1024, 1024),

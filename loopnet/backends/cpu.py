@@ -281,21 +281,22 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
 
     - forward ``inputs @ weights``: BROADCAST for middle and large layers; DOT_TILES for narrow
       layers (< 16 neurons, >= 32 inputs, >= 4 samples: the loops' inner loop over 3 neurons is
-      too short to vectorize; 300x64x3: 16.6 -> 6.4 us, packing weights.T included); else
-      BLOCKED (the loops' bits);
+      too short to vectorize; 300x64x3: 16.6 -> 6.4 us, packing weights.T included), as
+      DOT_PLAIN below 4 neurons (the same dot products, without the 6 x 4 tile to compile);
+      else BLOCKED (the loops' bits);
     - dweights ``inputs.T @ dvalues``: BROADCAST; NARROW below 16 neurons (>= 16 inputs); else
       BLOCKED;
     - dinputs ``dvalues @ weights.T``: BROADCAST; DOT_TILES from 16 neurons and 4 samples (each
       element a dot product over the neurons: split over vector lanes it pays from small sizes
-      on, 32x784x128: 574 -> ~60 us; no packing: ``weights`` already is ``(weights.T).T``);
-      else NARROW.
+      on, 32x784x128: 574 -> ~60 us; no packing: ``weights`` already is ``(weights.T).T``),
+      as DOT_PLAIN below 4 inputs; else NARROW.
     """
     work = n_samples * n_inputs * n_neurons
     parallel = _parallel(work, n_samples)
     if _broadcast_pays(n_samples, n_inputs, n_neurons, n_samples, n_neurons):
         forward = Product(_fast.BROADCAST, parallel)
     elif n_samples >= 4 and n_neurons < 16 and n_inputs >= 32:
-        forward = Product(_fast.DOT_TILES, parallel)
+        forward = Product(_fast.DOT_TILES if n_neurons >= 4 else _fast.DOT_PLAIN, parallel)
     else:
         forward = Product(_fast.BLOCKED, parallel)
     if _broadcast_pays(n_samples, n_inputs, n_neurons, n_inputs, n_neurons):
@@ -316,13 +317,14 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
     if _broadcast_pays(n_samples, n_inputs, n_neurons, n_samples, n_inputs):
         dinputs = Product(_fast.BROADCAST, parallel)
     elif n_neurons >= 16 and n_samples >= 4:
-        dinputs = Product(_fast.DOT_TILES, parallel)
+        dinputs = Product(_fast.DOT_TILES if n_inputs >= 4 else _fast.DOT_PLAIN, parallel)
     else:
         dinputs = Product(_fast.NARROW, parallel)
     return DensePlan(forward, dweights, dinputs)
 
 
 dense_nt_tiled_serial, dense_nt_tiled_parallel = compile_twice(_fast.dense_nt_tiled)
+dense_nt_plain_serial, dense_nt_plain_parallel = compile_twice(_fast.dense_nt_plain)
 transpose_serial, transpose_parallel = compile_twice(_fast.transpose_tiled)
 dense_tn_tiled_serial, dense_tn_tiled_parallel = compile_twice(_fast.dense_tn_tiled)
 dense_forward_blocked_serial, dense_forward_blocked_parallel = compile_twice(
@@ -441,7 +443,9 @@ def _broadcast(parallel):
     return dense_tn_tiled_parallel if parallel else dense_tn_tiled_serial
 
 
-def _dot_tiles(parallel):
+def _dot(form, parallel):
+    if form == _fast.DOT_PLAIN:
+        return dense_nt_plain_parallel if parallel else dense_nt_plain_serial
     return dense_nt_tiled_parallel if parallel else dense_nt_tiled_serial
 
 
@@ -453,8 +457,8 @@ def dense_forward(inputs, weights, biases, output):
     if form == _fast.BROADCAST:
         _broadcast(parallel)(inputs.T, weights, _panels(weights, "weights_panels"), biases,
                              True, output)
-    elif form == _fast.DOT_TILES:
-        _dot_tiles(parallel)(_aligned_for(inputs, n_neurons, "inputs"),
+    elif form in (_fast.DOT_TILES, _fast.DOT_PLAIN):
+        _dot(form, parallel)(_aligned_for(inputs, n_neurons, "inputs"),
                              _packed(weights, "weights_t"), biases, True, output)
     elif parallel:
         dense_forward_blocked_parallel(inputs, weights, biases, output)
@@ -471,8 +475,8 @@ def dense_backward_inputs(dvalues, weights, dinputs, product=None):
     if form == _fast.BROADCAST:
         _broadcast(parallel)(dvalues.T, weights.T, _panels(weights.T, "weights_t_panels"),
                              dinputs[0], False, dinputs)
-    elif form == _fast.DOT_TILES:
-        _dot_tiles(parallel)(_aligned_for(dvalues, n_inputs, "dvalues"),
+    elif form in (_fast.DOT_TILES, _fast.DOT_PLAIN):
+        _dot(form, parallel)(_aligned_for(dvalues, n_inputs, "dvalues"),
                              _aligned_for(weights, n_samples, "weights"), dinputs[0], False,
                              dinputs)
     else:

@@ -20,6 +20,9 @@ and the compiled training step both ask it:
     DOT_TILES      within rounding  forward with < 16 neurons and >= 32     6 x 4 dot products
     (NT)           (fastmath)       inputs (on weights.T, packed); dinputs  along a contiguous
                                     with >= 16 neurons below BROADCAST      summed index
+    DOT_PLAIN      within rounding  DOT_TILES' products of fewer than 4     one dot product
+                   (fastmath)       output columns (300x64x3's forward,     per output, the
+                                    300x2x64's dinputs)                     tiles' ragged edge
     BROADCAST      within rounding  all three products of middle and large  5 x 64 register
     (TN)           (fastmath)       layers: >= 64 inputs, >= 16 neurons,    tile, no transposes
                                     >= 0.5M multiply-adds (or >= 128 inputs (BLIS's kernel)
@@ -48,8 +51,9 @@ BLOCKED = 0
 NARROW = 1
 DOT_TILES = 2
 BROADCAST = 3
+DOT_PLAIN = 4
 FORM_NAMES = {BLOCKED: "blocked", NARROW: "narrow", DOT_TILES: "dot-tiles",
-              BROADCAST: "broadcast"}
+              BROADCAST: "broadcast", DOT_PLAIN: "dot-plain"}
 
 # --- The dot-product ("NT") form ----------------------------------------------------------------
 # Every output element is a dot product of two *contiguous* rows,
@@ -126,6 +130,20 @@ def dense_nt_tiled(rows, columns_t, biases, add_biases, output):
         for block in prange((n_rows + TILE_ROWS - 1) // TILE_ROWS):
             nt_rows_tiled(rows, columns_t, biases, add_biases, output, block * TILE_ROWS,
                           panel_start, panel_end, False)
+
+
+def dense_nt_plain(rows, columns_t, biases, add_biases, output):
+    """``dense_nt_tiled`` for fewer than 4 output columns (the DOT_PLAIN form): the same bands
+    of ``nt_rows_plain`` dot products as ``dense_nt_tiled``'s branch for such products, so the
+    same values. A kernel of its own so that a model whose dot-product products are all that
+    narrow (the spiral model's, chapter 17's) does not compile the 6 x 4 tile it never runs:
+    ~1.1-1.4 s of a cold compile."""
+    n_rows = rows.shape[0]
+    n_columns = columns_t.shape[0]
+    for band in prange((n_rows + PLAIN_BAND - 1) // PLAIN_BAND):
+        r0 = band * PLAIN_BAND
+        nt_rows_plain(rows, columns_t, biases, add_biases, output, r0,
+                      min(r0 + PLAIN_BAND, n_rows), 0, n_columns)
 
 
 # Rows per prange iteration of a product with fewer than 4 output columns (plain dot products):

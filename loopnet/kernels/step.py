@@ -165,29 +165,31 @@ USE_MEAN_SQUARED_ERROR = USE_MEAN_ABSOLUTE_ERROR = True
 USE_CATEGORICAL_ACCURACY = USE_BINARY_ACCURACY = USE_REGRESSION_ACCURACY = True
 USE_SGD = USE_SGD_MOMENTUM = USE_ADAGRAD = USE_RMSPROP = USE_ADAM = True
 USE_FUSED_SOFTMAX = USE_RELU = USE_SIGMOID = USE_SOFTMAX = USE_DROPOUT = True
-FORWARD_BLOCKED = FORWARD_DOT = FORWARD_BROADCAST = True
+FORWARD_BLOCKED = FORWARD_DOT = FORWARD_DOT_PLAIN = FORWARD_BROADCAST = True
 DWEIGHTS_BLOCKED = DWEIGHTS_NARROW = DWEIGHTS_BROADCAST = True
-DINPUTS_NARROW = DINPUTS_DOT = DINPUTS_BROADCAST = True
+DINPUTS_NARROW = DINPUTS_DOT = DINPUTS_DOT_PLAIN = DINPUTS_BROADCAST = True
 # ... and which builds of each (the parallel builds of the dense forms are the costliest
 # compiles of all: a build compiles only those its plans ask for)
 FORWARD_BLOCKED_SERIAL = FORWARD_DOT_SERIAL = FORWARD_BROADCAST_SERIAL = True
 DWEIGHTS_BLOCKED_SERIAL = DWEIGHTS_NARROW_SERIAL = DWEIGHTS_BROADCAST_SERIAL = True
 DINPUTS_NARROW_SERIAL = DINPUTS_DOT_SERIAL = DINPUTS_BROADCAST_SERIAL = True
+FORWARD_DOT_PLAIN_SERIAL = DINPUTS_DOT_PLAIN_SERIAL = True
 FORWARD_BLOCKED_PARALLEL = FORWARD_DOT_PARALLEL = FORWARD_BROADCAST_PARALLEL = True
 DWEIGHTS_BLOCKED_PARALLEL = DWEIGHTS_NARROW_PARALLEL = DWEIGHTS_BROADCAST_PARALLEL = True
 DINPUTS_NARROW_PARALLEL = DINPUTS_DOT_PARALLEL = DINPUTS_BROADCAST_PARALLEL = True
+FORWARD_DOT_PLAIN_PARALLEL = DINPUTS_DOT_PLAIN_PARALLEL = True
 TRAINING = True
 PARALLEL = True         # calls of large arrays take the kernels' parallel builds
 FLAGS = ("USE_CATEGORICAL_CROSSENTROPY", "USE_BINARY_CROSSENTROPY", "USE_MEAN_SQUARED_ERROR",
          "USE_MEAN_ABSOLUTE_ERROR", "USE_CATEGORICAL_ACCURACY", "USE_BINARY_ACCURACY",
          "USE_REGRESSION_ACCURACY", "USE_SGD", "USE_SGD_MOMENTUM", "USE_ADAGRAD", "USE_RMSPROP",
          "USE_ADAM", "USE_FUSED_SOFTMAX", "USE_RELU", "USE_SIGMOID", "USE_SOFTMAX", "USE_DROPOUT",
-         "FORWARD_BLOCKED", "FORWARD_DOT", "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED",
-         "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW", "DINPUTS_DOT",
-         "DINPUTS_BROADCAST", "TRAINING", "PARALLEL")
-FORM_FLAGS = ("FORWARD_BLOCKED", "FORWARD_DOT", "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED",
-              "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW", "DINPUTS_DOT",
-              "DINPUTS_BROADCAST")
+         "FORWARD_BLOCKED", "FORWARD_DOT", "FORWARD_DOT_PLAIN", "FORWARD_BROADCAST",
+         "DWEIGHTS_BLOCKED", "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW",
+         "DINPUTS_DOT", "DINPUTS_DOT_PLAIN", "DINPUTS_BROADCAST", "TRAINING", "PARALLEL")
+FORM_FLAGS = ("FORWARD_BLOCKED", "FORWARD_DOT", "FORWARD_DOT_PLAIN", "FORWARD_BROADCAST",
+              "DWEIGHTS_BLOCKED", "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW",
+              "DINPUTS_DOT", "DINPUTS_DOT_PLAIN", "DINPUTS_BROADCAST")
 FLAGS += tuple(f"{flag}_{build}" for flag in FORM_FLAGS for build in ("SERIAL", "PARALLEL"))
 
 
@@ -196,7 +198,7 @@ def constants(build: Build) -> dict:
     forms = {"FORWARD": build.forward_forms, "DWEIGHTS": build.dweights_forms,
              "DINPUTS": build.dinputs_forms}
     names = {fast.BLOCKED: "BLOCKED", fast.NARROW: "NARROW", fast.DOT_TILES: "DOT",
-             fast.BROADCAST: "BROADCAST"}
+             fast.DOT_PLAIN: "DOT_PLAIN", fast.BROADCAST: "BROADCAST"}
     if build.loss == ANY:
         return dict.fromkeys(FLAGS, True) | {"PARALLEL": build.parallel} | {
             f"{flag}_PARALLEL": build.parallel for flag in FORM_FLAGS}
@@ -243,7 +245,8 @@ KERNEL_NAMES = (
     "mean", "dense_backward_biases", "regularization_loss", "regularization_backward",
     "sgd_update", "sgd_momentum_update", "adagrad_update", "rmsprop_update", "adam_update",
     # dense_fast's forms
-    "dense_forward_blocked", "dense_nt_tiled", "dense_tn_tiled", "dense_backward_weights_blocked",
+    "dense_forward_blocked", "dense_nt_tiled", "dense_nt_plain", "dense_tn_tiled",
+    "dense_backward_weights_blocked",
     "dense_backward_weights_narrow", "dense_backward_inputs_narrow", "transpose_tiled")
 
 
@@ -347,6 +350,13 @@ def _dense_forward(form, parallel, inputs, weights, packed, offset, biases, outp
                 dense_nt_tiled_parallel(inputs, weights_t, biases, _plain(True), output)
             elif FORWARD_DOT_SERIAL:
                 dense_nt_tiled_serial(inputs, weights_t, biases, _plain(True), output)
+    if FORWARD_DOT_PLAIN:
+        if form == fast.DOT_PLAIN:
+            weights_t = _block(packed, offset, n_neurons, n_inputs)
+            if FORWARD_DOT_PLAIN_PARALLEL and (parallel or not FORWARD_DOT_PLAIN_SERIAL):
+                dense_nt_plain_parallel(inputs, weights_t, biases, _plain(True), output)
+            elif FORWARD_DOT_PLAIN_SERIAL:
+                dense_nt_plain_serial(inputs, weights_t, biases, _plain(True), output)
     if FORWARD_BLOCKED:
         if form == fast.BLOCKED:
             if FORWARD_BLOCKED_PARALLEL and (parallel or not FORWARD_BLOCKED_SERIAL):
@@ -402,6 +412,12 @@ def _dense_dinputs(form, parallel, dvalues, weights, packed, offset, dinputs, sc
                 dense_nt_tiled_parallel(dvalues, weights, dinputs[0], _plain(False), dinputs)
             elif DINPUTS_DOT_SERIAL:
                 dense_nt_tiled_serial(dvalues, weights, dinputs[0], _plain(False), dinputs)
+    if DINPUTS_DOT_PLAIN:
+        if form == fast.DOT_PLAIN:
+            if DINPUTS_DOT_PLAIN_PARALLEL and (parallel or not DINPUTS_DOT_PLAIN_SERIAL):
+                dense_nt_plain_parallel(dvalues, weights, dinputs[0], _plain(False), dinputs)
+            elif DINPUTS_DOT_PLAIN_SERIAL:
+                dense_nt_plain_serial(dvalues, weights, dinputs[0], _plain(False), dinputs)
     if DINPUTS_NARROW:
         if form == fast.NARROW:
             weights_t = _block(packed, offset, n_neurons, n_inputs)
