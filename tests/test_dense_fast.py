@@ -150,9 +150,16 @@ def test_cpu_dense_ops_on_the_tiled_path_match_the_twins(data):
 def test_blocked_forward_gives_the_loops_bits(data):
     """``dense_forward_blocked`` adds the same products in the same order as
     ``dense_forward_loops``: the very same bits, serial or parallel, NaN/inf included."""
+    assert_forward_bits(data, st.integers(1, 70), (cpu.dense_forward_blocked_serial,
+                                                   cpu.dense_forward_blocked_parallel))
+
+
+def assert_forward_bits(data, input_counts, kernels):
+    """``kernels`` give ``dense_forward_loops``' bits on a drawn layer (``input_counts``: the
+    strategy of its number of inputs), with a NaN or an infinity among the inputs at times."""
     dtype = data.draw(float_dtypes)
-    n_samples, n_inputs, n_neurons = (data.draw(st.integers(1, 300 if k == 2 else 70))
-                                      for k in range(3))
+    n_samples, n_inputs = data.draw(st.integers(1, 70)), data.draw(input_counts)
+    n_neurons = data.draw(st.integers(1, 300))
     inputs = data.draw(arrays(dtype, (n_samples, n_inputs)))
     weights = data.draw(arrays(dtype, (n_inputs, n_neurons)))
     biases = data.draw(arrays(dtype, (n_neurons,)))
@@ -160,13 +167,23 @@ def test_blocked_forward_gives_the_loops_bits(data):
         inputs[data.draw(st.integers(0, n_samples - 1)), 0] = data.draw(
             st.sampled_from([np.nan, np.inf, -np.inf]))
     results = set()
-    for kernel in (cpu.LOOPS["dense_forward"], cpu.dense_forward_blocked_serial,
-                   cpu.dense_forward_blocked_parallel):
+    for kernel in (cpu.LOOPS["dense_forward"], *kernels):
         output = np.empty((n_samples, n_neurons), dtype)
         with np.errstate(all="ignore"):
             kernel(inputs, weights, biases, output)
         results.add(bits(output))
     assert len(results) == 1
+
+
+@settings(max_examples=30)
+@given(data=st.data())
+def test_a_forward_of_one_or_two_inputs_gives_the_loops_bits(data):
+    """``dense_forward_few_inputs`` (the FEW_INPUTS form, the book's first layers) runs the
+    rows ``dense_forward_blocked`` runs for 1 or 2 inputs: the loops' very bits, on either
+    build, NaN/inf included."""
+    assert_forward_bits(data, st.integers(1, 2), (cpu.dense_forward_blocked_serial,
+                                                  cpu.dense_forward_few_inputs_serial,
+                                                  cpu.dense_forward_few_inputs_parallel))
 
 
 @settings(max_examples=40)
@@ -373,8 +390,11 @@ def test_dense_plan_picks_the_forms_of_its_table():
     layers the broadcast form, small batches serially."""
     B, N, D, T = dense.BLOCKED, dense.NARROW, dense.DOT_TILES, dense.BROADCAST
     P = dense.DOT_PLAIN      # dot products of fewer than 4 output columns: no tile
+    F = dense.FEW_INPUTS     # a forward of 1 or 2 inputs: no 4-row body
     plan = cpu.dense_plan(300, 2, 64)
-    assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (B, B, P)
+    assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (F, B, P)
+    assert cpu.dense_plan(1000, 1, 64).forward.form == F
+    assert cpu.dense_plan(300, 3, 64).forward.form == B
     assert not (plan.forward.parallel or plan.dweights.parallel or plan.dinputs.parallel)
     plan = cpu.dense_plan(300, 64, 3)
     assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (P, N, N)

@@ -283,7 +283,8 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
       layers (< 16 neurons, >= 32 inputs, >= 4 samples: the loops' inner loop over 3 neurons is
       too short to vectorize; 300x64x3: 16.6 -> 6.4 us, packing weights.T included), as
       DOT_PLAIN below 4 neurons (the same dot products, without the 6 x 4 tile to compile);
-      else BLOCKED (the loops' bits);
+      else BLOCKED (the loops' bits), as FEW_INPUTS for 1 or 2 inputs (the same rows, without
+      the 4-row body to compile);
     - dweights ``inputs.T @ dvalues``: BROADCAST; NARROW below 16 neurons (>= 16 inputs); else
       BLOCKED;
     - dinputs ``dvalues @ weights.T``: BROADCAST; DOT_TILES from 16 neurons and 4 samples (each
@@ -298,7 +299,7 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
     elif n_samples >= 4 and n_neurons < 16 and n_inputs >= 32:
         forward = Product(_fast.DOT_TILES if n_neurons >= 4 else _fast.DOT_PLAIN, parallel)
     else:
-        forward = Product(_fast.BLOCKED, parallel)
+        forward = Product(_fast.BLOCKED if n_inputs > 2 else _fast.FEW_INPUTS, parallel)
     if _broadcast_pays(n_samples, n_inputs, n_neurons, n_inputs, n_neurons):
         # One panel (< 64 neurons) that one thread packs and every thread then reads in full:
         # up to SHARED_PANEL_MAX_ROWS rows the parallel build ran no faster than the serial
@@ -325,6 +326,8 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
 
 dense_nt_tiled_serial, dense_nt_tiled_parallel = compile_twice(_fast.dense_nt_tiled)
 dense_nt_plain_serial, dense_nt_plain_parallel = compile_twice(_fast.dense_nt_plain)
+dense_forward_few_inputs_serial, dense_forward_few_inputs_parallel = compile_twice(
+    _fast.dense_forward_few_inputs)
 transpose_serial, transpose_parallel = compile_twice(_fast.transpose_tiled)
 dense_tn_tiled_serial, dense_tn_tiled_parallel = compile_twice(_fast.dense_tn_tiled)
 dense_forward_blocked_serial, dense_forward_blocked_parallel = compile_twice(
@@ -460,6 +463,10 @@ def dense_forward(inputs, weights, biases, output):
     elif form in (_fast.DOT_TILES, _fast.DOT_PLAIN):
         _dot(form, parallel)(_aligned_for(inputs, n_neurons, "inputs"),
                              _packed(weights, "weights_t"), biases, True, output)
+    elif form == _fast.FEW_INPUTS:
+        kernel = (dense_forward_few_inputs_parallel if parallel
+                  else dense_forward_few_inputs_serial)
+        kernel(inputs, weights, biases, output)
     elif parallel:
         dense_forward_blocked_parallel(inputs, weights, biases, output)
     else:

@@ -14,6 +14,8 @@ and the compiled training step both ask it:
     BLOCKED        the loops'       forward and dweights of small layers    4 rows x 4 summed
                                     (the spiral model's 300x2x64)           indices per pass:
                                                                             each load reused 4x
+    FEW_INPUTS     the loops'       BLOCKED's forward of 1 or 2 inputs      one pass per row
+                                    (the book's first layers)
     NARROW         the loops'       dweights and dinputs with < 16 neurons  vectors along the
                                     (300x64x3)                              inputs, not the 3
                                                                             neurons
@@ -52,8 +54,9 @@ NARROW = 1
 DOT_TILES = 2
 BROADCAST = 3
 DOT_PLAIN = 4
+FEW_INPUTS = 5
 FORM_NAMES = {BLOCKED: "blocked", NARROW: "narrow", DOT_TILES: "dot-tiles",
-              BROADCAST: "broadcast", DOT_PLAIN: "dot-plain"}
+              BROADCAST: "broadcast", DOT_PLAIN: "dot-plain", FEW_INPUTS: "few-inputs"}
 
 # --- The dot-product ("NT") form ----------------------------------------------------------------
 # Every output element is a dot product of two *contiguous* rows,
@@ -570,6 +573,17 @@ def dense_forward_blocked(inputs, weights, biases, output):
     else:
         for block in prange((n_samples + 3) // 4):
             forward_rows_blocked(inputs, weights, biases, output, block * 4, False)
+
+
+def dense_forward_few_inputs(inputs, weights, biases, output):
+    """``dense_forward_blocked`` for a layer of 1 or 2 inputs (the FEW_INPUTS form): the same
+    blocks of ``rows_few_inputs``, so the same bits. A kernel of its own so that the book's
+    first layers (the spiral's 2 inputs, the sine's 1) do not compile the 4-row body
+    (``forward_rows_blocked``) they never run: ~1 s of a cold compile."""
+    n_samples = inputs.shape[0]
+    for block in prange((n_samples + ROW_BLOCK - 1) // ROW_BLOCK):
+        s0 = block * ROW_BLOCK
+        rows_few_inputs(inputs, weights, biases, output, s0, min(n_samples, s0 + ROW_BLOCK))
 
 
 @register_jitable(_nrt=False)

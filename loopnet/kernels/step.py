@@ -165,7 +165,7 @@ USE_MEAN_SQUARED_ERROR = USE_MEAN_ABSOLUTE_ERROR = True
 USE_CATEGORICAL_ACCURACY = USE_BINARY_ACCURACY = USE_REGRESSION_ACCURACY = True
 USE_SGD = USE_SGD_MOMENTUM = USE_ADAGRAD = USE_RMSPROP = USE_ADAM = True
 USE_FUSED_SOFTMAX = USE_RELU = USE_SIGMOID = USE_SOFTMAX = USE_DROPOUT = True
-FORWARD_BLOCKED = FORWARD_DOT = FORWARD_DOT_PLAIN = FORWARD_BROADCAST = True
+FORWARD_BLOCKED = FORWARD_FEW = FORWARD_DOT = FORWARD_DOT_PLAIN = FORWARD_BROADCAST = True
 DWEIGHTS_BLOCKED = DWEIGHTS_NARROW = DWEIGHTS_BROADCAST = True
 DINPUTS_NARROW = DINPUTS_DOT = DINPUTS_DOT_PLAIN = DINPUTS_BROADCAST = True
 # ... and which builds of each (the parallel builds of the dense forms are the costliest
@@ -173,22 +173,22 @@ DINPUTS_NARROW = DINPUTS_DOT = DINPUTS_DOT_PLAIN = DINPUTS_BROADCAST = True
 FORWARD_BLOCKED_SERIAL = FORWARD_DOT_SERIAL = FORWARD_BROADCAST_SERIAL = True
 DWEIGHTS_BLOCKED_SERIAL = DWEIGHTS_NARROW_SERIAL = DWEIGHTS_BROADCAST_SERIAL = True
 DINPUTS_NARROW_SERIAL = DINPUTS_DOT_SERIAL = DINPUTS_BROADCAST_SERIAL = True
-FORWARD_DOT_PLAIN_SERIAL = DINPUTS_DOT_PLAIN_SERIAL = True
+FORWARD_DOT_PLAIN_SERIAL = DINPUTS_DOT_PLAIN_SERIAL = FORWARD_FEW_SERIAL = True
 FORWARD_BLOCKED_PARALLEL = FORWARD_DOT_PARALLEL = FORWARD_BROADCAST_PARALLEL = True
 DWEIGHTS_BLOCKED_PARALLEL = DWEIGHTS_NARROW_PARALLEL = DWEIGHTS_BROADCAST_PARALLEL = True
 DINPUTS_NARROW_PARALLEL = DINPUTS_DOT_PARALLEL = DINPUTS_BROADCAST_PARALLEL = True
-FORWARD_DOT_PLAIN_PARALLEL = DINPUTS_DOT_PLAIN_PARALLEL = True
+FORWARD_DOT_PLAIN_PARALLEL = DINPUTS_DOT_PLAIN_PARALLEL = FORWARD_FEW_PARALLEL = True
 TRAINING = True
 PARALLEL = True         # calls of large arrays take the kernels' parallel builds
 FLAGS = ("USE_CATEGORICAL_CROSSENTROPY", "USE_BINARY_CROSSENTROPY", "USE_MEAN_SQUARED_ERROR",
          "USE_MEAN_ABSOLUTE_ERROR", "USE_CATEGORICAL_ACCURACY", "USE_BINARY_ACCURACY",
          "USE_REGRESSION_ACCURACY", "USE_SGD", "USE_SGD_MOMENTUM", "USE_ADAGRAD", "USE_RMSPROP",
          "USE_ADAM", "USE_FUSED_SOFTMAX", "USE_RELU", "USE_SIGMOID", "USE_SOFTMAX", "USE_DROPOUT",
-         "FORWARD_BLOCKED", "FORWARD_DOT", "FORWARD_DOT_PLAIN", "FORWARD_BROADCAST",
-         "DWEIGHTS_BLOCKED", "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW",
+         "FORWARD_BLOCKED", "FORWARD_FEW", "FORWARD_DOT", "FORWARD_DOT_PLAIN",
+         "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED", "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW",
          "DINPUTS_DOT", "DINPUTS_DOT_PLAIN", "DINPUTS_BROADCAST", "TRAINING", "PARALLEL")
-FORM_FLAGS = ("FORWARD_BLOCKED", "FORWARD_DOT", "FORWARD_DOT_PLAIN", "FORWARD_BROADCAST",
-              "DWEIGHTS_BLOCKED", "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW",
+FORM_FLAGS = ("FORWARD_BLOCKED", "FORWARD_FEW", "FORWARD_DOT", "FORWARD_DOT_PLAIN",
+              "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED", "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW",
               "DINPUTS_DOT", "DINPUTS_DOT_PLAIN", "DINPUTS_BROADCAST")
 FLAGS += tuple(f"{flag}_{build}" for flag in FORM_FLAGS for build in ("SERIAL", "PARALLEL"))
 
@@ -198,7 +198,7 @@ def constants(build: Build) -> dict:
     forms = {"FORWARD": build.forward_forms, "DWEIGHTS": build.dweights_forms,
              "DINPUTS": build.dinputs_forms}
     names = {fast.BLOCKED: "BLOCKED", fast.NARROW: "NARROW", fast.DOT_TILES: "DOT",
-             fast.DOT_PLAIN: "DOT_PLAIN", fast.BROADCAST: "BROADCAST"}
+             fast.DOT_PLAIN: "DOT_PLAIN", fast.FEW_INPUTS: "FEW", fast.BROADCAST: "BROADCAST"}
     if build.loss == ANY:
         return dict.fromkeys(FLAGS, True) | {"PARALLEL": build.parallel} | {
             f"{flag}_PARALLEL": build.parallel for flag in FORM_FLAGS}
@@ -245,7 +245,8 @@ KERNEL_NAMES = (
     "mean", "dense_backward_biases", "regularization_loss", "regularization_backward",
     "sgd_update", "sgd_momentum_update", "adagrad_update", "rmsprop_update", "adam_update",
     # dense_fast's forms
-    "dense_forward_blocked", "dense_nt_tiled", "dense_nt_plain", "dense_tn_tiled",
+    "dense_forward_blocked", "dense_forward_few_inputs", "dense_nt_tiled", "dense_nt_plain",
+    "dense_tn_tiled",
     "dense_backward_weights_blocked",
     "dense_backward_weights_narrow", "dense_backward_inputs_narrow", "transpose_tiled")
 
@@ -363,6 +364,12 @@ def _dense_forward(form, parallel, inputs, weights, packed, offset, biases, outp
                 dense_forward_blocked_parallel(inputs, weights, biases, output)
             elif FORWARD_BLOCKED_SERIAL:
                 dense_forward_blocked_serial(inputs, weights, biases, output)
+    if FORWARD_FEW:
+        if form == fast.FEW_INPUTS:
+            if FORWARD_FEW_PARALLEL and (parallel or not FORWARD_FEW_SERIAL):
+                dense_forward_few_inputs_parallel(inputs, weights, biases, output)
+            elif FORWARD_FEW_SERIAL:
+                dense_forward_few_inputs_serial(inputs, weights, biases, output)
 
 
 @register_jitable
