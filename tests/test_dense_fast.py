@@ -190,13 +190,17 @@ def test_a_forward_of_one_or_two_inputs_gives_the_loops_bits(data):
 @given(data=st.data())
 def test_blocked_dweights_give_the_loops_bits(data):
     dtype = data.draw(float_dtypes)
-    n_samples, n_inputs, n_neurons = (data.draw(st.integers(1, 300 if k == 2 else 70))
-                                      for k in range(3))
+    n_samples, n_neurons = data.draw(st.integers(1, 70)), data.draw(st.integers(1, 300))
+    # (a layer of 1 or 2 inputs half the time: the FEW_INPUTS form's)
+    n_inputs = data.draw(st.one_of(st.integers(1, 2), st.integers(1, 70)))
     inputs = data.draw(arrays(dtype, (n_samples, n_inputs)))
     dvalues = data.draw(arrays(dtype, (n_samples, n_neurons)))
     results = set()
     kernels = [cpu.LOOPS["dense_backward_weights"], cpu.dense_backward_weights_blocked_serial,
                cpu.dense_backward_weights_blocked_parallel]
+    if n_inputs <= 2:   # the FEW_INPUTS form: the same rows one by one
+        kernels += [cpu.dense_backward_weights_few_inputs_serial,
+                    cpu.dense_backward_weights_few_inputs_parallel]
     if n_samples * n_inputs * n_neurons < 5000:  # uncompiled too (the python device's view)
         kernels.append(dense.dense_backward_weights_blocked)
     for kernel in kernels:
@@ -392,7 +396,7 @@ def test_dense_plan_picks_the_forms_of_its_table():
     P = dense.DOT_PLAIN      # dot products of fewer than 4 output columns: no tile
     F = dense.FEW_INPUTS     # a forward of 1 or 2 inputs: no 4-row body
     plan = cpu.dense_plan(300, 2, 64)
-    assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (F, B, P)
+    assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (F, F, P)
     assert cpu.dense_plan(1000, 1, 64).forward.form == F
     assert cpu.dense_plan(300, 3, 64).forward.form == B
     assert not (plan.forward.parallel or plan.dweights.parallel or plan.dinputs.parallel)

@@ -286,7 +286,7 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
       else BLOCKED (the loops' bits), as FEW_INPUTS for 1 or 2 inputs (the same rows, without
       the 4-row body to compile);
     - dweights ``inputs.T @ dvalues``: BROADCAST; NARROW below 16 neurons (>= 16 inputs); else
-      BLOCKED;
+      BLOCKED, as FEW_INPUTS for 1 or 2 inputs (its rows one by one);
     - dinputs ``dvalues @ weights.T``: BROADCAST; DOT_TILES from 16 neurons and 4 samples (each
       element a dot product over the neurons: split over vector lanes it pays from small sizes
       on, 32x784x128: 574 -> ~60 us; no packing: ``weights`` already is ``(weights.T).T``),
@@ -314,7 +314,8 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
         # one thread per band of NARROW_BAND inputs: a single band stays serial
         dweights = Product(_fast.NARROW, parallel and n_inputs > _fast.NARROW_BAND)
     else:
-        dweights = Product(_fast.BLOCKED, _parallel(work, n_inputs // 4 * 4))
+        dweights = Product(_fast.BLOCKED if n_inputs > 2 else _fast.FEW_INPUTS,
+                           _parallel(work, n_inputs // 4 * 4))
     if _broadcast_pays(n_samples, n_inputs, n_neurons, n_samples, n_inputs):
         dinputs = Product(_fast.BROADCAST, parallel)
     elif n_neurons >= 16 and n_samples >= 4:
@@ -328,6 +329,8 @@ dense_nt_tiled_serial, dense_nt_tiled_parallel = compile_twice(_fast.dense_nt_ti
 dense_nt_plain_serial, dense_nt_plain_parallel = compile_twice(_fast.dense_nt_plain)
 dense_forward_few_inputs_serial, dense_forward_few_inputs_parallel = compile_twice(
     _fast.dense_forward_few_inputs)
+dense_backward_weights_few_inputs_serial, dense_backward_weights_few_inputs_parallel = \
+    compile_twice(_fast.dense_backward_weights_few_inputs)
 transpose_serial, transpose_parallel = compile_twice(_fast.transpose_tiled)
 dense_tn_tiled_serial, dense_tn_tiled_parallel = compile_twice(_fast.dense_tn_tiled)
 dense_forward_blocked_serial, dense_forward_blocked_parallel = compile_twice(
@@ -506,6 +509,10 @@ def dense_backward_weights(inputs, dvalues, dweights, product=None):
                   else dense_backward_weights_narrow_serial)
         kernel(inputs, dvalues, scratch("dweights_t", (n_neurons, n_inputs), inputs.dtype),
                dweights)
+    elif form == _fast.FEW_INPUTS:
+        kernel = (dense_backward_weights_few_inputs_parallel if parallel
+                  else dense_backward_weights_few_inputs_serial)
+        kernel(inputs, dvalues, dweights)
     elif parallel:
         dense_backward_weights_blocked_parallel(inputs, dvalues, dweights)
     else:

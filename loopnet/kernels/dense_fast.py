@@ -14,8 +14,9 @@ and the compiled training step both ask it:
     BLOCKED        the loops'       forward and dweights of small layers    4 rows x 4 summed
                                     (the spiral model's 300x2x64)           indices per pass:
                                                                             each load reused 4x
-    FEW_INPUTS     the loops'       BLOCKED's forward of 1 or 2 inputs      one pass per row
-                                    (the book's first layers)
+    FEW_INPUTS     the loops'       BLOCKED's forward and dweights of 1 or  one pass per row
+                                    2 inputs (the book's first layers)      (of samples, of
+                                                                            dweights)
     NARROW         the loops'       dweights and dinputs with < 16 neurons  vectors along the
                                     (300x64x3)                              inputs, not the 3
                                                                             neurons
@@ -705,61 +706,87 @@ def weights_rows_blocked(inputs, dvalues, dweights, i0, n_samples):
     n_neurons = dvalues.shape[1]
     width = 4 * PANEL
     i_end = min(i0 + 4, n_inputs)
+    if i_end - i0 < 4:  # 1-3 rows (a layer of 1-3 inputs, or the last rows): row by row
+        for i in range(i0, i_end):
+            weights_row_few(inputs, dvalues, dweights, i, n_samples)
+        return
     for n0 in range(0, n_neurons, width):
         nw = min(width, n_neurons - n0)
         for i in range(i0, i_end):
             row = dweights[i, n0:n0 + nw]
             for n in range(nw):
                 row[n] = 0
-        if i_end - i0 == 4:
-            g0 = dweights[i0, n0:n0 + nw]
-            g1 = dweights[i0 + 1, n0:n0 + nw]
-            g2 = dweights[i0 + 2, n0:n0 + nw]
-            g3 = dweights[i0 + 3, n0:n0 + nw]
-            s = 0
-            while s + 4 <= n_samples:
-                d0 = dvalues[s, n0:n0 + nw]
-                d1 = dvalues[s + 1, n0:n0 + nw]
-                d2 = dvalues[s + 2, n0:n0 + nw]
-                d3 = dvalues[s + 3, n0:n0 + nw]
-                x0 = inputs[s]
-                x1 = inputs[s + 1]
-                x2 = inputs[s + 2]
-                x3 = inputs[s + 3]
-                a00 = x0[i0]; a10 = x1[i0]; a20 = x2[i0]; a30 = x3[i0]  # noqa: E702
-                a01 = x0[i0 + 1]; a11 = x1[i0 + 1]; a21 = x2[i0 + 1]; a31 = x3[i0 + 1]  # noqa: E702,E501
-                a02 = x0[i0 + 2]; a12 = x1[i0 + 2]; a22 = x2[i0 + 2]; a32 = x3[i0 + 2]  # noqa: E702,E501
-                a03 = x0[i0 + 3]; a13 = x1[i0 + 3]; a23 = x2[i0 + 3]; a33 = x3[i0 + 3]  # noqa: E702,E501
-                for n in range(nw):
-                    y0 = d0[n]; y1 = d1[n]; y2 = d2[n]; y3 = d3[n]  # noqa: E702
-                    g0[n] = g0[n] + a00 * y0 + a10 * y1 + a20 * y2 + a30 * y3
-                    g1[n] = g1[n] + a01 * y0 + a11 * y1 + a21 * y2 + a31 * y3
-                    g2[n] = g2[n] + a02 * y0 + a12 * y1 + a22 * y2 + a32 * y3
-                    g3[n] = g3[n] + a03 * y0 + a13 * y1 + a23 * y2 + a33 * y3
-                s += 4
-            first = s
-        else:  # 1-3 rows (a layer of 1-3 inputs, or the last rows): 4 samples per pass, row by row
-            for i in range(i0, i_end):
-                g = dweights[i, n0:n0 + nw]
-                s = 0
-                while s + 4 <= n_samples:
-                    d0 = dvalues[s, n0:n0 + nw]
-                    d1 = dvalues[s + 1, n0:n0 + nw]
-                    d2 = dvalues[s + 2, n0:n0 + nw]
-                    d3 = dvalues[s + 3, n0:n0 + nw]
-                    a0 = inputs[s, i]; a1 = inputs[s + 1, i]  # noqa: E702
-                    a2 = inputs[s + 2, i]; a3 = inputs[s + 3, i]  # noqa: E702
-                    for n in range(nw):
-                        g[n] = g[n] + a0 * d0[n] + a1 * d1[n] + a2 * d2[n] + a3 * d3[n]
-                    s += 4
-            first = n_samples - n_samples % 4
-        for s in range(first, n_samples):  # the last 0-3 samples
+        g0 = dweights[i0, n0:n0 + nw]
+        g1 = dweights[i0 + 1, n0:n0 + nw]
+        g2 = dweights[i0 + 2, n0:n0 + nw]
+        g3 = dweights[i0 + 3, n0:n0 + nw]
+        s = 0
+        while s + 4 <= n_samples:
+            d0 = dvalues[s, n0:n0 + nw]
+            d1 = dvalues[s + 1, n0:n0 + nw]
+            d2 = dvalues[s + 2, n0:n0 + nw]
+            d3 = dvalues[s + 3, n0:n0 + nw]
+            x0 = inputs[s]
+            x1 = inputs[s + 1]
+            x2 = inputs[s + 2]
+            x3 = inputs[s + 3]
+            a00 = x0[i0]; a10 = x1[i0]; a20 = x2[i0]; a30 = x3[i0]  # noqa: E702
+            a01 = x0[i0 + 1]; a11 = x1[i0 + 1]; a21 = x2[i0 + 1]; a31 = x3[i0 + 1]  # noqa: E702,E501
+            a02 = x0[i0 + 2]; a12 = x1[i0 + 2]; a22 = x2[i0 + 2]; a32 = x3[i0 + 2]  # noqa: E702,E501
+            a03 = x0[i0 + 3]; a13 = x1[i0 + 3]; a23 = x2[i0 + 3]; a33 = x3[i0 + 3]  # noqa: E702,E501
+            for n in range(nw):
+                y0 = d0[n]; y1 = d1[n]; y2 = d2[n]; y3 = d3[n]  # noqa: E702
+                g0[n] = g0[n] + a00 * y0 + a10 * y1 + a20 * y2 + a30 * y3
+                g1[n] = g1[n] + a01 * y0 + a11 * y1 + a21 * y2 + a31 * y3
+                g2[n] = g2[n] + a02 * y0 + a12 * y1 + a22 * y2 + a32 * y3
+                g3[n] = g3[n] + a03 * y0 + a13 * y1 + a23 * y2 + a33 * y3
+            s += 4
+        for s in range(s, n_samples):  # the last 0-3 samples
             d = dvalues[s, n0:n0 + nw]
             for i in range(i0, i_end):
                 a = inputs[s, i]
                 row = dweights[i, n0:n0 + nw]
                 for n in range(nw):
                     row[n] += a * d[n]
+
+
+@register_jitable(_nrt=False)
+def weights_row_few(inputs, dvalues, dweights, i, n_samples):
+    """Row ``i`` of ``dweights = inputs[:n_samples].T @ dvalues[:n_samples]``, 4 samples per pass
+    and then the last 0-3, left to right in sample order: the sums of the loops. The rows of a
+    layer of 1-3 inputs, and the last 1-3 rows of a wider one."""
+    n_neurons = dvalues.shape[1]
+    width = 4 * PANEL
+    for n0 in range(0, n_neurons, width):
+        nw = min(width, n_neurons - n0)
+        g = dweights[i, n0:n0 + nw]
+        for n in range(nw):
+            g[n] = 0
+        s = 0
+        while s + 4 <= n_samples:
+            d0 = dvalues[s, n0:n0 + nw]
+            d1 = dvalues[s + 1, n0:n0 + nw]
+            d2 = dvalues[s + 2, n0:n0 + nw]
+            d3 = dvalues[s + 3, n0:n0 + nw]
+            a0 = inputs[s, i]; a1 = inputs[s + 1, i]  # noqa: E702
+            a2 = inputs[s + 2, i]; a3 = inputs[s + 3, i]  # noqa: E702
+            for n in range(nw):
+                g[n] = g[n] + a0 * d0[n] + a1 * d1[n] + a2 * d2[n] + a3 * d3[n]
+            s += 4
+        for s in range(s, n_samples):  # the last 0-3 samples
+            a = inputs[s, i]
+            d = dvalues[s, n0:n0 + nw]
+            for n in range(nw):
+                g[n] += a * d[n]
+
+
+def dense_backward_weights_few_inputs(inputs, dvalues, dweights):
+    """``dense_backward_weights_blocked`` for a layer of 1 or 2 inputs (the FEW_INPUTS form):
+    its rows one by one (``weights_row_few``, what the blocked kernel runs for them), so the
+    same bits, without compiling the 4-row body they never run. One ``prange`` iteration owns
+    a row."""
+    for i in prange(inputs.shape[1]):
+        weights_row_few(inputs, dvalues, dweights, i, inputs.shape[0])
 
 
 # --- Narrow layers: the backward products with vectors along the inputs ------------------------

@@ -166,7 +166,7 @@ USE_CATEGORICAL_ACCURACY = USE_BINARY_ACCURACY = USE_REGRESSION_ACCURACY = True
 USE_SGD = USE_SGD_MOMENTUM = USE_ADAGRAD = USE_RMSPROP = USE_ADAM = True
 USE_FUSED_SOFTMAX = USE_RELU = USE_SIGMOID = USE_SOFTMAX = USE_DROPOUT = True
 FORWARD_BLOCKED = FORWARD_FEW = FORWARD_DOT = FORWARD_DOT_PLAIN = FORWARD_BROADCAST = True
-DWEIGHTS_BLOCKED = DWEIGHTS_NARROW = DWEIGHTS_BROADCAST = True
+DWEIGHTS_BLOCKED = DWEIGHTS_FEW = DWEIGHTS_NARROW = DWEIGHTS_BROADCAST = True
 DINPUTS_NARROW = DINPUTS_DOT = DINPUTS_DOT_PLAIN = DINPUTS_BROADCAST = True
 # ... and which builds of each (the parallel builds of the dense forms are the costliest
 # compiles of all: a build compiles only those its plans ask for)
@@ -174,10 +174,12 @@ FORWARD_BLOCKED_SERIAL = FORWARD_DOT_SERIAL = FORWARD_BROADCAST_SERIAL = True
 DWEIGHTS_BLOCKED_SERIAL = DWEIGHTS_NARROW_SERIAL = DWEIGHTS_BROADCAST_SERIAL = True
 DINPUTS_NARROW_SERIAL = DINPUTS_DOT_SERIAL = DINPUTS_BROADCAST_SERIAL = True
 FORWARD_DOT_PLAIN_SERIAL = DINPUTS_DOT_PLAIN_SERIAL = FORWARD_FEW_SERIAL = True
+DWEIGHTS_FEW_SERIAL = True
 FORWARD_BLOCKED_PARALLEL = FORWARD_DOT_PARALLEL = FORWARD_BROADCAST_PARALLEL = True
 DWEIGHTS_BLOCKED_PARALLEL = DWEIGHTS_NARROW_PARALLEL = DWEIGHTS_BROADCAST_PARALLEL = True
 DINPUTS_NARROW_PARALLEL = DINPUTS_DOT_PARALLEL = DINPUTS_BROADCAST_PARALLEL = True
 FORWARD_DOT_PLAIN_PARALLEL = DINPUTS_DOT_PLAIN_PARALLEL = FORWARD_FEW_PARALLEL = True
+DWEIGHTS_FEW_PARALLEL = True
 TRAINING = True
 PARALLEL = True         # calls of large arrays take the kernels' parallel builds
 FLAGS = ("USE_CATEGORICAL_CROSSENTROPY", "USE_BINARY_CROSSENTROPY", "USE_MEAN_SQUARED_ERROR",
@@ -185,11 +187,13 @@ FLAGS = ("USE_CATEGORICAL_CROSSENTROPY", "USE_BINARY_CROSSENTROPY", "USE_MEAN_SQ
          "USE_REGRESSION_ACCURACY", "USE_SGD", "USE_SGD_MOMENTUM", "USE_ADAGRAD", "USE_RMSPROP",
          "USE_ADAM", "USE_FUSED_SOFTMAX", "USE_RELU", "USE_SIGMOID", "USE_SOFTMAX", "USE_DROPOUT",
          "FORWARD_BLOCKED", "FORWARD_FEW", "FORWARD_DOT", "FORWARD_DOT_PLAIN",
-         "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED", "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW",
-         "DINPUTS_DOT", "DINPUTS_DOT_PLAIN", "DINPUTS_BROADCAST", "TRAINING", "PARALLEL")
+         "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED", "DWEIGHTS_FEW", "DWEIGHTS_NARROW",
+         "DWEIGHTS_BROADCAST", "DINPUTS_NARROW", "DINPUTS_DOT", "DINPUTS_DOT_PLAIN",
+         "DINPUTS_BROADCAST", "TRAINING", "PARALLEL")
 FORM_FLAGS = ("FORWARD_BLOCKED", "FORWARD_FEW", "FORWARD_DOT", "FORWARD_DOT_PLAIN",
-              "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED", "DWEIGHTS_NARROW", "DWEIGHTS_BROADCAST", "DINPUTS_NARROW",
-              "DINPUTS_DOT", "DINPUTS_DOT_PLAIN", "DINPUTS_BROADCAST")
+              "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED", "DWEIGHTS_FEW", "DWEIGHTS_NARROW",
+              "DWEIGHTS_BROADCAST", "DINPUTS_NARROW", "DINPUTS_DOT", "DINPUTS_DOT_PLAIN",
+              "DINPUTS_BROADCAST")
 FLAGS += tuple(f"{flag}_{build}" for flag in FORM_FLAGS for build in ("SERIAL", "PARALLEL"))
 
 
@@ -247,7 +251,7 @@ KERNEL_NAMES = (
     # dense_fast's forms
     "dense_forward_blocked", "dense_forward_few_inputs", "dense_nt_tiled", "dense_nt_plain",
     "dense_tn_tiled",
-    "dense_backward_weights_blocked",
+    "dense_backward_weights_blocked", "dense_backward_weights_few_inputs",
     "dense_backward_weights_narrow", "dense_backward_inputs_narrow", "transpose_tiled")
 
 
@@ -398,6 +402,12 @@ def _dense_dweights(form, parallel, inputs, dvalues, dweights, scratch, dweights
                 dense_backward_weights_blocked_parallel(inputs, dvalues, dweights)
             elif DWEIGHTS_BLOCKED_SERIAL:
                 dense_backward_weights_blocked_serial(inputs, dvalues, dweights)
+    if DWEIGHTS_FEW:
+        if form == fast.FEW_INPUTS:
+            if DWEIGHTS_FEW_PARALLEL and (parallel or not DWEIGHTS_FEW_SERIAL):
+                dense_backward_weights_few_inputs_parallel(inputs, dvalues, dweights)
+            elif DWEIGHTS_FEW_SERIAL:
+                dense_backward_weights_few_inputs_serial(inputs, dvalues, dweights)
 
 
 @register_jitable
