@@ -116,6 +116,12 @@ def base_name(device: str) -> str:
     return device.partition(":")[0]
 
 
+def gpu(device: str | None) -> str | None:
+    """``device`` when it names a GPU (``cuda``, ``cuda:1``), else None. ``gpu(get_device())``
+    is where a layer made now puts its parameters (``Dense``, ``Model.load``)."""
+    return device if device is not None and base_name(device) == "cuda" else None
+
+
 _backends: dict = {}
 
 

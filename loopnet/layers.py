@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from loopnet import ops
-from loopnet.devices import base_name, check_available, get_device, normalize
+from loopnet.devices import check_available, get_device, gpu, normalize
 from loopnet.validate import is_device_array, number, parameter_dtype, positive_int, reusable
 
 
@@ -101,8 +101,8 @@ class Dense(Layer):
         # device="cuda", or made while the current device is a GPU (set_device, a `device`
         # context, LOOPNET_DEVICE): the parameters live there from the start, and the layer
         # stays there (otherwise every op would copy them over, and back after each update)
-        where = self.device if self.device is not None else get_device()
-        if self.device is not None or base_name(where) == "cuda":
+        where = self.device if self.device is not None else gpu(get_device())
+        if where is not None:
             self.to(where)
 
     def _configure(self, n_inputs, n_neurons, weight_regularizer_l1=0, weight_regularizer_l2=0,

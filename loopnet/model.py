@@ -29,6 +29,7 @@ import numpy as np
 
 from loopnet import checks, ops, training
 from loopnet.activations import Softmax
+from loopnet.devices import gpu
 from loopnet.layers import Input
 from loopnet.losses import CategoricalCrossentropy, Loss, SoftmaxCategoricalCrossentropy
 from loopnet.validate import is_device_array, positive_int
@@ -131,12 +132,11 @@ class Model:
         runs where the layers' outputs are: on the layers' device when they name one."""
         if not self.layers:
             raise ValueError("the model has no layers: add() some before finalize()")
-        devices = {layer.device for layer in self.layers
-                   if getattr(layer, "device", None) is not None}
-        if len(devices) == 1:      # (a host-device loss could not read the GPU's outputs)
+        device = self._layers_device()
+        if device is not None:      # (a host-device loss could not read the GPU's outputs)
             for part in (self.loss, self.accuracy):
                 if part is not None and getattr(part, "device", "") is None:
-                    part.device = next(iter(devices))
+                    part.device = device
         self.input_layer = Input()
         chain = [self.input_layer, *self.layers, self.loss]
         for previous, layer, following in zip(chain, chain[1:], chain[2:]):
@@ -151,13 +151,12 @@ class Model:
         self.output_layer_activation = self.layers[-1]
         self.finalized = True
 
-    def _gpu(self):
-        """The GPU every layer with a device of its own is on (``cuda``, ``cuda:1``), or None."""
+    def _layers_device(self):
+        """The device every layer with a device of its own names, or None (none do, or they
+        disagree)."""
         devices = {layer.device for layer in self.layers
                    if getattr(layer, "device", None) is not None}
-        if len(devices) == 1 and next(iter(devices)).startswith("cuda"):
-            return next(iter(devices))
-        return None
+        return next(iter(devices)) if len(devices) == 1 else None
 
     # --- passes -------------------------------------------------------------------------------
 
@@ -313,16 +312,16 @@ class Model:
                     return run.finish()
             # layers on a GPU: the samples go over once (once an epoch when shuffled), not at
             # every op that reads them
-            gpu = self._gpu() if epoch <= epochs else None
-            if gpu is not None and rng is None and not is_device_array(X):
-                X = ops.to_device(X, gpu)
+            on_gpu = gpu(self._layers_device())
+            if on_gpu is not None and rng is None and not is_device_array(X):
+                X = ops.to_device(X, on_gpu)
             for epoch in range(epoch, epochs + 1):
                 X_epoch, y_epoch = X, y
                 if rng is not None:
                     order = rng.permutation(n_samples)
                     X_epoch, y_epoch = X[order], y[order]
-                    if gpu is not None:
-                        X_epoch = ops.to_device(X_epoch, gpu)
+                    if on_gpu is not None:
+                        X_epoch = ops.to_device(X_epoch, on_gpu)
                 self.loss.new_pass()
                 if self.accuracy is not None:
                     self.accuracy.new_pass()

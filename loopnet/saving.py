@@ -717,7 +717,7 @@ def load_model(source, device=None):
     layers with parameters are placed on it, as ``Dense`` made there are.
     ``source``: a path or an open binary file. Loading draws no random numbers and leaves
     numpy's global random state alone."""
-    from loopnet.devices import base_name, get_device, normalize
+    from loopnet.devices import get_device, gpu, normalize
     from loopnet.model import Model
 
     if device is not None:
@@ -753,10 +753,10 @@ def load_model(source, device=None):
                 obj.to(device)      # (the parameters go over once, not at every op)
             elif obj is not None:
                 obj.device = device
-    elif base_name(get_device()) == "cuda":
+    elif gpu(get_device()) is not None:
         for layer in model.layers:
             if hasattr(layer, "weights") and hasattr(layer, "to"):
-                layer.to(get_device())
+                layer.to(gpu(get_device()))
     if model.layers:
         model.finalize()
     return model

@@ -113,22 +113,12 @@ def dense_nt_tiled(rows, columns_t, biases, add_biases, output):
 
     Twin: ``np.dot(rows, columns_t.T) (+ biases)``. The columns go in panels of ``PANEL``; within
     a panel one ``prange`` iteration owns ``TILE_ROWS`` rows of ``output`` (``nt_rows_tiled``).
-    A product of fewer than 4 columns has no tile: one iteration owns ``PLAIN_BAND`` rows, each
-    output a plain dot product (``nt_rows_plain``, the tiles' ragged edge).
+    A product of fewer than 4 columns has no tile: each output is the ragged edge's plain dot
+    product; ``dense_plan`` gives such products to ``dense_nt_plain`` (the DOT_PLAIN form),
+    which runs the same dots without the tiles' set-up.
     """
     n_rows = rows.shape[0]
     n_columns = columns_t.shape[0]
-    if n_columns < 4:
-        # No 4-column tile: every output is the ragged edge's plain dot product, run here over
-        # bands of rows without the tile's per-block set-up (its six row views per block cost
-        # more than the dots: 1000x64 @ 64x1 10.3 -> 6.2 us, 300x64 @ 64x3 5.8 -> 4.2 us). The
-        # same loop, so the same values to the bit (but for the sign of a zero sum, which
-        # fastmath's ``nsz`` leaves to the compiler).
-        for band in prange((n_rows + PLAIN_BAND - 1) // PLAIN_BAND):
-            r0 = band * PLAIN_BAND
-            nt_rows_plain(rows, columns_t, biases, add_biases, output, r0,
-                          min(r0 + PLAIN_BAND, n_rows), 0, n_columns)
-        return
     for panel_start in range(0, n_columns, PANEL):
         panel_end = min(n_columns, panel_start + PANEL)
         for block in prange((n_rows + TILE_ROWS - 1) // TILE_ROWS):
@@ -137,11 +127,14 @@ def dense_nt_tiled(rows, columns_t, biases, add_biases, output):
 
 
 def dense_nt_plain(rows, columns_t, biases, add_biases, output):
-    """``dense_nt_tiled`` for fewer than 4 output columns (the DOT_PLAIN form): the same bands
-    of ``nt_rows_plain`` dot products as ``dense_nt_tiled``'s branch for such products, so the
-    same values. A kernel of its own so that a model whose dot-product products are all that
-    narrow (the spiral model's, chapter 17's) does not compile the 6 x 4 tile it never runs:
-    ~1.1-1.4 s of a cold compile."""
+    """``dense_nt_tiled`` for fewer than 4 output columns (the DOT_PLAIN form): every output a
+    ``nt_rows_plain`` dot product, as the tiles' ragged edge computes it. A kernel of its own,
+    so that a model whose dot-product products are all that narrow (the spiral model's,
+    chapter 17's) does not compile the 6 x 4 tile it never runs: ~1.1-1.4 s of a cold
+    compile. Bands of rows, without the tiles' per-block set-up (their
+    six row views per block cost more than the dots: 1000x64 @ 64x1 10.3 -> 6.2 us, 300x64 @
+    64x3 5.8 -> 4.2 us). The same loop as the tiles' edge, so the same values to the bit (but
+    for the sign of a zero sum, which fastmath's ``nsz`` leaves to the compiler)."""
     n_rows = rows.shape[0]
     n_columns = columns_t.shape[0]
     for band in prange((n_rows + PLAIN_BAND - 1) // PLAIN_BAND):
