@@ -175,10 +175,13 @@ def test_seeded_layer_dense(device, dtype):
     layer1, layer2 = _seeded_two_layers(dtype, device)
     output = host(layer2.output)
     assert output.dtype == dtype
-    assert layer1.biases.shape == (1, 5) and not layer1.biases.any()
-    tol1 = dense_tolerance(BATCH, layer1.weights, layer1.biases, dtype)
-    tol2 = (dense_tolerance(host(layer1.output), layer2.weights, layer2.biases, dtype)
-            + propagated(tol1, layer2.weights) + PRINTED)
+    # A layer made under a GPU device keeps its parameters there: read them on the host.
+    weights1, biases1 = host(layer1.weights), host(layer1.biases)
+    weights2, biases2 = host(layer2.weights), host(layer2.biases)
+    assert biases1.shape == (1, 5) and not biases1.any()
+    tol1 = dense_tolerance(BATCH, weights1, biases1, dtype)
+    tol2 = (dense_tolerance(host(layer1.output), weights2, biases2, dtype)
+            + propagated(tol1, weights2) + PRINTED)
     assert np.all(np.abs(output - SEEDED_OUTPUT) <= tol2), (output, tol2)
 
 
