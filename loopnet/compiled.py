@@ -452,6 +452,15 @@ class CompiledRun:
                         forms["dinputs"].add((int(plan[step.DINPUTS_FORM]),
                                               parallel and bool(plan[step.DINPUTS_PARALLEL])))
         layers = {int(k) for k in table[:, step.KIND]} - {step.DENSE, step.LINEAR}
+        if np.any(program.floats[:, :step.RATE] > 0):
+            layers.add(step.PENALTIES)
+        if training:
+            # the layers the backward reaches: all but a last Softmax the fused gradient
+            # replaces, and only those after the first layer with parameters
+            reached = table.shape[0] - (1 if program.fused_softmax else 0)
+            if any(table[l, step.KIND] == step.SOFTMAX and table[l, step.NEEDS_DINPUTS]
+                   for l in range(reached)):
+                layers.add(step.SOFTMAX_BACKWARD)
         if os.environ.get(FULL_BUILD_VAR) == "full":
             return step.FULL._replace(parallel=parallel)
         return step.Build(

@@ -354,6 +354,43 @@ def test_builds_of_other_kinds_compile_under_other_names():
     assert len(names) == 4
 
 
+def test_a_build_holds_penalties_and_the_softmax_backward_only_when_its_model_needs_them(
+        monkeypatch):
+    """The penalty kernels and the softmax's Jacobian are compiled into a build only for models
+    that run them; a build without them given a model that needs them raises instead of
+    training without them."""
+    from loopnet.kernels import step
+
+    monkeypatch.delenv(compiled.FULL_BUILD_VAR, raising=False)
+    X, y = spiral_data(10, 3, seed=0)
+    spec = dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)], loss="categorical", n_outputs=3,
+                optimizer="adam", seed=0)
+
+    def build_of(model):
+        return compiled.prepare_training(model, X, y, None, None).run.build()
+
+    plain = build_of(build_model(spec))       # softmax last, fused gradient: neither
+    assert plain.fused_softmax and step.SOFTMAX in plain.layers
+    assert not {step.PENALTIES, step.SOFTMAX_BACKWARD} & plain.layers
+    for l2, l1 in ((5e-4, 0.0), (0.0, 1e-3)):
+        penalized = build_of(build_model(dict(spec, hidden=[(8, "relu", l2, l1)])))
+        assert penalized == plain._replace(layers=plain.layers | {step.PENALTIES})
+    # a Softmax inside the model: the backward reaches it
+    model = loopnet.Model()
+    for layer in (loopnet.Dense(2, 8, seed=0), loopnet.Softmax(), loopnet.Dense(8, 3, seed=1),
+                  loopnet.Softmax()):
+        model.add(layer)
+    model.set(loss=loopnet.CategoricalCrossentropy(), optimizer=loopnet.Adam())
+    model.finalize()
+    assert step.SOFTMAX_BACKWARD in build_of(model).layers
+
+    model = build_model(dict(spec, hidden=[(8, "relu", 5e-4, 0.0)]))
+    trainer = compiled.prepare_training(model, X, y, None, None)
+    monkeypatch.setattr(trainer.run, "build", lambda: plain)   # the build of a model without
+    with pytest.raises(ValueError, match="without penalties"):
+        trainer.train([None])
+
+
 def test_evaluate_and_predict_run_on_a_build_the_process_has(monkeypatch):
     """After training, a model's evaluate and predict run on its training build: no second
     compile. A model the process has no build for gets a forward-only build, which then

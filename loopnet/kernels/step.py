@@ -60,6 +60,11 @@ MASK = 10       # DROPOUT: offset of its mask block in scratch
 N_FIELDS = 11
 
 DENSE, RELU, SIGMOID, LINEAR, SOFTMAX, DROPOUT = 1, 2, 3, 4, 5, 6
+# Not layers but what a build needs besides them (``Build.layers`` holds these too): a dense
+# layer with an L1/L2 penalty; a Softmax whose own backward runs (not the last layer when the
+# fused softmax + cross-entropy gradient replaces it). A model without them compiles neither
+# the penalty kernels nor the softmax's Jacobian (~1 s each of a cold compile).
+PENALTIES, SOFTMAX_BACKWARD = 101, 102
 
 # floats[l, ...]: a dense layer's penalties, a dropout layer's rate
 L1_WEIGHTS, L2_WEIGHTS, L1_BIASES, L2_BIASES, RATE = range(5)
@@ -98,7 +103,8 @@ class Build(NamedTuple):
     accuracy: int           # NO_ACCURACY, CATEGORICAL_ACCURACY ...
     optimizer: int          # SGD ... or -1 (evaluate / predict only)
     fused_softmax: bool     # the softmax + cross-entropy gradient in one (model ends in Softmax)
-    layers: frozenset       # the layer kinds besides DENSE and LINEAR (RELU, SIGMOID ...)
+    layers: frozenset       # the layer kinds besides DENSE and LINEAR (RELU, SIGMOID ...),
+    #                         and PENALTIES, SOFTMAX_BACKWARD when the model needs them
     forward_forms: frozenset     # (form, parallel) pairs of the forward products: dense_fast's
     dweights_forms: frozenset    # ... of dweights       forms, each in the serial or parallel
     dinputs_forms: frozenset     # ... of dinputs        build its plans ask for
@@ -155,7 +161,8 @@ def _sources() -> str:
 
 # Every branch: one build for any model (``loopnet.compiled``'s LOOPNET_STEP_BUILD=full)
 ANY = -2
-FULL = Build(ANY, ANY, ANY, True, frozenset((RELU, SIGMOID, SOFTMAX, DROPOUT)),
+FULL = Build(ANY, ANY, ANY, True,
+             frozenset((RELU, SIGMOID, SOFTMAX, DROPOUT, PENALTIES, SOFTMAX_BACKWARD)),
              frozenset(), frozenset(), frozenset(), False)
 
 # What the functions below are compiled for, as constants numba folds (``build`` gives each
@@ -165,6 +172,8 @@ USE_MEAN_SQUARED_ERROR = USE_MEAN_ABSOLUTE_ERROR = True
 USE_CATEGORICAL_ACCURACY = USE_BINARY_ACCURACY = USE_REGRESSION_ACCURACY = True
 USE_SGD = USE_SGD_MOMENTUM = USE_ADAGRAD = USE_RMSPROP = USE_ADAM = True
 USE_FUSED_SOFTMAX = USE_RELU = USE_SIGMOID = USE_SOFTMAX = USE_DROPOUT = True
+USE_PENALTIES = USE_SOFTMAX_BACKWARD = True
+USE_PLAIN_CROSSENTROPY_GRADIENT = True     # the cross-entropy gradient without the fused one
 FORWARD_BLOCKED = FORWARD_FEW = FORWARD_DOT = FORWARD_DOT_PLAIN = FORWARD_BROADCAST = True
 DWEIGHTS_BLOCKED = DWEIGHTS_FEW = DWEIGHTS_NARROW = DWEIGHTS_BROADCAST = True
 DINPUTS_NARROW = DINPUTS_DOT = DINPUTS_DOT_PLAIN = DINPUTS_BROADCAST = True
@@ -186,6 +195,7 @@ FLAGS = ("USE_CATEGORICAL_CROSSENTROPY", "USE_BINARY_CROSSENTROPY", "USE_MEAN_SQ
          "USE_MEAN_ABSOLUTE_ERROR", "USE_CATEGORICAL_ACCURACY", "USE_BINARY_ACCURACY",
          "USE_REGRESSION_ACCURACY", "USE_SGD", "USE_SGD_MOMENTUM", "USE_ADAGRAD", "USE_RMSPROP",
          "USE_ADAM", "USE_FUSED_SOFTMAX", "USE_RELU", "USE_SIGMOID", "USE_SOFTMAX", "USE_DROPOUT",
+         "USE_PENALTIES", "USE_SOFTMAX_BACKWARD", "USE_PLAIN_CROSSENTROPY_GRADIENT",
          "FORWARD_BLOCKED", "FORWARD_FEW", "FORWARD_DOT", "FORWARD_DOT_PLAIN",
          "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED", "DWEIGHTS_FEW", "DWEIGHTS_NARROW",
          "DWEIGHTS_BROADCAST", "DINPUTS_NARROW", "DINPUTS_DOT", "DINPUTS_DOT_PLAIN",
@@ -220,6 +230,11 @@ def constants(build: Build) -> dict:
         "USE_FUSED_SOFTMAX": build.fused_softmax,
         "USE_RELU": RELU in build.layers, "USE_SIGMOID": SIGMOID in build.layers,
         "USE_SOFTMAX": SOFTMAX in build.layers, "USE_DROPOUT": DROPOUT in build.layers,
+        "USE_PENALTIES": PENALTIES in build.layers,
+        "USE_SOFTMAX_BACKWARD": SOFTMAX_BACKWARD in build.layers,
+        # a training build is made for one model, so a fused build's runs take the fused
+        # gradient (evaluate and predict take none)
+        "USE_PLAIN_CROSSENTROPY_GRADIENT": not build.fused_softmax,
         "TRAINING": build.optimizer >= 0, "PARALLEL": build.parallel,
     }
     for product, used in forms.items():
@@ -458,15 +473,27 @@ def regularization_loss(program, floats, params, out):
         l1 = floats[l, L1_WEIGHTS]
         l2 = floats[l, L2_WEIGHTS]
         if l1 > 0 or l2 > 0:
+            if not USE_PENALTIES:
+                raise ValueError(NO_PENALTIES)
             regularization_loss_serial(params[start:start + n_weights], l1, l2, out)
             total += out[0]
         l1 = floats[l, L1_BIASES]
         l2 = floats[l, L2_BIASES]
         if l1 > 0 or l2 > 0:
+            if not USE_PENALTIES:
+                raise ValueError(NO_PENALTIES)
             regularization_loss_serial(
                 params[start + n_weights:start + n_weights + program[l, WIDTH]], l1, l2, out)
             total += out[0]
     return total
+
+
+# (A build is made for its model, so these never show; they stop a wrong build from giving a
+# wrong answer quietly.)
+NO_PENALTIES = "a training step built without penalties was given a model with one"
+NO_SOFTMAX_BACKWARD = "a training step built without the softmax's backward was asked for it"
+NO_PLAIN_GRADIENT = ("a training step built for the fused softmax + cross-entropy gradient was "
+                     "asked for the plain one")
 
 
 @register_jitable
@@ -550,8 +577,10 @@ def loss_and_accuracy(settings, hyper, output, targets, values, m, sample_losses
             if gradient:
                 if USE_FUSED_SOFTMAX and settings[FUSED_SOFTMAX] == 1:
                     softmax_crossentropy_backward_serial(output, targets, dlast)
-                else:
+                elif USE_PLAIN_CROSSENTROPY_GRADIENT:
                     categorical_crossentropy_backward_serial(output, targets, dlast)
+                else:
+                    raise ValueError(NO_PLAIN_GRADIENT)
     if USE_BINARY_CROSSENTROPY:
         if loss == BINARY_CROSSENTROPY:
             binary_crossentropy_serial(output, values, losses)
@@ -621,7 +650,9 @@ def backward(program, plans, floats, settings, batch_kind, batch, m, params, gra
             dense_backward_biases_serial(dvalues, dbiases)
             l1 = floats[l, L1_WEIGHTS]
             l2 = floats[l, L2_WEIGHTS]
-            if l1 > 0 or l2 > 0:
+            if (l1 > 0 or l2 > 0) and not USE_PENALTIES:
+                raise ValueError(NO_PENALTIES)
+            if USE_PENALTIES and (l1 > 0 or l2 > 0):
                 if PARALLEL and n_weights >= parallel_min:
                     regularization_backward_parallel(params[start:start + n_weights], l1, l2,
                                                      grads[start:start + n_weights])
@@ -630,7 +661,9 @@ def backward(program, plans, floats, settings, batch_kind, batch, m, params, gra
                                                    grads[start:start + n_weights])
             l1 = floats[l, L1_BIASES]
             l2 = floats[l, L2_BIASES]
-            if l1 > 0 or l2 > 0:
+            if (l1 > 0 or l2 > 0) and not USE_PENALTIES:
+                raise ValueError(NO_PENALTIES)
+            if USE_PENALTIES and (l1 > 0 or l2 > 0):
                 regularization_backward_serial(
                     params[start + n_weights:start + n_weights + width], l1, l2, dbiases)
             if needs_dinputs:
@@ -656,6 +689,9 @@ def backward(program, plans, floats, settings, batch_kind, batch, m, params, gra
                 else:
                     sigmoid_backward_serial(flat_dvalues, flat_output, flat_dinputs)
         if USE_SOFTMAX:
+            if kind == SOFTMAX and not USE_SOFTMAX_BACKWARD:
+                raise ValueError(NO_SOFTMAX_BACKWARD)
+        if USE_SOFTMAX_BACKWARD:
             if kind == SOFTMAX:
                 output = _block(acts, program[l, OUT], m, width)
                 dinputs = _block(dacts, program[l, IN], m, width)
