@@ -47,6 +47,7 @@ import types
 import numpy as np
 
 from loopnet import kernels as _kernels
+from loopnet.kernels import dense as _dense_kernels
 from loopnet.kernels import scalars as _scalars
 from loopnet.backends import collect
 
@@ -364,6 +365,54 @@ globals().update({op: _launcher(op) for op in THREADS if op in KERNELS})
 # output kernel stays available as `dense_forward_simple` (same sums in the same order).
 dense_forward_simple = globals()["dense_forward"]
 dense_forward = globals()["dense_forward_tiled"]
+
+
+# The sums over samples of the dense backward: in two levels for large batches (see
+# ``loopnet/kernels/dense.py``, "On a GPU, the sums over many samples in two levels").
+_CHUNK_KERNELS = {name: cuda.jit(getattr(_dense_kernels, name))
+                  for name in ("dweights_chunk_sums", "dbiases_chunk_sums", "chunk_totals")}
+_dense_backward_weights_per_weight = globals()["dense_backward_weights"]
+_dense_backward_biases_per_neuron = globals()["dense_backward_biases"]
+
+
+def _on_device(array):
+    """``array`` on the GPU (a host array is copied over; the caller copies results back)."""
+    if isinstance(array, np.ndarray):
+        return cuda.to_device(host_layout(array))
+    if hasattr(array, "__cuda_array_interface__") and not hasattr(array, "copy_to_host"):
+        return cuda.as_cuda_array(array)
+    return array
+
+
+def _two_levels(first, inputs, output, rows, columns):
+    """Run ``first`` (a chunk-sums kernel) over ``inputs`` into partial sums, then
+    ``chunk_totals`` into ``output`` viewed as ``(rows, columns)``."""
+    n_samples = inputs[0].shape[0]
+    n_chunks = math.ceil(n_samples / _dense_kernels.SAMPLE_CHUNK)
+    device_inputs = [_on_device(a) for a in inputs]
+    partials = cuda.device_array((n_chunks, rows * columns), dtype=device_inputs[0].dtype)
+    _launch(_CHUNK_KERNELS[first], (n_chunks, rows * columns), (*device_inputs, partials))
+    target = _on_device(output)
+    _launch(_CHUNK_KERNELS["chunk_totals"], (rows * columns,),
+            (partials, target.reshape(rows, columns)))
+    if target is not output and isinstance(output, np.ndarray):
+        output[...] = target.copy_to_host().reshape(output.shape)
+
+
+def dense_backward_weights(inputs, dvalues, dweights):
+    """``dweights = inputs.T @ dvalues``: one thread per weight adding the samples in order
+    (``dense_backward_weights_kernel``), or in two levels from TWO_LEVEL_MIN_SAMPLES samples."""
+    if inputs.shape[0] < _dense_kernels.TWO_LEVEL_MIN_SAMPLES:
+        return _dense_backward_weights_per_weight(inputs, dvalues, dweights)
+    _two_levels("dweights_chunk_sums", (inputs, dvalues), dweights, *dweights.shape)
+
+
+def dense_backward_biases(dvalues, dbiases):
+    """``dbiases = dvalues.sum(axis=0)``: one thread per neuron adding the samples in order
+    (``dense_backward_biases_kernel``), or in two levels from TWO_LEVEL_MIN_SAMPLES samples."""
+    if dvalues.shape[0] < _dense_kernels.TWO_LEVEL_MIN_SAMPLES:
+        return _dense_backward_biases_per_neuron(dvalues, dbiases)
+    _two_levels("dbiases_chunk_sums", (dvalues,), dbiases, 1, dbiases.shape[-1])
 
 
 def mean(values, output):

@@ -180,6 +180,58 @@ def dense_backward_weights_kernel(inputs, dvalues, dweights):
         dweights[i, n] = dweight
 
 
+# --- On a GPU, the sums over many samples in two levels ---------------------------------------------
+# One thread per weight (above) adds every sample's product alone while most of the GPU waits: a
+# layer of 2 x 64 weights keeps 128 threads busy, at 30,000 samples ~4 ms a backward on an
+# H200. From TWO_LEVEL_MIN_SAMPLES on, the cuda device sums in two levels instead: the samples
+# in chunks of SAMPLE_CHUNK (one thread per chunk and weight, the chunk's samples in order),
+# then each weight's chunk totals in chunk order (one thread per weight). The order of every
+# addition is fixed by the shapes alone, not by the launch: the same bits on every run. (Not
+# the loops' bits: each chunk's total is rounded before it is added; the difference is within
+# the float rounding of a sum of n_samples terms, as the numpy twin's is.)
+SAMPLE_CHUNK = 128
+TWO_LEVEL_MIN_SAMPLES = 4 * SAMPLE_CHUNK
+
+
+def dweights_chunk_sums(inputs, dvalues, partials):
+    """CUDA, the first level: ``partials[c, k]`` (``k = i * n_neurons + n``) is the sum of
+    ``inputs[s, i] * dvalues[s, n]`` over the samples ``s`` of chunk ``c``, in order."""
+    k, c = cuda.grid(2)
+    if c < partials.shape[0] and k < partials.shape[1]:
+        n_neurons = dvalues.shape[1]
+        i = k // n_neurons
+        n = k - i * n_neurons
+        start = c * SAMPLE_CHUNK
+        total = partials.dtype.type(0)
+        for s in range(start, min(start + SAMPLE_CHUNK, inputs.shape[0])):
+            total += inputs[s, i] * dvalues[s, n]
+        partials[c, k] = total
+
+
+def dbiases_chunk_sums(dvalues, partials):
+    """CUDA, the first level for the biases: ``partials[c, n]`` is the sum of ``dvalues[s, n]``
+    over the samples ``s`` of chunk ``c``, in order."""
+    n, c = cuda.grid(2)
+    if c < partials.shape[0] and n < partials.shape[1]:
+        start = c * SAMPLE_CHUNK
+        total = partials.dtype.type(0)
+        for s in range(start, min(start + SAMPLE_CHUNK, dvalues.shape[0])):
+            total += dvalues[s, n]
+        partials[c, n] = total
+
+
+def chunk_totals(partials, output):
+    """CUDA, the second level: ``output`` (as ``(rows, columns)``, element ``k`` at
+    ``[k // columns, k % columns]``) gets the sum of ``partials[:, k]``, chunks in order."""
+    k = cuda.grid(1)
+    if k < partials.shape[1]:
+        total = partials.dtype.type(0)
+        for c in range(partials.shape[0]):
+            total += partials[c, k]
+        columns = output.shape[1]
+        output[k // columns, k - (k // columns) * columns] = total
+
+
 def dense_backward_weights_numpy(inputs, dvalues, dweights):
     """Twin: ``dweights = np.dot(inputs.T, dvalues)``."""
     dweights[...] = np.dot(inputs.T, dvalues)
