@@ -391,6 +391,35 @@ def test_a_build_holds_penalties_and_the_softmax_backward_only_when_its_model_ne
         trainer.train([None])
 
 
+def test_a_softmax_inside_the_model_trains_on_its_build_to_the_layered_paths_bits(monkeypatch):
+    """A build of its own (penalties, and a Softmax the backward reaches beside the last one
+    the fused gradient replaces), not the build with every branch: the layered path's bits."""
+    from loopnet.kernels import step
+
+    monkeypatch.delenv(compiled.FULL_BUILD_VAR, raising=False)
+    X, y = spiral_data(20, 3, seed=0)
+
+    def trained(compiled_step):
+        model = loopnet.Model()
+        for layer in (loopnet.Dense(2, 8, weight_regularizer_l1=1e-3, seed=0),
+                      loopnet.Softmax(), loopnet.Dense(8, 3, seed=1), loopnet.Softmax()):
+            model.add(layer)
+        model.set(loss=loopnet.CategoricalCrossentropy(), optimizer=loopnet.Adam(),
+                  accuracy=loopnet.CategoricalAccuracy())
+        model.finalize()
+        with environment(**{compiled.ENV_VAR: "1" if compiled_step else "0"}):
+            history = model.train(X, y, epochs=4, print_every=0, progress=False)
+        return model, history
+
+    model, history = trained(True)
+    assert history["path"] == "compiled"
+    assert any({step.PENALTIES, step.SOFTMAX_BACKWARD} <= build.layers
+               for build in cpu.step_builds())
+    layered_model, layered = trained(False)
+    assert bits(history["loss"]) == bits(layered["loss"])
+    assert bits(model.layers[0].weights) == bits(layered_model.layers[0].weights)
+
+
 def test_evaluate_and_predict_run_on_a_build_the_process_has(monkeypatch):
     """After training, a model's evaluate and predict run on its training build: no second
     compile. A model the process has no build for gets a forward-only build, which then
