@@ -38,7 +38,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import carray, types
+from numba import carray, njit, types
 from numba.extending import intrinsic, register_jitable
 
 from loopnet.kernels import dense_fast as fast
@@ -941,8 +941,6 @@ INLINED = ("_dense_forward", "_dense_dweights", "_dense_dinputs", "forward", "lo
 
 
 def _inlined(function):
-    from numba import njit
-
     return njit(inline="always")(function)
 
 
