@@ -754,9 +754,10 @@ def load_model(source, device=None):
             elif obj is not None:
                 obj.device = device
     elif gpu(get_device()) is not None:
+        where = gpu(get_device())
         for layer in model.layers:
             if hasattr(layer, "weights") and hasattr(layer, "to"):
-                layer.to(gpu(get_device()))
+                layer.to(where)
     if model.layers:
         model.finalize()
     return model

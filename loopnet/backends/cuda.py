@@ -375,28 +375,15 @@ _dense_backward_weights_per_weight = globals()["dense_backward_weights"]
 _dense_backward_biases_per_neuron = globals()["dense_backward_biases"]
 
 
-def _on_device(array):
-    """``array`` on the GPU (a host array is copied over; the caller copies results back)."""
-    if isinstance(array, np.ndarray):
-        return cuda.to_device(host_layout(array))
-    if hasattr(array, "__cuda_array_interface__") and not hasattr(array, "copy_to_host"):
-        return cuda.as_cuda_array(array)
-    return array
-
-
 def _two_levels(first, inputs, output, rows, columns):
     """Run ``first`` (a chunk-sums kernel) over ``inputs`` into partial sums, then
-    ``chunk_totals`` into ``output`` viewed as ``(rows, columns)``."""
-    n_samples = inputs[0].shape[0]
-    n_chunks = math.ceil(n_samples / _dense_kernels.SAMPLE_CHUNK)
-    device_inputs = [_on_device(a) for a in inputs]
-    partials = cuda.device_array((n_chunks, rows * columns), dtype=device_inputs[0].dtype)
-    _launch(_CHUNK_KERNELS[first], (n_chunks, rows * columns), (*device_inputs, partials))
-    target = _on_device(output)
+    ``chunk_totals`` into ``output`` viewed as ``(rows, columns)`` (a view of any output:
+    ``rows, columns`` is its own shape, or ``(1, n)`` for the biases' vector)."""
+    n_chunks = math.ceil(inputs[0].shape[0] / _dense_kernels.SAMPLE_CHUNK)
+    partials = cuda.device_array((n_chunks, rows * columns), dtype=inputs[0].dtype)
+    _launch(_CHUNK_KERNELS[first], (n_chunks, rows * columns), (*inputs, partials))
     _launch(_CHUNK_KERNELS["chunk_totals"], (rows * columns,),
-            (partials, target.reshape(rows, columns)))
-    if target is not output and isinstance(output, np.ndarray):
-        output[...] = target.copy_to_host().reshape(output.shape)
+            (partials, output.reshape(rows, columns)), written=(1,))
 
 
 def dense_backward_weights(inputs, dvalues, dweights):

@@ -459,6 +459,14 @@ def _dense_dinputs(form, parallel, dvalues, weights, packed, offset, dinputs, sc
                 dense_backward_inputs_narrow_serial(dvalues, weights_t, dinputs)
 
 
+# (A build is made for its model, so these never show; they stop a wrong build from giving a
+# wrong answer quietly.)
+NO_PENALTIES = "a training step built without penalties was given a model with one"
+NO_SOFTMAX_BACKWARD = "a training step built without the softmax's backward was asked for it"
+NO_PLAIN_GRADIENT = ("a training step built for the fused softmax + cross-entropy gradient was "
+                     "asked for the plain one")
+
+
 @register_jitable
 def regularization_loss(program, floats, params, out):
     """The L1/L2 penalty of every dense layer, weights then biases, layer by layer, as
@@ -487,13 +495,6 @@ def regularization_loss(program, floats, params, out):
             total += out[0]
     return total
 
-
-# (A build is made for its model, so these never show; they stop a wrong build from giving a
-# wrong answer quietly.)
-NO_PENALTIES = "a training step built without penalties was given a model with one"
-NO_SOFTMAX_BACKWARD = "a training step built without the softmax's backward was asked for it"
-NO_PLAIN_GRADIENT = ("a training step built for the fused softmax + cross-entropy gradient was "
-                     "asked for the plain one")
 
 
 @register_jitable
@@ -650,9 +651,9 @@ def backward(program, plans, floats, settings, batch_kind, batch, m, params, gra
             dense_backward_biases_serial(dvalues, dbiases)
             l1 = floats[l, L1_WEIGHTS]
             l2 = floats[l, L2_WEIGHTS]
-            if (l1 > 0 or l2 > 0) and not USE_PENALTIES:
-                raise ValueError(NO_PENALTIES)
-            if USE_PENALTIES and (l1 > 0 or l2 > 0):
+            if l1 > 0 or l2 > 0:
+                if not USE_PENALTIES:
+                    raise ValueError(NO_PENALTIES)
                 if PARALLEL and n_weights >= parallel_min:
                     regularization_backward_parallel(params[start:start + n_weights], l1, l2,
                                                      grads[start:start + n_weights])
@@ -661,9 +662,9 @@ def backward(program, plans, floats, settings, batch_kind, batch, m, params, gra
                                                    grads[start:start + n_weights])
             l1 = floats[l, L1_BIASES]
             l2 = floats[l, L2_BIASES]
-            if (l1 > 0 or l2 > 0) and not USE_PENALTIES:
-                raise ValueError(NO_PENALTIES)
-            if USE_PENALTIES and (l1 > 0 or l2 > 0):
+            if l1 > 0 or l2 > 0:
+                if not USE_PENALTIES:
+                    raise ValueError(NO_PENALTIES)
                 regularization_backward_serial(
                     params[start + n_weights:start + n_weights + width], l1, l2, dbiases)
             if needs_dinputs:
@@ -689,10 +690,9 @@ def backward(program, plans, floats, settings, batch_kind, batch, m, params, gra
                 else:
                     sigmoid_backward_serial(flat_dvalues, flat_output, flat_dinputs)
         if USE_SOFTMAX:
-            if kind == SOFTMAX and not USE_SOFTMAX_BACKWARD:
-                raise ValueError(NO_SOFTMAX_BACKWARD)
-        if USE_SOFTMAX_BACKWARD:
             if kind == SOFTMAX:
+                if not USE_SOFTMAX_BACKWARD:
+                    raise ValueError(NO_SOFTMAX_BACKWARD)
                 output = _block(acts, program[l, OUT], m, width)
                 dinputs = _block(dacts, program[l, IN], m, width)
                 if large:
