@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import loopnet
 from loopnet import ops
@@ -352,8 +354,10 @@ def test_a_model_loaded_for_the_gpu_has_its_parameters_there(tmp_path):
     assert not is_device_array(loopnet.Model.load(path).trainable_layers[0].weights)
 
 
+@settings(max_examples=6, deadline=None)
+@given(data=st.data())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_large_batches_sum_their_samples_in_two_levels(monkeypatch, dtype):
+def test_large_batches_sum_their_samples_in_two_levels(dtype, data):
     """From TWO_LEVEL_MIN_SAMPLES samples on, dweights and dbiases are summed in chunks of
     samples, then chunk totals: within the rounding of an n_samples-term sum of the numpy
     twin, the same bits on every call, into device and host outputs alike."""
@@ -362,32 +366,36 @@ def test_large_batches_sum_their_samples_in_two_levels(monkeypatch, dtype):
     def per_output(*args):
         raise AssertionError("a large batch took the one-thread-per-output kernel")
 
-    monkeypatch.setattr(gpu, "_dense_backward_weights_per_weight", per_output)
-    monkeypatch.setattr(gpu, "_dense_backward_biases_per_neuron", per_output)
-    n_samples = dense.TWO_LEVEL_MIN_SAMPLES + 37      # a last, shorter chunk
-    rng = np.random.default_rng(3)
-    inputs = rng.standard_normal((n_samples, 3)).astype(dtype)
-    dvalues = rng.standard_normal((n_samples, 5)).astype(dtype)
+    # (any number of samples from the threshold on, a last chunk full or short)
+    n_samples = data.draw(st.integers(dense.TWO_LEVEL_MIN_SAMPLES,
+                                      dense.TWO_LEVEL_MIN_SAMPLES + 2 * dense.SAMPLE_CHUNK))
+    n_inputs, n_neurons = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 5))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    inputs = rng.standard_normal((n_samples, n_inputs)).astype(dtype)
+    dvalues = rng.standard_normal((n_samples, n_neurons)).astype(dtype)
     want_weights = inputs.T.astype(np.float64) @ dvalues.astype(np.float64)
     want_biases = dvalues.astype(np.float64).sum(axis=0)
     weight_terms = np.abs(inputs).T @ np.abs(dvalues)     # sum_s |inputs[s, i] * dvalues[s, n]|
     bias_terms = np.abs(dvalues).sum(axis=0)
     device_inputs, device_dvalues = gpu.asarray(inputs), gpu.asarray(dvalues)
     results = []
-    for _ in range(2):
-        dweights = gpu.empty((3, 5), dtype)
-        dbiases = gpu.empty(5, dtype)
-        gpu.dense_backward_weights(device_inputs, device_dvalues, dweights)
-        gpu.dense_backward_biases(device_dvalues, dbiases)
-        results.append((gpu.to_numpy(dweights), gpu.to_numpy(dbiases)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gpu, "_dense_backward_weights_per_weight", per_output)
+        patch.setattr(gpu, "_dense_backward_biases_per_neuron", per_output)
+        for _ in range(2):
+            dweights = gpu.empty((n_inputs, n_neurons), dtype)
+            dbiases = gpu.empty(n_neurons, dtype)
+            gpu.dense_backward_weights(device_inputs, device_dvalues, dweights)
+            gpu.dense_backward_biases(device_dvalues, dbiases)
+            results.append((gpu.to_numpy(dweights), gpu.to_numpy(dbiases)))
+        host_weights = np.full((n_inputs, n_neurons), np.nan, dtype)  # host outputs filled too
+        host_biases = np.full((1, n_neurons), np.nan, dtype)
+        gpu.dense_backward_weights(inputs, dvalues, host_weights)
+        gpu.dense_backward_biases(dvalues, host_biases)
     (got_weights, got_biases), again = results
     assert np.array_equal(got_weights, again[0]) and np.array_equal(got_biases, again[1])
     assert np.all(np.abs(got_weights - want_weights)
                   <= sum_tolerance(n_samples, weight_terms, dtype))
     assert np.all(np.abs(got_biases - want_biases) <= sum_tolerance(n_samples, bias_terms, dtype))
-    host_weights = np.full((3, 5), np.nan, dtype)       # host outputs are filled too
-    host_biases = np.full((1, 5), np.nan, dtype)
-    gpu.dense_backward_weights(inputs, dvalues, host_weights)
-    gpu.dense_backward_biases(dvalues, host_biases)
     assert np.array_equal(host_weights, got_weights)
     assert np.array_equal(host_biases[0], got_biases)
