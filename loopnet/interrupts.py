@@ -14,6 +14,8 @@ it is active, a SIGINT is remembered until it has ended the ``with`` block:
   inside one of llvmlite's callbacks (where the exception would be lost): then it waits;
 - a watchdog thread delivers it again every ``RETRY`` seconds,
   so an interrupt that was lost or deferred is raised at the next point where Python runs;
+- an exception other than ``KeyboardInterrupt`` that ends the block after a Ctrl-C (code
+  in between turned the interrupt into another error) leaves it as ``KeyboardInterrupt``;
 - if the block has still not ended ``grace`` seconds after the first Ctrl-C (C code that does
   not return), the watchdog prints ``loopnet: interrupted`` and ends the process with exit
   status 130, as the shell does for a process that SIGINT killed.
@@ -107,5 +109,15 @@ def interruptible(grace: float = 1.0):
     signal.signal(signal.SIGINT, pending.handler)
     try:
         yield
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:
+        if pending.first is None:
+            raise
+        # The interrupt came first and this error is what it left: code between the handler
+        # and this block turned the KeyboardInterrupt into another exception (a C extension
+        # that fails to import while it is raised reports "numba._devicearray failed to
+        # import", an ImportError). The user asked to stop; say so, not the error.
+        raise KeyboardInterrupt from err
     finally:
         pending.end()

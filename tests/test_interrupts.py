@@ -39,6 +39,29 @@ def test_an_interrupt_lost_inside_a_ctypes_callback_is_raised_again():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_an_error_that_an_interrupt_turned_into_is_reported_as_the_interrupt():
+    """A C extension that is imported while Ctrl-C arrives turns the KeyboardInterrupt into an
+    ImportError ("numba._devicearray failed to import"): after a Ctrl-C, the block ends with
+    KeyboardInterrupt whatever error the interrupt became; without one, errors pass as they
+    are."""
+
+    def import_that_swallows_the_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise ImportError("numba._devicearray failed to import")
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with interrupts.interruptible():
+            import_that_swallows_the_interrupt()
+    assert isinstance(caught.value.__cause__, ImportError)
+    with pytest.raises(ImportError):
+        with interrupts.interruptible():
+            raise ImportError("no interrupt: the error itself")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_the_handler_is_put_back_and_nothing_fires_after_the_block():
     with interrupts.interruptible():
         assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
