@@ -292,7 +292,8 @@ def crossover():
                                       o)
 
             def broadcast(parallel):
-                return lambda: cpu._broadcast(parallel)(x.T, w, cpu._panels(w, "w"), b, True, o)
+                kernel = cpu._broadcast(parallel, x.T, w)
+                return lambda: kernel(x.T, w, cpu._panels(w, "w"), b, True, o)
 
             times = [median_time(lambda: cpu.dense_forward_blocked_serial(x, w, b, o), 21, 0.3),
                      median_time(lambda: cpu.dense_forward_blocked_parallel(x, w, b, o), 21, 0.3),

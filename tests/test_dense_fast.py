@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import arrays, assert_within, bits, float_dtypes, sum_tolerance
+import loopnet
 from loopnet.backends import cpu
 from loopnet.kernels import dense as notes_form
 from loopnet.kernels import dense_fast as dense
@@ -527,7 +528,8 @@ def test_broadcast_kernel_across_k_blocks(n_panels, a_view):
     ``K_BLOCK_BROADCAST`` whose totals are added in order (with LOCAL_A_MIN_PANELS panels, from
     a copy of each tile's values of ``a``, packed along the rows of ``a`` or tile by tile):
     the result matches the twin, a NaN/inf in a later block still reaches its outputs, and
-    the bits depend neither on the thread count nor on the build."""
+    the bits depend neither on the thread count nor on the build (serial, parallel, and the
+    builds without the wide ways, which walk the same tiles plainly)."""
     rng = np.random.default_rng(7)
     n_columns = n_panels * dense.PANEL_WIDTH - 5
     n_k = dense.PANELS_IN_L2 // (n_panels * dense.PANEL_WIDTH) + dense.K_BLOCK_BROADCAST + 3
@@ -547,9 +549,59 @@ def test_broadcast_kernel_across_k_blocks(n_panels, a_view):
         with np.errstate(invalid="ignore"):
             return broadcast(a, b, biases, True, kernel)
 
+    assert dense.tn_wide(n_k, n_rows, n_columns) == (n_panels == dense.LOCAL_A_MIN_PANELS)
     output = same_bits_for_every_thread_count(
-        run, (cpu.dense_tn_tiled_serial, cpu.dense_tn_tiled_parallel))
+        run, (cpu.dense_tn_tiled_serial, cpu.dense_tn_tiled_parallel,
+              cpu.dense_tn_plain_walk_serial, cpu.dense_tn_plain_walk_parallel))
     assert_matches_with_nan_and_inf(output, expected, a.T, b.T, biases, "broadcast, k blocks")
+
+
+@pytest.mark.parametrize("a_view", [False, True], ids=["a", "a.T view"])
+def test_the_build_without_the_wide_ways_gives_their_bits_and_the_ops_pick_it(a_view):
+    """Fewer rows than columns over two panels (the forward of a minibatch of 32 through 128
+    neurons): the wide build's threads own whole panels (``tn_paths``' ``by_panels``); the
+    build without that way walks the tiles plainly, to the very same bits on every thread
+    count. The cpu ops run the wide build only for such products (``tn_wide``), and a
+    training step holds it only when its model has one (the WIDE_BROADCAST pseudo-kind)."""
+    from loopnet import compiled
+    from loopnet.kernels import step
+
+    rng = np.random.default_rng(12)
+    n_k, n_rows, n_columns = 200, 32, 2 * dense.PANEL_WIDTH - 3
+    _, _, by_panels, local_a = dense.tn_paths(n_k, n_rows, n_columns)
+    assert by_panels and not local_a and dense.tn_wide(n_k, n_rows, n_columns)
+    assert not dense.tn_wide(n_k, 2 * dense.PANEL_WIDTH, n_columns)   # rows enough: plain
+    assert not dense.tn_wide(n_k, 4, n_columns)           # less than a tile: plain sums
+    a = rng.standard_normal((n_k, n_rows)).astype(np.float32)
+    if a_view:
+        a = np.ascontiguousarray(a.T).T
+    b = rng.standard_normal((n_k, n_columns)).astype(np.float32)
+    biases = rng.standard_normal(n_columns).astype(np.float32)
+    same_bits_for_every_thread_count(
+        lambda kernel: broadcast(a, b, biases, True, kernel),
+        (cpu.dense_tn_tiled_serial, cpu.dense_tn_tiled_parallel,
+         cpu.dense_tn_plain_walk_serial, cpu.dense_tn_plain_walk_parallel))
+    for parallel in (False, True):
+        assert cpu._broadcast(parallel, a, b) in (cpu.dense_tn_tiled_serial,
+                                                   cpu.dense_tn_tiled_parallel)
+        tall = np.zeros((n_k, 2 * dense.PANEL_WIDTH), np.float32)
+        assert cpu._broadcast(parallel, tall, b) in (cpu.dense_tn_plain_walk_serial,
+                                                      cpu.dense_tn_plain_walk_parallel)
+
+    def build_of(n_samples, batch_size):
+        model = loopnet.Model()
+        model.add(loopnet.Dense(128, 128, seed=0))
+        model.add(loopnet.ReLU())
+        model.add(loopnet.Dense(128, 3, seed=1))
+        model.add(loopnet.Softmax())
+        model.set(loss=loopnet.CategoricalCrossentropy(), optimizer=loopnet.Adam())
+        model.finalize()
+        X = rng.standard_normal((n_samples, 128)).astype(np.float32)
+        y = np.arange(n_samples) % 3
+        return compiled.prepare_training(model, X, y, batch_size, None).run.build()
+
+    assert step.WIDE_BROADCAST in build_of(96, 32).layers     # 32 rows, 2 panels of neurons
+    assert step.WIDE_BROADCAST not in build_of(256, 128).layers   # as many rows as columns
 
 
 @pytest.mark.parametrize("n_k", [1, 7, dense.K_BLOCK_BROADCAST + 3,

@@ -333,6 +333,10 @@ dense_backward_weights_few_inputs_serial, dense_backward_weights_few_inputs_para
     compile_twice(_fast.dense_backward_weights_few_inputs)
 transpose_serial, transpose_parallel = compile_twice(_fast.transpose_tiled)
 dense_tn_tiled_serial, dense_tn_tiled_parallel = compile_twice(_fast.dense_tn_tiled)
+# ... and its build without the wide products' ways of walking (dense_fast.WIDE_PATHS), for the
+# products that never take them (``_fast.tn_wide``): the same sums in the same order.
+dense_tn_plain_walk_serial, dense_tn_plain_walk_parallel = compile_twice(renamed(
+    _fast.dense_tn_tiled, "__plain_walk", {**vars(_fast), "WIDE_PATHS": False}))
 dense_forward_blocked_serial, dense_forward_blocked_parallel = compile_twice(
     _fast.dense_forward_blocked)
 dense_backward_weights_blocked_serial, dense_backward_weights_blocked_parallel = compile_twice(
@@ -445,8 +449,11 @@ def _panels(b, slot):
     return scratch(slot, ((n_columns + width - 1) // width, n_k, width), b.dtype)
 
 
-def _broadcast(parallel):
-    return dense_tn_tiled_parallel if parallel else dense_tn_tiled_serial
+def _broadcast(parallel, a, b):
+    """The build of ``dense_tn_tiled`` that runs ``a.T @ b``."""
+    if _fast.tn_wide(a.shape[0], a.shape[1], b.shape[1]):
+        return dense_tn_tiled_parallel if parallel else dense_tn_tiled_serial
+    return dense_tn_plain_walk_parallel if parallel else dense_tn_plain_walk_serial
 
 
 def _dot(form, parallel):
@@ -461,8 +468,9 @@ def dense_forward(inputs, weights, biases, output):
     n_neurons = weights.shape[1]
     form, parallel = dense_plan(n_samples, n_inputs, n_neurons).forward
     if form == _fast.BROADCAST:
-        _broadcast(parallel)(inputs.T, weights, _panels(weights, "weights_panels"), biases,
-                             True, output)
+        _broadcast(parallel, inputs.T, weights)(inputs.T, weights,
+                                                _panels(weights, "weights_panels"), biases,
+                                                True, output)
     elif form in (_fast.DOT_TILES, _fast.DOT_PLAIN):
         _dot(form, parallel)(_aligned_for(inputs, n_neurons, "inputs"),
                              _packed(weights, "weights_t"), biases, True, output)
@@ -483,8 +491,9 @@ def dense_backward_inputs(dvalues, weights, dinputs, product=None):
     n_inputs, n_neurons = weights.shape
     form, parallel = product or dense_plan(n_samples, n_inputs, n_neurons).dinputs
     if form == _fast.BROADCAST:
-        _broadcast(parallel)(dvalues.T, weights.T, _panels(weights.T, "weights_t_panels"),
-                             dinputs[0], False, dinputs)
+        _broadcast(parallel, dvalues.T, weights.T)(
+            dvalues.T, weights.T, _panels(weights.T, "weights_t_panels"), dinputs[0], False,
+            dinputs)
     elif form in (_fast.DOT_TILES, _fast.DOT_PLAIN):
         _dot(form, parallel)(_aligned_for(dvalues, n_inputs, "dvalues"),
                              _aligned_for(weights, n_samples, "weights"), dinputs[0], False,
@@ -502,8 +511,9 @@ def dense_backward_weights(inputs, dvalues, dweights, product=None):
     n_neurons = dvalues.shape[1]
     form, parallel = product or dense_plan(n_samples, n_inputs, n_neurons).dweights
     if form == _fast.BROADCAST:
-        _broadcast(parallel)(inputs, dvalues, _panels(dvalues, "dvalues_panels"), dweights[0],
-                             False, dweights)
+        _broadcast(parallel, inputs, dvalues)(inputs, dvalues,
+                                              _panels(dvalues, "dvalues_panels"), dweights[0],
+                                              False, dweights)
     elif form == _fast.NARROW:
         kernel = (dense_backward_weights_narrow_parallel if parallel
                   else dense_backward_weights_narrow_serial)
@@ -550,11 +560,15 @@ if hasattr(os, "register_at_fork"):    # a forked child may have to run serial b
     os.register_at_fork(after_in_child=dense_plan.cache_clear)
 
 
-def _kernels_of_the_step(parallel: bool) -> dict:
+def _kernels_of_the_step(parallel: bool, wide: bool = True) -> dict:
     """``{"<kernel>_serial": ..., "<kernel>_parallel": ...}``: the compiled kernels a build of
     the training step calls, the very dispatchers the layered ops run (for a serial build both
-    names give the serial one; under workqueue the whole step takes the lock instead)."""
+    names give the serial one; under workqueue the whole step takes the lock instead).
+    ``dense_tn_tiled``'s are its builds with the wide ways of walking if ``wide``, else those
+    without (``dense_fast.WIDE_PATHS``)."""
     names = {"transpose_tiled": "transpose"}
+    if not wide:
+        names["dense_tn_tiled"] = "dense_tn_plain_walk"
     kernels = {}
     for name in _step.KERNEL_NAMES:
         if name in LOOPS:
@@ -575,7 +589,8 @@ def training_step(build):
     (or loads it from its cache)."""
     kernel = _step_builds.get(build)
     if kernel is None:
-        kernel = numba.njit(**OPTIONS)(_step.build(build, _kernels_of_the_step(build.parallel)))
+        kernel = numba.njit(**OPTIONS)(_step.build(
+            build, _kernels_of_the_step(build.parallel, _step.WIDE_BROADCAST in build.layers)))
         if build.parallel:
             kernel = threads.serialized(kernel)
         _step_builds[build] = kernel

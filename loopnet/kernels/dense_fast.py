@@ -315,6 +315,14 @@ PANELS_IN_L2 = 256 * 1024
 # ``inputs``) one pass along them packs every tile's values (each copy read 256 rows 4 KB
 # apart): 1024^3 in the dweights form 9.4-9.8 -> 8.4-8.9 ms, the forward form's 8.4-8.6.
 LOCAL_A_MIN_PANELS = 4
+# Whether ``dense_tn_tiled`` holds its two ways of walking wide products (a thread owning whole
+# panels, and tiles reading a copy of ``a``: see ``tn_paths``). Both add the very same sums in
+# the very same order as the plain walk over tiles, only in another order of memory traffic,
+# and compiling them is most of the kernel's cost (the chapter-19-sized model's cold compile:
+# 23.2 -> 20.3 s without them). The cpu backend compiles a second build of the kernel with this
+# set to False (numba drops a branch on a False constant before it types it) for the products
+# that never take those ways, which are all of the book's models.
+WIDE_PATHS = True
 
 
 # Rows per tile: 5 x 64 float32 = 20 accumulator registers, + 4 vectors of ``b`` and 5
@@ -397,21 +405,16 @@ def dense_tn_tiled(a, b, panels, biases, add_biases, output):
     K_BLOCK_BROADCAST, the outer loop, in order: a fixed order of sums in any case; then with
     LOCAL_A_MIN_PANELS panels or more an iteration owns a tile of rows across all the panels,
     and reads its values of ``a`` from a copy (packed for all tiles in one pass along the
-    rows of ``a`` when they are contiguous, else copied by the tile itself). For outputs with fewer rows than columns and
-    panels to share, an iteration owns a whole panel: it packs it and runs its tiles.
+    rows of ``a`` when they are contiguous, else copied by the tile itself). For outputs with
+    fewer rows than columns and panels to share, an iteration owns a whole panel: it packs it
+    and runs its tiles. (``tn_paths`` decides the ways; the build without WIDE_PATHS walks
+    the tiles plainly in every case, adding the same sums in the same order.)
     """
     n_k, n_rows = a.shape
     n_panels = panels.shape[0]
     n_blocks = (n_rows + TN_ROWS - 1) // TN_ROWS
-    # Consecutive tiles go to one thread (numba splits a prange into contiguous chunks): with
-    # fewer rows than columns a thread takes whole panels (and all of ``a``), else whole rows
-    # of tiles (and all the panels), whichever it reads less of (32x784x128's forward:
-    # 64 -> 49 us panel by panel; 4096x784x128's dweights: 3.4 -> 3.8 ms so).
-    panel_major = n_rows < n_panels * PANEL_WIDTH
-    k_step = max(n_k, 1)
-    if n_k * n_panels * PANEL_WIDTH > PANELS_IN_L2:
-        k_step = K_BLOCK_BROADCAST
-    if panel_major and n_panels >= 2 and k_step == max(n_k, 1) and n_rows >= TN_ROWS:
+    panel_major, k_step, by_panels, local_a = tn_paths(n_k, n_rows, n_panels * PANEL_WIDTH)
+    if WIDE_PATHS and by_panels:
         # a thread packs the panels it then reads: one parallel region, and each panel stays
         # in the cache of the core that wrote it (32x784x128's forward: 44 -> 40 us)
         for p in prange(n_panels):
@@ -431,14 +434,13 @@ def dense_tn_tiled(a, b, panels, biases, add_biases, output):
     if n_rows < TN_ROWS:
         tn_rows_plain(a, panels, biases, add_biases, output)
         return
-    local_a = k_step == K_BLOCK_BROADCAST and n_panels >= LOCAL_A_MIN_PANELS and not panel_major
     rows_contiguous = a.strides[1] == a.itemsize
-    a_tiles = np.empty((n_blocks if local_a and rows_contiguous else 0, K_BLOCK_BROADCAST,
-                        TN_ROWS), a.dtype)
+    a_tiles = np.empty((n_blocks if WIDE_PATHS and local_a and rows_contiguous else 0,
+                        K_BLOCK_BROADCAST, TN_ROWS), a.dtype)
     for k0 in range(0, max(n_k, 1), k_step):
         k1 = min(n_k, k0 + k_step)
         accumulate = k0 > 0
-        if local_a and rows_contiguous:
+        if WIDE_PATHS and local_a and rows_contiguous:
             # ``a``'s rows are contiguous (dweights' ``inputs``): pack the block's values of
             # ``a`` tile by tile in one pass along its rows (full cache lines, in order), then
             # one iteration per tile of rows, over all the panels
@@ -457,7 +459,7 @@ def dense_tn_tiled(a, b, panels, biases, add_biases, output):
                 for p in range(n_panels):
                     tn_tile(a_tiles[block, :n_here], panels[p, k0:k1], biases, add_biases,
                             output, start, owned, p * PANEL_WIDTH, accumulate)
-        elif local_a:
+        elif WIDE_PATHS and local_a:
             # one iteration per tile of rows, over all the panels, with its values of ``a``
             # copied first: a row of ``a`` gives a tile 5 values, so each step of ``k``
             # touched a new cache line (and, for rows 4 KB apart, a set of the L1 cache
@@ -485,6 +487,43 @@ def dense_tn_tiled(a, b, panels, biases, add_biases, output):
                 start = min(owned, n_rows - TN_ROWS)
                 tn_tile(a[k0:k1, start:start + TN_ROWS], panels[p, k0:k1], biases, add_biases,
                         output, start, owned, p * PANEL_WIDTH, accumulate)
+
+
+@register_jitable(_nrt=False)
+def tn_paths(n_k, n_rows, n_columns):
+    """How ``dense_tn_tiled`` walks an (n_rows x n_columns) output summed over ``n_k``:
+    ``(panel_major, k_step, by_panels, local_a)``. The kernel asks it, and so does the cpu
+    backend, to pick the kernel's build (``tn_wide``).
+
+    - ``panel_major``: consecutive tiles go to one thread (numba splits a prange into
+      contiguous chunks): with fewer rows than columns a thread takes whole panels (and all of
+      ``a``), else whole rows of tiles (and all the panels), whichever it reads less of
+      (32x784x128's forward: 64 -> 49 us panel by panel; 4096x784x128's dweights: 3.4 -> 3.8
+      ms so);
+    - ``k_step``: the summed index in one go, or in blocks of K_BLOCK_BROADCAST when the
+      panels are too big for the L2 cache (PANELS_IN_L2);
+    - ``by_panels``: panel-major with two or more panels summed in one go: a thread packs the
+      panels it then reads;
+    - ``local_a``: blocks of the summed index over LOCAL_A_MIN_PANELS panels or more, not
+      panel-major: a thread owns a tile of rows across all the panels and reads a copy of its
+      values of ``a``."""
+    n_panels = (n_columns + PANEL_WIDTH - 1) // PANEL_WIDTH
+    panel_major = n_rows < n_panels * PANEL_WIDTH
+    k_step = max(n_k, 1)
+    if n_k * n_panels * PANEL_WIDTH > PANELS_IN_L2:
+        k_step = K_BLOCK_BROADCAST
+    by_panels = panel_major and n_panels >= 2 and k_step == max(n_k, 1) and n_rows >= TN_ROWS
+    local_a = (k_step == K_BLOCK_BROADCAST and n_panels >= LOCAL_A_MIN_PANELS
+               and not panel_major and n_rows >= TN_ROWS)
+    return panel_major, k_step, by_panels, local_a
+
+
+def tn_wide(n_k, n_rows, n_columns):
+    """Whether ``dense_tn_tiled`` walks this product one of its wide ways (``tn_paths``), which
+    only its build with WIDE_PATHS holds (the other build adds the same sums in the same
+    order, walking the tiles plainly)."""
+    _, _, by_panels, local_a = tn_paths(n_k, n_rows, n_columns)
+    return by_panels or local_a
 
 
 @register_jitable(_nrt=False)

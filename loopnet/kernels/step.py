@@ -65,6 +65,10 @@ DENSE, RELU, SIGMOID, LINEAR, SOFTMAX, DROPOUT = 1, 2, 3, 4, 5, 6
 # fused softmax + cross-entropy gradient replaces it). A model without them compiles neither
 # the penalty kernels nor the softmax's Jacobian (~1 s each of a cold compile).
 PENALTIES, SOFTMAX_BACKWARD = 101, 102
+# ... and a broadcast product that walks the wide ways (``dense_fast.tn_paths``): a build
+# without it runs the build of ``dense_tn_tiled`` without them (the same sums, in the same
+# order), ~3 s less of a cold compile for the chapter-19-sized model.
+WIDE_BROADCAST = 103
 
 # floats[l, ...]: a dense layer's penalties, a dropout layer's rate
 L1_WEIGHTS, L2_WEIGHTS, L1_BIASES, L2_BIASES, RATE = range(5)
@@ -162,7 +166,8 @@ def _sources() -> str:
 # Every branch: one build for any model (``loopnet.compiled``'s LOOPNET_STEP_BUILD=full)
 ANY = -2
 FULL = Build(ANY, ANY, ANY, True,
-             frozenset((RELU, SIGMOID, SOFTMAX, DROPOUT, PENALTIES, SOFTMAX_BACKWARD)),
+             frozenset((RELU, SIGMOID, SOFTMAX, DROPOUT, PENALTIES, SOFTMAX_BACKWARD,
+                        WIDE_BROADCAST)),
              frozenset(), frozenset(), frozenset(), False)
 
 # What the functions below are compiled for, as constants numba folds (``build`` gives each
