@@ -273,6 +273,7 @@ class CompiledRun:
                  (step.VAL_LAST, val_rows - (-(-val_rows // self.val_batch_size) - 1)
                   * self.val_batch_size if val_rows else self.val_batch_size)]
         self.plans = np.zeros((n_layers, 4, 6), np.int64)
+        self.batch_rows = dict(kinds)   # batch kind -> its rows
         # (l, batch kind) -> whether its forward, dweights, dinputs products are broadcast
         # ones that walk the wide ways (``dense_fast.tn_paths``): a build holds that walk then
         self.wide = {}
@@ -467,6 +468,14 @@ class CompiledRun:
         layers = {int(k) for k in table[:, step.KIND]} - {step.DENSE, step.LINEAR}
         if wide:
             layers.add(step.WIDE_BROADCAST)
+        if parallel:
+            # (forward's and backward's `large`: a layer's rows x width, the parameters' count)
+            rows = max((self.batch_rows[kind] for kind in kinds), default=0)
+            widest = int(table[:, step.WIDTH].max()) if table.shape[0] else 0
+            if rows * widest >= self.cpu.PARALLEL_MIN_ELEMENTS:
+                layers.add(step.LAYERS_IN_PARALLEL)
+            if training and program.n_params >= self.cpu.PARALLEL_MIN_ELEMENTS:
+                layers.add(step.PARAMETERS_IN_PARALLEL)
         if np.any(program.floats[:, :step.RATE] > 0):
             layers.add(step.PENALTIES)
         if training:

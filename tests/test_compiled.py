@@ -309,28 +309,40 @@ THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})
 
 
 def test_the_parallel_build_gives_the_same_bits_for_any_thread_count(monkeypatch):
-    """Forced onto the parallel build (every loop of the step shared out), the results do not
-    depend on the thread count, and equal the serial build's: each output element has one
-    owner, every sum one fixed order."""
+    """Forced onto the parallel build (every loop of the step shared out, the element-wise
+    kernels' too: their parallel builds from 64 elements), the results do not depend on the
+    thread count, and equal the serial build's: each output element has one owner, every
+    sum one fixed order."""
     X, y = spiral_data(30, 3, seed=0)
     spec = dict(n_inputs=2, hidden=[(16, "relu", 5e-4, 0.0), (8, "dropout", 0.0, 0.0)],
                 loss="categorical", n_outputs=3, optimizer="adam", seed=1)
     results = set()
+    parallel_runs = 0
     before = numba.get_num_threads()
     try:
         for minimum in (cpu.PARALLEL_STEP_MIN, 0):
             monkeypatch.setattr(cpu, "PARALLEL_STEP_MIN", minimum)
+            if minimum == 0:
+                monkeypatch.setattr(cpu, "PARALLEL_MIN_ELEMENTS", 64)
             for threads in THREAD_COUNTS:
                 numba.set_num_threads(threads)
                 model = build_model(spec)
                 history = model.train(X, y, epochs=6, batch_size=32, print_every=0,
                                       shuffle=True, seed=2)
+                build = compiled.prepare_training(model, X, y, 32, None).run.build()
+                if build.parallel:
+                    from loopnet.kernels import step
+
+                    assert {step.LAYERS_IN_PARALLEL, step.PARAMETERS_IN_PARALLEL} <= \
+                        build.layers
+                    parallel_runs += 1
                 results.add(repr({k: v for k, v in history.items() if k != "compile_time"})
                             .encode() + b"".join(bits(p) for pair in model.get_parameters()
                                                  for p in pair))
     finally:
         numba.set_num_threads(before)
     assert len(results) == 1
+    assert parallel_runs >= (1 if max(THREAD_COUNTS) > 1 else 0)
 
 
 def test_builds_of_other_kinds_compile_under_other_names():
@@ -389,6 +401,49 @@ def test_a_build_holds_penalties_and_the_softmax_backward_only_when_its_model_ne
     monkeypatch.setattr(trainer.run, "build", lambda: plain)   # the build of a model without
     with pytest.raises(ValueError, match="without penalties"):
         trainer.train([None])
+
+
+def test_a_parallel_build_holds_the_parallel_element_wise_kernels_only_for_sizes_that_run_them(
+        monkeypatch):
+    """In a parallel build, the element-wise kernels of the layers and of the parameters get
+    their parallel builds only when the run's blocks (rows x width) or its parameters reach
+    ``PARALLEL_MIN_ELEMENTS``: otherwise their parallel names give the serial builds, which
+    the step would run at those sizes anyway."""
+    from loopnet.kernels import step
+
+    monkeypatch.delenv(compiled.FULL_BUILD_VAR, raising=False)
+    monkeypatch.setattr(cpu, "PARALLEL_STEP_MIN", 1)      # every step a parallel build
+    monkeypatch.setattr(cpu, "PARALLEL_MIN_ELEMENTS", 2000)
+    rng = np.random.default_rng(0)
+
+    def build_of(n_inputs, width, n_samples, batch_size):
+        model = build_model(dict(n_inputs=n_inputs, hidden=[(width, "relu", 0.0, 0.0)],
+                                 loss="categorical", n_outputs=3, optimizer="adam", seed=0))
+        X = rng.standard_normal((n_samples, n_inputs)).astype(np.float32)
+        return compiled.prepare_training(model, X, np.arange(n_samples) % 3, batch_size,
+                                         None).run.build()
+
+    in_parallel = {step.LAYERS_IN_PARALLEL, step.PARAMETERS_IN_PARALLEL}
+    # 16 rows x 8 wide, 2*8+8+8*3+3 = 51 parameters: neither
+    small = build_of(2, 8, 64, 16)
+    assert small.parallel and not in_parallel & small.layers
+    # 300 rows x 8 wide = 2400 elements; 51 parameters
+    assert build_of(2, 8, 300, None).layers & in_parallel == {step.LAYERS_IN_PARALLEL}
+    # 16 rows x 64 = 1024; 100*64+64+64*3+3 = 6659 parameters
+    assert build_of(100, 64, 64, 16).layers & in_parallel == {step.PARAMETERS_IN_PARALLEL}
+    if threads_allowed():
+        kernels = cpu._kernels_of_the_step(small)
+        for name in step.LAYER_KERNELS + step.PARAMETER_KERNELS:
+            assert kernels[f"{name}_parallel"] is kernels[f"{name}_serial"]
+        kernels = cpu._kernels_of_the_step(small._replace(layers=small.layers | in_parallel))
+        assert kernels["relu_forward_parallel"] is not kernels["relu_forward_serial"]
+        assert kernels["adam_update_parallel"] is not kernels["adam_update_serial"]
+
+
+def threads_allowed():
+    from loopnet import threads
+
+    return threads.parallel_allowed()
 
 
 def test_a_softmax_inside_the_model_trains_on_its_build_to_the_layered_paths_bits(monkeypatch):

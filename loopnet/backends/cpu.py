@@ -560,15 +560,22 @@ if hasattr(os, "register_at_fork"):    # a forked child may have to run serial b
     os.register_at_fork(after_in_child=dense_plan.cache_clear)
 
 
-def _kernels_of_the_step(parallel: bool, wide: bool = True) -> dict:
+def _kernels_of_the_step(build) -> dict:
     """``{"<kernel>_serial": ..., "<kernel>_parallel": ...}``: the compiled kernels a build of
     the training step calls, the very dispatchers the layered ops run (for a serial build both
     names give the serial one; under workqueue the whole step takes the lock instead).
-    ``dense_tn_tiled``'s are its builds with the wide ways of walking if ``wide``, else those
-    without (``dense_fast.WIDE_PATHS``)."""
+    ``dense_tn_tiled``'s are its builds with the wide ways of walking when the build has
+    WIDE_BROADCAST, else those without (``dense_fast.WIDE_PATHS``); the element-wise kernels'
+    parallel names give their serial builds unless the build has LAYERS_IN_PARALLEL
+    (``step.LAYER_KERNELS``) or PARAMETERS_IN_PARALLEL (``step.PARAMETER_KERNELS``)."""
     names = {"transpose_tiled": "transpose"}
-    if not wide:
+    if _step.WIDE_BROADCAST not in build.layers:
         names["dense_tn_tiled"] = "dense_tn_plain_walk"
+    serial_only = set()
+    if _step.LAYERS_IN_PARALLEL not in build.layers:
+        serial_only.update(_step.LAYER_KERNELS)
+    if _step.PARAMETERS_IN_PARALLEL not in build.layers:
+        serial_only.update(_step.PARAMETER_KERNELS)
     kernels = {}
     for name in _step.KERNEL_NAMES:
         if name in LOOPS:
@@ -579,7 +586,8 @@ def _kernels_of_the_step(parallel: bool, wide: bool = True) -> dict:
             parallel_build = globals()[f"{names.get(name, name)}_parallel"]
         kernels[f"{name}_serial"] = serial
         kernels[f"{name}_parallel"] = (getattr(parallel_build, "kernel", parallel_build)
-                                       if parallel else serial)
+                                       if build.parallel and name not in serial_only
+                                       else serial)
     return kernels
 
 
@@ -589,8 +597,7 @@ def training_step(build):
     (or loads it from its cache)."""
     kernel = _step_builds.get(build)
     if kernel is None:
-        kernel = numba.njit(**OPTIONS)(_step.build(
-            build, _kernels_of_the_step(build.parallel, _step.WIDE_BROADCAST in build.layers)))
+        kernel = numba.njit(**OPTIONS)(_step.build(build, _kernels_of_the_step(build)))
         if build.parallel:
             kernel = threads.serialized(kernel)
         _step_builds[build] = kernel

@@ -69,6 +69,11 @@ PENALTIES, SOFTMAX_BACKWARD = 101, 102
 # without it runs the build of ``dense_tn_tiled`` without them (the same sums, in the same
 # order), ~3 s less of a cold compile for the chapter-19-sized model.
 WIDE_BROADCAST = 103
+# ... and, in a parallel build, whether a layer's block of a batch (rows x width), or the
+# parameters, reach the size from which the element-wise kernels run in parallel
+# (``settings[PARALLEL_MIN_ELEMENTS]``): without it the build calls those kernels' serial
+# builds only (the parallel ones give the same bits and cost ~0.3 s of a cold compile each).
+LAYERS_IN_PARALLEL, PARAMETERS_IN_PARALLEL = 104, 105
 
 # floats[l, ...]: a dense layer's penalties, a dropout layer's rate
 L1_WEIGHTS, L2_WEIGHTS, L1_BIASES, L2_BIASES, RATE = range(5)
@@ -167,7 +172,7 @@ def _sources() -> str:
 ANY = -2
 FULL = Build(ANY, ANY, ANY, True,
              frozenset((RELU, SIGMOID, SOFTMAX, DROPOUT, PENALTIES, SOFTMAX_BACKWARD,
-                        WIDE_BROADCAST)),
+                        WIDE_BROADCAST, LAYERS_IN_PARALLEL, PARAMETERS_IN_PARALLEL)),
              frozenset(), frozenset(), frozenset(), False)
 
 # What the functions below are compiled for, as constants numba folds (``build`` gives each
@@ -273,6 +278,13 @@ KERNEL_NAMES = (
     "dense_tn_tiled",
     "dense_backward_weights_blocked", "dense_backward_weights_few_inputs",
     "dense_backward_weights_narrow", "dense_backward_inputs_narrow", "transpose_tiled")
+# The kernels above that run over a layer's block of a batch, and those over the parameters:
+# their parallel builds serve a build only with LAYERS_IN_PARALLEL, PARAMETERS_IN_PARALLEL.
+LAYER_KERNELS = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
+                 "softmax_forward", "softmax_backward", "dropout_mask", "dropout_forward",
+                 "dropout_backward")
+PARAMETER_KERNELS = ("regularization_backward", "sgd_update", "sgd_momentum_update",
+                     "adagrad_update", "rmsprop_update", "adam_update")
 
 
 def _plain_kernels() -> dict:
