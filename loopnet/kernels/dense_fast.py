@@ -123,7 +123,7 @@ def dense_nt_tiled(rows, columns_t, biases, add_biases, output):
         panel_end = min(n_columns, panel_start + PANEL)
         for block in prange((n_rows + TILE_ROWS - 1) // TILE_ROWS):
             nt_rows_tiled(rows, columns_t, biases, add_biases, output, block * TILE_ROWS,
-                          panel_start, panel_end, False)
+                          panel_start, panel_end)
 
 
 def dense_nt_plain(rows, columns_t, biases, add_biases, output):
@@ -168,10 +168,9 @@ def nt_rows_plain(rows, columns_t, biases, add_biases, output, r0, r1, c0, c1):
 
 
 @register_jitable(fastmath=FASTMATH, _nrt=False)
-def nt_rows_tiled(rows, columns_t, biases, add_biases, output, r0, panel_start, panel_end,
-                  relu):
+def nt_rows_tiled(rows, columns_t, biases, add_biases, output, r0, panel_start, panel_end):
     """Rows ``r0 .. r0 + 5`` (fewer at the end) and columns ``panel_start .. panel_end - 1`` of
-    ``dense_nt_tiled``, then ``relu`` (``relu_forward_loops``' test) if asked.
+    ``dense_nt_tiled``.
 
     6 x 4 tiles, each with 24 scalar accumulators over a contiguous ``k`` loop (24 vector
     registers with the 4 column vectors and a row value: 29 of the 32 zmm registers). Each step
@@ -270,13 +269,6 @@ def nt_rows_tiled(rows, columns_t, biases, add_biases, output, r0, panel_start, 
     # ragged edge: the last 1-3 columns of the panel
     nt_rows_plain(rows, columns_t, biases, add_biases, output, r0, r0 + n_here, first_left,
                   panel_end)
-    if relu:
-        for r in range(r0, r0 + n_here):
-            o = output[r]
-            for c in range(panel_start, panel_end):
-                value = o[c]
-                if not (value > 0 or value != value):
-                    o[c] = zero
 
 
 # --- The broadcast form -----------------------------------------------------------------------------
@@ -605,7 +597,7 @@ def dense_forward_blocked(inputs, weights, biases, output):
                             min(n_samples, s0 + ROW_BLOCK))
     else:
         for block in prange((n_samples + 3) // 4):
-            forward_rows_blocked(inputs, weights, biases, output, block * 4, False)
+            forward_rows_blocked(inputs, weights, biases, output, block * 4)
 
 
 def dense_forward_few_inputs(inputs, weights, biases, output):
@@ -620,17 +612,16 @@ def dense_forward_few_inputs(inputs, weights, biases, output):
 
 
 @register_jitable(_nrt=False)
-def forward_rows_blocked(inputs, weights, biases, output, s0, relu):
-    """Rows ``s0 .. s0 + 3`` of ``dense_forward_blocked`` (fewer at the end), then ``relu``
-    (``relu_forward_loops``' test) if asked: the body one ``prange`` iteration runs.
+def forward_rows_blocked(inputs, weights, biases, output, s0):
+    """Rows ``s0 .. s0 + 3`` of ``dense_forward_blocked`` (fewer at the end): the body one
+    ``prange`` iteration runs.
 
     ``register_jitable``: a plain Python function, which numba compiles into any compiled
-    kernel that calls it (the training step calls it too).
+    kernel that calls it.
     """
     n_samples, n_inputs = inputs.shape
     n_neurons = weights.shape[1]
     width = 4 * PANEL  # 4 output rows of this many neurons stay in the L1 cache
-    zero = output.dtype.type(0)
     s_end = min(s0 + 4, n_samples)
     for n0 in range(0, n_neurons, width):
         nw = min(width, n_neurons - n0)
@@ -683,10 +674,7 @@ def forward_rows_blocked(inputs, weights, biases, output, s0, relu):
         for s in range(s0, s_end):
             o = output[s, n0:n0 + nw]
             for n in range(nw):
-                value = o[n] + b[n]
-                if relu and not (value > 0 or value != value):
-                    value = zero
-                o[n] = value
+                o[n] = o[n] + b[n]
 
 
 @register_jitable(_nrt=False)
