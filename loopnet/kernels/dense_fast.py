@@ -37,7 +37,8 @@ count. The cpu backend compiles each kernel twice, a serial and a parallel build
 layered ops and the compiled training step call those very builds (the bodies, which never
 allocate, without numba's reference counting, as ``loopnet.kernels.body`` explains); a
 product below PARALLEL_MIN multiply-adds runs the serial build, where starting threads would
-cost more than the work. fastmath here is reassociation only (no ``nnan``/
+cost more than the work. (The broadcast kernel has two more: without its wide ways of walking,
+``WIDE_PATHS``, for the products that never take them.) fastmath here is reassociation only (no ``nnan``/
 ``ninf``): NaN and inf come out where the numpy twin gives them. Measurements behind the sizes
 below are in BENCHMARKS.md (``python benchmarks/bench.py --crossover``).
 """

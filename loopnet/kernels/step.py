@@ -113,7 +113,8 @@ class Build(NamedTuple):
     optimizer: int          # SGD ... or -1 (evaluate / predict only)
     fused_softmax: bool     # the softmax + cross-entropy gradient in one (model ends in Softmax)
     layers: frozenset       # the layer kinds besides DENSE and LINEAR (RELU, SIGMOID ...),
-    #                         and PENALTIES, SOFTMAX_BACKWARD when the model needs them
+    #                         and PENALTIES, SOFTMAX_BACKWARD, WIDE_BROADCAST,
+    #                         LAYERS_IN_PARALLEL, PARAMETERS_IN_PARALLEL when the run needs them
     forward_forms: frozenset     # (form, parallel) pairs of the forward products: dense_fast's
     dweights_forms: frozenset    # ... of dweights       forms, each in the serial or parallel
     dinputs_forms: frozenset     # ... of dinputs        build its plans ask for
