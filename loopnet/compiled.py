@@ -274,9 +274,6 @@ class CompiledRun:
                   * self.val_batch_size if val_rows else self.val_batch_size)]
         self.plans = np.zeros((n_layers, 4, 6), np.int64)
         self.batch_rows = dict(kinds)   # batch kind -> its rows
-        # (l, batch kind) -> whether its forward, dweights, dinputs products are broadcast
-        # ones that walk the wide ways (``dense_fast.tn_paths``): a build holds that walk then
-        self.wide = {}
         offset = 0
         previous = -1
         panels = 0
@@ -299,11 +296,6 @@ class CompiledRun:
                 self.plans[l, kind] = (plan.forward.form, plan.forward.parallel,
                                        plan.dweights.form, plan.dweights.parallel,
                                        plan.dinputs.form, plan.dinputs.parallel)
-                m = max(m, 1)
-                self.wide[l, kind] = (
-                    plan.forward.form == fast.BROADCAST and fast.tn_wide(width_in, m, width),
-                    plan.dweights.form == fast.BROADCAST and fast.tn_wide(m, width_in, width),
-                    plan.dinputs.form == fast.BROADCAST and fast.tn_wide(width, m, width_in))
                 training = kind in (step.TRAIN_FULL, step.TRAIN_LAST)
                 if plan.forward.form == fast.BROADCAST:
                     panels = max(panels, -(-width // 64) * width_in * 64)
@@ -447,24 +439,30 @@ class CompiledRun:
         # evaluation) batches when it has such rows
         kinds = ((step.TRAIN_FULL, step.TRAIN_LAST) if self.X.shape[0] else ()) + (
             (step.VAL_FULL, step.VAL_LAST) if self.val_rows else ())
-        wide = False
+        from loopnet.kernels import dense_fast as fast
+
+        wide = False        # a broadcast product walks a wide way (``dense_fast.tn_paths``)
         for l in range(table.shape[0]):
             if table[l, step.KIND] != step.DENSE:
                 continue
+            width_in, width = int(table[l, step.WIDTH_IN]), int(table[l, step.WIDTH])
             for kind in kinds:
                 plan = self.plans[l, kind]
-                wide_forward, wide_dweights, wide_dinputs = self.wide[l, kind]
+                m = max(self.batch_rows[kind], 1)
                 forms["forward"].add((int(plan[step.FORWARD_FORM]),
                                       parallel and bool(plan[step.FORWARD_PARALLEL])))
-                wide = wide or wide_forward
+                wide = wide or (plan[step.FORWARD_FORM] == fast.BROADCAST
+                                and fast.tn_wide(width_in, m, width))
                 if training and kind in (step.TRAIN_FULL, step.TRAIN_LAST):
                     forms["dweights"].add((int(plan[step.DWEIGHTS_FORM]),
                                            parallel and bool(plan[step.DWEIGHTS_PARALLEL])))
-                    wide = wide or wide_dweights
+                    wide = wide or (plan[step.DWEIGHTS_FORM] == fast.BROADCAST
+                                    and fast.tn_wide(m, width_in, width))
                     if table[l, step.NEEDS_DINPUTS]:
                         forms["dinputs"].add((int(plan[step.DINPUTS_FORM]),
                                               parallel and bool(plan[step.DINPUTS_PARALLEL])))
-                        wide = wide or wide_dinputs
+                        wide = wide or (plan[step.DINPUTS_FORM] == fast.BROADCAST
+                                        and fast.tn_wide(width, m, width_in))
         layers = {int(k) for k in table[:, step.KIND]} - {step.DENSE, step.LINEAR}
         if wide:
             layers.add(step.WIDE_BROADCAST)

@@ -38,9 +38,9 @@ layered ops and the compiled training step call those very builds (the bodies, w
 allocate, without numba's reference counting, as ``loopnet.kernels.body`` explains); a
 product below PARALLEL_MIN multiply-adds runs the serial build, where starting threads would
 cost more than the work. (The broadcast kernel has two more: without its wide ways of walking,
-``WIDE_PATHS``, for the products that never take them.) fastmath here is reassociation only (no ``nnan``/
-``ninf``): NaN and inf come out where the numpy twin gives them. Measurements behind the sizes
-below are in BENCHMARKS.md (``python benchmarks/bench.py --crossover``).
+``WIDE_PATHS``, for the products that never take them.) fastmath here is reassociation only
+(no ``nnan``/``ninf``): NaN and inf come out where the numpy twin gives them. Measurements
+behind the sizes below are in BENCHMARKS.md (``python benchmarks/bench.py --crossover``).
 """
 
 import numpy as np
@@ -312,7 +312,7 @@ LOCAL_A_MIN_PANELS = 4
 # panels, and tiles reading a copy of ``a``: see ``tn_paths``). Both add the very same sums in
 # the very same order as the plain walk over tiles, only in another order of memory traffic,
 # and compiling them is most of the kernel's cost (the chapter-19-sized model's cold compile:
-# 23.2 -> 20.3 s without them). The cpu backend compiles a second build of the kernel with this
+# 25.5-27.5 -> 18.6-20.0 s without them, alternating runs). The cpu backend compiles a second build of the kernel with this
 # set to False (numba drops a branch on a False constant before it types it) for the products
 # that never take those ways, which are all of the book's models.
 WIDE_PATHS = True
