@@ -8,6 +8,8 @@ on the same converted arrays); tolerances come from ``helpers`` with their reaso
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -119,6 +121,88 @@ def test_dense_notes_form_is_bit_identical_to_the_loops(case):
         kernel(inputs, weights, biases, output)
         results.append(bits(output))
     assert len(set(results)) == 1
+
+
+# The cpu device inlines each loop body into its kernels (``loopnet.kernels.body``): the same
+# operations in the same order as calling the body, so the same bits. A kernel of each kind of
+# body: element-wise, a row of a reduction, a body calling another (``accuracy_sample`` calls
+# ``predicted_class``), ``sqrt`` (the optimizers), hashing integers (dropout), a dense row block.
+INLINED_KERNELS = ("relu_forward", "softmax_forward", "accuracy", "adam_update", "dropout_mask",
+                   "categorical_crossentropy_onehot")
+
+
+@functools.cache
+def _kernel_calling_its_bodies(op):
+    """``<op>_loops`` compiled as numba compiles it from its own module: each body a function it
+    calls (the cpu device's build has them inlined)."""
+    import numba
+
+    from loopnet.backends import collect
+    from loopnet.kernels import renamed
+
+    return numba.njit(error_model="numpy")(renamed(collect("loops")[op], "__bodies_called"))
+
+
+@functools.cache
+def _dense_kernel_calling_its_bodies():
+    import numba
+
+    from loopnet.kernels import dense_fast, renamed
+
+    return numba.njit(error_model="numpy")(
+        renamed(dense_fast.dense_backward_inputs_narrow, "__bodies_called"))
+
+
+def test_the_cpu_kernels_have_their_bodies_inlined_where_marked():
+    """What the equality below compares: the cpu builds read inlined twins of the bodies, the
+    bodies marked ``inline=False`` as they are, and a build over a namespace of its own (the
+    broadcast kernel without its wide ways) keeps that namespace's constants."""
+    from loopnet.backends import cpu
+    from loopnet.kernels import dense_fast
+
+    def reads(build, name):
+        return build.py_func.__globals__[name]
+
+    assert reads(cpu.relu_forward.serial, "relu_element").targetoptions["inline"] == "always"
+    assert reads(cpu.dense_backward_inputs_narrow_serial,
+                 "dinputs_rows_narrow").targetoptions["inline"] == "always"
+    assert reads(cpu.categorical_crossentropy.serial, "crossentropy_sample") \
+        is losses.crossentropy_sample
+    assert reads(cpu.dense_tn_plain_walk_serial, "WIDE_PATHS") is False
+    assert reads(cpu.dense_tn_tiled_serial, "WIDE_PATHS") is dense_fast.WIDE_PATHS is True
+
+
+@given(op=st.sampled_from(INLINED_KERNELS), dtype=float_dtypes, n_samples=st.integers(1, 40),
+       n_classes=st.integers(1, 12), seed=st.integers(0, 2**32 - 1))
+def test_kernels_with_their_bodies_inlined_give_the_bits_of_the_called_bodies(
+        op, dtype, n_samples, n_classes, seed):
+    from loopnet.backends import collect, cpu
+    from loopnet.kernels.examples import kernel_arguments
+
+    arguments = kernel_arguments(op, collect("loops")[op], dtype, np.random.default_rng(seed),
+                                 n_samples=n_samples, n_inputs=3, n_neurons=2,
+                                 n_classes=n_classes, n_elements=n_samples * n_classes)
+    copies = [[a.copy() if isinstance(a, np.ndarray) else a for a in arguments]
+              for _ in range(2)]
+    getattr(cpu, op).serial(*copies[0])
+    _kernel_calling_its_bodies(op)(*copies[1])
+    assert [bits(a) for a in copies[0] if isinstance(a, np.ndarray)] == \
+        [bits(a) for a in copies[1] if isinstance(a, np.ndarray)]
+
+
+@given(dtype=float_dtypes, n_samples=st.integers(1, 70), n_inputs=st.integers(1, 40),
+       n_neurons=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
+def test_the_dense_row_blocks_inlined_give_the_bits_of_the_called_ones(
+        dtype, n_samples, n_inputs, n_neurons, seed):
+    from loopnet.backends import cpu
+
+    rng = np.random.default_rng(seed)
+    dvalues = rng.standard_normal((n_samples, n_neurons)).astype(dtype)
+    weights_t = rng.standard_normal((n_neurons, n_inputs)).astype(dtype)
+    outputs = [np.empty((n_samples, n_inputs), dtype) for _ in range(2)]
+    cpu.dense_backward_inputs_narrow_serial(dvalues, weights_t, outputs[0])
+    _dense_kernel_calling_its_bodies()(dvalues, weights_t, outputs[1])
+    assert bits(outputs[0]) == bits(outputs[1])
 
 
 @given(data=st.data())

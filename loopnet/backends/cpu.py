@@ -32,7 +32,7 @@ import numpy as np
 
 from loopnet import threads
 from loopnet.backends import collect
-from loopnet.kernels import renamed
+from loopnet.kernels import renamed, with_bodies_inlined
 
 # Options of every build (see the module docstring for error_model).
 OPTIONS = {"cache": True, "error_model": "numpy"}
@@ -69,6 +69,7 @@ def _uses_prange(function) -> bool:
 def compile_loops(function):
     """``njit`` a loop kernel the way the cpu device runs it (parallel when it has a prange;
     such a build takes turns under numba's workqueue layer: ``threads.serialized``)."""
+    function = with_bodies_inlined(function)
     if not _uses_prange(function):
         return numba.njit(**OPTIONS)(function)
     return threads.serialized(numba.njit(parallel=True, **OPTIONS)(function))
@@ -78,6 +79,7 @@ def compile_twice(function, **options):
     """``(serial, parallel)`` builds of a ``prange`` kernel (a serial build runs prange as range).
     Nothing compiles until a build is first called."""
     options = {**OPTIONS, **options}
+    function = with_bodies_inlined(function)
     return (numba.njit(parallel=False, **options)(renamed(function, "__serial")),
             threads.serialized(numba.njit(parallel=True, **options)(function)))
 
@@ -107,7 +109,7 @@ def by_size(function):
     owner), so the choice never changes a result.
     """
     if not _uses_prange(function):
-        return numba.njit(**OPTIONS)(function)
+        return numba.njit(**OPTIONS)(with_bodies_inlined(function))
     serial_build, parallel_build = compile_twice(function)
     names = function.__code__.co_varnames[:function.__code__.co_argcount]
     first = next(k for k, name in enumerate(names) if name not in SCALARS)

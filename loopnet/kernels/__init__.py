@@ -27,9 +27,10 @@ return arrays, and it lets the training loop reuse buffers). Shapes and labels a
 MODULES = ("dense", "activations", "losses", "regularization", "optimizers")
 
 # Rows per call of a row-range body in the ``cpu`` loops (and ``dense_fast``'s row kernels):
-# LLVM does not inline a body with several loops into its kernel, and a call per row (~10 ns:
-# an array is passed as seven values) cost as much as a row's work at a few classes (2700x3
-# softmax: 75 -> 55 us).
+# when the bodies were functions the kernels called, LLVM did not inline one with several
+# loops, and a call per row (~10 ns: an array is passed as seven values) cost as much as a
+# row's work at a few classes (2700x3 softmax: 75 -> 55 us). The blocks stay: they are the
+# parallel builds' unit of work, and the CUDA kernels hand a thread one row.
 ROW_BLOCK = 16
 
 
@@ -51,7 +52,7 @@ def renamed(function, suffix: str, namespace: dict | None = None):
     return copy
 
 
-def body(function):
+def body(function=None, *, inline=True):
     """Mark ``function`` as a loop body: a plain Python function (the ``python`` device and
     numba's CUDA simulator run it as it is) that numba compiles into whichever compiled kernel
     calls it, for the CPU or the GPU (``numba.extending.register_jitable``).
@@ -59,7 +60,40 @@ def body(function):
     Bodies own one output element or row and never allocate, so they are compiled without
     numba's reference counting (``_nrt=False``): a kernel calls a body once per element or row,
     and counting the references of its array arguments on each call cost more than the body
-    itself (300 samples' accuracy: 15 us with the counting, 1 us without)."""
+    itself (300 samples' accuracy: 15 us with the counting, 1 us without).
+
+    The ``cpu`` device inlines a body into its kernels before numba types them
+    (``with_bodies_inlined``), unless ``@body(inline=False)``: compiled as a function of its
+    own, each body cost ~50-70 ms of a cold compile beside its kernel's, and was then linked
+    into every kernel calling it (a first ``loopnet train`` compiled 9.5-10.2 s before,
+    9.1-9.3 s after, alternating runs). Inlined, every kernel measured ran as fast or faster
+    (a dropout mask twice as fast), but for the few marked ``inline=False``, which ran slower
+    (their comments say how much)."""
+    if function is None:
+        return lambda function: body(function, inline=inline)
     from numba.extending import register_jitable
 
+    function.inline_on_cpu = inline
     return register_jitable(_nrt=False)(function)
+
+
+# id(globals) -> (globals, the copy with the bodies inlined, or None when it has no body)
+_inlined_namespaces: dict = {}
+
+
+def with_bodies_inlined(function):
+    """``function`` (a kernel) reading its globals from a copy in which each body marked for
+    inlining is an ``njit(inline="always")`` function: numba then types that body's code inside
+    the kernel (one level: a body's own calls of other bodies stay calls) instead of compiling
+    it as a function of its own. The same code, in the same order: the same results.
+    ``function`` itself when its globals hold no such body."""
+    namespace = function.__globals__
+    entry = _inlined_namespaces.get(id(namespace))
+    if entry is None or entry[0] is not namespace:
+        from numba import njit
+
+        bodies = {name: njit(inline="always")(value) for name, value in namespace.items()
+                  if getattr(value, "inline_on_cpu", False)}
+        entry = _inlined_namespaces[id(namespace)] = (
+            namespace, {**namespace, **bodies} if bodies else None)
+    return function if entry[1] is None else renamed(function, "", entry[1])

@@ -48,7 +48,7 @@ from numba import carray, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, register_jitable
 
-from loopnet.kernels import ROW_BLOCK
+from loopnet.kernels import ROW_BLOCK, body
 
 # The forms a product can take (``loopnet.backends.cpu.dense_plan`` returns them).
 BLOCKED = 0
@@ -612,13 +612,13 @@ def dense_forward_few_inputs(inputs, weights, biases, output):
         rows_few_inputs(inputs, weights, biases, output, s0, min(n_samples, s0 + ROW_BLOCK))
 
 
-@register_jitable(_nrt=False)
+@body
 def forward_rows_blocked(inputs, weights, biases, output, s0):
     """Rows ``s0 .. s0 + 3`` of ``dense_forward_blocked`` (fewer at the end): the body one
     ``prange`` iteration runs.
 
-    ``register_jitable``: a plain Python function, which numba compiles into any compiled
-    kernel that calls it.
+    ``body``: a plain Python function, which numba compiles into any compiled kernel that
+    calls it.
     """
     n_samples, n_inputs = inputs.shape
     n_neurons = weights.shape[1]
@@ -678,7 +678,7 @@ def forward_rows_blocked(inputs, weights, biases, output, s0):
                 o[n] = o[n] + b[n]
 
 
-@register_jitable(_nrt=False)
+@body
 def rows_few_inputs(inputs, weights, biases, output, s0, s1):
     """Rows ``s0 .. s1 - 1`` of ``dense_forward_blocked`` for a layer of 1 or 2 inputs (the
     spiral's 2, the sine's 1), one pass per row: ``output[s, n] = ((0 + x0 * w0[n]) + x1 *
@@ -716,7 +716,7 @@ def dense_backward_weights_blocked(inputs, dvalues, dweights):
         weights_rows_blocked(inputs, dvalues, dweights, block * 4, inputs.shape[0])
 
 
-@register_jitable(_nrt=False)
+@body
 def weights_rows_blocked(inputs, dvalues, dweights, i0, n_samples):
     """Rows ``i0 .. i0 + 3`` of ``dweights = inputs[:n_samples].T @ dvalues[:n_samples]``.
 
@@ -771,7 +771,7 @@ def weights_rows_blocked(inputs, dvalues, dweights, i0, n_samples):
                     row[n] += a * d[n]
 
 
-@register_jitable(_nrt=False)
+@body
 def weights_row_few(inputs, dvalues, dweights, i, n_samples):
     """Row ``i`` of ``dweights = inputs[:n_samples].T @ dvalues[:n_samples]``, 4 samples per pass
     and then the last 0-3, left to right in sample order: the sums of the loops. The rows of a
@@ -870,7 +870,7 @@ def dense_backward_inputs_narrow(dvalues, weights_t, dinputs):
         dinputs_rows_narrow(dvalues, weights_t, dinputs, s0, min(n_samples, s0 + ROW_BLOCK))
 
 
-@register_jitable(_nrt=False)
+@body
 def dinputs_rows_narrow(dvalues, weights_t, dinputs, s0, s1):
     """Rows ``s0 .. s1 - 1`` of ``dinputs = dvalues @ weights.T``: ``dinputs[s, i] = sum_n
     dvalues[s, n] * weights_t[n, i]``, each element adding its terms for ``n = 0, 1, ...``

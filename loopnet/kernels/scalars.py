@@ -38,17 +38,22 @@ def sqrt(x):
     return np.sqrt(x)
 
 
-@overload(exp, target="cpu")
+# The CPU forms are inlined into their caller before numba types it (``inline="always"``). The
+# cpu device inlines a body into its kernel (``loopnet.kernels.body``); a form compiled as a
+# function of its own then kept the kernel's loop from being vectorized (``adam_update`` of
+# 5,000 parameters 21 against 2.9 us, ``adagrad``'s and ``rmsprop``'s likewise). numpy's
+# function computes each value either way: the same results.
+@overload(exp, target="cpu", inline="always")
 def _exp_cpu(x):
     return lambda x: np.exp(x)
 
 
-@overload(log, target="cpu")
+@overload(log, target="cpu", inline="always")
 def _log_cpu(x):
     return lambda x: np.log(x)
 
 
-@overload(sqrt, target="cpu")
+@overload(sqrt, target="cpu", inline="always")
 def _sqrt_cpu(x):
     return lambda x: np.sqrt(x)
 
