@@ -410,6 +410,23 @@ def test_dense_backward_handed_its_own_buffers_computes_from_their_values(device
     assert_within(host(layer.dinputs), d @ weights.T, 1e-12, f"dinputs ({alias})")
 
 
+def test_the_overlap_check_reads_each_arrays_bytes():
+    """``cpu.overlapping`` (the layers' direct backward path) and ``cpu.address`` read where an
+    array's bytes start and end from the array itself: a view one element into another
+    overlaps it, two halves of one buffer that only touch do not, and the address is numpy's."""
+    from loopnet.backends import cpu
+
+    buffer = np.zeros(24, np.float32)
+    first, second = buffer[:12], buffer[12:]
+    a, b, c, d, e = (np.zeros(3, np.float32) for _ in range(5))
+    assert cpu.address(second) == second.ctypes.data == buffer.ctypes.data + 48
+    assert not cpu.overlapping(first, second, a, b, c, d, e)
+    assert cpu.overlapping(first, buffer[11:14], a, b, c, d, e)       # one shared float
+    assert cpu.overlapping(a, b, c, d, e, first, c[2:])                # an output is read
+    assert not cpu.overlapping(a, b, c, d, e, first, a[:0])            # empty: no bytes
+    assert not cpu.overlapping(a, b, c, d, d, e, d[1:])                # sources may share
+
+
 @pytest.mark.parametrize("host_device", HOST_DEVICES)
 def test_dense_backward_refuses_one_buffer_for_two_gradients(host_device):
     """``dweights=`` and ``dinputs=`` given the same array (a square layer's gradients have one

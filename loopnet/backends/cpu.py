@@ -29,6 +29,8 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 from loopnet import threads
 from loopnet.backends import collect
@@ -149,18 +151,26 @@ def empty(shape, dtype):
     return aligned_empty(shape, dtype)
 
 
+@intrinsic
+def _bounds(typingctx, array):
+    """``(start, end)``: the addresses of the first byte of ``array``'s data and of the byte
+    after its ``size * itemsize`` bytes (the bytes a C-contiguous array occupies). Read from
+    the array's fields at once (``array.ctypes.data`` made numba type a ctypes object:
+    ``overlapping`` and its helper took 0.20 s of the chapter-10 loop's cold compile, 0.13 s
+    with this)."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(array)(context, builder, args[0])
+        start = builder.ptrtoint(data.data, context.get_value_type(types.intp))
+        end = builder.add(start, builder.mul(data.nitems, data.itemsize))
+        return context.make_tuple(builder, signature.return_type, (start, end))
+    return types.UniTuple(types.intp, 2)(array), codegen
+
+
 @numba.njit(**OPTIONS)
 def address(array):
     """Where ``array``'s data starts in memory (``array.ctypes.data``, which costs ~1 us a call
     against ~0.15 us for this)."""
-    return array.ctypes.data
-
-
-@numba.njit(**OPTIONS)
-def _span(array):
-    """The bytes ``array`` (C-contiguous) occupies: ``[start, end)``."""
-    start = array.ctypes.data
-    return start, start + array.size * array.itemsize
+    return _bounds(array)[0]
 
 
 @numba.njit(**OPTIONS)
@@ -169,8 +179,8 @@ def overlapping(out_1, out_2, out_3, source_1, source_2, source_3, source_4):
     source (all C-contiguous): ``np.may_share_memory``'s bounds test for every such pair in
     one call (~0.5 us, against ~0.2 us a pair in Python), so that a layer's direct path never
     hands a kernel a buffer it also reads or writes elsewhere."""
-    spans = (_span(out_1), _span(out_2), _span(out_3), _span(source_1), _span(source_2),
-             _span(source_3), _span(source_4))
+    spans = (_bounds(out_1), _bounds(out_2), _bounds(out_3), _bounds(source_1),
+             _bounds(source_2), _bounds(source_3), _bounds(source_4))
     for k in range(3):
         for j in range(k + 1, 7):
             if spans[k][0] < spans[j][1] and spans[j][0] < spans[k][1]:
