@@ -86,7 +86,9 @@ def with_bodies_inlined(function):
     inlining is an ``njit(inline="always")`` function: numba then types that body's code inside
     the kernel (one level: a body's own calls of other bodies stay calls) instead of compiling
     it as a function of its own. The same code, in the same order: the same results.
-    ``function`` itself when its globals hold no such body."""
+    ``function`` itself when its globals hold no such body. The copy is taken once, when the
+    first kernel of those globals is built (for the cpu device: when its backend loads), so a
+    kernel module's constant changed later no longer reaches the kernels' builds."""
     namespace = function.__globals__
     entry = _inlined_namespaces.get(id(namespace))
     if entry is None or entry[0] is not namespace:
