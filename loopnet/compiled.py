@@ -449,20 +449,19 @@ class CompiledRun:
             for kind in kinds:
                 plan = self.plans[l, kind]
                 m = max(self.batch_rows[kind], 1)
-                forms["forward"].add((int(plan[step.FORWARD_FORM]),
-                                      parallel and bool(plan[step.FORWARD_PARALLEL])))
-                wide = wide or (plan[step.FORWARD_FORM] == fast.BROADCAST
-                                and fast.tn_wide(width_in, m, width))
+                # each product this batch runs: its plan's fields and, for ``tn_wide``, its
+                # (summed, rows, columns) sides
+                products = [("forward", step.FORWARD_FORM, step.FORWARD_PARALLEL,
+                             (width_in, m, width))]
                 if training and kind in (step.TRAIN_FULL, step.TRAIN_LAST):
-                    forms["dweights"].add((int(plan[step.DWEIGHTS_FORM]),
-                                           parallel and bool(plan[step.DWEIGHTS_PARALLEL])))
-                    wide = wide or (plan[step.DWEIGHTS_FORM] == fast.BROADCAST
-                                    and fast.tn_wide(m, width_in, width))
+                    products.append(("dweights", step.DWEIGHTS_FORM, step.DWEIGHTS_PARALLEL,
+                                     (m, width_in, width)))
                     if table[l, step.NEEDS_DINPUTS]:
-                        forms["dinputs"].add((int(plan[step.DINPUTS_FORM]),
-                                              parallel and bool(plan[step.DINPUTS_PARALLEL])))
-                        wide = wide or (plan[step.DINPUTS_FORM] == fast.BROADCAST
-                                        and fast.tn_wide(width, m, width_in))
+                        products.append(("dinputs", step.DINPUTS_FORM, step.DINPUTS_PARALLEL,
+                                         (width, m, width_in)))
+                for product, form, in_parallel, sides in products:
+                    forms[product].add((int(plan[form]), parallel and bool(plan[in_parallel])))
+                    wide = wide or (plan[form] == fast.BROADCAST and fast.tn_wide(*sides))
         layers = {int(k) for k in table[:, step.KIND]} - {step.DENSE, step.LINEAR}
         if wide:
             layers.add(step.WIDE_BROADCAST)

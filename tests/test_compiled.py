@@ -431,19 +431,13 @@ def test_a_parallel_build_holds_the_parallel_element_wise_kernels_only_for_sizes
     assert build_of(2, 8, 300, None).layers & in_parallel == {step.LAYERS_IN_PARALLEL}
     # 16 rows x 64 = 1024; 100*64+64+64*3+3 = 6659 parameters
     assert build_of(100, 64, 64, 16).layers & in_parallel == {step.PARAMETERS_IN_PARALLEL}
-    if threads_allowed():
+    if loopnet.threads.parallel_allowed():
         kernels = cpu._kernels_of_the_step(small)
         for name in step.LAYER_KERNELS + step.PARAMETER_KERNELS:
             assert kernels[f"{name}_parallel"] is kernels[f"{name}_serial"]
         kernels = cpu._kernels_of_the_step(small._replace(layers=small.layers | in_parallel))
         assert kernels["relu_forward_parallel"] is not kernels["relu_forward_serial"]
         assert kernels["adam_update_parallel"] is not kernels["adam_update_serial"]
-
-
-def threads_allowed():
-    from loopnet import threads
-
-    return threads.parallel_allowed()
 
 
 def test_a_softmax_inside_the_model_trains_on_its_build_to_the_layered_paths_bits(monkeypatch):

@@ -514,7 +514,6 @@ def regularization_loss(program, floats, params, out):
     return total
 
 
-
 @register_jitable
 def forward(program, plans, floats, batch_kind, batch, m, training, params, acts, packed,
             scratch, parallel_min):
