@@ -366,6 +366,67 @@ def test_builds_of_other_kinds_compile_under_other_names():
     assert len(names) == 4
 
 
+# Run twice, in two processes over one fresh numba cache: the first compiles the step, the second
+# loads it (and binds its kernels' symbols through the step's reload hooks).
+_BY_ADDRESS_CHILD = """
+import json
+import loopnet
+from loopnet.backends import cpu
+from loopnet.datasets import spiral_data
+
+X, y = spiral_data(20, 3, seed=0)
+model = loopnet.Model()
+for layer in (loopnet.Dense(2, 8, seed=0), loopnet.ReLU(), loopnet.Dense(8, 3, seed=1),
+              loopnet.Softmax()):
+    model.add(layer)
+model.set(loss=loopnet.CategoricalCrossentropy(), optimizer=loopnet.Adam(0.05),
+          accuracy=loopnet.CategoricalAccuracy())
+model.finalize()
+history = model.train(X, y, epochs=3, print_every=0, progress=False)
+(build, step), = cpu._step_builds.items()
+(signature, compiled), = step.overloads.items()
+kernels = {cpu._kernel_named(k.py_func.__qualname__).py_func.__qualname__
+           for k in (getattr(k, "kernel", k) for k in cpu._kernels_of_the_step(build).values())}
+print(json.dumps({
+    "path": history["path"], "loss": [float(v).hex() for v in history["loss"]],
+    "hits": sum(step.stats.cache_hits.values()), "misses": sum(step.stats.cache_misses.values()),
+    "linked": sorted(library.name for library in compiled.library._linking_libraries),
+    "kernels": sorted(kernels), "bound": sorted(cpu._bound_symbols)}))
+"""
+
+
+def test_the_step_calls_its_kernels_by_symbol_and_a_new_process_loads_it_from_the_cache(
+        tmp_path):
+    """A build of the step holds no kernel's code: it calls each kernel through a symbol bound
+    to the kernel's own machine code. Compiled in one process, it is loaded from numba's cache
+    in the next, which binds those symbols before loading it (its reload hooks) and trains to
+    the same bits."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop(compiled.FULL_BUILD_VAR, None)
+    runs = [json.loads(subprocess.run([sys.executable, "-c", _BY_ADDRESS_CHILD], env=env,
+                                      capture_output=True, text=True, check=True,
+                                      timeout=300).stdout.splitlines()[-1])
+            for _ in range(2)]
+    first, second = runs
+    assert first["path"] == second["path"] == "compiled"
+    assert (first["hits"], first["misses"]) == (0, 1)       # compiled, then cached
+    assert (second["hits"], second["misses"]) == (1, 0)     # loaded
+    assert second["loss"] == first["loss"]
+    # the first process linked helpers into the step, never a kernel; each run bound a
+    # symbol for every kernel the model runs (the second before loading the step)
+    assert first["linked"] and not set(first["linked"]) & set(first["kernels"])
+    assert second["linked"] == []
+    for run in runs:
+        for kernel in ("relu_forward_loops__serial", "adam_update_loops__serial"):
+            assert kernel in run["kernels"]
+            assert any(symbol.startswith(f"loopnet.kernel.{kernel}.") for symbol in run["bound"])
+    assert first["bound"] == second["bound"]
+
+
 def test_a_build_holds_penalties_and_the_softmax_backward_only_when_its_model_needs_them(
         monkeypatch):
     """The penalty kernels and the softmax's Jacobian are compiled into a build only for models

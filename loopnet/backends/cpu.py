@@ -603,13 +603,105 @@ def _kernels_of_the_step(build) -> dict:
     return kernels
 
 
+# --- The step's kernels, called by address --------------------------------------------------------
+# numba compiles a function that calls another compiled function by linking a copy of the
+# callee's LLVM module into the caller's, then optimizing it and making machine code of it again:
+# every kernel a build of the step calls went through LLVM a second time inside it (~2.3 s of
+# the first ``loopnet train``'s ~9 s of compile). The kernels run 1-100 us a call, far too long
+# for inlining them into the step to pay. So the step calls each kernel through a symbol of its
+# own, ``loopnet.kernel.<function>.<argument types>``, which this process binds to the address of
+# the kernel's machine code (``bind_kernel_symbol``): the step runs the very machine code the
+# layered ops run. A build loaded from numba's cache holds that symbol, not the kernel's code:
+# numba runs a cached function's reload hooks before it loads its machine code, and the step's
+# hooks bind its symbols (compiling or loading each kernel first), so a build never loads
+# unbound. Measured in BENCHMARKS.md, "The step's kernels called by address".
+_bound_symbols: set = set()
+_kernels_by_name: dict = {}     # function name -> the kernel a build calls under that name
+
+
+def _kernel_named(qualname: str):
+    """The compiled kernel of this module whose function is named ``qualname`` (each build of
+    a kernel has a name of its own: numba's cache tells builds apart by it)."""
+    if qualname in _kernels_by_name:
+        return _kernels_by_name[qualname]
+    for value in list(globals().values()):
+        for build in (value, getattr(value, "serial", None), getattr(value, "parallel", None)):
+            build = getattr(build, "kernel", build)      # threads.serialized's wrapper
+            if isinstance(build, numba.core.dispatcher.Dispatcher) and \
+                    build.py_func.__qualname__ == qualname:
+                return build
+    raise LookupError(f"a compiled training step calls kernel {qualname!r}, which loopnet's cpu "
+                      "backend does not have: numba's cache holds a step of another version of "
+                      "loopnet; delete the cache (NUMBA_CACHE_DIR, or loopnet's __pycache__)")
+
+
+def bind_kernel_symbol(symbol: str, qualname: str, argtypes: tuple) -> None:
+    """Compile (or load from numba's cache) kernel ``qualname`` for ``argtypes`` and bind
+    ``symbol``, the name by which the training step calls it, to its machine code."""
+    if symbol in _bound_symbols:
+        return
+    import llvmlite.binding
+
+    kernel = _kernel_named(qualname)
+    kernel.compile(argtypes)
+    compiled = kernel.overloads[argtypes]
+    llvmlite.binding.add_symbol(symbol, compiled.library.get_pointer_to_function(
+        compiled.fndesc.llvm_func_name))
+    _bound_symbols.add(symbol)
+
+
+_bindings: dict = {}     # one hook object per symbol: a library's set of hooks holds it once
+
+
+def _called_by_address(kernel):
+    """``kernel`` (a numba dispatcher) as the step calls it: through its symbol (above)."""
+    from numba.core import cgutils, itanium_mangler
+
+    dispatcher = getattr(kernel, "kernel", kernel)
+    qualname = dispatcher.py_func.__qualname__
+    if _kernels_by_name.setdefault(qualname, dispatcher) is not dispatcher:
+        raise RuntimeError(f"two kernels of the cpu backend are named {qualname!r}")
+
+    def call(typingctx, *args):
+        signature = typingctx.resolve_function_type(types.Dispatcher(dispatcher), args, {})
+        if signature is None:
+            return None
+        argtypes = tuple(signature.args)
+        symbol = f"loopnet.kernel.{qualname}.{itanium_mangler.mangle_args(argtypes)}"
+
+        def codegen(context, builder, sig, llargs):
+            bind_kernel_symbol(symbol, qualname, argtypes)
+            hook = _bindings.setdefault(symbol, functools.partial(
+                bind_kernel_symbol, symbol, qualname, argtypes))
+            context.active_code_library._reload_init.add(hook)
+            function = cgutils.get_or_insert_function(
+                builder.module, context.call_conv.get_function_type(sig.return_type, argtypes),
+                symbol)
+            status, result = context.call_conv.call_function(
+                builder, function, sig.return_type, argtypes, llargs)
+            with cgutils.if_unlikely(builder, status.is_error):
+                context.call_conv.return_status_propagate(builder, status)
+            return result
+
+        return signature.return_type(*argtypes), codegen
+
+    # numba's intrinsic takes the parameters by name (a ``*args`` would arrive as one tuple)
+    code = dispatcher.py_func.__code__
+    names = ", ".join(code.co_varnames[:code.co_argcount])
+    namespace = {"call": call}
+    exec(f"def {qualname}(typingctx, {names}):\n    return call(typingctx, {names})", namespace)
+    return intrinsic(namespace[qualname])
+
+
 def training_step(build):
     """The compiled function of ``loopnet.kernels.step.train_block`` for one
     ``loopnet.kernels.step.Build``: made on first request; numba compiles it on its first call
-    (or loads it from its cache)."""
+    (or loads it from its cache). It calls its kernels by address (above)."""
     kernel = _step_builds.get(build)
     if kernel is None:
-        kernel = numba.njit(**OPTIONS)(_step.build(build, _kernels_of_the_step(build)))
+        kernels = {name: _called_by_address(kernel)
+                   for name, kernel in _kernels_of_the_step(build).items()}
+        kernel = numba.njit(**OPTIONS)(_step.build(build, kernels))
         if build.parallel:
             kernel = threads.serialized(kernel)
         _step_builds[build] = kernel

@@ -29,7 +29,9 @@ of this module's functions whose constants say so: it compiles only what such mo
 every model of the same kinds, whatever its sizes, runs the same compiled (and cached) build.
 ``Model.evaluate`` and ``predict`` run on any build the process has that holds what they need
 (``Build.serves``: a model's training build serves them), else on a forward-only build.
-The kernels it calls are compiled (and cached) once, for the layered ops and every build alike.
+The kernels it calls are compiled (and cached) once, for the layered ops and every build alike:
+a build calls each through a symbol bound to the kernel's own machine code
+(``loopnet.backends.cpu``, "The step's kernels, called by address"), holding none of it.
 A parallel build calls a kernel's parallel build for large arrays (as the layered ops do); a
 serial one, for small models, never wakes a thread.
 """
@@ -122,8 +124,9 @@ class Build(NamedTuple):
 
     def name(self) -> str:
         """A short name for the build (numba names its cache files after it), which changes
-        with the source of any kernel file: numba checks a cached function against its own
-        file only, and a build runs the bodies and kernels of every other one."""
+        with the source of any kernel file or of the cpu backend: numba checks a cached
+        function against its own file only, and a build runs the bodies and kernels of every
+        other one (calling the cpu backend's builds of them by name)."""
         import hashlib
 
         return hashlib.sha256((repr(self) + _sources()).encode()).hexdigest()[:12]
@@ -156,14 +159,16 @@ _fingerprint = None
 
 
 def _sources() -> str:
-    """A digest of the source files of ``loopnet/kernels`` (read once)."""
+    """A digest of the source files of ``loopnet/kernels`` and of the cpu backend, which names
+    the kernels a build calls (read once)."""
     global _fingerprint
     if _fingerprint is None:
         import hashlib
         import pathlib
 
+        here = pathlib.Path(__file__).parent
         digest = hashlib.sha256()
-        for path in sorted(pathlib.Path(__file__).parent.glob("*.py")):
+        for path in [*sorted(here.glob("*.py")), here.parent / "backends" / "cpu.py"]:
             digest.update(path.read_bytes())
         _fingerprint = digest.hexdigest()
     return _fingerprint
