@@ -689,8 +689,10 @@ def _called_by_address(kernel):
     code = dispatcher.py_func.__code__
     names = ", ".join(code.co_varnames[:code.co_argcount])
     namespace = {"call": call}
-    exec(f"def {qualname}(typingctx, {names}):\n    return call(typingctx, {names})", namespace)
-    return intrinsic(namespace[qualname])
+    exec(f"def by_address(typingctx, {names}):\n    return call(typingctx, {names})", namespace)
+    by_address = namespace["by_address"]
+    by_address.__name__ = by_address.__qualname__ = qualname
+    return intrinsic(by_address)
 
 
 def training_step(build):
