@@ -879,7 +879,7 @@ def train_block(X, y_index, y_values, orders, batch_size, n_epochs, program, pla
                     batch_values = values[:m]
                 dlast = _block(dacts, last_grad, m, last_width)
             else:
-                if item == n_steps and n_epochs > 0:    # the epoch's training is over
+                if USE_PENALTIES and item == n_steps and n_epochs > 0:   # the epoch is over
                     epoch_log[epoch, EPOCH_REGULARIZATION] = regularization_loss(
                         program, floats, params, out)
                 start = (item - n_steps) * val_batch_size
@@ -912,7 +912,11 @@ def train_block(X, y_index, y_values, orders, batch_size, n_epochs, program, pla
                 if hyper[DECAY] != 0:
                     learning_rate = hyper[LEARNING_RATE] * (
                         1.0 / (1.0 + hyper[DECAY] * settings[ITERATIONS]))
-                penalty = regularization_loss(program, floats, params, out)
+                # (a build without penalties does not compile their sum: 0, as it would add
+                # up; given a model with one, its backward raises before any update)
+                penalty = 0.0
+                if USE_PENALTIES:
+                    penalty = regularization_loss(program, floats, params, out)
                 row = epoch * n_steps + step
                 step_log[row, STEP_DATA_LOSS] = data_loss
                 step_log[row, STEP_ACCURACY] = accuracy
@@ -928,7 +932,7 @@ def train_block(X, y_index, y_values, orders, batch_size, n_epochs, program, pla
                 hyper[CURRENT_LEARNING_RATE] = learning_rate
                 settings[ITERATIONS] += 1
                 refresh_packed(program, params, packed)
-                if step == n_steps - 1 and n_val_batches == 0:
+                if USE_PENALTIES and step == n_steps - 1 and n_val_batches == 0:
                     epoch_log[epoch, EPOCH_REGULARIZATION] = regularization_loss(
                         program, floats, params, out)
         if failed >= 0:
