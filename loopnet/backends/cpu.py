@@ -5,7 +5,9 @@ when it uses ``prange`` (a kernel without one would only pay the parallel set-up
 warn). numba compiles on the first call for each dtype, and ``cache=True`` stores the machine
 code in ``__pycache__`` beside the kernel file, so the next process loads it instead of compiling.
 Every build uses numba's ``error_model="numpy"``: a division by zero gives inf or NaN (as numpy
-and the GPU do, for the divergence check to report) instead of raising inside a kernel.
+and the GPU do, for the divergence check to report) instead of raising inside a kernel. The
+kernels, which never allocate, are compiled without numba's reference counting (``_nrt=False``,
+``KERNEL_OPTIONS``).
 
 Speed (measurements in BENCHMARKS.md):
 
@@ -38,6 +40,11 @@ from loopnet.kernels import renamed, with_bodies_inlined
 
 # Options of every build (see the module docstring for error_model).
 OPTIONS = {"cache": True, "error_model": "numpy"}
+# ... and of the loop kernels, which never allocate: without numba's reference counting
+# (``_nrt=False``, as their bodies), a view such as ``dweights_t[n, i0:i0 + width]`` costs no
+# count of its array's references: the narrow dweights of 3000x64x3 27.2 -> 22.3 us, 300x64x3
+# 3.13 -> 2.57 us, the same bits (BENCHMARKS.md, "Then: kernels without reference counting").
+KERNEL_OPTIONS = {**OPTIONS, "_nrt": False}
 
 threads.configure()  # numba's threading layer, before anything compiles (loopnet/threads.py)
 
@@ -73,14 +80,14 @@ def compile_loops(function):
     such a build takes turns under numba's workqueue layer: ``threads.serialized``)."""
     function = with_bodies_inlined(function)
     if not _uses_prange(function):
-        return numba.njit(**OPTIONS)(function)
-    return threads.serialized(numba.njit(parallel=True, **OPTIONS)(function))
+        return numba.njit(**KERNEL_OPTIONS)(function)
+    return threads.serialized(numba.njit(parallel=True, **KERNEL_OPTIONS)(function))
 
 
 def compile_twice(function, **options):
     """``(serial, parallel)`` builds of a ``prange`` kernel (a serial build runs prange as range).
     Nothing compiles until a build is first called."""
-    options = {**OPTIONS, **options}
+    options = {**KERNEL_OPTIONS, **options}
     function = with_bodies_inlined(function)
     return (numba.njit(parallel=False, **options)(renamed(function, "__serial")),
             threads.serialized(numba.njit(parallel=True, **options)(function)))
@@ -111,7 +118,7 @@ def by_size(function):
     owner), so the choice never changes a result.
     """
     if not _uses_prange(function):
-        return numba.njit(**OPTIONS)(with_bodies_inlined(function))
+        return numba.njit(**KERNEL_OPTIONS)(with_bodies_inlined(function))
     serial_build, parallel_build = compile_twice(function)
     names = function.__code__.co_varnames[:function.__code__.co_argcount]
     first = next(k for k, name in enumerate(names) if name not in SCALARS)
@@ -344,11 +351,12 @@ dense_forward_few_inputs_serial, dense_forward_few_inputs_parallel = compile_twi
 dense_backward_weights_few_inputs_serial, dense_backward_weights_few_inputs_parallel = \
     compile_twice(_fast.dense_backward_weights_few_inputs)
 transpose_serial, transpose_parallel = compile_twice(_fast.transpose_tiled)
-dense_tn_tiled_serial, dense_tn_tiled_parallel = compile_twice(_fast.dense_tn_tiled)
+# (the broadcast form makes arrays of its own, its tiles' scratch: with reference counting)
+dense_tn_tiled_serial, dense_tn_tiled_parallel = compile_twice(_fast.dense_tn_tiled, _nrt=True)
 # ... and its build without the wide products' ways of walking (dense_fast.WIDE_PATHS), for the
 # products that never take them (``_fast.tn_wide``): the same sums in the same order.
 dense_tn_plain_walk_serial, dense_tn_plain_walk_parallel = compile_twice(renamed(
-    _fast.dense_tn_tiled, "__plain_walk", {**vars(_fast), "WIDE_PATHS": False}))
+    _fast.dense_tn_tiled, "__plain_walk", {**vars(_fast), "WIDE_PATHS": False}), _nrt=True)
 dense_forward_blocked_serial, dense_forward_blocked_parallel = compile_twice(
     _fast.dense_forward_blocked)
 dense_backward_weights_blocked_serial, dense_backward_weights_blocked_parallel = compile_twice(
