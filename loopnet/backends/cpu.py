@@ -40,10 +40,12 @@ from loopnet.kernels import renamed, with_bodies_inlined
 
 # Options of every build (see the module docstring for error_model).
 OPTIONS = {"cache": True, "error_model": "numpy"}
-# ... and of the loop kernels, which never allocate: without numba's reference counting
-# (``_nrt=False``, as their bodies), a view such as ``dweights_t[n, i0:i0 + width]`` costs no
-# count of its array's references: the narrow dweights of 3000x64x3 27.2 -> 22.3 us, 300x64x3
-# 3.13 -> 2.57 us, the same bits (BENCHMARKS.md, "Then: kernels without reference counting").
+# ... and of the loop kernels and the small checks below, which never allocate: without numba's
+# reference counting (``_nrt=False``, as their bodies), a view such as ``dweights_t[n, i0:i0 +
+# width]`` costs no count of its array's references (the narrow dweights of 3000x64x3 27.2 ->
+# 22.3 us, 300x64x3 3.13 -> 2.57 us, the same bits), nor does a call from Python count its
+# arguments' (``overlapping``'s seven arrays: 0.42 -> 0.26 us a call). BENCHMARKS.md, "Then:
+# kernels without reference counting".
 KERNEL_OPTIONS = {**OPTIONS, "_nrt": False}
 
 threads.configure()  # numba's threading layer, before anything compiles (loopnet/threads.py)
@@ -173,14 +175,14 @@ def _bounds(typingctx, array):
     return types.UniTuple(types.intp, 2)(array), codegen
 
 
-@numba.njit(**OPTIONS)
+@numba.njit(**KERNEL_OPTIONS)
 def address(array):
     """Where ``array``'s data starts in memory (``array.ctypes.data``, which costs ~1 us a call
     against ~0.15 us for this)."""
     return _bounds(array)[0]
 
 
-@numba.njit(**OPTIONS)
+@numba.njit(**KERNEL_OPTIONS)
 def overlapping(out_1, out_2, out_3, source_1, source_2, source_3, source_4):
     """Whether an output (the first three arrays) shares memory with another output or with a
     source (all C-contiguous): ``np.may_share_memory``'s bounds test for every such pair in
@@ -206,7 +208,7 @@ def aligned_empty(shape, dtype, align=64):
 
 # --- Class labels -------------------------------------------------------------------------------
 
-@numba.njit(**OPTIONS)
+@numba.njit(**KERNEL_OPTIONS)
 def _copy_labels(y_true, n_classes, targets):
     """``targets[s] = y_true[s]`` while each label lies in ``[0, n_classes)``; returns the
     position of the first that does not, or -1."""
