@@ -385,8 +385,8 @@ model.finalize()
 history = model.train(X, y, epochs=3, print_every=0, progress=False)
 (build, step), = cpu._step_builds.items()
 (signature, compiled), = step.overloads.items()
-kernels = {cpu._kernel_named(k.py_func.__qualname__).py_func.__qualname__
-           for k in (getattr(k, "kernel", k) for k in cpu._kernels_of_the_step(build).values())}
+kernels = {getattr(k, "kernel", k).py_func.__qualname__
+           for k in cpu._kernels_of_the_step(build).values()}
 print(json.dumps({
     "path": history["path"], "loss": [float(v).hex() for v in history["loss"]],
     "hits": sum(step.stats.cache_hits.values()), "misses": sum(step.stats.cache_misses.values()),

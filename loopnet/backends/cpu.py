@@ -630,16 +630,11 @@ _kernels_by_name: dict = {}     # function name -> the kernel a build calls unde
 
 
 def _kernel_named(qualname: str):
-    """The compiled kernel of this module whose function is named ``qualname`` (each build of
-    a kernel has a name of its own: numba's cache tells builds apart by it)."""
+    """The kernel a build calls under its function's name ``qualname`` (each build of a kernel
+    has a name of its own: numba's cache tells builds apart by it). ``training_step`` registers
+    a build's kernels before numba compiles the build or loads it, and so runs its hooks."""
     if qualname in _kernels_by_name:
         return _kernels_by_name[qualname]
-    for value in list(globals().values()):
-        for build in (value, getattr(value, "serial", None), getattr(value, "parallel", None)):
-            build = getattr(build, "kernel", build)      # threads.serialized's wrapper
-            if isinstance(build, numba.core.dispatcher.Dispatcher) and \
-                    build.py_func.__qualname__ == qualname:
-                return build
     raise LookupError(f"a compiled training step calls kernel {qualname!r}, which loopnet's cpu "
                       "backend does not have: numba's cache holds a step of another version of "
                       "loopnet; delete the cache (NUMBA_CACHE_DIR, or loopnet's __pycache__)")

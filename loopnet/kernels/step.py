@@ -494,7 +494,9 @@ NO_PLAIN_GRADIENT = ("a training step built for the fused softmax + cross-entrop
 def regularization_loss(program, floats, params, out):
     """The L1/L2 penalty of every dense layer, weights then biases, layer by layer, as
     ``Loss.regularization_loss`` adds up its ``ops.regularization_loss`` calls (each a
-    ``regularization_loss_loops`` into ``out``, a float64 array of one)."""
+    ``regularization_loss_loops`` into ``out``, a float64 array of one). Called by builds
+    with PENALTIES only (a build without them records 0; its backward raises for a model
+    that has one)."""
     total = 0.0
     for l in range(program.shape[0]):
         if program[l, KIND] != DENSE:
@@ -504,15 +506,11 @@ def regularization_loss(program, floats, params, out):
         l1 = floats[l, L1_WEIGHTS]
         l2 = floats[l, L2_WEIGHTS]
         if l1 > 0 or l2 > 0:
-            if not USE_PENALTIES:
-                raise ValueError(NO_PENALTIES)
             regularization_loss_serial(params[start:start + n_weights], l1, l2, out)
             total += out[0]
         l1 = floats[l, L1_BIASES]
         l2 = floats[l, L2_BIASES]
         if l1 > 0 or l2 > 0:
-            if not USE_PENALTIES:
-                raise ValueError(NO_PENALTIES)
             regularization_loss_serial(
                 params[start + n_weights:start + n_weights + program[l, WIDTH]], l1, l2, out)
             total += out[0]
