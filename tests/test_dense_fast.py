@@ -403,7 +403,11 @@ def test_dense_plan_picks_the_forms_of_its_table():
     assert not (plan.forward.parallel or plan.dweights.parallel or plan.dinputs.parallel)
     plan = cpu.dense_plan(300, 64, 3)
     assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (P, N, N)
-    assert cpu.dense_plan(300, 64, 4).forward.form == D
+    # 4-15 neurons: the 6 x 4 tiles for long rows or large products, else plain dot products
+    assert cpu.dense_plan(32, 784, 10).forward.form == D
+    assert cpu.dense_plan(1000, 128, 10).forward.form == D
+    assert cpu.dense_plan(128, 128, 10).forward.form == P
+    assert cpu.dense_plan(300, 64, 4).forward.form == P
     assert cpu.dense_plan(300, 4, 64).dinputs.form == D
     # 58k multiply-adds: in parallel from PARALLEL_MIN (scaled for the threading layer)
     assert plan.forward.parallel == (300 * 64 * 3 >= cpu.PARALLEL_MIN)

@@ -253,6 +253,14 @@ LARGE_INPUTS = int(os.environ.get("LOOPNET_LARGE_INPUTS", 128))
 # dweights in the broadcast form with a single panel of columns runs serially up to this many
 # rows (the layer's inputs): see ``dense_plan``.
 SHARED_PANEL_MAX_ROWS = int(os.environ.get("LOOPNET_SHARED_PANEL_MAX_ROWS", 128))
+# A narrow forward (4-15 neurons) runs the 6 x 4 tiles where they save more than a few
+# microseconds a call, else the plain dot products: the tiles reuse each row of ``inputs`` for 4
+# neurons, which pays with long rows (32x784x10: 7.6 against 14.6 us) and large products
+# (1000x128x10 in parallel: 31 against 39 us), little below (128x128x10: 7.7 against 9.8 us;
+# 300x64x8 and 1000x64x15 ran as fast plain), while compiling the tile is ~1.7 s of a cold start
+# (``nt_rows_tiled``, the chapter-19-sized model's 10-class output layer).
+TILES_MIN_INPUTS = int(os.environ.get("LOOPNET_TILES_MIN_INPUTS", 256))
+TILES_MIN = int(os.environ.get("LOOPNET_TILES_MIN", 1_000_000))
 
 
 class Product(NamedTuple):
@@ -303,7 +311,8 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
     - forward ``inputs @ weights``: BROADCAST for middle and large layers; DOT_TILES for narrow
       layers (< 16 neurons, >= 32 inputs, >= 4 samples: the loops' inner loop over 3 neurons is
       too short to vectorize; 300x64x3: 16.6 -> 6.4 us, packing weights.T included), as
-      DOT_PLAIN below 4 neurons (the same dot products, without the 6 x 4 tile to compile);
+      DOT_PLAIN below 4 neurons and for small products of short rows (``TILES_MIN_INPUTS``,
+      ``TILES_MIN``: the same dot products, without the 6 x 4 tile to compile);
       else BLOCKED (the loops' bits), as FEW_INPUTS for 1 or 2 inputs (the same rows, without
       the 4-row body to compile);
     - dweights ``inputs.T @ dvalues``: BROADCAST; NARROW below 16 neurons (>= 16 inputs); else
@@ -318,7 +327,8 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
     if _broadcast_pays(n_samples, n_inputs, n_neurons, n_samples, n_neurons):
         forward = Product(_fast.BROADCAST, parallel)
     elif n_samples >= 4 and n_neurons < 16 and n_inputs >= 32:
-        forward = Product(_fast.DOT_TILES if n_neurons >= 4 else _fast.DOT_PLAIN, parallel)
+        tiles = n_neurons >= 4 and (n_inputs >= TILES_MIN_INPUTS or work >= TILES_MIN)
+        forward = Product(_fast.DOT_TILES if tiles else _fast.DOT_PLAIN, parallel)
     else:
         forward = Product(_fast.BLOCKED if n_inputs > 2 else _fast.FEW_INPUTS, parallel)
     if _broadcast_pays(n_samples, n_inputs, n_neurons, n_inputs, n_neurons):

@@ -20,12 +20,15 @@ and the compiled training step both ask it:
     NARROW         the loops'       dweights and dinputs with < 16 neurons  vectors along the
                                     (300x64x3)                              inputs, not the 3
                                                                             neurons
-    DOT_TILES      within rounding  forward with < 16 neurons and >= 32     6 x 4 dot products
-    (NT)           (fastmath)       inputs (on weights.T, packed); dinputs  along a contiguous
-                                    with >= 16 neurons below BROADCAST      summed index
+    DOT_TILES      within rounding  forward with 4-15 neurons and >= 32     6 x 4 dot products
+    (NT)           (fastmath)       inputs (on weights.T, packed) with      along a contiguous
+                                    >= 256 inputs or >= 1M multiply-adds;   summed index
+                                    dinputs with >= 16 neurons below
+                                    BROADCAST
     DOT_PLAIN      within rounding  DOT_TILES' products of fewer than 4     one dot product
                    (fastmath)       output columns (300x64x3's forward,     per output, the
-                                    300x2x64's dinputs)                     tiles' ragged edge
+                                    300x2x64's dinputs), and its smaller    tiles' ragged edge
+                                    narrow forwards (128x128x10)
     BROADCAST      within rounding  all three products of middle and large  5 x 64 register
     (TN)           (fastmath)       layers: >= 64 inputs, >= 16 neurons,    tile, no transposes
                                     >= 0.5M multiply-adds (or >= 128 inputs (BLIS's kernel)
