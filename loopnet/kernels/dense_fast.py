@@ -47,7 +47,7 @@ behind the sizes below are in BENCHMARKS.md (``python benchmarks/bench.py --cros
 """
 
 import numpy as np
-from numba import carray, prange, types
+from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, register_jitable
 
@@ -361,7 +361,12 @@ def is_own_panel(b, panels):
             and panels.ctypes.data == b.ctypes.data)
 
 
-@register_jitable(_nrt=False)
+# (A compiled function of its own, not a register_jitable body as the others: numba compiles
+# such a body again for every parallel region that calls it, and a parallel build of
+# ``dense_tn_tiled`` calls it in and out of them. Its callers pass ``p`` as an int64, since a
+# prange's index is unsigned and a literal 0 is a type of its own: one compile, not three,
+# ~0.2 s of the chapter-19-sized model's cold start.)
+@njit(cache=True, error_model="numpy", _nrt=False)
 def pack_panel(b, panels, p):
     """``panels[p, k, c] = b[k, p * PANEL_WIDTH + c]``, zeros past ``b``'s last column.
 
@@ -414,7 +419,7 @@ def dense_tn_tiled(a, b, panels, biases, add_biases, output):
         # a thread packs the panels it then reads: one parallel region, and each panel stays
         # in the cache of the core that wrote it (32x784x128's forward: 44 -> 40 us)
         for p in prange(n_panels):
-            pack_panel(b, panels, p)
+            pack_panel(b, panels, np.int64(p))
             for block in range(n_blocks):
                 owned = block * TN_ROWS
                 start = min(owned, n_rows - TN_ROWS)
@@ -423,10 +428,10 @@ def dense_tn_tiled(a, b, panels, biases, add_biases, output):
         return
     if n_panels == 1:   # (one panel: packed here, not in a parallel region of one iteration,
         if not is_own_panel(b, panels):     # whose start cost more than the copy at 64x64)
-            pack_panel(b, panels, 0)
+            pack_panel(b, panels, np.int64(0))
     else:
         for p in prange(n_panels):
-            pack_panel(b, panels, p)
+            pack_panel(b, panels, np.int64(p))
     if n_rows < TN_ROWS:
         tn_rows_plain(a, panels, biases, add_biases, output)
         return
