@@ -480,7 +480,7 @@ panel_sides = st.integers(1, 140)
 
 
 def packed(b):
-    """``b`` cut into zero-padded panels, as ``dense.pack_panel`` does (numpy)."""
+    """``b`` cut into zero-padded panels, as ``dense_fast.pack_panel`` does (numpy)."""
     n_k, n_columns = b.shape
     width = dense.PANEL_WIDTH
     panels = np.zeros(((n_columns + width - 1) // width, n_k, width), b.dtype)

@@ -36,17 +36,15 @@ from numba.extending import intrinsic
 
 from loopnet import threads
 from loopnet.backends import collect
-from loopnet.kernels import renamed, with_bodies_inlined
+from loopnet.kernels import KERNEL_OPTIONS, OPTIONS, renamed, with_bodies_inlined
 
-# Options of every build (see the module docstring for error_model).
-OPTIONS = {"cache": True, "error_model": "numpy"}
-# ... and of the loop kernels and the small checks below, which never allocate: without numba's
+# OPTIONS: those of every build (see the module docstring for error_model). KERNEL_OPTIONS:
+# those of the loop kernels and the small checks below, which never allocate: without numba's
 # reference counting (``_nrt=False``, as their bodies), a view such as ``dweights_t[n, i0:i0 +
 # width]`` costs no count of its array's references (the narrow dweights of 3000x64x3 27.2 ->
 # 22.3 us, 300x64x3 3.13 -> 2.57 us, the same bits), nor does a call from Python count its
 # arguments' (``overlapping``'s seven arrays: 0.42 -> 0.26 us a call). BENCHMARKS.md, "Then:
-# kernels without reference counting".
-KERNEL_OPTIONS = {**OPTIONS, "_nrt": False}
+# kernels without reference counting". (Both live in ``loopnet.kernels``.)
 
 threads.configure()  # numba's threading layer, before anything compiles (loopnet/threads.py)
 

@@ -33,6 +33,12 @@ MODULES = ("dense", "activations", "losses", "regularization", "optimizers")
 # parallel builds' unit of work, and the CUDA kernels hand a thread one row.
 ROW_BLOCK = 16
 
+# How the ``cpu`` device compiles a kernel (``loopnet.backends.cpu`` says why): cached, with
+# numpy's error model, and without numba's reference counting, since a kernel never allocates.
+# Here, not there, because ``dense_fast`` compiles one helper itself (``pack_panel``).
+OPTIONS = {"cache": True, "error_model": "numpy"}
+KERNEL_OPTIONS = {**OPTIONS, "_nrt": False}
+
 
 def renamed(function, suffix: str, namespace: dict | None = None):
     """The same Python function under another name (``function.__name__ + suffix``), reading

@@ -51,7 +51,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, register_jitable
 
-from loopnet.kernels import ROW_BLOCK, body
+from loopnet.kernels import KERNEL_OPTIONS, ROW_BLOCK, body
 
 # The forms a product can take (``loopnet.backends.cpu.dense_plan`` returns them).
 BLOCKED = 0
@@ -365,8 +365,9 @@ def is_own_panel(b, panels):
 # such a body again for every parallel region that calls it, and a parallel build of
 # ``dense_tn_tiled`` calls it in and out of them. Its callers pass ``p`` as an int64, since a
 # prange's index is unsigned and a literal 0 is a type of its own: one compile, not three,
-# ~0.2 s of the chapter-19-sized model's cold start.)
-@njit(cache=True, error_model="numpy", _nrt=False)
+# ~0.2 s of the chapter-19-sized model's cold start. Compiled as the cpu device compiles its
+# kernels: KERNEL_OPTIONS.)
+@njit(**KERNEL_OPTIONS)
 def pack_panel(b, panels, p):
     """``panels[p, k, c] = b[k, p * PANEL_WIDTH + c]``, zeros past ``b``'s last column.
 
