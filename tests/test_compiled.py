@@ -46,13 +46,15 @@ def programs(draw):
     """A model description: input width, hidden layers (width, activation, penalties),
     loss, optimizer, batch size, shuffle, validation, dtype."""
     n_inputs = draw(st.integers(1, 5))
+    # a layer before the first Dense, sometimes (it then reads the batch itself)
+    lead = draw(st.sampled_from([None, None, *HIDDEN]))
     hidden = [(draw(st.integers(1, 12)), draw(st.sampled_from(HIDDEN)),
                draw(st.sampled_from([0.0, 5e-4])), draw(st.sampled_from([0.0, 1e-3])))
               for _ in range(draw(st.integers(0, 2)))]
     loss = draw(st.sampled_from(LOSSES))
     n_outputs = draw(st.integers(2, 4)) if loss.startswith("categorical") \
         else draw(st.integers(1, 3))
-    return dict(n_inputs=n_inputs, hidden=hidden, loss=loss, n_outputs=n_outputs,
+    return dict(n_inputs=n_inputs, lead=lead, hidden=hidden, loss=loss, n_outputs=n_outputs,
                 optimizer=draw(st.sampled_from(OPTIMIZERS)),
                 n_samples=draw(st.integers(1, 30)),
                 batch_size=draw(st.sampled_from([None, 1, 4, 7])),
@@ -60,20 +62,25 @@ def programs(draw):
                 epochs=draw(st.integers(1, 4)), seed=draw(st.integers(0, 1000)))
 
 
+def activation_of(name, seed, device):
+    if name == "relu":
+        return loopnet.ReLU(device=device)
+    if name == "sigmoid":
+        return loopnet.Sigmoid(device=device)
+    if name == "linear":
+        return loopnet.Linear(device=device)
+    return loopnet.Dropout(0.25, seed=seed, device=device)
+
+
 def build_model(spec, dtype=np.float32, device=None):
     model = loopnet.Model()
     width = spec["n_inputs"]
+    if spec.get("lead"):
+        model.add(activation_of(spec["lead"], spec["seed"] + 11, device))
     for k, (n, activation, l2, l1) in enumerate(spec["hidden"]):
         model.add(loopnet.Dense(width, n, weight_regularizer_l2=l2, bias_regularizer_l1=l1,
                                 seed=spec["seed"] + k, dtype=dtype, device=device))
-        if activation == "relu":
-            model.add(loopnet.ReLU(device=device))
-        elif activation == "sigmoid":
-            model.add(loopnet.Sigmoid(device=device))
-        elif activation == "linear":
-            model.add(loopnet.Linear(device=device))
-        else:
-            model.add(loopnet.Dropout(0.25, seed=spec["seed"], device=device))
+        model.add(activation_of(activation, spec["seed"], device))
         width = n
     model.add(loopnet.Dense(width, spec["n_outputs"], seed=spec["seed"] + 7, dtype=dtype,
                             device=device))
@@ -184,6 +191,25 @@ def test_random_programs_train_to_the_layered_paths_bits(spec):
     assert with_compiled[0]["path"] == "compiled"
     assert layered[0]["path"].startswith("layered")
     same_bits(with_compiled, layered)
+
+
+@pytest.mark.parametrize("lead", HIDDEN)
+def test_a_layer_before_the_first_dense_trains_to_the_layered_paths_bits(lead):
+    """A Linear, ReLU, Sigmoid or Dropout as the first layer reads the batch itself (Linear and
+    ReLU, which otherwise work in the block of the layer before them, copy the batch into a
+    block of their own first: a ReLU never overwrites the caller's data)."""
+    spec = dict(n_inputs=3, lead=lead, hidden=[(8, "relu", 5e-4, 0.0), (5, "linear", 0.0, 0.0)],
+                loss="categorical", n_outputs=3, optimizer="adam", n_samples=24, batch_size=7,
+                shuffle=True, validation=True, epochs=3, seed=5)
+    with_compiled = train(spec, True)
+    assert with_compiled[0]["path"] == "compiled"
+    same_bits(with_compiled, train(spec, False))
+    X, y = data_of(spec, spec["n_samples"], spec["seed"])
+    before = X.copy()
+    with environment(**{compiled.ENV_VAR: "1"}):
+        history = build_model(spec).train(X, y, epochs=2, print_every=0, progress=False)
+    assert history["path"] == "compiled"
+    assert bits(X) == bits(before)
 
 
 @settings(max_examples=15)
@@ -421,17 +447,17 @@ def test_the_step_calls_its_kernels_by_symbol_and_a_new_process_loads_it_from_th
     assert first["linked"] and not set(first["linked"]) & set(first["kernels"])
     assert second["linked"] == []
     for run in runs:
-        for kernel in ("relu_forward_loops__serial", "adam_update_loops__serial"):
+        for kernel in ("relu_forward_in_place_loops__serial", "adam_update_loops__serial"):
             assert kernel in run["kernels"]
             assert any(symbol.startswith(f"loopnet.kernel.{kernel}.") for symbol in run["bound"])
     assert first["bound"] == second["bound"]
 
 
-def test_a_build_holds_penalties_and_the_softmax_backward_only_when_its_model_needs_them(
+def test_a_build_holds_penalties_the_softmax_backward_and_the_copy_only_when_needed(
         monkeypatch):
-    """The penalty kernels and the softmax's Jacobian are compiled into a build only for models
-    that run them; a build without them given a model that needs them raises instead of
-    training without them."""
+    """The penalty kernels, the softmax's Jacobian and the batch's copy are compiled into a
+    build only for models that run them; a build without them given a model that needs them
+    raises instead of training without them."""
     from loopnet.kernels import step
 
     monkeypatch.delenv(compiled.FULL_BUILD_VAR, raising=False)
@@ -461,6 +487,16 @@ def test_a_build_holds_penalties_and_the_softmax_backward_only_when_its_model_ne
     trainer = compiled.prepare_training(model, X, y, None, None)
     monkeypatch.setattr(trainer.run, "build", lambda: plain)   # the build of a model without
     with pytest.raises(ValueError, match="without penalties"):
+        trainer.train([None])
+    # a first Linear or ReLU copies the batch into its block: only its build holds the copy
+    assert step.BATCH_COPY not in plain.layers
+    for lead in ("linear", "relu"):
+        leading = build_of(build_model(dict(spec, lead=lead)))
+        assert leading.layers == plain.layers | {step.BATCH_COPY}
+    assert step.BATCH_COPY not in build_of(build_model(dict(spec, lead="sigmoid"))).layers
+    trainer = compiled.prepare_training(build_model(dict(spec, lead="linear")), X, y, None, None)
+    monkeypatch.setattr(trainer.run, "build", lambda: plain)
+    with pytest.raises(ValueError, match="without the batch's copy"):
         trainer.train([None])
 
 
@@ -497,7 +533,8 @@ def test_a_parallel_build_holds_the_parallel_element_wise_kernels_only_for_sizes
         for name in step.LAYER_KERNELS + step.PARAMETER_KERNELS:
             assert kernels[f"{name}_parallel"] is kernels[f"{name}_serial"]
         kernels = cpu._kernels_of_the_step(small._replace(layers=small.layers | in_parallel))
-        assert kernels["relu_forward_parallel"] is not kernels["relu_forward_serial"]
+        assert (kernels["relu_forward_in_place_parallel"]
+                is not kernels["relu_forward_in_place_serial"])
         assert kernels["adam_update_parallel"] is not kernels["adam_update_serial"]
 
 

@@ -23,6 +23,7 @@ from helpers import (
     dense_tolerance,
     eps,
     float_dtypes,
+    floats,
     log_rtol,
     probabilities,
     sides,
@@ -256,6 +257,40 @@ def test_relu_is_max_zero_and_idempotent(device, data):
     assert np.array_equal(output, twin.reshape(x.shape))
     assert np.array_equal(output, np.maximum(0, x))
     assert np.array_equal(host(ops.relu_forward(output, device=device)), output)
+
+
+@given(data=st.data())
+def test_relu_in_place_gives_the_bits_of_relu(device, data):
+    """The training step's ReLU in place (``relu_forward_in_place`` over one buffer,
+    ``relu_backward_in_place`` masked by ReLU's output instead of its input) writes the very
+    bits of the two-buffer kernels, NaN, infinities and signed zeros included (the output
+    gives the input's mask: <= 0 gives 0, NaN stays NaN), and the values of their twins."""
+    from loopnet.devices import backend
+
+    be = backend(device)
+    dtype = data.draw(float_dtypes)
+    n = data.draw(sides)
+    values = st.one_of(st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0]),
+                       floats(dtype, 1e30))
+    inputs = data.draw(arrays(dtype, (n,), elements=values))
+    dvalues = data.draw(arrays(dtype, (n,), elements=values))
+    output = np.empty_like(inputs)
+    dinputs = np.empty_like(inputs)
+    be.relu_forward(inputs, output)
+    be.relu_backward(dvalues, inputs, dinputs)
+    in_place = inputs.copy()
+    be.relu_forward_in_place(in_place)
+    assert bits(in_place) == bits(output)
+    gradient = dvalues.copy()
+    be.relu_backward_in_place(gradient, in_place)
+    assert bits(gradient) == bits(dinputs)
+    # (np.maximum(0, -0.0) is -0.0, the kernels' 0.0: the twins agree in value, as ReLU's do)
+    twin = inputs.copy()
+    activations.relu_forward_in_place_numpy(twin)
+    assert np.array_equal(twin, output, equal_nan=True)
+    twin = dvalues.copy()
+    activations.relu_backward_in_place_numpy(twin, output)
+    assert np.array_equal(twin, dinputs, equal_nan=True)
 
 
 # --- Softmax --------------------------------------------------------------------------------------

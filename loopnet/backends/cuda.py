@@ -301,6 +301,8 @@ THREADS = {
     # activations.py
     "relu_forward": ("output", 1),
     "relu_backward": ("dinputs", 1),
+    "relu_forward_in_place": ("values", 1),
+    "relu_backward_in_place": ("dvalues", 1),
     "softmax_forward": ("output", 1),
     "softmax_backward": ("dinputs", 1),
     "sigmoid_forward": ("output", 1),

@@ -155,6 +155,54 @@ def relu_backward_numpy(dvalues, inputs, dinputs):
     dinputs[inputs <= 0] = 0
 
 
+# --- ReLU in place (the compiled training step's) ---------------------------------------------------
+#     values[k] = max(0, values[k]);   dvalues[k] = 0 where output[k] <= 0
+# The training step keeps no block of its own for a ReLU's output: the ReLU overwrites the block
+# of the layer before it, as ``torch.nn.ReLU(inplace=True)`` does (nothing else reads a dense
+# layer's output), and its backward overwrites the gradient it is given, taking the mask from
+# its own output (the same mask: see ``relu_backward_element``). One block instead of two keeps
+# a layer's data in the cache (2-64-3 on 3000 rows: 257 -> 241 us an epoch). The bodies are the
+# ones above, called with one array as input and output: LLVM then sees a single array and
+# vectorizes the loop, where the two-array kernels handed one buffer twice fail their overlap
+# check at run time and take the scalar loop (~4x slower).
+
+def relu_forward_in_place_loops(values):
+    """``relu_element`` for every element, its result over ``values``."""
+    for k in prange(values.shape[0]):
+        relu_element(values, values, k)
+
+
+def relu_forward_in_place_kernel(values):
+    """CUDA: one thread per element ``k``."""
+    k = cuda.grid(1)
+    if k < values.shape[0]:
+        relu_element(values, values, k)
+
+
+def relu_forward_in_place_numpy(values):
+    """Twin: ``np.maximum(0, values, out=values)``."""
+    np.maximum(0, values, out=values)
+
+
+def relu_backward_in_place_loops(dvalues, output):
+    """``relu_backward_element`` for every element, masked by ReLU's ``output``, its result
+    over ``dvalues``."""
+    for k in prange(dvalues.shape[0]):
+        relu_backward_element(dvalues, output, dvalues, k)
+
+
+def relu_backward_in_place_kernel(dvalues, output):
+    """CUDA: one thread per element ``k``."""
+    k = cuda.grid(1)
+    if k < dvalues.shape[0]:
+        relu_backward_element(dvalues, output, dvalues, k)
+
+
+def relu_backward_in_place_numpy(dvalues, output):
+    """Twin: ``dvalues[output <= 0] = 0``."""
+    dvalues[output <= 0] = 0
+
+
 # --- Softmax backward (full Jacobian) ---------------------------------------------------------------
 #     jacobian[s, j, k] = output[s, j] * (delta_jk - output[s, k])
 #     dinputs[s, j]     = sum_k jacobian[s, j, k] * dvalues[s, k]

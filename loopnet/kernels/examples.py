@@ -19,7 +19,8 @@ SCALARS = {"learning_rate": 0.05, "epsilon": 1e-7, "momentum": 0.9, "rho": 0.9,
            "l1": 0.01, "l2": 0.02, "precision": 0.1, "value": 0.5,
            # dropout masks: seed, batch number, keep 90% (see regularization.dropout_mask_row)
            "seed": 7, "step": 3, "keep_below": int(0.9 * 2**53), "rate": 0.1}
-ELEMENTWISE = {"relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
+ELEMENTWISE = {"relu_forward", "relu_backward", "relu_forward_in_place", "relu_backward_in_place",
+               "sigmoid_forward", "sigmoid_backward",
                "linear_forward", "linear_backward", "dropout_forward", "dropout_backward",
                "binary_accuracy", "regression_accuracy", "fill", "regularization_backward",
                "regularization_loss", "mean", "sgd_update", "sgd_momentum_update",

@@ -7,19 +7,21 @@ integers per layer: its kind, its sizes, where its arrays live) and hands it, wi
 the run needs, to ``train_block``. That one function runs a block of epochs: per step it gathers
 a batch, runs each layer's forward, the loss and the accuracy, the regularization penalty, each
 layer's backward and the optimizer's update; after each epoch it can run the validation data
-forward. Every stage is a call of the very kernel the layered ops run (``relu_forward_loops``,
+forward. Every stage is a call of the very kernel the layered ops run (``sigmoid_forward_loops``,
 ``dense_fast``'s forms of the dense products, ``adam_update_loops`` ...: each a ``prange`` over
 the op's body), in the order ``Model.train`` calls them, so the two paths compute the same bits;
 what the step saves is the Python between them: validation, conversions, allocations and a
-dispatch per op.
+dispatch per op. (ReLU runs its bodies in place, ``relu_forward_in_place_loops``: the same bits
+in one block instead of two.)
 
 Memory, as llm.c keeps it: every parameter of the model lives in one flat buffer ``params``, at
 the offsets the program names, and so do its gradients (``grads``) and the optimizer's state
 (``state_1``, ``state_2``): the update is one call over one buffer. Each layer's output and the
 gradient with respect to it live in ``acts`` and ``dacts`` (one ``batch_size x width`` block per
-layer); scratch for the dense forms (packed transposes, panels) in ``packed`` and ``scratch``.
-All are set up once per ``Model.train`` call by ``loopnet.compiled`` (lent from a pool of
-the calling thread's arrays).
+layer, but that Linear and ReLU share the block of the layer before them); scratch for the
+dense forms (packed transposes, panels) in ``packed`` and ``scratch``. All are set up once
+per ``Model.train`` call by ``loopnet.compiled`` (lent from a pool of the calling thread's
+arrays).
 
 Builds (``build``, compiled by ``loopnet.backends.cpu.training_step``): the function is one,
 but a model uses only some of its branches (one loss, one optimizer, a few layer kinds and dense
@@ -76,6 +78,10 @@ WIDE_BROADCAST = 103
 # (``settings[PARALLEL_MIN_ELEMENTS]``): without it the build calls those kernels' serial
 # builds only (the parallel ones give the same bits and cost ~0.3 s of a cold compile each).
 LAYERS_IN_PARALLEL, PARAMETERS_IN_PARALLEL = 104, 105
+# ... and a first layer that copies the batch into its block: Linear and ReLU work in the block
+# of the layer before them (``forward``), and the first has none it may write (X is the
+# caller's). Few models start so, and the copy costs others ~0.1 s of a cold compile.
+BATCH_COPY = 106
 
 # floats[l, ...]: a dense layer's penalties, a dropout layer's rate
 L1_WEIGHTS, L2_WEIGHTS, L1_BIASES, L2_BIASES, RATE = range(5)
@@ -116,7 +122,8 @@ class Build(NamedTuple):
     fused_softmax: bool     # the softmax + cross-entropy gradient in one (model ends in Softmax)
     layers: frozenset       # the layer kinds besides DENSE and LINEAR (RELU, SIGMOID ...),
     #                         and PENALTIES, SOFTMAX_BACKWARD, WIDE_BROADCAST,
-    #                         LAYERS_IN_PARALLEL, PARAMETERS_IN_PARALLEL when the run needs them
+    #                         LAYERS_IN_PARALLEL, PARAMETERS_IN_PARALLEL, BATCH_COPY when
+    #                         the run needs them
     forward_forms: frozenset     # (form, parallel) pairs of the forward products: dense_fast's
     dweights_forms: frozenset    # ... of dweights       forms, each in the serial or parallel
     dinputs_forms: frozenset     # ... of dinputs        build its plans ask for
@@ -178,7 +185,7 @@ def _sources() -> str:
 ANY = -2
 FULL = Build(ANY, ANY, ANY, True,
              frozenset((RELU, SIGMOID, SOFTMAX, DROPOUT, PENALTIES, SOFTMAX_BACKWARD,
-                        WIDE_BROADCAST, LAYERS_IN_PARALLEL, PARAMETERS_IN_PARALLEL)),
+                        WIDE_BROADCAST, LAYERS_IN_PARALLEL, PARAMETERS_IN_PARALLEL, BATCH_COPY)),
              frozenset(), frozenset(), frozenset(), False)
 
 # What the functions below are compiled for, as constants numba folds (``build`` gives each
@@ -188,7 +195,7 @@ USE_MEAN_SQUARED_ERROR = USE_MEAN_ABSOLUTE_ERROR = True
 USE_CATEGORICAL_ACCURACY = USE_BINARY_ACCURACY = USE_REGRESSION_ACCURACY = True
 USE_SGD = USE_SGD_MOMENTUM = USE_ADAGRAD = USE_RMSPROP = USE_ADAM = True
 USE_FUSED_SOFTMAX = USE_RELU = USE_SIGMOID = USE_SOFTMAX = USE_DROPOUT = True
-USE_PENALTIES = USE_SOFTMAX_BACKWARD = True
+USE_PENALTIES = USE_SOFTMAX_BACKWARD = USE_BATCH_COPY = True
 USE_PLAIN_CROSSENTROPY_GRADIENT = True     # the cross-entropy gradient without the fused one
 FORWARD_BLOCKED = FORWARD_FEW = FORWARD_DOT = FORWARD_DOT_PLAIN = FORWARD_BROADCAST = True
 DWEIGHTS_BLOCKED = DWEIGHTS_FEW = DWEIGHTS_NARROW = DWEIGHTS_BROADCAST = True
@@ -211,7 +218,8 @@ FLAGS = ("USE_CATEGORICAL_CROSSENTROPY", "USE_BINARY_CROSSENTROPY", "USE_MEAN_SQ
          "USE_MEAN_ABSOLUTE_ERROR", "USE_CATEGORICAL_ACCURACY", "USE_BINARY_ACCURACY",
          "USE_REGRESSION_ACCURACY", "USE_SGD", "USE_SGD_MOMENTUM", "USE_ADAGRAD", "USE_RMSPROP",
          "USE_ADAM", "USE_FUSED_SOFTMAX", "USE_RELU", "USE_SIGMOID", "USE_SOFTMAX", "USE_DROPOUT",
-         "USE_PENALTIES", "USE_SOFTMAX_BACKWARD", "USE_PLAIN_CROSSENTROPY_GRADIENT",
+         "USE_PENALTIES", "USE_SOFTMAX_BACKWARD", "USE_BATCH_COPY",
+         "USE_PLAIN_CROSSENTROPY_GRADIENT",
          "FORWARD_BLOCKED", "FORWARD_FEW", "FORWARD_DOT", "FORWARD_DOT_PLAIN",
          "FORWARD_BROADCAST", "DWEIGHTS_BLOCKED", "DWEIGHTS_FEW", "DWEIGHTS_NARROW",
          "DWEIGHTS_BROADCAST", "DINPUTS_NARROW", "DINPUTS_DOT", "DINPUTS_DOT_PLAIN",
@@ -248,6 +256,7 @@ def constants(build: Build) -> dict:
         "USE_SOFTMAX": SOFTMAX in build.layers, "USE_DROPOUT": DROPOUT in build.layers,
         "USE_PENALTIES": PENALTIES in build.layers,
         "USE_SOFTMAX_BACKWARD": SOFTMAX_BACKWARD in build.layers,
+        "USE_BATCH_COPY": BATCH_COPY in build.layers,
         # a training build is made for one model, so a fused build's runs take the fused
         # gradient (evaluate and predict take none)
         "USE_PLAIN_CROSSENTROPY_GRADIENT": not build.fused_softmax,
@@ -271,7 +280,7 @@ def constants(build: Build) -> dict:
 # parallel one, in a parallel build); as written here, the plain functions.
 KERNEL_NAMES = (
     # loops of the op files
-    "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward", "softmax_forward",
+    "relu_forward_in_place", "relu_backward_in_place", "sigmoid_forward", "sigmoid_backward", "softmax_forward",
     "softmax_backward", "dropout_mask", "dropout_forward", "dropout_backward",
     "categorical_crossentropy", "categorical_crossentropy_backward",
     "softmax_crossentropy_backward", "binary_crossentropy", "binary_crossentropy_backward",
@@ -286,7 +295,7 @@ KERNEL_NAMES = (
     "dense_backward_weights_narrow", "dense_backward_inputs_narrow", "transpose_tiled")
 # The kernels above that run over a layer's block of a batch, and those over the parameters:
 # their parallel builds serve a build only with LAYERS_IN_PARALLEL, PARAMETERS_IN_PARALLEL.
-LAYER_KERNELS = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
+LAYER_KERNELS = ("relu_forward_in_place", "relu_backward_in_place", "sigmoid_forward", "sigmoid_backward",
                  "softmax_forward", "softmax_backward", "dropout_mask", "dropout_forward",
                  "dropout_backward")
 PARAMETER_KERNELS = ("regularization_backward", "sgd_update", "sgd_momentum_update",
@@ -485,6 +494,8 @@ def _dense_dinputs(form, parallel, dvalues, weights, packed, offset, dinputs, sc
 # (A build is made for its model, so these never show; they stop a wrong build from giving a
 # wrong answer quietly.)
 NO_PENALTIES = "a training step built without penalties was given a model with one"
+NO_BATCH_COPY = ("a training step built without the batch's copy was given a model whose first "
+                 "layer needs it")
 NO_SOFTMAX_BACKWARD = "a training step built without the softmax's backward was asked for it"
 NO_PLAIN_GRADIENT = ("a training step built for the fused softmax + cross-entropy gradient was "
                      "asked for the plain one")
@@ -539,12 +550,21 @@ def forward(program, plans, floats, batch_kind, batch, m, training, params, acts
             _dense_forward(plans[l, batch_kind, FORWARD_FORM],
                            plans[l, batch_kind, FORWARD_PARALLEL] == 1, inputs, weights, packed,
                            program[l, PACKED], biases, output, scratch)
+        # LINEAR and RELU work in the block of the layer before them (``loopnet.compiled``
+        # lays them out so): the identity has nothing to do, ReLU overwrites it. As the first
+        # layer they have a block of their own, the batch copied into it (BATCH_COPY).
+        if l == 0 and (kind == LINEAR or kind == RELU):
+            if not USE_BATCH_COPY:
+                raise ValueError(NO_BATCH_COPY)
+            for s in range(m):
+                for j in range(width):
+                    output[s, j] = inputs[s, j]
         if USE_RELU:
             if kind == RELU:
                 if large:
-                    relu_forward_parallel(_flat(inputs), _flat(output))
+                    relu_forward_in_place_parallel(_flat(output))
                 else:
-                    relu_forward_serial(_flat(inputs), _flat(output))
+                    relu_forward_in_place_serial(_flat(output))
         if USE_SIGMOID:
             if kind == SIGMOID:
                 if large:
@@ -576,8 +596,6 @@ def forward(program, plans, floats, batch_kind, batch, m, training, params, acts
                     program[l, STEP] += 1
                 else:
                     output[...] = inputs     # Dropout.forward(training=False): the inputs
-        # LINEAR: its output block is its input's (the identity, as Linear.forward returns
-        # its inputs): nothing to do
     return output
 
 
@@ -697,11 +715,11 @@ def backward(program, plans, floats, settings, batch_kind, batch, m, params, gra
         flat_dvalues = _flat(dvalues)
         flat_dinputs = dacts[program[l, IN]:program[l, IN] + n]
         if USE_RELU:
-            if kind == RELU:
+            if kind == RELU:    # (in place: its input's blocks hold its output, its gradient)
                 if large:
-                    relu_backward_parallel(flat_dvalues, _flat(inputs), flat_dinputs)
+                    relu_backward_in_place_parallel(flat_dvalues, _flat(inputs))
                 else:
-                    relu_backward_serial(flat_dvalues, _flat(inputs), flat_dinputs)
+                    relu_backward_in_place_serial(flat_dvalues, _flat(inputs))
         if USE_SIGMOID:
             if kind == SIGMOID:
                 flat_output = acts[program[l, OUT]:program[l, OUT] + n]
