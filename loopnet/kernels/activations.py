@@ -155,14 +155,14 @@ def relu_backward_numpy(dvalues, inputs, dinputs):
     dinputs[inputs <= 0] = 0
 
 
-# --- ReLU in place (the compiled training step's) ---------------------------------------------------
+# --- ReLU in place (the compiled training step's) -------------------------------------------------
 #     values[k] = max(0, values[k]);   dvalues[k] = 0 where output[k] <= 0
 # The training step keeps no block of its own for a ReLU's output: the ReLU overwrites the block
 # of the layer before it, as ``torch.nn.ReLU(inplace=True)`` does (nothing else reads a dense
 # layer's output), and its backward overwrites the gradient it is given, taking the mask from
 # its own output (the same mask: see ``relu_backward_element``). One block instead of two keeps
-# a layer's data in the cache (2-64-3 on 3000 rows: 257 -> 241 us an epoch). The bodies are the
-# ones above, called with one array as input and output: LLVM then sees a single array and
+# a layer's data in the cache (2-64-3 on 3000 rows: ~257 -> ~240 us an epoch). The bodies are
+# the ones above, called with one array as input and output: LLVM then sees a single array and
 # vectorizes the loop, where the two-array kernels handed one buffer twice fail their overlap
 # check at run time and take the scalar loop (~4x slower).
 

@@ -280,8 +280,8 @@ def constants(build: Build) -> dict:
 # parallel one, in a parallel build); as written here, the plain functions.
 KERNEL_NAMES = (
     # loops of the op files
-    "relu_forward_in_place", "relu_backward_in_place", "sigmoid_forward", "sigmoid_backward", "softmax_forward",
-    "softmax_backward", "dropout_mask", "dropout_forward", "dropout_backward",
+    "relu_forward_in_place", "relu_backward_in_place", "sigmoid_forward", "sigmoid_backward",
+    "softmax_forward", "softmax_backward", "dropout_mask", "dropout_forward", "dropout_backward",
     "categorical_crossentropy", "categorical_crossentropy_backward",
     "softmax_crossentropy_backward", "binary_crossentropy", "binary_crossentropy_backward",
     "mean_squared_error", "mean_squared_error_backward", "mean_absolute_error",
@@ -295,9 +295,9 @@ KERNEL_NAMES = (
     "dense_backward_weights_narrow", "dense_backward_inputs_narrow", "transpose_tiled")
 # The kernels above that run over a layer's block of a batch, and those over the parameters:
 # their parallel builds serve a build only with LAYERS_IN_PARALLEL, PARAMETERS_IN_PARALLEL.
-LAYER_KERNELS = ("relu_forward_in_place", "relu_backward_in_place", "sigmoid_forward", "sigmoid_backward",
-                 "softmax_forward", "softmax_backward", "dropout_mask", "dropout_forward",
-                 "dropout_backward")
+LAYER_KERNELS = ("relu_forward_in_place", "relu_backward_in_place", "sigmoid_forward",
+                 "sigmoid_backward", "softmax_forward", "softmax_backward", "dropout_mask",
+                 "dropout_forward", "dropout_backward")
 PARAMETER_KERNELS = ("regularization_backward", "sgd_update", "sgd_momentum_update",
                      "adagrad_update", "rmsprop_update", "adam_update")
 
