@@ -212,6 +212,43 @@ def test_a_layer_before_the_first_dense_trains_to_the_layered_paths_bits(lead):
     assert bits(X) == bits(before)
 
 
+@pytest.mark.parametrize("between, last", [
+    (["relu", "relu"], None), (["linear", "relu"], None), (["sigmoid", "relu"], None),
+    (["dropout", "relu"], None), (["relu"], "relu")])
+def test_layers_sharing_one_block_train_to_the_layered_paths_bits(between, last):
+    """Layers that work in the block of the layer before them, stacked (a ReLU after a Linear,
+    a Sigmoid, a Dropout or a ReLU), or a ReLU last (the loss's gradient then lands in the
+    dense layer's block): the layered path's history, parameters and predictions."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 3)).astype(np.float32)
+    y = np.abs(rng.standard_normal((40, 1))).astype(np.float32)
+
+    def run(compiled_step):
+        with environment(**{compiled.ENV_VAR: "1" if compiled_step else "0"}):
+            model = loopnet.Model()
+            model.add(loopnet.Dense(3, 8, seed=1))
+            for name in between:
+                model.add(activation_of(name, 4, None))
+            model.add(loopnet.Dense(8, 1, seed=2))
+            if last:
+                model.add(activation_of(last, 4, None))
+            model.set(loss=loopnet.MeanSquaredError(), optimizer=loopnet.Adam(0.01),
+                      accuracy=loopnet.RegressionAccuracy())
+            model.finalize()
+            history = model.train(X, y, epochs=4, batch_size=16, shuffle=True, seed=0,
+                                  validation_data=(X[:9], y[:9]), print_every=0,
+                                  progress=False)
+            return history, model.get_parameters(), model.predict(X[:7])
+
+    (history, parameters, predictions), layered = run(True), run(False)
+    assert history["path"] == "compiled" and layered[0]["path"].startswith("layered")
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert bits(np.array(history[key])) == bits(np.array(layered[0][key])), key
+    for mine, theirs in zip(parameters, layered[1]):
+        assert all(bits(a) == bits(b) for a, b in zip(mine, theirs))
+    assert bits(predictions) == bits(layered[2])
+
+
 @settings(max_examples=15)
 @given(spec=programs())
 def test_random_programs_are_within_rounding_of_the_numpy_device(spec):
