@@ -206,7 +206,7 @@ def test_a_layer_before_the_first_dense_trains_to_the_layered_paths_bits(lead):
     same_bits(with_compiled, train(spec, False))
     X, y = data_of(spec, spec["n_samples"], spec["seed"])
     before = X.copy()
-    with environment(**{compiled.ENV_VAR: "1"}):
+    with environment(**{compiled.ENV_VAR: "1", compiled.FULL_BUILD_VAR: "full"}):
         history = build_model(spec).train(X, y, epochs=2, print_every=0, progress=False)
     assert history["path"] == "compiled"
     assert bits(X) == bits(before)
@@ -223,8 +223,9 @@ def test_layers_sharing_one_block_train_to_the_layered_paths_bits(between, last)
     X = rng.standard_normal((40, 3)).astype(np.float32)
     y = np.abs(rng.standard_normal((40, 1))).astype(np.float32)
 
-    def run(compiled_step):
-        with environment(**{compiled.ENV_VAR: "1" if compiled_step else "0"}):
+    def run(compiled_step):     # (the build with every branch: one compile for every case)
+        with environment(**{compiled.ENV_VAR: "1" if compiled_step else "0",
+                            compiled.FULL_BUILD_VAR: "full"}):
             model = loopnet.Model()
             model.add(loopnet.Dense(3, 8, seed=1))
             for name in between:
