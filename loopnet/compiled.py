@@ -282,9 +282,8 @@ class CompiledRun:
         for l in range(n_layers):
             width_in, width = int(table[l, step.WIDTH_IN]), int(table[l, step.WIDTH])
             table[l, step.IN] = previous
-            if table[l, step.KIND] in (step.LINEAR, step.RELU) and previous >= 0:
-                # the identity, and ReLU in place (``step.forward``): the same block
-                table[l, step.OUT] = previous
+            if table[l, step.KIND] in step.SHARED_BLOCK_KINDS and previous >= 0:
+                table[l, step.OUT] = previous   # the same block (``step.forward``)
             else:
                 table[l, step.OUT] = offset
                 offset += _round_up(rows * width, align)
@@ -476,7 +475,7 @@ class CompiledRun:
                 layers.add(step.PARAMETERS_IN_PARALLEL)
         if np.any(program.floats[:, :step.RATE] > 0):
             layers.add(step.PENALTIES)
-        if table[0, step.KIND] in (step.LINEAR, step.RELU):
+        if table[0, step.KIND] in step.SHARED_BLOCK_KINDS:
             layers.add(step.BATCH_COPY)
         if training:
             # the layers the backward reaches: all but a last Softmax the fused gradient

@@ -64,6 +64,9 @@ MASK = 10       # DROPOUT: offset of its mask block in scratch
 N_FIELDS = 11
 
 DENSE, RELU, SIGMOID, LINEAR, SOFTMAX, DROPOUT = 1, 2, 3, 4, 5, 6
+# The kinds that work in the block of the layer before them (``forward``: the identity, and
+# ReLU in place); ``loopnet.compiled`` lays them out so.
+SHARED_BLOCK_KINDS = (LINEAR, RELU)
 # Not layers but what a build needs besides them (``Build.layers`` holds these too): a dense
 # layer with an L1/L2 penalty; a Softmax whose own backward runs (not the last layer when the
 # fused softmax + cross-entropy gradient replaces it). A model without them compiles neither
@@ -550,9 +553,9 @@ def forward(program, plans, floats, batch_kind, batch, m, training, params, acts
             _dense_forward(plans[l, batch_kind, FORWARD_FORM],
                            plans[l, batch_kind, FORWARD_PARALLEL] == 1, inputs, weights, packed,
                            program[l, PACKED], biases, output, scratch)
-        # LINEAR and RELU work in the block of the layer before them (``loopnet.compiled``
-        # lays them out so): the identity has nothing to do, ReLU overwrites it. As the first
-        # layer they have a block of their own, the batch copied into it (BATCH_COPY).
+        # SHARED_BLOCK_KINDS work in the block of the layer before them: the identity has
+        # nothing to do, ReLU overwrites it. As the first layer they have a block of their
+        # own, the batch copied into it (BATCH_COPY).
         if l == 0 and (kind == LINEAR or kind == RELU):
             if not USE_BATCH_COPY:
                 raise ValueError(NO_BATCH_COPY)
