@@ -21,6 +21,7 @@ Speed (measurements in BENCHMARKS.md):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -36,6 +37,7 @@ from numba.extending import intrinsic
 
 from loopnet import threads
 from loopnet.backends import collect
+from loopnet.backends import cpu_helper as _helper
 from loopnet.kernels import KERNEL_OPTIONS, OPTIONS, renamed, with_bodies_inlined
 
 # OPTIONS: those of every build (see the module docstring for error_model). KERNEL_OPTIONS:
@@ -648,9 +650,11 @@ def _kernel_named(qualname: str):
                       "loopnet; delete the cache (NUMBA_CACHE_DIR, or loopnet's __pycache__)")
 
 
-def bind_kernel_symbol(symbol: str, qualname: str, argtypes: tuple) -> None:
+def bind_kernel_symbol(symbol: str, qualname: str, argtypes: tuple,
+                       return_type=None) -> None:
     """Compile (or load from numba's cache) kernel ``qualname`` for ``argtypes`` and bind
-    ``symbol``, the name by which the training step calls it, to its machine code."""
+    ``symbol``, the name by which the training step calls it, to its machine code
+    (``return_type``: the type the step was typed with, checked)."""
     if symbol in _bound_symbols:
         return
     import llvmlite.binding
@@ -658,6 +662,9 @@ def bind_kernel_symbol(symbol: str, qualname: str, argtypes: tuple) -> None:
     kernel = _kernel_named(qualname)
     kernel.compile(argtypes)
     compiled = kernel.overloads[argtypes]
+    if return_type is not None and compiled.signature.return_type != return_type:
+        raise RuntimeError(f"kernel {qualname!r} returns {compiled.signature.return_type}; the "
+                           f"training step calls it as returning {return_type}")
     llvmlite.binding.add_symbol(symbol, compiled.library.get_pointer_to_function(
         compiled.fndesc.llvm_func_name))
     _bound_symbols.add(symbol)
@@ -676,17 +683,30 @@ def _called_by_address(kernel):
         raise RuntimeError(f"two kernels of the cpu backend are named {qualname!r}")
 
     def call(typingctx, *args):
-        signature = typingctx.resolve_function_type(types.Dispatcher(dispatcher), args, {})
-        if signature is None:
-            return None
-        argtypes = tuple(signature.args)
+        session = _helper.current()
+        argtypes = tuple(dispatcher.fold_argument_types(args, {})[1])
+        if session is not None and argtypes not in dispatcher.overloads:
+            # Noted, not compiled: the step's kernels return nothing (checked when bound), and
+            # the session compiles them while numba lowers the step (cpu_helper)
+            session.typed(dispatcher, qualname, argtypes)
+            signature = types.none(*argtypes)
+        else:
+            signature = typingctx.resolve_function_type(types.Dispatcher(dispatcher), args, {})
+            if signature is None:
+                return None
+            argtypes = tuple(signature.args)
         symbol = f"loopnet.kernel.{qualname}.{itanium_mangler.mangle_args(argtypes)}"
 
         def codegen(context, builder, sig, llargs):
-            bind_kernel_symbol(symbol, qualname, argtypes)
+            library = context.active_code_library
+            bind = functools.partial(bind_kernel_symbol, symbol, qualname, argtypes,
+                                     sig.return_type)
+            session = _helper.current()
+            if session is None or not session.lowering(library, bind):
+                bind()
             hook = _bindings.setdefault(symbol, functools.partial(
                 bind_kernel_symbol, symbol, qualname, argtypes))
-            context.active_code_library._reload_init.add(hook)
+            library._reload_init.add(hook)
             function = cgutils.get_or_insert_function(
                 builder.module, context.call_conv.get_function_type(sig.return_type, argtypes),
                 symbol)
@@ -717,10 +737,18 @@ def training_step(build):
         kernels = {name: _called_by_address(kernel)
                    for name, kernel in _kernels_of_the_step(build).items()}
         kernel = numba.njit(**OPTIONS)(_step.build(build, kernels))
+        _build_of[kernel] = build
         if build.parallel:
             kernel = threads.serialized(kernel)
         _step_builds[build] = kernel
     return kernel
+
+
+_build_of: dict = {}     # a compiled step (its dispatcher) -> its build
+
+
+def _qualname(kernel) -> str:
+    return getattr(kernel, "kernel", kernel).py_func.__qualname__
 
 
 def step_builds() -> tuple:
@@ -757,7 +785,9 @@ def compile_for(kernel, args) -> float:
         known.add(kinds)
         return 0.0
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    build = _build_of.get(getattr(kernel, "kernel", kernel))
+    with warnings.catch_warnings(), _helper.opened(build, _qualname(kernel)) \
+            if build is not None else contextlib.nullcontext():
         # numba's pedantic check of its own IR after inlining the step's helpers into their
         # parallel regions ("variable ... is not in scope"): about numba, not about the code
         warnings.simplefilter("ignore", numba.core.errors.NumbaIRAssumptionWarning)

@@ -1,0 +1,290 @@
+"""A second process that compiles the training step's kernels while this one compiles the step.
+
+numba compiles one function at a time in a process (a global lock), and a cold build of the
+training step is mostly compile: the step itself (typing, lowering, LLVM: ~3 s for the
+``loopnet train`` model on 2 cores) and the ~20 kernels it calls (~3.5 s). The step calls its
+kernels by address (``cpu.bind_kernel_symbol``), so it needs their machine code only when its
+own is made, not while it is typed or lowered. So, while numba types a build of the step, the
+kernels it calls and their argument types are noted here, not compiled; when numba starts
+lowering the step, a helper process starts compiling those kernels into numba's cache (the one
+this process reads), and when the step's machine code is about to be made, this process compiles
+the kernels the helper has not taken (from the other end of the list), waits for the helper's,
+and loads them from the cache. Measured in BENCHMARKS.md, "Then: a helper process compiles the
+step's kernels".
+
+Each kernel is compiled by one process only, all its argument types together: numba's cache
+keeps one index file per function, which two processes adding different entries at once could
+leave naming one's code for the other's types. The helper is handed one kernel at a time, from a
+queue both processes take from under a lock, and this process compiles nothing the helper holds
+until the helper says it is done with it, or has exited.
+
+What the helper makes is only ever read back through numba's cache, as any cached kernel is: the
+same machine code, so the same bits, as compiled here. It runs when numba caches to disk (the
+kernels' cache is not a ``NullCache``), at least two CPUs are available to this process and
+``LOOPNET_COMPILE_HELPER`` is not ``0``; without it (or when it fails to start, dies or stalls)
+this process compiles every kernel itself, as before.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import os
+import pickle
+import subprocess
+import sys
+import threading
+
+ENV_VAR = "LOOPNET_COMPILE_HELPER"
+
+# Fewer kernels to compile than this: the helper's start (~0.5 s of importing numba and loopnet,
+# on the other core) would hardly overlap anything.
+MIN_KERNELS = 3
+
+# How long this process waits for a kernel the helper holds before it stops the helper and
+# compiles the kernel itself (a kernel compiles in well under a second; a stalled helper must not
+# hang training).
+WAIT_SECONDS = 120.0
+
+
+def enabled() -> bool:
+    """Whether a helper may start: not turned off, two CPUs or more, not a frozen application
+    (whose ``sys.executable`` is not Python)."""
+    if os.environ.get(ENV_VAR, "1") == "0" or getattr(sys, "frozen", False):
+        return False
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:              # (not on Linux)
+        cpus = os.cpu_count() or 1
+    return cpus >= 2
+
+
+def _caches_to_disk(dispatcher) -> bool:
+    from numba.core.caching import NullCache
+
+    return not isinstance(getattr(dispatcher, "_cache", None), (NullCache, type(None)))
+
+
+class Session:
+    """The kernels one build of the step calls, from its typing to its machine code (see the
+    module docstring). ``cpu.compile_for`` opens one around numba's compile of the step."""
+
+    def __init__(self, build, step_name: str):
+        self.build = build
+        self.step_name = step_name
+        self.kernels = {}               # qualname -> dispatcher
+        self.signatures = {}            # qualname -> [argtypes, ...] not compiled when typed
+        self.queue = None               # qualnames nobody has taken, once lowering started
+        self.compiled = ()              # the qualnames the queue started with
+        self.lock = threading.Lock()
+        self.held = {}                  # qualname -> Event set when the helper is done with it
+        self.current = None             # the qualname the helper holds now
+        self.helped = []                # qualnames the helper compiled
+        self.binds = []                 # the step library's symbols, bound before its code
+        self.process = None
+        self.ready = False              # the helper has started and asks for work
+        self.finished = False
+
+    # -- while numba types the step ------------------------------------------------------------
+    def typed(self, dispatcher, qualname: str, argtypes: tuple) -> None:
+        """The step calls kernel ``qualname`` with ``argtypes``, which it has no build for."""
+        self.kernels[qualname] = dispatcher
+        signatures = self.signatures.setdefault(qualname, [])
+        if argtypes not in signatures:
+            signatures.append(argtypes)
+
+    # -- when numba lowers the step --------------------------------------------------------------
+    def lowering(self, library, bind) -> bool:
+        """Called by each kernel call's code generation with ``bind`` (binds the call's symbol
+        to the kernel's machine code, compiling it first): in the step's own library (not a
+        helper function's, compiled while the step is typed) the first call starts the helper
+        and makes the library compile the kernels and run every ``bind`` before its machine
+        code is made; returns whether ``bind`` waits for then (else the caller runs it now)."""
+        if library.name != self.step_name or not hasattr(library, "_finalize_final_module"):
+            return False                # (a numba without the hook: bound at once, as before)
+        self.binds.append(bind)
+        if self.queue is not None:
+            return True
+        self.queue = collections.deque(
+            name for name, signatures in self.signatures.items()
+            if any(s not in self.kernels[name].overloads for s in signatures))
+        self.compiled = tuple(self.queue)
+        original = library._finalize_final_module
+
+        def finalize():
+            self.finish()
+            for bind_now in self.binds:
+                bind_now()
+            original()
+
+        library._finalize_final_module = finalize
+        if (len(self.queue) >= MIN_KERNELS and enabled()
+                and all(_caches_to_disk(self.kernels[name]) for name in self.queue)):
+            self._start()
+        return True
+
+    def _start(self) -> None:
+        import loopnet
+
+        package = os.path.dirname(os.path.dirname(os.path.abspath(loopnet.__file__)))
+        env = dict(os.environ)
+        env[ENV_VAR] = "0"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package, env.get("PYTHONPATH")) if p)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from loopnet.backends.cpu_helper import main; main()"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                env=env)
+            self._send((self.build, os.path.abspath(loopnet.__file__)))
+        except (OSError, ValueError):
+            if self.process is not None:
+                self._stop(kill=True)
+            self.process = None
+            return
+        threading.Thread(target=self._serve, name="loopnet compile helper", daemon=True).start()
+
+    def _send(self, payload) -> None:
+        self.process.stdin.write(base64.b64encode(pickle.dumps(payload)) + b"\n")
+        self.process.stdin.flush()
+
+    def _serve(self) -> None:
+        """Hand the helper a kernel each time it asks (``ready``, ``done``, ``fail``)."""
+        process = self.process
+        try:
+            for line in process.stdout:
+                word = line.strip()
+                if word in (b"done", b"fail"):
+                    if word == b"done":
+                        self.helped.append(self.current)
+                    self.held[self.current].set()
+                elif word == b"ready":
+                    self.ready = True
+                else:
+                    continue
+                with self.lock:
+                    name = self.queue.popleft() if self.queue and not self.finished else None
+                    self.current = name
+                    if name is not None:
+                        self.held[name] = threading.Event()
+                if name is None:
+                    process.stdin.close()       # (the helper exits)
+                    break
+                self._send((name, self.signatures[name]))
+        except (OSError, ValueError):           # the helper has gone, or was stopped
+            pass
+        finally:
+            try:
+                process.wait(timeout=WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            for event in list(self.held.values()):     # (it compiles nothing any more)
+                event.set()
+
+    # -- before the step's machine code is made -------------------------------------------------
+    def finish(self) -> None:
+        """Compile the kernels nobody has taken, last first, then wait for the helper's."""
+        while True:
+            with self.lock:
+                name = self.queue.pop() if self.queue else None
+            if name is None:
+                break
+            for argtypes in self.signatures[name]:
+                self.kernels[name].compile(argtypes)
+        with self.lock:
+            self.finished = True
+            waiting = list(self.held.values())
+        for event in waiting:
+            if not event.wait(WAIT_SECONDS):
+                self._stop(kill=True)
+                break
+
+    def close(self) -> None:
+        """After numba's compile of the step, whatever happened: the helper stops. It is killed
+        when it still holds a kernel (numba's compile failed, or ``finish`` never ran) or has
+        not started yet; else, idle, it is told to exit."""
+        with self.lock:
+            self.finished = True
+            busy = (not self.ready or (self.current is not None
+                                       and not self.held[self.current].is_set()))
+        if self.process is not None and busy:
+            self._stop(kill=True)
+        global last
+        last = {"step": self.step_name, "kernels": list(self.compiled),
+                "helped": list(self.helped), "helper": self.process is not None}
+
+    def _stop(self, kill: bool) -> None:
+        process = self.process
+        if kill and process.poll() is None:
+            process.kill()
+        process.wait()
+        for event in list(self.held.values()):
+            event.set()
+
+
+# What the last session did: its step, the kernels compiled while numba lowered it, those the
+# helper compiled, and whether a helper started (read by the tests and the benchmarks).
+last: dict = {}
+
+_local = threading.local()      # (numba compiles in the thread that calls; each has a session)
+
+
+def current() -> Session | None:
+    """The session of the step numba is compiling in this thread, if any."""
+    return getattr(_local, "session", None)
+
+
+class opened:
+    """``with opened(build, step_name):`` numba's compile of a build of the step."""
+
+    def __init__(self, build, step_name: str):
+        self.session = Session(build, step_name)
+
+    def __enter__(self) -> Session:
+        self.outer, _local.session = current(), self.session
+        return self.session
+
+    def __exit__(self, *exc) -> None:
+        _local.session = self.outer
+        self.session.close()
+
+
+def main() -> None:
+    """The helper process: read a build, then compile the kernels it is handed, one at a time,
+    saying ``done`` (or ``fail``: this process then compiles it and meets the error) after each."""
+    import warnings
+
+    read, write = sys.stdin.buffer, sys.stdout.buffer
+
+    def receive():
+        line = read.readline()
+        return pickle.loads(base64.b64decode(line)) if line.strip() else None
+
+    def say(word: bytes) -> None:
+        write.write(word + b"\n")
+        write.flush()
+
+    build, package_file = receive()
+    import loopnet
+    from loopnet.backends import cpu
+
+    if os.path.abspath(loopnet.__file__) != package_file:
+        return                          # another copy of loopnet: its cache is not the caller's
+    kernels = {}
+    for kernel in cpu._kernels_of_the_step(build).values():
+        dispatcher = getattr(kernel, "kernel", kernel)
+        kernels[dispatcher.py_func.__qualname__] = dispatcher
+    say(b"ready")
+    warnings.simplefilter("ignore")
+    while True:
+        job = receive()
+        if job is None:
+            return
+        name, signatures = job
+        try:
+            for argtypes in signatures:
+                kernels[name].compile(argtypes)
+        except Exception:               # noqa: BLE001 - the caller compiles it and reports it
+            say(b"fail")
+        else:
+            say(b"done")
