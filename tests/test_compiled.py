@@ -433,10 +433,22 @@ def test_builds_of_other_kinds_compile_under_other_names():
 # Run twice, in two processes over one fresh numba cache: the first compiles the step, the second
 # loads it (and binds its kernels' symbols through the step's reload hooks).
 _BY_ADDRESS_CHILD = """
-import json
+import json, time
 import loopnet
-from loopnet.backends import cpu
+from loopnet.backends import cpu, cpu_helper
 from loopnet.datasets import spiral_data
+
+finish = cpu_helper.Session.finish
+
+def finish_once_the_helper_holds_a_kernel(session):
+    # (on a loaded machine the helper may start after this process has compiled every kernel)
+    deadline = time.monotonic() + 120
+    while (session.process is not None and not session.held
+           and session.process.poll() is None and time.monotonic() < deadline):
+        time.sleep(0.005)
+    finish(session)
+
+cpu_helper.Session.finish = finish_once_the_helper_holds_a_kernel
 
 X, y = spiral_data(20, 3, seed=0)
 model = loopnet.Model()
@@ -455,7 +467,10 @@ print(json.dumps({
     "path": history["path"], "loss": [float(v).hex() for v in history["loss"]],
     "hits": sum(step.stats.cache_hits.values()), "misses": sum(step.stats.cache_misses.values()),
     "linked": sorted(library.name for library in compiled.library._linking_libraries),
-    "kernels": sorted(kernels), "bound": sorted(cpu._bound_symbols)}))
+    "kernels": sorted(kernels), "bound": sorted(cpu._bound_symbols),
+    "params": [p.tobytes().hex() for layer in model.trainable_layers
+               for p in (layer.weights, layer.biases)],
+    "helper": cpu_helper.last}))
 """
 
 
@@ -464,22 +479,42 @@ def test_the_step_calls_its_kernels_by_symbol_and_a_new_process_loads_it_from_th
     """A build of the step holds no kernel's code: it calls each kernel through a symbol bound
     to the kernel's own machine code. Compiled in one process, it is loaded from numba's cache
     in the next, which binds those symbols before loading it (its reload hooks) and trains to
-    the same bits."""
+    the same bits.
+
+    The first process compiles the kernels with a helper process (``cpu_helper``) that hands
+    them over through the cache; a third, without a helper, in a cache of its own, compiles
+    every kernel itself and trains to the same bits."""
     import json
     import subprocess
     import sys
 
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    env.pop(compiled.FULL_BUILD_VAR, None)
-    runs = [json.loads(subprocess.run([sys.executable, "-c", _BY_ADDRESS_CHILD], env=env,
-                                      capture_output=True, text=True, check=True,
-                                      timeout=300).stdout.splitlines()[-1])
-            for _ in range(2)]
+    from loopnet.backends import cpu_helper
+
+    def run(cache, helper="1"):
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / cache))
+        env.pop(compiled.FULL_BUILD_VAR, None)
+        env[cpu_helper.ENV_VAR] = helper
+        return json.loads(subprocess.run(
+            [sys.executable, "-c", _BY_ADDRESS_CHILD], env=env, capture_output=True, text=True,
+            check=True, timeout=300).stdout.splitlines()[-1])
+
+    runs = [run("cache"), run("cache")]
     first, second = runs
-    assert first["path"] == second["path"] == "compiled"
+    alone = run("alone", helper="0")
+    assert first["path"] == second["path"] == alone["path"] == "compiled"
     assert (first["hits"], first["misses"]) == (0, 1)       # compiled, then cached
     assert (second["hits"], second["misses"]) == (1, 0)     # loaded
-    assert second["loss"] == first["loss"]
+    assert second["loss"] == first["loss"] == alone["loss"]
+    assert second["params"] == first["params"] == alone["params"]
+    # the helper compiled some of the step's kernels, this process the others
+    if cpu_helper.enabled():
+        assert first["helper"]["helper"]
+        assert first["helper"]["helped"]
+        assert set(first["helper"]["helped"]) <= set(first["helper"]["kernels"])
+    assert set(first["helper"]["kernels"]) <= set(first["kernels"])
+    assert not alone["helper"]["helper"] and alone["helper"]["helped"] == []
+    assert alone["helper"]["kernels"] == first["helper"]["kernels"]
+    assert second["helper"]["kernels"] == []                # loaded: nothing to compile
     # the first process linked helpers into the step, never a kernel; each run bound a
     # symbol for every kernel the model runs (the second before loading the step)
     assert first["linked"] and not set(first["linked"]) & set(first["kernels"])

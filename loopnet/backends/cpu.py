@@ -634,7 +634,9 @@ def _kernels_of_the_step(build) -> dict:
 # layered ops run. A build loaded from numba's cache holds that symbol, not the kernel's code:
 # numba runs a cached function's reload hooks before it loads its machine code, and the step's
 # hooks bind its symbols (compiling or loading each kernel first), so a build never loads
-# unbound. Measured in BENCHMARKS.md, "Then: the step's kernels called by address".
+# unbound. Measured in BENCHMARKS.md, "Then: the step's kernels called by address". While
+# ``compile_for`` compiles a build, its kernels are typed, not compiled, and made (partly by a
+# helper process) just before the build's own machine code: ``cpu_helper``.
 _bound_symbols: set = set()
 _kernels_by_name: dict = {}     # function name -> the kernel a build calls under that name
 

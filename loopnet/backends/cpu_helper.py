@@ -47,6 +47,11 @@ MIN_KERNELS = 3
 WAIT_SECONDS = 120.0
 
 
+def command() -> list:
+    """The helper's command line (this Python, running ``main`` below)."""
+    return [sys.executable, "-c", "from loopnet.backends.cpu_helper import main; main()"]
+
+
 def enabled() -> bool:
     """Whether a helper may start: not turned off, two CPUs or more, not a frozen application
     (whose ``sys.executable`` is not Python)."""
@@ -131,10 +136,9 @@ class Session:
         env[ENV_VAR] = "0"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package, env.get("PYTHONPATH")) if p)
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", "from loopnet.backends.cpu_helper import main; main()"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                env=env)
+            self.process = subprocess.Popen(command(), stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                            env=env)
             self._send((self.build, os.path.abspath(loopnet.__file__)))
         except (OSError, ValueError):
             if self.process is not None:
