@@ -66,7 +66,7 @@ def run_session(monkeypatch, action, n_kernels=8, wait_for_helper=True, before_r
     kernel it takes; returns (session, the kernels this process compiled, the library)."""
     monkeypatch.setattr(cpu_helper, "enabled", lambda: True)
     script = HELPER.format(action=action, before_ready=before_ready)
-    monkeypatch.setattr(cpu_helper, "command", lambda: [sys.executable, "-c", script])
+    monkeypatch.setattr(cpu_helper, "command", lambda package: [sys.executable, "-c", script])
     log = []
     library = Library("train_block__test")
     bound = []

@@ -47,15 +47,25 @@ MIN_KERNELS = 3
 WAIT_SECONDS = 120.0
 
 
-def command() -> list:
-    """The helper's command line (this Python, running ``main`` below)."""
-    return [sys.executable, "-c", "from loopnet.backends.cpu_helper import main; main()"]
+# numba reads its settings (NUMBA_CACHE_DIR, NUMBA_OPT, the CPU's name and features, ...) from
+# the environment when it is imported, as the cpu backend imports it with this module: the helper
+# is given these, not what the environment may hold by the time it starts.
+_NUMBA_ENVIRONMENT = {key: value for key, value in os.environ.items() if key.startswith("NUMBA_")}
+
+
+def command(package: str) -> list:
+    """The helper's command line: this Python, running ``main`` below from the loopnet in
+    ``package`` (a folder added at the end of the helper's import path: where this process
+    found loopnet without it, the helper does too, and checks that it is the same)."""
+    return [sys.executable, "-c", f"import sys; sys.path.append({package!r}); "
+            "from loopnet.backends.cpu_helper import main; main()"]
 
 
 def enabled() -> bool:
-    """Whether a helper may start: not turned off, two CPUs or more, not a frozen application
-    (whose ``sys.executable`` is not Python)."""
-    if os.environ.get(ENV_VAR, "1") == "0" or getattr(sys, "frozen", False):
+    """Whether a helper may start: not turned off, two CPUs or more, not a frozen or embedded
+    application (whose ``sys.executable`` is not Python, or empty)."""
+    if (os.environ.get(ENV_VAR, "1") == "0" or getattr(sys, "frozen", False)
+            or not sys.executable):
         return False
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -132,15 +142,15 @@ class Session:
         import loopnet
 
         package = os.path.dirname(os.path.dirname(os.path.abspath(loopnet.__file__)))
-        env = dict(os.environ)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("NUMBA_")}
+        env.update(_NUMBA_ENVIRONMENT)
         env[ENV_VAR] = "0"
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package, env.get("PYTHONPATH")) if p)
         try:
-            self.process = subprocess.Popen(command(), stdin=subprocess.PIPE,
+            self.process = subprocess.Popen(command(package), stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                             env=env)
             self._send((self.build, os.path.abspath(loopnet.__file__)))
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):
             if self.process is not None:
                 self._stop(kill=True)
             self.process = None
