@@ -586,6 +586,7 @@ def parallel_step(work: int) -> bool:
     return work >= PARALLEL_STEP_MIN and threads.parallel_allowed()
 
 _step_builds: dict = {}
+_build_of: dict = {}            # the other way round: a build's dispatcher -> the build
 
 
 if hasattr(os, "register_at_fork"):    # a forked child may have to run serial builds only
@@ -746,13 +747,6 @@ def training_step(build):
     return kernel
 
 
-_build_of: dict = {}     # a compiled step (its dispatcher) -> its build
-
-
-def _qualname(kernel) -> str:
-    return getattr(kernel, "kernel", kernel).py_func.__qualname__
-
-
 def step_builds() -> tuple:
     """The ``loopnet.kernels.step.Build``s this process has made, oldest first."""
     return tuple(_step_builds)
@@ -787,9 +781,11 @@ def compile_for(kernel, args) -> float:
         known.add(kinds)
         return 0.0
     start = time.perf_counter()
-    build = _build_of.get(getattr(kernel, "kernel", kernel))
-    with warnings.catch_warnings(), _helper.opened(build, _qualname(kernel)) \
-            if build is not None else contextlib.nullcontext():
+    dispatcher = getattr(kernel, "kernel", kernel)
+    build = _build_of.get(dispatcher)           # a build of the step: cpu_helper's session
+    session = (contextlib.nullcontext() if build is None
+               else _helper.opened(build, dispatcher.py_func.__qualname__))
+    with warnings.catch_warnings(), session:
         # numba's pedantic check of its own IR after inlining the step's helpers into their
         # parallel regions ("variable ... is not in scope"): about numba, not about the code
         warnings.simplefilter("ignore", numba.core.errors.NumbaIRAssumptionWarning)

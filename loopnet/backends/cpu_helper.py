@@ -2,7 +2,7 @@
 
 numba compiles one function at a time in a process (a global lock), and a cold build of the
 training step is mostly compile: the step itself (typing, lowering, LLVM: ~3 s for the
-``loopnet train`` model on 2 cores) and the ~20 kernels it calls (~3.5 s). The step calls its
+``loopnet train`` model on 2 cores) and the 15 kernels it calls (~3.7 s). The step calls its
 kernels by address (``cpu.bind_kernel_symbol``), so it needs their machine code only when its
 own is made, not while it is typed or lowered. So, while numba types a build of the step, the
 kernels it calls and their argument types are noted here, not compiled; when numba starts
@@ -278,7 +278,10 @@ def main() -> None:
         write.write(word + b"\n")
         write.flush()
 
-    build, package_file = receive()
+    first = receive()
+    if first is None:
+        return
+    build, package_file = first
     import loopnet
     from loopnet.backends import cpu
 
