@@ -5,9 +5,10 @@ training step is mostly compile: the step itself (typing, lowering, LLVM: ~3 s f
 ``loopnet train`` model on 2 cores) and the 15 kernels it calls (~3.7 s). The step calls its
 kernels by address (``cpu.bind_kernel_symbol``), so it needs their machine code only when its
 own is made, not while it is typed or lowered. So, while numba types a build of the step, the
-kernels it calls and their argument types are noted here, not compiled; when numba starts
-lowering the step, a helper process starts compiling those kernels into numba's cache (the one
-this process reads), and when the step's machine code is about to be made, this process compiles
+kernels it calls and their argument types are noted here, not compiled, and a helper process
+starts (importing numba and loopnet meanwhile); when numba starts lowering the step, the helper
+starts compiling those kernels into numba's cache (the one this process reads), and when the
+step's machine code is about to be made, this process compiles
 the kernels the helper has not taken (from the other end of the list), waits for the helper's,
 and loads them from the cache. Measured in BENCHMARKS.md, "Then: a helper process compiles the
 step's kernels".
@@ -36,10 +37,6 @@ import sys
 import threading
 
 ENV_VAR = "LOOPNET_COMPILE_HELPER"
-
-# Fewer kernels to compile than this: the helper's start (~0.5 s of importing numba and loopnet,
-# on the other core) would hardly overlap anything.
-MIN_KERNELS = 3
 
 # How long this process waits for a kernel the helper holds before it stops the helper and
 # compiles the kernel itself (a kernel compiles in well under a second; a stalled helper must not
@@ -90,6 +87,7 @@ class Session:
         self.kernels = {}               # qualname -> dispatcher
         self.signatures = {}            # qualname -> [argtypes, ...] not compiled when typed
         self.queue = None               # qualnames nobody has taken, once lowering started
+        self.queued = threading.Event()     # set then (or when the session ends)
         self.compiled = ()              # the qualnames the queue started with
         self.lock = threading.Lock()
         self.held = {}                  # qualname -> Event set when the helper is done with it
@@ -102,7 +100,11 @@ class Session:
 
     # -- while numba types the step ------------------------------------------------------------
     def typed(self, dispatcher, qualname: str, argtypes: tuple) -> None:
-        """The step calls kernel ``qualname`` with ``argtypes``, which it has no build for."""
+        """The step calls kernel ``qualname`` with ``argtypes``, which it has no build for. The
+        first such kernel starts the helper: it imports numba and loopnet (~0.5 s) while numba
+        types the rest of the step, and asks for work when it is ready."""
+        if not self.kernels and enabled() and _caches_to_disk(dispatcher):
+            self._start()
         self.kernels[qualname] = dispatcher
         signatures = self.signatures.setdefault(qualname, [])
         if argtypes not in signatures:
@@ -112,9 +114,10 @@ class Session:
     def lowering(self, library, bind) -> bool:
         """Called by each kernel call's code generation with ``bind`` (binds the call's symbol
         to the kernel's machine code, compiling it first): in the step's own library (not a
-        helper function's, compiled while the step is typed) the first call starts the helper
-        and makes the library compile the kernels and run every ``bind`` before its machine
-        code is made; returns whether ``bind`` waits for then (else the caller runs it now)."""
+        helper function's, compiled while the step is typed) the first call lists the kernels
+        for the helper to take, and makes the library compile the rest and run every ``bind``
+        before its machine code is made; returns whether ``bind`` waits for then (else the
+        caller runs it now)."""
         if library.name != self.step_name or not hasattr(library, "_finalize_final_module"):
             return False                # (a numba without the hook: bound at once, as before)
         self.binds.append(bind)
@@ -124,6 +127,7 @@ class Session:
             name for name, signatures in self.signatures.items()
             if any(s not in self.kernels[name].overloads for s in signatures))
         self.compiled = tuple(self.queue)
+        self.queued.set()
         original = library._finalize_final_module
 
         def finalize():
@@ -133,9 +137,6 @@ class Session:
             original()
 
         library._finalize_final_module = finalize
-        if (len(self.queue) >= MIN_KERNELS and enabled()
-                and all(_caches_to_disk(self.kernels[name]) for name in self.queue)):
-            self._start()
         return True
 
     def _start(self) -> None:
@@ -175,6 +176,7 @@ class Session:
                     self.ready = True
                 else:
                     continue
+                self.queued.wait()              # (until numba has typed the whole step)
                 with self.lock:
                     name = self.queue.popleft() if self.queue and not self.finished else None
                     self.current = name
@@ -219,6 +221,7 @@ class Session:
         not started yet; else, idle, it is told to exit."""
         with self.lock:
             self.finished = True
+            self.queued.set()
             busy = (not self.ready or (self.current is not None
                                        and not self.held[self.current].is_set()))
         if self.process is not None and busy:
