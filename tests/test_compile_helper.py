@@ -61,9 +61,9 @@ STALL = "import time; time.sleep(600)"
 DIE = "sys.exit(3)"
 
 
-def run_session(monkeypatch, action, n_kernels=8, wait_for_helper=True, before_ready=""):
-    """A session over ``n_kernels`` stand-in kernels with a helper doing ``action`` for each
-    kernel it takes; returns (session, the kernels this process compiled, the library)."""
+def run_handover(monkeypatch, action, n_kernels=8, wait_for_helper=True, before_ready=""):
+    """A hand-over of ``n_kernels`` stand-in kernels with a helper doing ``action`` for each
+    kernel it takes; returns (handover, the kernels this process compiled, the library)."""
     monkeypatch.setattr(cpu_helper, "enabled", lambda: True)
     script = HELPER.format(action=action, before_ready=before_ready)
     monkeypatch.setattr(cpu_helper, "command", lambda package: [sys.executable, "-c", script])
@@ -76,63 +76,63 @@ def run_session(monkeypatch, action, n_kernels=8, wait_for_helper=True, before_r
         kernel.compile(argtypes)
         bound.append(kernel.name)
 
-    with cpu_helper.opened(None, library.name) as session:
-        kernels = [Kernel(f"kernel_{k}", log, session.helped) for k in range(n_kernels)]
+    with cpu_helper.opened(None, library.name) as handover:
+        kernels = [Kernel(f"kernel_{k}", log, handover.helped) for k in range(n_kernels)]
         for kernel in kernels:
-            session.typed(kernel, kernel.name, argtypes)
+            handover.typed(kernel, kernel.name, argtypes)
         for kernel in kernels:
-            assert session.lowering(library, lambda k=kernel: bind(k))
-        assert session.process is not None
+            assert handover.lowering(library, lambda k=kernel: bind(k))
+        assert handover.process is not None
         if wait_for_helper:             # (a loaded machine: the helper takes its first kernel)
             deadline = time.monotonic() + 60
-            while not session.held and session.process.poll() is None:
+            while not handover.held and handover.process.poll() is None:
                 assert time.monotonic() < deadline
                 time.sleep(0.005)
         assert not library.made and not log and not bound
         library._finalize_final_module()
     assert library.made
     assert bound == [kernel.name for kernel in kernels]     # every symbol, before the code
-    return session, log, kernels
+    return handover, log, kernels
 
 
 def test_each_kernel_is_compiled_by_one_process_the_helper_from_the_front(monkeypatch):
-    session, log, kernels = run_session(monkeypatch, DONE)
+    handover, log, kernels = run_handover(monkeypatch, DONE)
     names = [kernel.name for kernel in kernels]
-    assert session.helped                                   # (it took the first at least)
-    assert not set(session.helped) & set(log)               # never both
-    assert sorted(session.helped + log) == sorted(names)
-    assert session.helped == names[:len(session.helped)]    # the helper from the front,
-    assert log == names[len(session.helped):][::-1]         # this process from the back
-    assert cpu_helper.last["helped"] == session.helped
+    assert handover.helped                                   # (it took the first at least)
+    assert not set(handover.helped) & set(log)               # never both
+    assert sorted(handover.helped + log) == sorted(names)
+    assert handover.helped == names[:len(handover.helped)]    # the helper from the front,
+    assert log == names[len(handover.helped):][::-1]         # this process from the back
+    assert cpu_helper.last["helped"] == handover.helped
     assert cpu_helper.last["kernels"] == names
-    session.process.wait(timeout=30)                        # told to exit, it does
-    assert session.process.returncode == 0
+    handover.process.wait(timeout=30)                        # told to exit, it does
+    assert handover.process.returncode == 0
 
 
 @pytest.mark.parametrize("action", [FAIL, DIE])
 def test_a_kernel_the_helper_fails_or_dies_on_is_compiled_here(monkeypatch, action):
-    session, log, kernels = run_session(monkeypatch, action)
-    assert session.helped == []
+    handover, log, kernels = run_handover(monkeypatch, action)
+    assert handover.helped == []
     assert sorted(log) == sorted(kernel.name for kernel in kernels)
 
 
 def test_a_stalled_helper_is_stopped_and_its_kernel_compiled_here(monkeypatch):
     monkeypatch.setattr(cpu_helper, "WAIT_SECONDS", 1.0)
     start = time.monotonic()
-    session, log, kernels = run_session(monkeypatch, STALL)
+    handover, log, kernels = run_handover(monkeypatch, STALL)
     assert time.monotonic() - start < 30
-    assert session.process.poll() is not None               # killed, and reaped
-    assert session.helped == []
+    assert handover.process.poll() is not None               # killed, and reaped
+    assert handover.helped == []
     assert sorted(log) == sorted(kernel.name for kernel in kernels)
 
 
 def test_a_helper_still_starting_when_the_step_is_made_is_killed(monkeypatch):
     start = time.monotonic()
-    session, log, kernels = run_session(monkeypatch, DONE, wait_for_helper=False,
+    handover, log, kernels = run_handover(monkeypatch, DONE, wait_for_helper=False,
                                         before_ready="import time; time.sleep(600)")
     assert time.monotonic() - start < 30
-    assert session.process.poll() is not None               # killed, and reaped
-    assert session.helped == []
+    assert handover.process.poll() is not None               # killed, and reaped
+    assert handover.helped == []
     assert log == [kernel.name for kernel in kernels][::-1]
 
 
@@ -141,23 +141,23 @@ def test_no_helper_when_turned_off(monkeypatch):
     assert not cpu_helper.enabled()
     log = []
     library = Library("train_block__test")
-    with cpu_helper.opened(None, library.name) as session:
+    with cpu_helper.opened(None, library.name) as handover:
         for k in range(4):
             kernel = Kernel(f"kernel_{k}", log)
-            session.typed(kernel, kernel.name, ("int64",))
-        assert session.lowering(library, lambda: None)
+            handover.typed(kernel, kernel.name, ("int64",))
+        assert handover.lowering(library, lambda: None)
         library._finalize_final_module()
-    assert session.process is None
+    assert handover.process is None
     assert log == ["kernel_3", "kernel_2", "kernel_1", "kernel_0"]
 
 
-def test_calls_outside_the_steps_library_are_bound_at_once_and_sessions_are_per_thread():
+def test_calls_outside_the_steps_library_are_bound_at_once_and_hand_overs_are_per_thread():
     library = Library("_block__test")               # a helper function's, typed with the step
-    with cpu_helper.opened(None, "train_block__test") as session:
-        assert not session.lowering(library, lambda: None)
+    with cpu_helper.opened(None, "train_block__test") as handover:
+        assert not handover.lowering(library, lambda: None)
         seen = []
         thread = threading.Thread(target=lambda: seen.append(cpu_helper.current()))
         thread.start()
         thread.join()
-        assert seen == [None] and cpu_helper.current() is session
+        assert seen == [None] and cpu_helper.current() is handover
     assert cpu_helper.current() is None

@@ -438,17 +438,17 @@ import loopnet
 from loopnet.backends import cpu, cpu_helper
 from loopnet.datasets import spiral_data
 
-finish = cpu_helper.Session.finish
+finish = cpu_helper.Handover.finish
 
-def finish_once_the_helper_holds_a_kernel(session):
+def finish_once_the_helper_holds_a_kernel(handover):
     # (on a loaded machine the helper may start after this process has compiled every kernel)
     deadline = time.monotonic() + 120
-    while (session.process is not None and not session.held
-           and session.process.poll() is None and time.monotonic() < deadline):
+    while (handover.process is not None and not handover.held
+           and handover.process.poll() is None and time.monotonic() < deadline):
         time.sleep(0.005)
-    finish(session)
+    finish(handover)
 
-cpu_helper.Session.finish = finish_once_the_helper_holds_a_kernel
+cpu_helper.Handover.finish = finish_once_the_helper_holds_a_kernel
 
 X, y = spiral_data(20, 3, seed=0)
 model = loopnet.Model()

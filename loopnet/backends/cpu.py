@@ -686,12 +686,12 @@ def _called_by_address(kernel):
         raise RuntimeError(f"two kernels of the cpu backend are named {qualname!r}")
 
     def call(typingctx, *args):
-        session = _helper.current()
+        handover = _helper.current()
         argtypes = tuple(dispatcher.fold_argument_types(args, {})[1])
-        if session is not None and argtypes not in dispatcher.overloads:
+        if handover is not None and argtypes not in dispatcher.overloads:
             # Noted, not compiled: the step's kernels return nothing (checked when bound), and
-            # the session compiles them while numba lowers the step (cpu_helper)
-            session.typed(dispatcher, qualname, argtypes)
+            # the hand-over compiles them while numba lowers the step (cpu_helper)
+            handover.typed(dispatcher, qualname, argtypes)
             signature = types.none(*argtypes)
         else:
             signature = typingctx.resolve_function_type(types.Dispatcher(dispatcher), args, {})
@@ -704,8 +704,8 @@ def _called_by_address(kernel):
             library = context.active_code_library
             bind = functools.partial(bind_kernel_symbol, symbol, qualname, argtypes,
                                      sig.return_type)
-            session = _helper.current()
-            if session is None or not session.lowering(library, bind):
+            handover = _helper.current()
+            if handover is None or not handover.lowering(library, bind):
                 bind()
             hook = _bindings.setdefault(symbol, functools.partial(
                 bind_kernel_symbol, symbol, qualname, argtypes))
@@ -782,10 +782,10 @@ def compile_for(kernel, args) -> float:
         return 0.0
     start = time.perf_counter()
     dispatcher = getattr(kernel, "kernel", kernel)
-    build = _build_of.get(dispatcher)           # a build of the step: cpu_helper's session
-    session = (contextlib.nullcontext() if build is None
+    build = _build_of.get(dispatcher)           # a build of the step: cpu_helper's hand-over
+    handover = (contextlib.nullcontext() if build is None
                else _helper.opened(build, dispatcher.py_func.__qualname__))
-    with warnings.catch_warnings(), session:
+    with warnings.catch_warnings(), handover:
         # numba's pedantic check of its own IR after inlining the step's helpers into their
         # parallel regions ("variable ... is not in scope"): about numba, not about the code
         warnings.simplefilter("ignore", numba.core.errors.NumbaIRAssumptionWarning)

@@ -77,7 +77,7 @@ def _caches_to_disk(dispatcher) -> bool:
     return not isinstance(getattr(dispatcher, "_cache", None), (NullCache, type(None)))
 
 
-class Session:
+class Handover:
     """The kernels one build of the step calls, from its typing to its machine code (see the
     module docstring). ``cpu.compile_for`` opens one around numba's compile of the step."""
 
@@ -87,7 +87,7 @@ class Session:
         self.kernels = {}               # qualname -> dispatcher
         self.signatures = {}            # qualname -> [argtypes, ...] not compiled when typed
         self.queue = None               # qualnames nobody has taken, once lowering started
-        self.queued = threading.Event()     # set then (or when the session ends)
+        self.queued = threading.Event()     # set then (or when the hand-over ends)
         self.compiled = ()              # the qualnames the queue started with
         self.lock = threading.Lock()
         self.held = {}                  # qualname -> Event set when the helper is done with it
@@ -239,31 +239,31 @@ class Session:
             event.set()
 
 
-# What the last session did: its step, the kernels compiled while numba lowered it, those the
-# helper compiled, and whether a helper started (read by the tests and the benchmarks).
+# What the last hand-over did: its step, the kernels compiled while numba lowered it, those the
+# helper compiled, and whether a helper started (read by the tests).
 last: dict = {}
 
-_local = threading.local()      # (numba compiles in the thread that calls; each has a session)
+_local = threading.local()      # (numba compiles in the thread that calls; each has its own)
 
 
-def current() -> Session | None:
-    """The session of the step numba is compiling in this thread, if any."""
-    return getattr(_local, "session", None)
+def current() -> Handover | None:
+    """The hand-over of the step numba is compiling in this thread, if any."""
+    return getattr(_local, "handover", None)
 
 
 class opened:
     """``with opened(build, step_name):`` numba's compile of a build of the step."""
 
     def __init__(self, build, step_name: str):
-        self.session = Session(build, step_name)
+        self.handover = Handover(build, step_name)
 
-    def __enter__(self) -> Session:
-        self.outer, _local.session = current(), self.session
-        return self.session
+    def __enter__(self) -> Handover:
+        self.outer, _local.handover = current(), self.handover
+        return self.handover
 
     def __exit__(self, *exc) -> None:
-        _local.session = self.outer
-        self.session.close()
+        _local.handover = self.outer
+        self.handover.close()
 
 
 def main() -> None:
