@@ -586,7 +586,6 @@ def parallel_step(work: int) -> bool:
     return work >= PARALLEL_STEP_MIN and threads.parallel_allowed()
 
 _step_builds: dict = {}
-_build_of: dict = {}            # the other way round: a build's dispatcher -> the build
 
 
 if hasattr(os, "register_at_fork"):    # a forked child may have to run serial builds only
@@ -740,7 +739,6 @@ def training_step(build):
         kernels = {name: _called_by_address(kernel)
                    for name, kernel in _kernels_of_the_step(build).items()}
         kernel = numba.njit(**OPTIONS)(_step.build(build, kernels))
-        _build_of[kernel] = build
         if build.parallel:
             kernel = threads.serialized(kernel)
         _step_builds[build] = kernel
@@ -781,10 +779,10 @@ def compile_for(kernel, args) -> float:
         known.add(kinds)
         return 0.0
     start = time.perf_counter()
-    dispatcher = getattr(kernel, "kernel", kernel)
-    build = _build_of.get(dispatcher)           # a build of the step: cpu_helper's hand-over
-    handover = (contextlib.nullcontext() if build is None
-               else _helper.opened(build, dispatcher.py_func.__qualname__))
+    # a build of the step (``training_step``'s): its kernels through cpu_helper's hand-over
+    build = next((made for made, step in _step_builds.items() if step is kernel), None)
+    handover = (contextlib.nullcontext() if build is None else _helper.opened(
+        build, getattr(kernel, "kernel", kernel).py_func.__qualname__))
     with warnings.catch_warnings(), handover:
         # numba's pedantic check of its own IR after inlining the step's helpers into their
         # parallel regions ("variable ... is not in scope"): about numba, not about the code
