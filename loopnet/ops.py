@@ -223,10 +223,13 @@ def dense_backward_direct(dvalues, inputs, weights, biases, dweights, dbiases, d
 
 def _check_host(be, *arrays) -> None:
     """A GPU array given to a host device: a clear error, not numba's 'can't unbox array'."""
-    if be.HOST and any(type(a) is not np.ndarray and is_device_array(a) for a in arrays):
-        raise TypeError("an input is a GPU array but the op runs on a host device "
-                        f"({be.__name__.rsplit('.', 1)[-1]}): run it with device='cuda', or "
-                        "bring the array back with loopnet.to_numpy(...)")
+    if be.HOST:
+        for a in arrays:     # (a loop, not any() over a generator: ~0.4 us less per op)
+            if type(a) is not np.ndarray and is_device_array(a):
+                raise TypeError("an input is a GPU array but the op runs on a host device "
+                                f"({be.__name__.rsplit('.', 1)[-1]}): run it with "
+                                "device='cuda', or bring the array back with "
+                                "loopnet.to_numpy(...)")
 
 
 def _checked_backend(device, *arrays):

@@ -102,6 +102,18 @@ if SIMULATOR:
 
     _sim_array.FakeCUDAArray.shape = property(_shape)
 
+    # The simulator runs each GPU thread's Python on numpy scalars, in a Python thread of its
+    # own (so not under a caller's ``np.errstate``): the dropout hash's uint64 products, which
+    # wrap around by design, would warn of overflow, where a GPU reports none. Each simulated
+    # thread runs under ``np.errstate(over="ignore")``, as the GPU's arithmetic would.
+    _simulated_run = _sim_kernel.BlockThread.run
+
+    def _run_as_the_gpu_would(self):
+        with np.errstate(over="ignore"):
+            _simulated_run(self)
+
+    _sim_kernel.BlockThread.run = _run_as_the_gpu_would
+
 
 HOST = False    # (ops: arrays live on the GPU)
 BLOCK_1D = 128
@@ -348,11 +360,7 @@ def _launcher(op: str):
     written = _written_arguments(function)
 
     def launch(*args):
-        if SIMULATOR:  # the simulator runs kernels on numpy scalars: the dropout hash's
-            with np.errstate(over="ignore"):  # wrapping uint64 products would warn
-                _launch(kernel, tuple(args[position].shape[:dims]), args, written)
-        else:
-            _launch(kernel, tuple(args[position].shape[:dims]), args, written)
+        _launch(kernel, tuple(args[position].shape[:dims]), args, written)
 
     launch.__name__ = launch.__qualname__ = op
     launch.__doc__ = f"Launch ``{op}_kernel``: one thread per element of ``{argument}``" + (

@@ -399,3 +399,15 @@ def test_large_batches_sum_their_samples_in_two_levels(dtype, data):
     assert np.all(np.abs(got_biases - want_biases) <= sum_tolerance(n_samples, bias_terms, dtype))
     assert np.array_equal(host_weights, got_weights)
     assert np.array_equal(host_biases[0], got_biases)
+
+
+def test_dropout_on_the_device_warns_of_nothing():
+    """The dropout hash's uint64 products wrap around by design, as they do on the GPU; under
+    the simulator (each GPU thread's Python on numpy scalars) they must not show up as overflow
+    warnings, and the mask is the other devices' one."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        mask = gpu.to_numpy(ops.dropout_mask((5, 7), 0.3, seed=3, step=2, device="cuda"))
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    assert np.array_equal(mask, ops.dropout_mask((5, 7), 0.3, seed=3, step=2, device="numpy"))
