@@ -37,6 +37,7 @@ from numba.extending import intrinsic
 
 from loopnet import threads
 from loopnet.backends import collect
+from loopnet.backends import cpu_cache
 from loopnet.backends import cpu_helper as _helper
 from loopnet.kernels import KERNEL_OPTIONS, OPTIONS, renamed, with_bodies_inlined
 
@@ -49,6 +50,15 @@ from loopnet.kernels import KERNEL_OPTIONS, OPTIONS, renamed, with_bodies_inline
 # kernels without reference counting". (Both live in ``loopnet.kernels``.)
 
 threads.configure()  # numba's threading layer, before anything compiles (loopnet/threads.py)
+
+
+def njit(function=None, **options):
+    """``numba.njit(**options)(function)`` with its disk cache guarded (``cpu_cache``: several
+    processes filling one cache never leave an entry naming code of other argument types):
+    every build of this device is made by it."""
+    if function is None:
+        return lambda function: njit(function, **options)
+    return cpu_cache.guard(numba.njit(**options)(function))
 
 
 def _prefer_512_bit_vectors():
@@ -82,8 +92,8 @@ def compile_loops(function):
     such a build takes turns under numba's workqueue layer: ``threads.serialized``)."""
     function = with_bodies_inlined(function)
     if not _uses_prange(function):
-        return numba.njit(**KERNEL_OPTIONS)(function)
-    return threads.serialized(numba.njit(parallel=True, **KERNEL_OPTIONS)(function))
+        return njit(function, **KERNEL_OPTIONS)
+    return threads.serialized(njit(function, parallel=True, **KERNEL_OPTIONS))
 
 
 def compile_twice(function, **options):
@@ -91,8 +101,8 @@ def compile_twice(function, **options):
     Nothing compiles until a build is first called."""
     options = {**KERNEL_OPTIONS, **options}
     function = with_bodies_inlined(function)
-    return (numba.njit(parallel=False, **options)(renamed(function, "__serial")),
-            threads.serialized(numba.njit(parallel=True, **options)(function)))
+    return (njit(renamed(function, "__serial"), parallel=False, **options),
+            threads.serialized(njit(function, parallel=True, **options)))
 
 
 # Every prange kernel (activations, losses, optimizers, ...) runs serially below
@@ -120,7 +130,7 @@ def by_size(function):
     owner), so the choice never changes a result.
     """
     if not _uses_prange(function):
-        return numba.njit(**KERNEL_OPTIONS)(with_bodies_inlined(function))
+        return njit(with_bodies_inlined(function), **KERNEL_OPTIONS)
     serial_build, parallel_build = compile_twice(function)
     names = function.__code__.co_varnames[:function.__code__.co_argcount]
     first = next(k for k, name in enumerate(names) if name not in SCALARS)
@@ -175,14 +185,14 @@ def _bounds(typingctx, array):
     return types.UniTuple(types.intp, 2)(array), codegen
 
 
-@numba.njit(**KERNEL_OPTIONS)
+@njit(**KERNEL_OPTIONS)
 def address(array):
     """Where ``array``'s data starts in memory (``array.ctypes.data``, which costs ~1 us a call
     against ~0.15 us for this)."""
     return _bounds(array)[0]
 
 
-@numba.njit(**KERNEL_OPTIONS)
+@njit(**KERNEL_OPTIONS)
 def overlapping(out_1, out_2, out_3, source_1, source_2, source_3, source_4):
     """Whether an output (the first three arrays) shares memory with another output or with a
     source (all C-contiguous): ``np.may_share_memory``'s bounds test for every such pair in
@@ -208,7 +218,7 @@ def aligned_empty(shape, dtype, align=64):
 
 # --- Class labels -------------------------------------------------------------------------------
 
-@numba.njit(**KERNEL_OPTIONS)
+@njit(**KERNEL_OPTIONS)
 def _copy_labels(y_true, n_classes, targets):
     """``targets[s] = y_true[s]`` while each label lies in ``[0, n_classes)``; returns the
     position of the first that does not, or -1."""
@@ -233,6 +243,8 @@ def class_indices(y_true, n_classes):
 # --- Dense: one plan, then the form it names ----------------------------------------------------
 
 from loopnet.kernels import dense_fast as _fast  # noqa: E402
+
+cpu_cache.guard(_fast.pack_panel)   # (compiled there, by numba.njit: its cache guarded here)
 
 # Thresholds in multiply-adds per call (work = n_samples * n_inputs * n_neurons), from the
 # crossover table of `python benchmarks/bench.py --crossover` (BENCHMARKS.md); override with the
@@ -738,7 +750,7 @@ def training_step(build):
     if kernel is None:
         kernels = {name: _called_by_address(kernel)
                    for name, kernel in _kernels_of_the_step(build).items()}
-        kernel = numba.njit(**OPTIONS)(_step.build(build, kernels))
+        kernel = njit(_step.build(build, kernels), **OPTIONS)
         if build.parallel:
             kernel = threads.serialized(kernel)
         _step_builds[build] = kernel

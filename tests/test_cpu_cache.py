@@ -1,0 +1,170 @@
+"""numba's disk cache shared by processes (``loopnet.backends.cpu_cache``): an index entry that
+names code of other argument types is never run, and entries are added under a lock."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from numba.core import types
+
+from loopnet.backends import cpu, cpu_cache
+
+SOURCE = "def first_two(x):\n    return x[0] + x[1]\n"
+FLOATS = (types.Array(types.float64, 1, "C"),)
+INTEGERS = (types.Array(types.int64, 1, "C"),)
+
+
+def _function(tmp_path):
+    """A fresh function in a file of its own (its cache files are its own too)."""
+    name = f"cached_{tmp_path.name}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(SOURCE)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.first_two
+
+
+def _index(kernel):
+    return kernel._cache._cache_file._load_index()
+
+
+def test_an_entry_naming_code_of_other_types_is_compiled_again_and_mended(tmp_path):
+    """What two processes adding different signatures at once can leave (the float64 code's
+    data file named for int64 arrays too): the int64 call compiles rather than running the
+    float64 code on int64 arrays (numba alone returned 3.5e-323 here, not 7), and the index
+    is mended: each signature then loads its own code from the cache."""
+    function = _function(tmp_path)
+    kernel = cpu.njit(function, cache=True)
+    assert kernel(np.array([1.5, 2.25])) == 3.75
+    cache = kernel._cache
+    codegen = kernel.targetctx.codegen()
+    overloads = _index(kernel)
+    overloads[cache._index_key(INTEGERS, codegen)] = overloads[cache._index_key(FLOATS, codegen)]
+    cache._cache_file._save_index(overloads)
+
+    again = cpu.njit(function, cache=True)
+    assert again(np.array([3, 4])) == 7
+    assert again.stats.cache_misses[INTEGERS] == 1
+    assert len(set(_index(again).values())) == 2
+
+    fresh = cpu.njit(function, cache=True)
+    assert fresh(np.array([1.5, 2.25])) == 3.75 and fresh(np.array([3, 4])) == 7
+    assert fresh.stats.cache_hits[FLOATS] == 1 and fresh.stats.cache_hits[INTEGERS] == 1
+    assert not fresh.stats.cache_misses
+
+
+HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.fixture
+def locked_by_another_process():
+    """``lock(path)``: another process holds the exclusive lock on ``path`` until the test
+    ends or ``release()`` is called."""
+    pytest.importorskip("fcntl")
+    holders = []
+
+    def lock(path):
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, path], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        holders.append(holder)
+        return holder
+
+    yield lock
+    for holder in holders:
+        holder.kill()
+        holder.wait()
+
+
+def _release(holder):
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    holder.wait(timeout=30)
+
+
+def _lock_path(kernel):
+    kernel._cache._impl.locator.ensure_cache_path()
+    return kernel._cache._cache_file._index_path + ".lock"
+
+
+def test_an_entry_is_added_under_the_lock(tmp_path, monkeypatch, locked_by_another_process):
+    """While another process holds the index's lock, a compile waits to add its entry (the
+    index stays as it was), and adds it once the lock is free."""
+    kernel = cpu.njit(_function(tmp_path), cache=True)
+    holder = locked_by_another_process(_lock_path(kernel))
+    waiting = threading.Event()
+
+    def pause(seconds):
+        waiting.set()
+        threading.Event().wait(seconds)
+
+    monkeypatch.setattr(cpu_cache, "_sleep", pause)
+    result = []
+    compiling = threading.Thread(target=lambda: result.append(kernel(np.array([1.0, 2.0]))))
+    compiling.start()
+    assert waiting.wait(60)
+    assert compiling.is_alive() and _index(kernel) == {}
+    _release(holder)
+    compiling.join(60)
+    assert result == [3.0] and len(_index(kernel)) == 1
+
+
+def test_a_lock_not_had_in_time_is_done_without(tmp_path, monkeypatch,
+                                                 locked_by_another_process):
+    """A process that holds the lock and never lets go (stopped, say) costs a compile
+    ``LOCK_SECONDS``, no hang: the entry is then added without the lock."""
+    kernel = cpu.njit(_function(tmp_path), cache=True)
+    locked_by_another_process(_lock_path(kernel))
+    monkeypatch.setattr(cpu_cache, "LOCK_SECONDS", 0.2)
+    assert kernel(np.array([1.0, 2.0])) == 3.0
+    assert len(_index(kernel)) == 1
+
+
+def test_every_build_of_the_cpu_device_is_guarded():
+    """The kernels, their serial and parallel builds, the checks and the panel packer: each
+    one's cache goes through ``cpu_cache``."""
+    from numba.core.dispatcher import Dispatcher
+
+    from loopnet.kernels import dense_fast
+
+    found = []
+    for value in [*vars(cpu).values(), dense_fast.pack_panel]:
+        for candidate in (value, getattr(value, "serial", None), getattr(value, "parallel", None)):
+            candidate = getattr(candidate, "kernel", candidate)    # (threads.serialized)
+            if isinstance(candidate, Dispatcher):
+                found.append(candidate)
+    assert len(found) > 50
+    assert [d.py_func.__name__ for d in found if not getattr(d._cache, "guarded", False)] == []
+
+
+def test_the_training_steps_cache_is_guarded_too():
+    """A build of the compiled training step, made for a model (numba compiles it at its first
+    call, not here)."""
+    import loopnet
+    from loopnet import compiled
+
+    model = loopnet.Model()
+    model.add(loopnet.Dense(2, 4, seed=0))
+    model.add(loopnet.ReLU())
+    model.add(loopnet.Dense(4, 3, seed=1))
+    model.add(loopnet.Softmax())
+    model.set(loss=loopnet.CategoricalCrossentropy(), optimizer=loopnet.Adam(),
+              accuracy=loopnet.CategoricalAccuracy())
+    model.finalize()
+    X = np.zeros((5, 2), np.float32)
+    trainer = compiled.prepare_training(model, X, np.zeros(5, np.intp), None, None)
+    step = cpu.training_step(trainer.run.build())
+    trainer.run.release()
+    assert getattr(step, "kernel", step)._cache.guarded
