@@ -13,9 +13,9 @@ the kernels the helper has not taken (from the other end of the list), waits for
 and loads them from the cache. Measured in BENCHMARKS.md, "Then: a helper process compiles the
 step's kernels".
 
-Each kernel is compiled by one process only, all its argument types together: numba's cache
-keeps one index file per function, which two processes adding different entries at once could
-leave naming one's code for the other's types. The helper is handed one kernel at a time, from a
+Each kernel is compiled by one process only, all its argument types together: no kernel is
+compiled twice, and no two processes add entries to one function's cache index at once (which
+``cpu_cache`` makes safe, at the cost of a wait). The helper is handed one kernel at a time, from a
 queue both processes take from under a lock, and this process compiles nothing the helper holds
 until the helper says it is done with it, or has exited.
 
