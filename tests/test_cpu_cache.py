@@ -168,3 +168,22 @@ def test_the_training_steps_cache_is_guarded_too():
     step = cpu.training_step(trainer.run.build())
     trainer.run.release()
     assert getattr(step, "kernel", step)._cache.guarded
+
+
+def test_a_file_system_without_locks_costs_no_wait(tmp_path, monkeypatch):
+    """``lockf`` failing for want of locks (ENOLCK, as on some network file systems) is not a
+    lock held by another process: the entry is added at once, without waiting."""
+    fcntl = pytest.importorskip("fcntl")
+    import errno
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    def never(seconds):
+        raise AssertionError("waited for a lock that cannot be had")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    monkeypatch.setattr(cpu_cache, "_sleep", never)
+    kernel = cpu.njit(_function(tmp_path), cache=True)
+    assert kernel(np.array([1.0, 2.0])) == 3.0
+    assert len(_index(kernel)) == 1

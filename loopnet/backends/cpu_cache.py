@@ -16,13 +16,15 @@ types on its arrays (garbage, or memory it does not own). ``guard`` closes both 
   missing: it is dropped from the index, and the function compiles again (its code then saved
   under a data file of its own).
 
-Where locking is not possible (no ``fcntl``, a read-only cache folder) only the second holds;
-a lock not had within ``LOCK_SECONDS`` (a process stopped while holding it) is done without.
+Where locking is not possible (no ``fcntl``, a read-only cache folder, a file system without
+locks) only the second holds; a lock not had within ``LOCK_SECONDS`` (a process stopped while
+holding it) is done without.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 
@@ -101,8 +103,11 @@ def _locked(path: str, exclusive: bool):
                 try:
                     fcntl.lockf(fd, operation)
                     break
-                except OSError:
-                    if time.monotonic() >= deadline:
+                except OSError as error:
+                    # held by another process: try again; no locks on this file system
+                    # (ENOLCK, ...): without one at once
+                    if (error.errno not in (errno.EACCES, errno.EAGAIN)
+                            or time.monotonic() >= deadline):
                         break
                     _sleep(0.005)
         yield
