@@ -47,3 +47,33 @@ def test_training_moves_the_loss():
     later = run_chapter("ch14", book_numpy, 20, data)
     assert later.loss < first.loss - 1e-3
     assert np.isfinite(later.loss)
+
+
+def test_chapter_calls_times_each_method_once_and_changes_nothing(capsys):
+    """``benchmarks/chapter_calls.py`` (where a chapter loop's epoch goes): its timed classes
+    train to the very loss of the plain ones, and each call counts once, the outermost (a
+    loss's ``calculate`` calling its ``forward`` is one call of ``calculate``)."""
+    import collections
+
+    import chapter_calls
+
+    data = chapter_data("ch16")
+    totals, counts = collections.Counter(), collections.Counter()
+    with loopnet.device("numpy"):
+        timed = run_chapter("ch16", chapter_calls.timed_namespace(loopnet.nnfs, totals, counts),
+                            3, data)
+        plain = run_chapter("ch16", loopnet.nnfs, 3, data)
+    assert timed.loss == plain.loss and timed.accuracy == plain.accuracy
+    assert counts == {"Layer_Dense.forward": 6, "Layer_Dense.backward": 6,
+                      "Activation_ReLU.forward": 3, "Activation_ReLU.backward": 3,
+                      "Activation_Sigmoid.forward": 3, "Activation_Sigmoid.backward": 3,
+                      "Loss_BinaryCrossentropy.calculate": 3,
+                      "Loss_BinaryCrossentropy.regularization_loss": 6,
+                      "Loss_BinaryCrossentropy.backward": 3,
+                      "Optimizer_Adam.pre_update_params": 3, "Optimizer_Adam.update_params": 6,
+                      "Optimizer_Adam.post_update_params": 3}
+    assert all(seconds > 0 for seconds in totals.values())
+    chapter_calls.main(["ch16", "--epochs", "2", "--device", "numpy"])
+    table = capsys.readouterr().out
+    assert "| Loss_BinaryCrossentropy.calculate | 1 |" in table
+    assert "| Layer_Dense.backward | 2 |" in table and "the loop's own numpy and Python" in table
