@@ -15,9 +15,9 @@ step's kernels".
 
 Each kernel is compiled by one process only, all its argument types together: no kernel is
 compiled twice, and no two processes add entries to one function's cache index at once (which
-``cpu_cache`` makes safe, at the cost of a wait). The helper is handed one kernel at a time, from a
-queue both processes take from under a lock, and this process compiles nothing the helper holds
-until the helper says it is done with it, or has exited.
+``cpu_cache`` makes safe, at the cost of a wait). The helper is handed one kernel at a time,
+from a queue both processes take from under a lock, and this process compiles nothing the
+helper holds until the helper says it is done with it, or has exited.
 
 What the helper makes is only ever read back through numba's cache, as any cached kernel is: the
 same machine code, so the same bits, as compiled here. It runs when numba caches to disk (the
