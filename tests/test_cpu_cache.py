@@ -99,11 +99,12 @@ def _lock_path(kernel):
     return kernel._cache._cache_file._index_path + ".lock"
 
 
-def test_an_entry_is_added_under_the_lock(tmp_path, monkeypatch, locked_by_another_process):
-    """While another process holds the index's lock, a compile waits to add its entry (the
-    index stays as it was), and adds it once the lock is free."""
+def test_entries_are_read_and_added_under_the_lock(tmp_path, monkeypatch,
+                                                  locked_by_another_process):
+    """While another process holds the index's lock, a compile waits to read the index, and
+    a save waits to add its entry (the index stays as it was); each goes on once the lock is
+    free."""
     kernel = cpu.njit(_function(tmp_path), cache=True)
-    holder = locked_by_another_process(_lock_path(kernel))
     waiting = threading.Event()
 
     def pause(seconds):
@@ -111,14 +112,25 @@ def test_an_entry_is_added_under_the_lock(tmp_path, monkeypatch, locked_by_anoth
         threading.Event().wait(seconds)
 
     monkeypatch.setattr(cpu_cache, "_sleep", pause)
-    result = []
-    compiling = threading.Thread(target=lambda: result.append(kernel(np.array([1.0, 2.0]))))
-    compiling.start()
-    assert waiting.wait(60)
-    assert compiling.is_alive() and _index(kernel) == {}
-    _release(holder)
-    compiling.join(60)
+
+    def blocked_then_released(work):
+        waiting.clear()
+        holder = locked_by_another_process(_lock_path(kernel))
+        thread = threading.Thread(target=work)
+        thread.start()
+        assert waiting.wait(60)
+        assert thread.is_alive() and _index(kernel) == {}
+        _release(holder)
+        thread.join(60)
+        assert not thread.is_alive()
+
+    result = []     # the first call: reading the index waits, then it compiles and saves
+    blocked_then_released(lambda: result.append(kernel(np.array([1.0, 2.0]))))
     assert result == [3.0] and len(_index(kernel)) == 1
+    # its entry gone, saving the same code again: adding the entry waits
+    kernel._cache._cache_file._save_index({})
+    blocked_then_released(lambda: kernel._cache.save_overload(FLOATS, kernel.overloads[FLOATS]))
+    assert len(_index(kernel)) == 1
 
 
 def test_a_lock_not_had_in_time_is_done_without(tmp_path, monkeypatch,
