@@ -556,7 +556,7 @@ def forward(program, plans, floats, batch_kind, batch, m, training, params, acts
         # SHARED_BLOCK_KINDS work in the block of the layer before them: the identity has
         # nothing to do, ReLU overwrites it. As the first layer they have a block of their
         # own, the batch copied into it (BATCH_COPY).
-        if l == 0 and (kind == LINEAR or kind == RELU):
+        if l == 0 and kind in SHARED_BLOCK_KINDS:
             if not USE_BATCH_COPY:
                 raise ValueError(NO_BATCH_COPY)
             for s in range(m):
