@@ -224,7 +224,7 @@ def dense_backward_direct(dvalues, inputs, weights, biases, dweights, dbiases, d
 def _check_host(be, *arrays) -> None:
     """A GPU array given to a host device: a clear error, not numba's 'can't unbox array'."""
     if be.HOST:
-        for a in arrays:     # (a loop, not any() over a generator: ~0.4 us less per op)
+        for a in arrays:     # (a loop, not any() over a generator: 0.17 against 0.34 us)
             if type(a) is not np.ndarray and is_device_array(a):
                 raise TypeError("an input is a GPU array but the op runs on a host device "
                                 f"({be.__name__.rsplit('.', 1)[-1]}): run it with "
