@@ -123,13 +123,20 @@ def gpu(device: str | None) -> str | None:
 
 
 _backends: dict = {}
+# The host devices' modules by their canonical names: ``backend("cpu")``, which a layer's every
+# op asks, in one dict lookup (~0.1 us), not a name check and a parse (~0.3 us).
+_host_backends: dict = {}
 
 
 def backend(device: str | None = None):
     """The backend module of a device: it exports every op under its plain name."""
-    if device is None and _context.get() is None and _default is None \
-            and not _environment_value():                       # the default, fast
-        module = _backends.get(DEFAULT_DEVICE)
+    if device is None:
+        if _context.get() is None and _default is None and not _environment_value():
+            module = _backends.get(DEFAULT_DEVICE)              # the default, fast
+            if module is not None:
+                return module
+    elif type(device) is str:     # a layer's own device, as every one of its ops names it
+        module = _host_backends.get(device)
         if module is not None:
             return module
     device = get_device(device)
@@ -139,6 +146,8 @@ def backend(device: str | None = None):
         module = _backends[name] = importlib.import_module(f"loopnet.backends.{name}")
     if name == "cuda":
         module.select(device)  # cuda:N -> GPU N (a no-op when it is already current)
+    else:
+        _host_backends[name] = module
     return module
 
 

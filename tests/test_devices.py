@@ -80,6 +80,12 @@ def test_precedence(clean_flag, ran_on, monkeypatch):
         assert loopnet.get_device() == "python"
         assert ran_on(relu) == "python"                                      # context > set_device
         assert ran_on(lambda: ops.relu_forward([1.0], device="cpu")) == "cpu"   # argument > all
+        for name, module in (("numpy", "numpy"), (" CPU ", "cpu"), ("cpu", "cpu")):
+            # (the host modules are looked up by their names once imported: a name as given
+            # still wins, and any spelling of one still reaches it)
+            assert ran_on(lambda: ops.relu_forward([1.0], device=name)) == module
+        with pytest.raises(TypeError, match="device must be a string"):
+            ops.relu_forward([1.0], device=["cpu"])
         with loopnet.device("cpu"):                                          # the innermost wins
             assert ran_on(relu) == "cpu"
         assert ran_on(relu) == "python"
