@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 
+import numba
 import numpy as np
 import pytest
 from numba.core import types
@@ -144,6 +145,60 @@ def test_a_lock_not_had_in_time_is_done_without(tmp_path, monkeypatch,
     assert len(_index(kernel)) == 1
 
 
+def _kernel_and_body(tmp_path, monkeypatch):
+    """``(build, rewrite)``: ``build(sources)`` imports afresh a kernel file that calls a
+    compiled body kept in another file and returns the kernel compiled with ``cache=True``,
+    guarded with the stamp of ``sources`` (None: numba's own checks alone);
+    ``rewrite(step)`` makes the body add ``step`` (same size, a later modification time)."""
+    import importlib
+    import os
+
+    tmp_path.mkdir()
+    body_name, kernel_name = f"body_{tmp_path.name}", f"kernel_{tmp_path.name}"
+    body = tmp_path / f"{body_name}.py"
+    (tmp_path / f"{kernel_name}.py").write_text(
+        f"from {body_name} import body\n\ndef add(x):\n    return body(x)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    later = [os.stat(tmp_path).st_mtime]
+
+    def rewrite(step):
+        body.write_text(f"import numba\n\n@numba.njit\ndef body(x):\n    return x + {step}\n")
+        later[0] += 10     # (a write within the file system's time resolution reads unchanged)
+        os.utime(body, (later[0], later[0]))
+
+    def build(sources):
+        for name in (body_name, kernel_name):
+            sys.modules.pop(name, None)
+        importlib.invalidate_caches()
+        add = importlib.import_module(kernel_name).add
+        stamp = None if sources is None else cpu_cache.sources_stamp([body])
+        return cpu_cache.guard(numba.njit(cache=True)(add), stamp)
+
+    return build, rewrite
+
+
+def test_code_cached_before_a_file_it_takes_code_from_changed_is_compiled_again(
+        tmp_path, monkeypatch):
+    """numba's cache checks a function's own file, not those of the compiled functions it calls
+    (a kernel's bodies from another kernel module): alone, it runs the old body's code after
+    that file changed. With the stamp of that file added (as every cpu build has the kernel
+    modules'), the code is compiled again; while nothing changes, it is loaded."""
+    build, rewrite = _kernel_and_body(tmp_path / "numba_alone", monkeypatch)
+    rewrite(1)
+    assert build(None)(1) == 2
+    rewrite(2)
+    assert build(None)(1) == 2          # numba alone: the old body's code, from the cache
+
+    build, rewrite = _kernel_and_body(tmp_path / "stamped", monkeypatch)
+    rewrite(1)
+    assert build(True)(1) == 2
+    again = build(True)
+    assert again(1) == 2 and not again.stats.cache_misses       # unchanged: loaded
+    rewrite(2)
+    changed = build(True)
+    assert changed(1) == 3 and sum(changed.stats.cache_misses.values()) == 1
+
+
 def test_every_build_of_the_cpu_device_is_guarded():
     """The kernels, their serial and parallel builds, the checks and the panel packer: each
     one's cache goes through ``cpu_cache``."""
@@ -159,6 +214,9 @@ def test_every_build_of_the_cpu_device_is_guarded():
                 found.append(candidate)
     assert len(found) > 50
     assert [d.py_func.__name__ for d in found if not getattr(d._cache, "guarded", False)] == []
+    # each with the stamp of every kernel module and of the device's own (its constants)
+    assert {d._cache._cache_file._source_stamp[1] for d in found} == {cpu.SOURCES}
+    assert {name for name, *_ in cpu.SOURCES} >= {"dense.py", "dense_fast.py", "step.py", "cpu.py"}
 
 
 def test_the_training_steps_cache_is_guarded_too():

@@ -39,6 +39,7 @@ from loopnet import threads
 from loopnet.backends import collect
 from loopnet.backends import cpu_cache
 from loopnet.backends import cpu_helper as _helper
+from loopnet import kernels as _kernels_package
 from loopnet.kernels import KERNEL_OPTIONS, OPTIONS, renamed, with_bodies_inlined
 
 # OPTIONS: those of every build (see the module docstring for error_model). KERNEL_OPTIONS:
@@ -52,13 +53,23 @@ from loopnet.kernels import KERNEL_OPTIONS, OPTIONS, renamed, with_bodies_inline
 threads.configure()  # numba's threading layer, before anything compiles (loopnet/threads.py)
 
 
+# The files whose code and constants this device's builds take: every kernel module (a kernel
+# inlines bodies from the others) and this one (it hands some builds constants of its own).
+# numba's cache checks only a function's own file; ``cpu_cache.guard`` adds these, so that an
+# edit or a checkout of any of them compiles the builds again rather than run the old code.
+_KERNELS = os.path.dirname(os.path.abspath(_kernels_package.__file__))
+SOURCES = cpu_cache.sources_stamp(
+    [os.path.join(_KERNELS, name) for name in sorted(os.listdir(_KERNELS)) if name.endswith(".py")]
+    + [os.path.abspath(__file__)])
+
+
 def njit(function=None, **options):
     """``numba.njit(**options)(function)`` with its disk cache guarded (``cpu_cache``: several
-    processes filling one cache never leave an entry naming code of other argument types):
-    every build of this device is made by it."""
+    processes filling one cache never leave an entry naming code of other argument types, nor
+    code compiled from other sources): every build of this device is made by it."""
     if function is None:
         return lambda function: njit(function, **options)
-    return cpu_cache.guard(numba.njit(**options)(function))
+    return cpu_cache.guard(numba.njit(**options)(function), SOURCES)
 
 
 def _prefer_512_bit_vectors():
@@ -245,7 +256,7 @@ def class_indices(y_true, n_classes):
 
 from loopnet.kernels import dense_fast as _fast  # noqa: E402
 
-cpu_cache.guard(_fast.pack_panel)   # (compiled there, by numba.njit: its cache guarded here)
+cpu_cache.guard(_fast.pack_panel, SOURCES)  # (compiled there, by numba.njit: guarded here)
 
 # Thresholds in multiply-adds per call (work = n_samples * n_inputs * n_neurons), from the
 # crossover table of `python benchmarks/bench.py --crossover` (BENCHMARKS.md); override with the

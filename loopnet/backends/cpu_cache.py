@@ -16,6 +16,12 @@ types on its arrays (garbage, or memory it does not own). ``guard`` closes both 
   missing: it is dropped from the index, and the function compiles again (its code then saved
   under a data file of its own).
 
+numba also checks that a cached function's own source file is unchanged, but not the files it
+takes code and constants from (the loop bodies a kernel inlines from another kernel module): a
+checkout or an edit of such a file alone would leave the old machine code in the cache, run as
+the new. ``guard`` adds the stamp of those files (``sources_stamp``) to numba's own, so that
+code cached before one of them changed is compiled again.
+
 Where locking is not possible (no ``fcntl``, a read-only cache folder, a file system without
 locks) only the second holds; a lock not had within ``LOCK_SECONDS`` (a process stopped while
 holding it) is done without.
@@ -37,13 +43,30 @@ LOCK_SECONDS = 30.0
 _sleep = time.sleep     # (between tries for the lock)
 
 
-def guard(dispatcher):
+def sources_stamp(paths) -> tuple:
+    """The name, modification time and size of each file (what numba's cache checks of a
+    function's own source file), ``None`` for one that cannot be read."""
+    stamp = []
+    for path in paths:
+        try:
+            status = os.stat(path)
+        except OSError:
+            stamp.append((os.path.basename(path), None))
+        else:
+            stamp.append((os.path.basename(path), status.st_mtime, status.st_size))
+    return tuple(stamp)
+
+
+def guard(dispatcher, sources=None):
     """``dispatcher`` (a ``numba.njit`` function with ``cache=True``), its cache guarded as
-    the module docstring says; anything else is returned as it is."""
+    the module docstring says; anything else is returned as it is. ``sources``: the
+    ``sources_stamp`` of the other files its code depends on."""
     cache = getattr(dispatcher, "_cache", None)
     index = getattr(cache, "_cache_file", None)
     if index is None or getattr(cache, "guarded", False):
         return dispatcher
+    if sources is not None and hasattr(index, "_source_stamp"):
+        index._source_stamp = (index._source_stamp, sources)
     lock_path = index._index_path + ".lock"
     load, save = index.load, index.save
     load_overload = cache.load_overload
