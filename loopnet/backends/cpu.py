@@ -35,11 +35,11 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+from loopnet import kernels as _kernels_package
 from loopnet import threads
 from loopnet.backends import collect
 from loopnet.backends import cpu_cache
 from loopnet.backends import cpu_helper as _helper
-from loopnet import kernels as _kernels_package
 from loopnet.kernels import KERNEL_OPTIONS, OPTIONS, renamed, with_bodies_inlined
 
 # OPTIONS: those of every build (see the module docstring for error_model). KERNEL_OPTIONS:
