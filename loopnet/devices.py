@@ -123,9 +123,6 @@ def gpu(device: str | None) -> str | None:
 
 
 _backends: dict = {}
-# The host devices' modules by their canonical names: ``backend("cpu")``, which a layer's every
-# op asks, in one dict lookup (~0.1 us), not a name check and a parse (~0.3 us).
-_host_backends: dict = {}
 
 
 def backend(device: str | None = None):
@@ -135,9 +132,9 @@ def backend(device: str | None = None):
             module = _backends.get(DEFAULT_DEVICE)              # the default, fast
             if module is not None:
                 return module
-    elif type(device) is str:     # a layer's own device, as every one of its ops names it
-        module = _host_backends.get(device)
-        if module is not None:
+    elif type(device) is str:     # a layer's own device, as every one of its ops names it:
+        module = _backends.get(device)  # a host device's canonical name is its module's
+        if module is not None and module.HOST:    # (~0.15 us, against ~0.3 us parsed)
             return module
     device = get_device(device)
     name = base_name(device)
@@ -146,8 +143,6 @@ def backend(device: str | None = None):
         module = _backends[name] = importlib.import_module(f"loopnet.backends.{name}")
     if name == "cuda":
         module.select(device)  # cuda:N -> GPU N (a no-op when it is already current)
-    else:
-        _host_backends[name] = module
     return module
 
 
