@@ -139,11 +139,15 @@ class Dense(Layer):
             x = ops.as_dtype(inputs, self.dtype, "inputs")  # on the GPU cast there
         self.inputs = x
         self.output = output = ops.dense_forward(x, self.weights, self.biases, device=self.device)
+        if ops.ahead is not None and training:      # (a cold cache: its backward made ahead)
+            ops.ahead_forward(self, x)
         return output
 
     def backward(self, dvalues):
         """Set ``dweights = inputs.T @ dvalues``, ``dbiases = sum(dvalues)`` (plus the L1/L2
         penalties' gradients) and ``dinputs = dvalues @ weights.T``; return ``dinputs``."""
+        if ops.ahead is not None:      # (the first backward after a cold forward pass)
+            ops.ahead_backward()
         state = self.__dict__
         weights, biases = self.weights, self.biases
         penalties = (self.weight_regularizer_l1, self.weight_regularizer_l2,

@@ -221,6 +221,41 @@ def dense_backward_direct(dvalues, inputs, weights, biases, dweights, dbiases, d
     return be, (dw, db, di)
 
 
+# A cold pass of a learner's loop on cpu, while one lasts: the ``cpu_helper.Ahead`` the cpu
+# device opens when numba compiles one of its kernels here (a cold cache), else None, which is
+# all a layer's forward and backward look at.
+ahead = None
+
+
+def ahead_forward(layer, inputs) -> None:
+    """A dense ``layer``'s training forward on ``inputs`` in a cold pass: its backward's kernels
+    are handed to the compile helper, to be made while this process goes on (a layer whose
+    jobs were all handed over before ends the pass's hand-overs, until the next compile)."""
+    session = ahead
+    if session is None or not session.wanted:
+        return
+    be = host_backend(layer.device)
+    jobs_of = getattr(be, "ahead_jobs", None)
+    if jobs_of is None or type(inputs) is not np.ndarray or inputs.ndim != 2:
+        return
+    penalties = (layer.weight_regularizer_l1 > 0 or layer.weight_regularizer_l2 > 0
+                 or layer.bias_regularizer_l1 > 0 or layer.bias_regularizer_l2 > 0)
+    jobs = jobs_of(inputs.shape[0], layer.n_inputs, layer.n_neurons, inputs.dtype, penalties)
+    if jobs:
+        session.add(jobs)
+    else:
+        session.wanted = False
+
+
+def ahead_backward() -> None:
+    """A backward in a cold pass: the pass ends once every job handed over is done (the
+    helper's waited for, the rest run here)."""
+    global ahead
+    session, ahead = ahead, None
+    if session is not None:
+        session.finish()
+
+
 def _check_host(be, *arrays) -> None:
     """A GPU array given to a host device: a clear error, not numba's 'can't unbox array'."""
     if be.HOST:

@@ -161,3 +161,177 @@ def test_calls_outside_the_steps_library_are_bound_at_once_and_hand_overs_are_pe
         thread.join()
         assert seen == [None] and cpu_helper.current() is handover
     assert cpu_helper.current() is None
+
+
+# --- A learner's loop: a layer's backward made ahead (cpu_helper.Ahead) ---------------------------
+
+def run_ahead(monkeypatch, action, n_jobs=8, wait_for_helper=True, before_ready=""):
+    """A cold pass handing ``n_jobs`` stand-in jobs (in two overlapping batches) to a helper doing
+    ``action`` for each job it takes; returns (the pass, the jobs this process ran, the jobs)."""
+    monkeypatch.setattr(cpu_helper, "enabled", lambda: True)
+    script = HELPER.format(action=action, before_ready=before_ready)
+    monkeypatch.setattr(cpu_helper, "command", lambda package: [sys.executable, "-c", script])
+    log = []
+    session = cpu_helper.Ahead(log.append)
+    jobs = [("dweights", "<f4", k) for k in range(n_jobs)]
+    session.add(jobs[:5])
+    session.add(jobs[3:])                           # (a job handed over twice is queued once)
+    assert session.process is not None
+    if wait_for_helper:                 # (a loaded machine: the helper takes its first job)
+        deadline = time.monotonic() + 60
+        while not session.held and session.process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    assert not log
+    session.finish()
+    session.add([("dinputs", "<f4", 0)])            # (after the pass: nothing more is taken)
+    assert ("dinputs", "<f4", 0) not in session.jobs
+    return session, log, jobs
+
+
+def test_each_job_ahead_is_run_by_one_process_the_helper_from_the_front(monkeypatch):
+    session, log, jobs = run_ahead(monkeypatch, DONE)
+    assert session.helped                                    # (it took the first at least)
+    assert not set(session.helped) & set(log)                # never both
+    assert sorted(session.helped + log) == sorted(jobs)
+    assert session.helped == jobs[:len(session.helped)]      # the helper from the front,
+    assert log == jobs[len(session.helped):][::-1]           # this process from the back
+    assert cpu_helper.last_ahead == {"jobs": len(jobs), "helped": session.helped,
+                                     "ran_here": log, "helper": True}
+    session.process.wait(timeout=30)                         # told to exit, it does
+    assert session.process.returncode == 0
+
+
+def test_a_job_the_helper_fails_is_left_to_the_backward_and_one_it_dies_on_too(monkeypatch):
+    for action in (FAIL, DIE):
+        session, log, jobs = run_ahead(monkeypatch, action)
+        assert session.helped == []
+        assert session.process.wait(timeout=30) is not None
+        # the jobs it took are not run again here: the backward compiles what it needs itself
+        assert len(log) < len(jobs) and log == jobs[len(jobs) - len(log):][::-1]
+
+
+def test_a_stalled_or_still_starting_helper_is_stopped_at_the_first_backward(monkeypatch):
+    monkeypatch.setattr(cpu_helper, "WAIT_SECONDS", 1.0)
+    for action, before_ready, wait in ((STALL, "", True), (DONE, STALL, False)):
+        start = time.monotonic()
+        session, log, jobs = run_ahead(monkeypatch, action, wait_for_helper=wait,
+                                       before_ready=before_ready)
+        assert time.monotonic() - start < 30
+        assert session.process.wait(timeout=30) is not None  # killed, and reaped
+        assert session.helped == []
+        assert log == jobs[len(jobs) - len(log):][::-1]
+        if not wait:
+            assert log == jobs[::-1]                         # it took none: all run here
+
+
+def test_no_helper_ahead_when_turned_off(monkeypatch):
+    monkeypatch.setenv(cpu_helper.ENV_VAR, "0")
+    log = []
+    session = cpu_helper.Ahead(log.append)
+    session.add([("overlapping", "<f4"), ("dbiases", "<f4", 3, 2)])
+    assert session.process is None
+    session.finish()
+    assert log == [("dbiases", "<f4", 3, 2), ("overlapping", "<f4")]
+
+
+# A learner's loop written as the book writes it, run in a new process over a fresh cache (with
+# the helper, then again over the same cache), or here: its parameters' bits and the last pass.
+_WAITING_FOR_THE_HELPER = """
+import json, time
+from numba.core import event
+from loopnet.backends import cpu_helper
+
+finish = cpu_helper.Ahead.finish
+
+def finish_once_the_helper_has_run_every_job(session):
+    # (so that this process runs none: it then compiles no kernel of a backward, if the jobs
+    # made the kernels for the argument types the backward passes)
+    deadline = time.monotonic() + 120
+    while (session.process is not None and session.process.poll() is None
+           and (session.queue or not session.ready or session.current is not None
+                and not session.held[session.current].is_set())
+           and time.monotonic() < deadline):
+        time.sleep(0.005)
+    finish(session)
+
+cpu_helper.Ahead.finish = finish_once_the_helper_has_run_every_job
+
+class Compiled(event.Listener):
+    names = []
+
+    def on_start(self, event):
+        self.names.append(event.data["dispatcher"].py_func.__name__)
+
+    def on_end(self, event):
+        pass
+
+event.register("numba:compile", Compiled())
+"""
+_LEARNERS_LOOP = """
+import numpy as np
+import loopnet.nnfs as nn
+from loopnet.datasets import spiral_data
+
+def learners_loop():
+    X, y = spiral_data(30, 3, seed=0)
+    np.random.seed(0)
+    dense1 = nn.Layer_Dense(2, 16, weight_regularizer_l2=5e-4)
+    activation1 = nn.Activation_ReLU()
+    dense2 = nn.Layer_Dense(16, 3)
+    loss_activation = nn.Activation_Softmax_Loss_CategoricalCrossentropy()
+    optimizer = nn.Optimizer_Adam(learning_rate=0.05)
+    for epoch in range(5):
+        dense1.forward(X)
+        activation1.forward(dense1.output)
+        dense2.forward(activation1.output)
+        loss_activation.forward(dense2.output, y)
+        loss_activation.backward(loss_activation.output, y)
+        dense2.backward(loss_activation.dinputs)
+        activation1.backward(dense2.dinputs)
+        dense1.backward(activation1.dinputs)
+        optimizer.pre_update_params()
+        optimizer.update_params(dense1)
+        optimizer.update_params(dense2)
+        optimizer.post_update_params()
+    return [p.tobytes().hex() for layer in (dense1, dense2) for p in (layer.weights, layer.biases)]
+
+params = learners_loop()
+"""
+
+
+def test_a_learners_loop_on_a_cold_cache_has_its_backward_made_by_the_helper(tmp_path):
+    """On a fresh cache, the forwards of a learner's loop hand their layers' backwards to the
+    helper, which makes their kernels (here: all of them, this process waiting for it) and
+    hands them over through the cache, for the argument types the backwards pass: this
+    process compiles none of them, and the loop trains to the bits of the same loop here.
+    Over the same cache again nothing compiles, and no pass hands anything over."""
+    import json
+    import os
+    import subprocess
+
+    def run():
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+        env[cpu_helper.ENV_VAR] = "1"
+        code = _WAITING_FOR_THE_HELPER + _LEARNERS_LOOP + (
+            "print(json.dumps({'params': params, 'ahead': cpu_helper.last_ahead, "
+            "'compiled': Compiled.names}))")
+        return json.loads(subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True,
+            check=True, timeout=300).stdout.splitlines()[-1])
+
+    cold, warm = run(), run()
+    here = {}
+    exec(_LEARNERS_LOOP, here)          # (this process: whatever its cache held)
+    assert cold["params"] == warm["params"] == here["params"]
+    if cpu_helper.enabled():
+        ahead = cold["ahead"]
+        assert ahead["helper"] and ahead["ran_here"] == []
+        assert ahead["jobs"] == len(ahead["helped"])
+        assert {job[0] for job in ahead["helped"]} == {"dweights", "dinputs", "dbiases",
+                                                       "overlapping", "penalty"}
+        # the forward pass compiled here, the backward's products and penalties did not
+        assert "dense_forward_few_inputs__serial" in cold["compiled"]
+        backward = ("dense_backward", "overlapping", "regularization_backward")
+        assert not [name for name in cold["compiled"] if name.startswith(backward)]
+    assert warm["ahead"] == {} and warm["compiled"] == []

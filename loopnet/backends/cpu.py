@@ -33,6 +33,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 from numba import types
+from numba.core import event as _event
 from numba.extending import intrinsic
 
 from loopnet import kernels as _kernels_package
@@ -593,6 +594,94 @@ def dense_gradients(inputs, dvalues, weights, dweights, dbiases, dinputs):
     dense_backward_weights(inputs, dvalues, dweights, plan.dweights)
     dense_backward_biases(dvalues, dbiases)
     dense_backward_inputs(dvalues, weights, dinputs, plan.dinputs)
+
+
+# --- A learner's loop: a layer's backward compiled ahead (cpu_helper.Ahead) -----------------------
+# A job allocates zeros of the layer's sides (inputs, dvalues, the gradients): beyond this many
+# elements (16 MB of float32) its layer's backward compiles when it runs, as without the helper.
+AHEAD_MAX_ELEMENTS = 1 << 22
+_handed_over: set = set()       # jobs handed over in this process (their kernels are made)
+
+
+def ahead_jobs(n_samples: int, n_inputs: int, n_neurons: int, dtype, penalties: bool) -> list:
+    """The jobs (``run_ahead``) that make the kernels a dense layer of these sides runs in its
+    backward on this device, those not handed over before in this process."""
+    if n_samples * (2 * n_inputs + n_neurons) + n_inputs * n_neurons > AHEAD_MAX_ELEMENTS:
+        return []
+    plan = dense_plan(n_samples, n_inputs, n_neurons)
+    name = np.dtype(dtype).str
+    jobs = [("dweights", name, n_samples, n_inputs, n_neurons, *plan.dweights),
+            ("dinputs", name, n_samples, n_inputs, n_neurons, *plan.dinputs),
+            ("dbiases", name, n_samples, n_neurons), ("overlapping", name)]
+    if penalties:
+        jobs += [("penalty", name, n_inputs * n_neurons), ("penalty", name, n_neurons)]
+    jobs = [job for job in jobs if job not in _handed_over]
+    _handed_over.update(jobs)
+    return jobs
+
+
+def run_ahead(job) -> None:
+    """Run one job's kernels once, on zeros, as a layer's backward calls them (the same argument
+    types): numba compiles them, or loads them from its cache. Nothing computed is kept."""
+    kind, dtype, *sides = job
+    dtype = np.dtype(dtype)
+
+    def zeros(*shape):
+        return np.zeros(shape, dtype)
+
+    if kind == "dweights":
+        n_samples, n_inputs, n_neurons, form, parallel = sides
+        dense_backward_weights(zeros(n_samples, n_inputs), zeros(n_samples, n_neurons),
+                               empty((n_inputs, n_neurons), dtype), Product(form, parallel))
+    elif kind == "dinputs":
+        n_samples, n_inputs, n_neurons, form, parallel = sides
+        dense_backward_inputs(zeros(n_samples, n_neurons), zeros(n_inputs, n_neurons),
+                              empty((n_samples, n_inputs), dtype), Product(form, parallel))
+    elif kind == "dbiases":
+        n_samples, n_neurons = sides
+        dense_backward_biases(zeros(n_samples, n_neurons), empty((1, n_neurons), dtype)[0])
+    elif kind == "overlapping":
+        a = zeros(1, 1)
+        overlapping(a, a, a, a, a, a, a)
+    elif kind == "penalty":
+        values = zeros(sides[0])
+        regularization_backward(values, 0.0, 1.0, zeros(sides[0]))
+    else:
+        raise ValueError(f"unknown job {job!r}")
+
+
+class _ColdCompiles(_event.Listener):
+    """A loopnet kernel compiled in this process (not loaded from numba's cache), outside a
+    build of the training step: the cache is cold, so the forwards that follow hand their
+    layers' backwards to the compile helper (``ops.ahead``)."""
+
+    def on_start(self, event) -> None:
+        pass
+
+    def on_end(self, event) -> None:
+        dispatcher = (event.data or {}).get("dispatcher")
+        module = getattr(getattr(dispatcher, "py_func", None), "__module__", None) or ""
+        if not module.startswith("loopnet.") or _helper.current() is not None:
+            return
+        from loopnet import ops
+
+        session = ops.ahead
+        if session is None or session.finished:
+            ops.ahead = _helper.Ahead(run_ahead)
+        else:
+            session.wanted = True
+
+
+def _forget_ahead_in_child() -> None:
+    from loopnet import ops
+
+    ops.ahead = None            # (the parent's helper is not this process's)
+
+
+if _helper.enabled():
+    _event.register("numba:compile", _ColdCompiles())
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_ahead_in_child)
 
 
 # --- The compiled training step (loopnet.kernels.step) ------------------------------------------------

@@ -1,4 +1,6 @@
-"""A second process that compiles the training step's kernels while this one compiles the step.
+"""A second process that compiles the training step's kernels while this one compiles the step
+(and a learner's loop's backward kernels while this one runs its first forward pass: ``Ahead``,
+at the end of this file).
 
 numba compiles one function at a time in a process (a global lock), and a cold build of the
 training step is mostly compile: the step itself (typing, lowering, LLVM: ~3 s for the
@@ -77,6 +79,32 @@ def _caches_to_disk(dispatcher) -> bool:
     return not isinstance(getattr(dispatcher, "_cache", None), (NullCache, type(None)))
 
 
+def _send(process, payload) -> None:
+    process.stdin.write(base64.b64encode(pickle.dumps(payload)) + b"\n")
+    process.stdin.flush()
+
+
+def _spawn(build):
+    """A helper process, told ``build`` (what it compiles from), or None when it cannot start."""
+    import loopnet
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(loopnet.__file__)))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NUMBA_")}
+    env.update(_NUMBA_ENVIRONMENT)
+    env[ENV_VAR] = "0"
+    process = None
+    try:
+        process = subprocess.Popen(command(package), stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        _send(process, (build, os.path.abspath(loopnet.__file__)))
+    except (OSError, ValueError, TypeError):
+        if process is not None:
+            process.kill()
+            process.wait()
+        return None
+    return process
+
+
 class Handover:
     """The kernels one build of the step calls, from its typing to its machine code (see the
     module docstring). ``cpu.compile_for`` opens one around numba's compile of the step."""
@@ -140,27 +168,13 @@ class Handover:
         return True
 
     def _start(self) -> None:
-        import loopnet
-
-        package = os.path.dirname(os.path.dirname(os.path.abspath(loopnet.__file__)))
-        env = {key: value for key, value in os.environ.items() if not key.startswith("NUMBA_")}
-        env.update(_NUMBA_ENVIRONMENT)
-        env[ENV_VAR] = "0"
-        try:
-            self.process = subprocess.Popen(command(package), stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                            env=env)
-            self._send((self.build, os.path.abspath(loopnet.__file__)))
-        except (OSError, ValueError, TypeError):
-            if self.process is not None:
-                self._stop(kill=True)
-            self.process = None
-            return
-        threading.Thread(target=self._serve, name="loopnet compile helper", daemon=True).start()
+        self.process = _spawn(self.build)
+        if self.process is not None:
+            threading.Thread(target=self._serve, name="loopnet compile helper",
+                             daemon=True).start()
 
     def _send(self, payload) -> None:
-        self.process.stdin.write(base64.b64encode(pickle.dumps(payload)) + b"\n")
-        self.process.stdin.flush()
+        _send(self.process, payload)
 
     def _serve(self) -> None:
         """Hand the helper a kernel each time it asks (``ready``, ``done``, ``fail``)."""
@@ -266,9 +280,138 @@ class opened:
         self.handover.close()
 
 
+# --- A learner's loop: a layer's backward compiled while this process compiles the forward --------
+# A loop written as the book writes it (``dense1.forward(X)`` ... ``dense1.backward(...)``)
+# compiles each kernel when it is first called, one after the other: on a fresh cache, the
+# chapter-10 loop's first epoch is ~3.5 s of compiles, ~1.9 s of them its backward pass. A
+# layer's forward already says which kernels its backward will run (its sides give the forms:
+# ``cpu.dense_plan``), so when a forward on ``cpu`` follows a compile in this process (the cache
+# is cold), the cpu device hands the helper that layer's backward as jobs (``cpu.ahead_jobs``),
+# which it runs once on zeros (``cpu.run_ahead``): numba compiles those kernels into its cache
+# for the very argument types the backward passes, while this process goes on with the forward
+# pass. At the first backward this process runs the jobs the helper has not taken (from the other
+# end of the queue), waits for the one it holds, and lets it go: every kernel is then loaded, not
+# compiled. Nothing a job computes is kept; a kernel numba finds in the cache is the one it would
+# have compiled here (the same machine code, so the same bits). Turned off, failed or stalled,
+# the helper costs nothing but the wait below: this process compiles what it needs, as before.
+
+AHEAD = "ahead"     # the helper's build: ``cpu.run_ahead`` jobs, not a step's kernels
+
+
+class Ahead:
+    """The jobs of one cold pass of a learner's loop: from the first compile in this process to
+    the first backward (``ops.ahead`` while it lasts)."""
+
+    def __init__(self, run):
+        self.run = run                  # runs a job here (``cpu.run_ahead``)
+        self.wanted = True              # forwards still hand over their layers' backwards
+        self.jobs = set()               # every job handed over
+        self.queue = collections.deque()    # jobs nobody has taken
+        self.lock = threading.Condition()
+        self.held = {}                  # job -> Event set when the helper is done with it
+        self.current = None             # the job the helper holds now
+        self.helped = []                # jobs the helper ran
+        self.ran_here = []              # jobs this process ran (at the first backward)
+        self.process = None
+        self.started = False
+        self.ready = False
+        self.finished = False
+
+    def add(self, jobs) -> None:
+        """Queue ``jobs`` not queued before; the first starts the helper (when ``enabled``)."""
+        with self.lock:
+            if self.finished:
+                return
+            new = [job for job in jobs if job not in self.jobs]
+            self.jobs.update(new)
+            self.queue.extend(new)
+            self.lock.notify_all()
+            start = bool(new) and not self.started
+            self.started = self.started or start
+        if start and enabled():
+            process = _spawn(AHEAD)
+            with self.lock:
+                self.process = process
+            if process is not None:
+                threading.Thread(target=self._serve, args=(process,),
+                                 name="loopnet compile helper", daemon=True).start()
+
+    def _serve(self, process) -> None:
+        """Hand the helper a job each time it asks, until ``finish``."""
+        try:
+            for line in process.stdout:
+                word = line.strip()
+                with self.lock:
+                    if word in (b"done", b"fail"):
+                        if word == b"done":
+                            self.helped.append(self.current)
+                        self.held[self.current].set()
+                    elif word == b"ready":
+                        self.ready = True
+                    else:
+                        continue
+                    while not self.queue and not self.finished:
+                        self.lock.wait()
+                    job = self.queue.popleft() if self.queue and not self.finished else None
+                    self.current = job
+                    if job is not None:
+                        self.held[job] = threading.Event()
+                if job is None:
+                    process.stdin.close()       # (the helper exits)
+                    break
+                _send(process, job)
+        except (OSError, ValueError):           # the helper has gone, or was stopped
+            pass
+        finally:
+            try:
+                process.wait(timeout=WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            with self.lock:
+                for event in self.held.values():
+                    event.set()
+
+    def finish(self) -> None:
+        """The first backward: run the jobs nobody has taken, last first, then wait for the
+        helper's (stopped when it stalls, or is still starting up)."""
+        while True:
+            with self.lock:
+                job = self.queue.pop() if self.queue else None
+            if job is None:
+                break
+            self.ran_here.append(job)
+            try:
+                self.run(job)
+            except Exception:       # noqa: BLE001 - the backward itself compiles and reports it
+                pass
+        with self.lock:
+            self.finished = True
+            self.lock.notify_all()
+            waiting = list(self.held.values())
+        for event in waiting:
+            if not event.wait(WAIT_SECONDS):
+                break
+        with self.lock:
+            busy = not self.ready or (self.current is not None
+                                      and not self.held[self.current].is_set())
+            process = self.process
+        if process is not None and busy and process.poll() is None:
+            process.kill()
+        if self.jobs:
+            global last_ahead
+            last_ahead = {"jobs": len(self.jobs), "helped": list(self.helped),
+                          "ran_here": list(self.ran_here), "helper": process is not None}
+
+
+# What the last learner's-loop hand-over with jobs did (read by the tests).
+last_ahead: dict = {}
+
+
 def main() -> None:
-    """The helper process: read a build, then compile the kernels it is handed, one at a time,
-    saying ``done`` (or ``fail``: this process then compiles it and meets the error) after each."""
+    """The helper process: read a build (a step's, or ``AHEAD``), then compile the kernels it
+    is handed (or run the jobs: ``cpu.run_ahead``), one at a time, saying ``done`` (or ``fail``:
+    this process then compiles it and meets the error) after each."""
     import warnings
 
     read, write = sys.stdin.buffer, sys.stdout.buffer
@@ -290,20 +433,26 @@ def main() -> None:
 
     if os.path.abspath(loopnet.__file__) != package_file:
         return                          # another copy of loopnet: its cache is not the caller's
-    kernels = {}
-    for kernel in cpu._kernels_of_the_step(build).values():
-        dispatcher = getattr(kernel, "kernel", kernel)
-        kernels[dispatcher.py_func.__qualname__] = dispatcher
+    if build == AHEAD:
+        run, kernels = cpu.run_ahead, None
+    else:
+        kernels = {}
+        for kernel in cpu._kernels_of_the_step(build).values():
+            dispatcher = getattr(kernel, "kernel", kernel)
+            kernels[dispatcher.py_func.__qualname__] = dispatcher
+
+        def run(job):
+            name, signatures = job
+            for argtypes in signatures:
+                kernels[name].compile(argtypes)
     say(b"ready")
     warnings.simplefilter("ignore")
     while True:
         job = receive()
         if job is None:
             return
-        name, signatures = job
         try:
-            for argtypes in signatures:
-                kernels[name].compile(argtypes)
+            run(job)
         except Exception:               # noqa: BLE001 - the caller compiles it and reports it
             say(b"fail")
         else:
