@@ -235,6 +235,37 @@ def test_no_helper_ahead_when_turned_off(monkeypatch):
     assert log == [("dbiases", "<f4", 3, 2), ("overlapping", "<f4")]
 
 
+def test_a_pass_opens_on_a_loopnet_kernel_compiled_here_for_numbas_cache(monkeypatch):
+    """What opens a cold pass (``ops.ahead``): numba compiling one of loopnet's kernels (not a
+    user's function), one it saves to its cache (else the helper's would not reach this
+    process); another compile during the pass has the forwards hand over again; the first
+    backward ends it."""
+    from types import SimpleNamespace
+
+    from numba.core.caching import NullCache
+
+    from loopnet import ops
+    from loopnet.backends import cpu
+
+    monkeypatch.setattr(ops, "ahead", None)
+
+    def compiled(module, cache):
+        kernel = SimpleNamespace(py_func=SimpleNamespace(__module__=module), _cache=cache)
+        cpu._ColdCompiles().on_end(SimpleNamespace(data={"dispatcher": kernel}))
+
+    compiled("users_own_code", object())
+    compiled("loopnet.kernels.dense", NullCache())
+    assert ops.ahead is None
+    compiled("loopnet.kernels.dense", object())
+    session = ops.ahead
+    assert isinstance(session, cpu_helper.Ahead) and session.wanted
+    session.wanted = False              # (a layer seen again: no more hand-overs) ...
+    compiled("loopnet.kernels.activations", object())
+    assert ops.ahead is session and session.wanted      # ... until the next compile
+    ops.ahead_backward()
+    assert ops.ahead is None and session.finished
+
+
 # A learner's loop written as the book writes it, run in a new process over a fresh cache (with
 # the helper, then again over the same cache), or here: its parameters' bits and the last pass.
 _WAITING_FOR_THE_HELPER = """

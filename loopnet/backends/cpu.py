@@ -651,9 +651,9 @@ def run_ahead(job) -> None:
 
 
 class _ColdCompiles(_event.Listener):
-    """A loopnet kernel compiled in this process (not loaded from numba's cache), outside a
-    build of the training step: the cache is cold, so the forwards that follow hand their
-    layers' backwards to the compile helper (``ops.ahead``)."""
+    """A loopnet kernel compiled in this process (not loaded from numba's cache, which it is
+    saved to), outside a build of the training step: the cache is cold, so the forwards that
+    follow hand their layers' backwards to the compile helper (``ops.ahead``)."""
 
     def on_start(self, event) -> None:
         pass
@@ -661,7 +661,8 @@ class _ColdCompiles(_event.Listener):
     def on_end(self, event) -> None:
         dispatcher = (event.data or {}).get("dispatcher")
         module = getattr(getattr(dispatcher, "py_func", None), "__module__", None) or ""
-        if not module.startswith("loopnet.") or _helper.current() is not None:
+        if (not module.startswith("loopnet.") or _helper.current() is not None
+                or not _helper.caches_to_disk(dispatcher)):
             return
         from loopnet import ops
 

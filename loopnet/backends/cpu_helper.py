@@ -73,7 +73,7 @@ def enabled() -> bool:
     return cpus >= 2
 
 
-def _caches_to_disk(dispatcher) -> bool:
+def caches_to_disk(dispatcher) -> bool:
     from numba.core.caching import NullCache
 
     return not isinstance(getattr(dispatcher, "_cache", None), (NullCache, type(None)))
@@ -131,7 +131,7 @@ class Handover:
         """The step calls kernel ``qualname`` with ``argtypes``, which it has no build for. The
         first such kernel starts the helper: it imports numba and loopnet (~0.5 s) while numba
         types the rest of the step, and asks for work when it is ready."""
-        if not self.kernels and enabled() and _caches_to_disk(dispatcher):
+        if not self.kernels and enabled() and caches_to_disk(dispatcher):
             self._start()
         self.kernels[qualname] = dispatcher
         signatures = self.signatures.setdefault(qualname, [])
