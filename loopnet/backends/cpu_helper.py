@@ -105,6 +105,40 @@ def _spawn(build):
     return process
 
 
+def _serve(owner, process) -> None:
+    """Hand the helper work each time it asks (``ready``, ``done``, ``fail``), as ``owner`` (a
+    ``Handover`` or an ``Ahead``) gives it (``owner.take()``), until it has none: the helper is
+    then told to exit."""
+    try:
+        for line in process.stdout:
+            word = line.strip()
+            if word not in (b"done", b"fail", b"ready"):
+                continue
+            with owner.lock:
+                if word == b"ready":
+                    owner.ready = True
+                else:
+                    if word == b"done":
+                        owner.helped.append(owner.current)
+                    owner.held[owner.current].set()
+            work = owner.take()
+            if work is None:
+                process.stdin.close()       # (the helper exits)
+                break
+            _send(process, work)
+    except (OSError, ValueError):           # the helper has gone, or was stopped
+        pass
+    finally:
+        try:
+            process.wait(timeout=WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        with owner.lock:
+            for event in owner.held.values():   # (it does nothing any more)
+                event.set()
+
+
 class Handover:
     """The kernels one build of the step calls, from its typing to its machine code (see the
     module docstring). ``cpu.compile_for`` opens one around numba's compile of the step."""
@@ -170,46 +204,20 @@ class Handover:
     def _start(self) -> None:
         self.process = _spawn(self.build)
         if self.process is not None:
-            threading.Thread(target=self._serve, name="loopnet compile helper",
-                             daemon=True).start()
+            threading.Thread(target=_serve, args=(self, self.process),
+                             name="loopnet compile helper", daemon=True).start()
 
-    def _send(self, payload) -> None:
-        _send(self.process, payload)
-
-    def _serve(self) -> None:
-        """Hand the helper a kernel each time it asks (``ready``, ``done``, ``fail``)."""
-        process = self.process
-        try:
-            for line in process.stdout:
-                word = line.strip()
-                if word in (b"done", b"fail"):
-                    if word == b"done":
-                        self.helped.append(self.current)
-                    self.held[self.current].set()
-                elif word == b"ready":
-                    self.ready = True
-                else:
-                    continue
-                self.queued.wait()              # (until numba has typed the whole step)
-                with self.lock:
-                    name = self.queue.popleft() if self.queue and not self.finished else None
-                    self.current = name
-                    if name is not None:
-                        self.held[name] = threading.Event()
-                if name is None:
-                    process.stdin.close()       # (the helper exits)
-                    break
-                self._send((name, self.signatures[name]))
-        except (OSError, ValueError):           # the helper has gone, or was stopped
-            pass
-        finally:
-            try:
-                process.wait(timeout=WAIT_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            for event in list(self.held.values()):     # (it compiles nothing any more)
-                event.set()
+    def take(self):
+        """The helper asks for work: the next kernel nobody has taken, with its argument types,
+        once numba has typed the whole step; None when there is none."""
+        self.queued.wait()
+        with self.lock:
+            name = self.queue.popleft() if self.queue and not self.finished else None
+            self.current = name
+            if name is None:
+                return None
+            self.held[name] = threading.Event()
+        return name, self.signatures[name]
 
     # -- before the step's machine code is made -------------------------------------------------
     def finish(self) -> None:
@@ -333,44 +341,20 @@ class Ahead:
             with self.lock:
                 self.process = process
             if process is not None:
-                threading.Thread(target=self._serve, args=(process,),
+                threading.Thread(target=_serve, args=(self, process),
                                  name="loopnet compile helper", daemon=True).start()
 
-    def _serve(self, process) -> None:
-        """Hand the helper a job each time it asks, until ``finish``."""
-        try:
-            for line in process.stdout:
-                word = line.strip()
-                with self.lock:
-                    if word in (b"done", b"fail"):
-                        if word == b"done":
-                            self.helped.append(self.current)
-                        self.held[self.current].set()
-                    elif word == b"ready":
-                        self.ready = True
-                    else:
-                        continue
-                    while not self.queue and not self.finished:
-                        self.lock.wait()
-                    job = self.queue.popleft() if self.queue and not self.finished else None
-                    self.current = job
-                    if job is not None:
-                        self.held[job] = threading.Event()
-                if job is None:
-                    process.stdin.close()       # (the helper exits)
-                    break
-                _send(process, job)
-        except (OSError, ValueError):           # the helper has gone, or was stopped
-            pass
-        finally:
-            try:
-                process.wait(timeout=WAIT_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            with self.lock:
-                for event in self.held.values():
-                    event.set()
+    def take(self):
+        """The helper asks for work: the next job nobody has taken (waiting for one), or None
+        once the pass has ended."""
+        with self.lock:
+            while not self.queue and not self.finished:
+                self.lock.wait()
+            job = self.queue.popleft() if self.queue and not self.finished else None
+            self.current = job
+            if job is not None:
+                self.held[job] = threading.Event()
+        return job
 
     def finish(self) -> None:
         """The first backward: run the jobs nobody has taken, last first, then wait for the
