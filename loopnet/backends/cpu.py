@@ -58,9 +58,11 @@ threads.configure()  # numba's threading layer, before anything compiles (loopne
 # inlines bodies from the others) and this one (it hands some builds constants of its own).
 # numba's cache checks only a function's own file; ``cpu_cache.guard`` adds these, so that an
 # edit or a checkout of any of them compiles the builds again rather than run the old code.
+# (``examples.py``, the tests' and ``explain``'s example arguments, holds no compiled code.)
 _KERNELS = os.path.dirname(os.path.abspath(_kernels_package.__file__))
 SOURCES = cpu_cache.sources_stamp(
-    [os.path.join(_KERNELS, name) for name in sorted(os.listdir(_KERNELS)) if name.endswith(".py")]
+    [os.path.join(_KERNELS, name) for name in sorted(os.listdir(_KERNELS))
+     if name.endswith(".py") and name != "examples.py"]
     + [os.path.abspath(__file__)])
 
 
