@@ -231,8 +231,8 @@ def ahead_forward(layer, inputs) -> None:
     """A dense ``layer``'s training forward on ``inputs`` in a cold pass: its backward's kernels
     are handed to the compile helper, to be made while this process goes on (a layer whose
     jobs were all handed over before ends the pass's hand-overs, until the next compile)."""
-    session = ahead
-    if session is None or not session.wanted:
+    cold = ahead
+    if cold is None or not cold.wanted:
         return
     be = host_backend(layer.device)
     jobs_of = getattr(be, "ahead_jobs", None)
@@ -242,18 +242,18 @@ def ahead_forward(layer, inputs) -> None:
                  or layer.bias_regularizer_l1 > 0 or layer.bias_regularizer_l2 > 0)
     jobs = jobs_of(inputs.shape[0], layer.n_inputs, layer.n_neurons, inputs.dtype, penalties)
     if jobs:
-        session.add(jobs)
+        cold.add(jobs)
     else:
-        session.wanted = False
+        cold.wanted = False
 
 
 def ahead_backward() -> None:
     """A backward in a cold pass: the pass ends once every job handed over is done (the
     helper's waited for, the rest run here)."""
     global ahead
-    session, ahead = ahead, None
-    if session is not None:
-        session.finish()
+    cold, ahead = ahead, None
+    if cold is not None:
+        cold.finish()
 
 
 def _check_host(be, *arrays) -> None:

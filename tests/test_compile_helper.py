@@ -172,41 +172,41 @@ def run_ahead(monkeypatch, action, n_jobs=8, wait_for_helper=True, before_ready=
     script = HELPER.format(action=action, before_ready=before_ready)
     monkeypatch.setattr(cpu_helper, "command", lambda package: [sys.executable, "-c", script])
     log = []
-    session = cpu_helper.Ahead(log.append)
+    cold_pass = cpu_helper.Ahead(log.append)
     jobs = [("dweights", "<f4", k) for k in range(n_jobs)]
-    session.add(jobs[:5])
-    session.add(jobs[3:])                           # (a job handed over twice is queued once)
-    assert session.process is not None
+    cold_pass.add(jobs[:5])
+    cold_pass.add(jobs[3:])                           # (a job handed over twice is queued once)
+    assert cold_pass.process is not None
     if wait_for_helper:                 # (a loaded machine: the helper takes its first job)
         deadline = time.monotonic() + 60
-        while not session.held and session.process.poll() is None:
+        while not cold_pass.held and cold_pass.process.poll() is None:
             assert time.monotonic() < deadline
             time.sleep(0.005)
     assert not log
-    session.finish()
-    session.add([("dinputs", "<f4", 0)])            # (after the pass: nothing more is taken)
-    assert ("dinputs", "<f4", 0) not in session.jobs
-    return session, log, jobs
+    cold_pass.finish()
+    cold_pass.add([("dinputs", "<f4", 0)])            # (after the pass: nothing more is taken)
+    assert ("dinputs", "<f4", 0) not in cold_pass.jobs
+    return cold_pass, log, jobs
 
 
 def test_each_job_ahead_is_run_by_one_process_the_helper_from_the_front(monkeypatch):
-    session, log, jobs = run_ahead(monkeypatch, DONE)
-    assert session.helped                                    # (it took the first at least)
-    assert not set(session.helped) & set(log)                # never both
-    assert sorted(session.helped + log) == sorted(jobs)
-    assert session.helped == jobs[:len(session.helped)]      # the helper from the front,
-    assert log == jobs[len(session.helped):][::-1]           # this process from the back
-    assert cpu_helper.last_ahead == {"jobs": len(jobs), "helped": session.helped,
+    cold_pass, log, jobs = run_ahead(monkeypatch, DONE)
+    assert cold_pass.helped                                    # (it took the first at least)
+    assert not set(cold_pass.helped) & set(log)                # never both
+    assert sorted(cold_pass.helped + log) == sorted(jobs)
+    assert cold_pass.helped == jobs[:len(cold_pass.helped)]      # the helper from the front,
+    assert log == jobs[len(cold_pass.helped):][::-1]           # this process from the back
+    assert cpu_helper.last_ahead == {"jobs": len(jobs), "helped": cold_pass.helped,
                                      "ran_here": log, "helper": True}
-    session.process.wait(timeout=30)                         # told to exit, it does
-    assert session.process.returncode == 0
+    cold_pass.process.wait(timeout=30)                         # told to exit, it does
+    assert cold_pass.process.returncode == 0
 
 
 def test_a_job_the_helper_fails_is_left_to_the_backward_and_one_it_dies_on_too(monkeypatch):
     for action in (FAIL, DIE):
-        session, log, jobs = run_ahead(monkeypatch, action)
-        assert session.helped == []
-        assert session.process.wait(timeout=30) is not None
+        cold_pass, log, jobs = run_ahead(monkeypatch, action)
+        assert cold_pass.helped == []
+        assert cold_pass.process.wait(timeout=30) is not None
         # the jobs it took are not run again here: the backward compiles what it needs itself
         assert len(log) < len(jobs) and log == jobs[len(jobs) - len(log):][::-1]
 
@@ -215,11 +215,11 @@ def test_a_stalled_or_still_starting_helper_is_stopped_at_the_first_backward(mon
     monkeypatch.setattr(cpu_helper, "WAIT_SECONDS", 1.0)
     for action, before_ready, wait in ((STALL, "", True), (DONE, STALL, False)):
         start = time.monotonic()
-        session, log, jobs = run_ahead(monkeypatch, action, wait_for_helper=wait,
+        cold_pass, log, jobs = run_ahead(monkeypatch, action, wait_for_helper=wait,
                                        before_ready=before_ready)
         assert time.monotonic() - start < 30
-        assert session.process.wait(timeout=30) is not None  # killed, and reaped
-        assert session.helped == []
+        assert cold_pass.process.wait(timeout=30) is not None  # killed, and reaped
+        assert cold_pass.helped == []
         assert log == jobs[len(jobs) - len(log):][::-1]
         if not wait:
             assert log == jobs[::-1]                         # it took none: all run here
@@ -228,10 +228,10 @@ def test_a_stalled_or_still_starting_helper_is_stopped_at_the_first_backward(mon
 def test_no_helper_ahead_when_turned_off(monkeypatch):
     monkeypatch.setenv(cpu_helper.ENV_VAR, "0")
     log = []
-    session = cpu_helper.Ahead(log.append)
-    session.add([("overlapping", "<f4"), ("dbiases", "<f4", 3, 2)])
-    assert session.process is None
-    session.finish()
+    cold_pass = cpu_helper.Ahead(log.append)
+    cold_pass.add([("overlapping", "<f4"), ("dbiases", "<f4", 3, 2)])
+    assert cold_pass.process is None
+    cold_pass.finish()
     assert log == [("dbiases", "<f4", 3, 2), ("overlapping", "<f4")]
 
 
@@ -257,13 +257,13 @@ def test_a_pass_opens_on_a_loopnet_kernel_compiled_here_for_numbas_cache(monkeyp
     compiled("loopnet.kernels.dense", NullCache())
     assert ops.ahead is None
     compiled("loopnet.kernels.dense", object())
-    session = ops.ahead
-    assert isinstance(session, cpu_helper.Ahead) and session.wanted
-    session.wanted = False              # (a layer seen again: no more hand-overs) ...
+    cold_pass = ops.ahead
+    assert isinstance(cold_pass, cpu_helper.Ahead) and cold_pass.wanted
+    cold_pass.wanted = False              # (a layer seen again: no more hand-overs) ...
     compiled("loopnet.kernels.activations", object())
-    assert ops.ahead is session and session.wanted      # ... until the next compile
+    assert ops.ahead is cold_pass and cold_pass.wanted      # ... until the next compile
     ops.ahead_backward()
-    assert ops.ahead is None and session.finished
+    assert ops.ahead is None and cold_pass.finished
 
 
 # A learner's loop written as the book writes it, run in a new process over a fresh cache (with
@@ -275,16 +275,16 @@ from loopnet.backends import cpu_helper
 
 finish = cpu_helper.Ahead.finish
 
-def finish_once_the_helper_has_run_every_job(session):
+def finish_once_the_helper_has_run_every_job(cold_pass):
     # (so that this process runs none: it then compiles no kernel of a backward, if the jobs
     # made the kernels for the argument types the backward passes)
     deadline = time.monotonic() + 120
-    while (session.process is not None and session.process.poll() is None
-           and (session.queue or not session.ready or session.current is not None
-                and not session.held[session.current].is_set())
+    while (cold_pass.process is not None and cold_pass.process.poll() is None
+           and (cold_pass.queue or not cold_pass.ready or cold_pass.current is not None
+                and not cold_pass.held[cold_pass.current].is_set())
            and time.monotonic() < deadline):
         time.sleep(0.005)
-    finish(session)
+    finish(cold_pass)
 
 cpu_helper.Ahead.finish = finish_once_the_helper_has_run_every_job
 

@@ -668,11 +668,11 @@ class _ColdCompiles(_event.Listener):
             return
         from loopnet import ops
 
-        session = ops.ahead
-        if session is None or session.finished:
+        cold = ops.ahead
+        if cold is None or cold.finished:
             ops.ahead = _helper.Ahead(run_ahead)
         else:
-            session.wanted = True
+            cold.wanted = True
 
 
 def _forget_ahead_in_child() -> None:
