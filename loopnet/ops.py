@@ -240,10 +240,8 @@ def ahead_forward(layer, inputs) -> None:
         return
     penalties = (layer.weight_regularizer_l1 > 0 or layer.weight_regularizer_l2 > 0
                  or layer.bias_regularizer_l1 > 0 or layer.bias_regularizer_l2 > 0)
-    jobs = jobs_of(inputs.shape[0], layer.n_inputs, layer.n_neurons, inputs.dtype, penalties)
-    if jobs:
-        cold.add(jobs)
-    else:
+    if not cold.add(jobs_of(inputs.shape[0], layer.n_inputs, layer.n_neurons, inputs.dtype,
+                            penalties)):
         cold.wanted = False
 
 

@@ -174,8 +174,8 @@ def run_ahead(monkeypatch, action, n_jobs=8, wait_for_helper=True, before_ready=
     log = []
     cold_pass = cpu_helper.Ahead(log.append)
     jobs = [("dweights", "<f4", k) for k in range(n_jobs)]
-    cold_pass.add(jobs[:5])
-    cold_pass.add(jobs[3:])                           # (a job handed over twice is queued once)
+    assert cold_pass.add(jobs[:5]) == 5
+    assert cold_pass.add(jobs[3:]) == n_jobs - 5      # (a job handed over twice is queued once)
     assert cold_pass.process is not None
     if wait_for_helper:                 # (a loaded machine: the helper takes its first job)
         deadline = time.monotonic() + 60
@@ -184,8 +184,8 @@ def run_ahead(monkeypatch, action, n_jobs=8, wait_for_helper=True, before_ready=
             time.sleep(0.005)
     assert not log
     cold_pass.finish()
-    cold_pass.add([("dinputs", "<f4", 0)])            # (after the pass: nothing more is taken)
-    assert ("dinputs", "<f4", 0) not in cold_pass.jobs
+    assert cold_pass.add([("dinputs", "<f4", 0)]) == 0     # (after the pass: nothing more
+    assert ("dinputs", "<f4", 0) not in cold_pass.jobs    # is taken)
     return cold_pass, log, jobs
 
 
@@ -233,6 +233,10 @@ def test_no_helper_ahead_when_turned_off(monkeypatch):
     assert cold_pass.process is None
     cold_pass.finish()
     assert log == [("dbiases", "<f4", 3, 2), ("overlapping", "<f4")]
+    # a later pass sharing the handed-over jobs (as the cpu device's do) takes only new ones
+    later = cpu_helper.Ahead(log.append, cold_pass.handed_over)
+    assert later.add([("overlapping", "<f4"), ("dbiases", "<f4", 4, 2)]) == 1
+    assert later.jobs == [("dbiases", "<f4", 4, 2)]
 
 
 def test_a_pass_opens_on_a_loopnet_kernel_compiled_here_for_numbas_cache(monkeypatch):

@@ -602,12 +602,12 @@ def dense_gradients(inputs, dvalues, weights, dweights, dbiases, dinputs):
 # A job allocates zeros of the layer's sides (inputs, dvalues, the gradients): beyond this many
 # elements (16 MB of float32) its layer's backward compiles when it runs, as without the helper.
 AHEAD_MAX_ELEMENTS = 1 << 22
-_handed_over: set = set()       # jobs handed over in this process (their kernels are made)
+_handed_over: set = set()       # jobs handed over in this process (every pass shares it)
 
 
 def ahead_jobs(n_samples: int, n_inputs: int, n_neurons: int, dtype, penalties: bool) -> list:
     """The jobs (``run_ahead``) that make the kernels a dense layer of these sides runs in its
-    backward on this device, those not handed over before in this process."""
+    backward on this device."""
     if n_samples * (2 * n_inputs + n_neurons) + n_inputs * n_neurons > AHEAD_MAX_ELEMENTS:
         return []
     plan = dense_plan(n_samples, n_inputs, n_neurons)
@@ -617,8 +617,6 @@ def ahead_jobs(n_samples: int, n_inputs: int, n_neurons: int, dtype, penalties: 
             ("dbiases", name, n_samples, n_neurons), ("overlapping", name)]
     if penalties:
         jobs += [("penalty", name, n_inputs * n_neurons), ("penalty", name, n_neurons)]
-    jobs = [job for job in jobs if job not in _handed_over]
-    _handed_over.update(jobs)
     return jobs
 
 
@@ -670,7 +668,7 @@ class _ColdCompiles(_event.Listener):
 
         cold = ops.ahead
         if cold is None or cold.finished:
-            ops.ahead = _helper.Ahead(run_ahead)
+            ops.ahead = _helper.Ahead(run_ahead, _handed_over)
         else:
             cold.wanted = True
 

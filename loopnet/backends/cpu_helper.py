@@ -310,10 +310,13 @@ class Ahead:
     """The jobs of one cold pass of a learner's loop: from the first compile in this process to
     the first backward (``ops.ahead`` while it lasts)."""
 
-    def __init__(self, run):
+    def __init__(self, run, handed_over=None):
         self.run = run                  # runs a job here (``cpu.run_ahead``)
+        # jobs handed over before, by this pass or an earlier one sharing the set (the cpu
+        # device's passes share one: a kernel made once is not handed over again)
+        self.handed_over = set() if handed_over is None else handed_over
         self.wanted = True              # forwards still hand over their layers' backwards
-        self.jobs = set()               # every job handed over
+        self.jobs = []                  # the jobs this pass was handed
         self.queue = collections.deque()    # jobs nobody has taken
         self.lock = threading.Condition()
         self.held = {}                  # job -> Event set when the helper is done with it
@@ -321,21 +324,21 @@ class Ahead:
         self.helped = []                # jobs the helper ran
         self.ran_here = []              # jobs this process ran (at the first backward)
         self.process = None
-        self.started = False
         self.ready = False
         self.finished = False
 
-    def add(self, jobs) -> None:
-        """Queue ``jobs`` not queued before; the first starts the helper (when ``enabled``)."""
+    def add(self, jobs) -> int:
+        """Queue the ``jobs`` not handed over before (the first starts the helper, when
+        ``enabled``); returns how many were new (none once the pass has ended)."""
         with self.lock:
             if self.finished:
-                return
-            new = [job for job in jobs if job not in self.jobs]
-            self.jobs.update(new)
+                return 0
+            new = [job for job in dict.fromkeys(jobs) if job not in self.handed_over]
+            start = bool(new) and not self.jobs
+            self.handed_over.update(new)
+            self.jobs += new
             self.queue.extend(new)
             self.lock.notify_all()
-            start = bool(new) and not self.started
-            self.started = self.started or start
         if start and enabled():
             process = _spawn(AHEAD)
             with self.lock:
@@ -343,6 +346,7 @@ class Ahead:
             if process is not None:
                 threading.Thread(target=_serve, args=(self, process),
                                  name="loopnet compile helper", daemon=True).start()
+        return len(new)
 
     def take(self):
         """The helper asks for work: the next job nobody has taken (waiting for one), or None
