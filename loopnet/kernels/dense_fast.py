@@ -15,8 +15,9 @@ and the compiled training step both ask it:
                                     (the spiral model's 300x2x64)           indices per pass:
                                                                             each load reused 4x
     FEW_INPUTS     the loops'       BLOCKED's forward and dweights of 1 or  one pass per row
-                                    2 inputs (the book's first layers)      (of samples, of
-                                                                            dweights)
+                                    2 inputs (the book's first layers)      of samples; two
+                                                                            dweights rows'
+                                                                            sums in registers
     NARROW         the loops'       dweights and dinputs with < 16 neurons  vectors along the
                                     (300x64x3)                              inputs, not the 3
                                                                             neurons
@@ -49,7 +50,7 @@ behind the sizes below are in BENCHMARKS.md (``python benchmarks/bench.py --cros
 import numpy as np
 from numba import carray, njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, register_jitable
+from numba.extending import intrinsic, overload, register_jitable
 
 from loopnet.kernels import KERNEL_OPTIONS, ROW_BLOCK, body
 
@@ -736,9 +737,8 @@ def weights_rows_blocked(inputs, dvalues, dweights, i0, n_samples):
     n_neurons = dvalues.shape[1]
     width = 4 * PANEL
     i_end = min(i0 + 4, n_inputs)
-    if i_end - i0 < 4:  # 1-3 rows (a layer of 1-3 inputs, or the last rows): row by row
-        for i in range(i0, i_end):
-            weights_row_few(inputs, dvalues, dweights, i, n_samples)
+    if i_end - i0 < 4:  # 1-3 rows (a layer of 1-3 inputs, or the last rows)
+        weights_rows_few(inputs, dvalues, dweights, i0, i_end, n_samples)
         return
     for n0 in range(0, n_neurons, width):
         nw = min(width, n_neurons - n0)
@@ -780,43 +780,123 @@ def weights_rows_blocked(inputs, dvalues, dweights, i0, n_samples):
                     row[n] += a * d[n]
 
 
+def _stack_scratch(size):
+    """``scratch(like)``: ``size`` scalars of ``like``'s dtype to sum in. Compiled, they are
+    the calling function's stack (``_stack_array``, inlined into the caller so that the
+    memory is its own), which LLVM keeps in registers when every index is a constant; run as
+    plain Python (the kernels' uncompiled view in the tests), a numpy array."""
+    stack = _stack_array(size)
+
+    def scratch(like):
+        return np.empty(size, like.dtype)
+
+    @overload(scratch, inline="always")
+    def _on_the_stack(like):
+        return lambda like: stack(like)
+
+    return scratch
+
+
+# dweights of a layer of 1-3 inputs (the book's first layers: the spiral's 2 inputs, the
+# sine's 1), and a wider layer's last 1-3 rows: each row is a sum over every sample of
+# ``inputs[s, i] * dvalues[s, :]``, in sample order (the loops' bits), so it cannot be split
+# over the samples. Summed into ``dweights`` 4 samples a pass, each pass loaded and stored
+# the row again (300x2x64: 2.7-2.8 us, numpy 1.4); summed in registers, two rows at a time
+# over WEIGHTS_CHUNK neurons (8 vectors of 16 float32, 8 independent sums a sample), each
+# value of ``dvalues`` is loaded once for both rows and nothing is stored until the end
+# (300x2x64: 1.1 us; 20000x2x64: 189 -> 60 us). Layers of fewer than 16 neurons keep the
+# plain loop: nothing to vectorize.
+WEIGHTS_CHUNK = 64
+
+
+def _rows_chunk(width):
+    """``rows_chunk(inputs, dvalues, dweights, i, two, n_samples, n0, first)``: columns
+    ``n0 + first .. n0 + width - 1`` of row ``i`` of ``dweights`` (and of row ``i + 1`` if
+    ``two``), their sums over the samples held in ``width`` (constant) scratch values a row."""
+    scratch = _stack_scratch(2 * width)
+
+    @register_jitable(_nrt=False)
+    def rows_chunk(inputs, dvalues, dweights, i, two, n_samples, n0, first):
+        acc = scratch(dweights)
+        zero = dweights.dtype.type(0)
+        for n in range(2 * width):
+            acc[n] = zero
+        if two:
+            for s in range(n_samples):
+                a0 = inputs[s, i]
+                a1 = inputs[s, i + 1]
+                d = dvalues[s, n0:n0 + width]
+                for n in range(width):
+                    acc[n] = acc[n] + a0 * d[n]
+                    acc[width + n] = acc[width + n] + a1 * d[n]
+            g = dweights[i + 1, n0:n0 + width]
+            for n in range(first, width):
+                g[n] = acc[width + n]
+        else:
+            for s in range(n_samples):
+                a0 = inputs[s, i]
+                d = dvalues[s, n0:n0 + width]
+                for n in range(width):
+                    acc[n] = acc[n] + a0 * d[n]
+        g = dweights[i, n0:n0 + width]
+        for n in range(first, width):
+            g[n] = acc[n]
+
+    return rows_chunk
+
+
+rows_chunk_wide = _rows_chunk(WEIGHTS_CHUNK)
+rows_chunk_16 = _rows_chunk(16)
+
+
 @body
-def weights_row_few(inputs, dvalues, dweights, i, n_samples):
-    """Row ``i`` of ``dweights = inputs[:n_samples].T @ dvalues[:n_samples]``, 4 samples per pass
-    and then the last 0-3, left to right in sample order: the sums of the loops. The rows of a
-    layer of 1-3 inputs, and the last 1-3 rows of a wider one."""
+def weights_rows_few(inputs, dvalues, dweights, i0, i1, n_samples):
+    """Rows ``i0 .. i1 - 1`` of ``dweights = inputs[:n_samples].T @ dvalues[:n_samples]``, two
+    at a time, each value the sum over the samples from zero in sample order: the sums of the
+    loops. Chunks of WEIGHTS_CHUNK neurons (of 16 for a layer of 16-63); the last chunk ends
+    at the last neuron and stores only the neurons the chunks before it did not."""
     n_neurons = dvalues.shape[1]
-    width = 4 * PANEL
-    for n0 in range(0, n_neurons, width):
-        nw = min(width, n_neurons - n0)
-        g = dweights[i, n0:n0 + nw]
-        for n in range(nw):
-            g[n] = 0
-        s = 0
-        while s + 4 <= n_samples:
-            d0 = dvalues[s, n0:n0 + nw]
-            d1 = dvalues[s + 1, n0:n0 + nw]
-            d2 = dvalues[s + 2, n0:n0 + nw]
-            d3 = dvalues[s + 3, n0:n0 + nw]
-            a0 = inputs[s, i]; a1 = inputs[s + 1, i]  # noqa: E702
-            a2 = inputs[s + 2, i]; a3 = inputs[s + 3, i]  # noqa: E702
-            for n in range(nw):
-                g[n] = g[n] + a0 * d0[n] + a1 * d1[n] + a2 * d2[n] + a3 * d3[n]
-            s += 4
-        for s in range(s, n_samples):  # the last 0-3 samples
-            a = inputs[s, i]
-            d = dvalues[s, n0:n0 + nw]
-            for n in range(nw):
-                g[n] += a * d[n]
+    i = i0
+    while i < i1:
+        two = i + 1 < i1
+        if n_neurons >= WEIGHTS_CHUNK:
+            n0 = 0
+            while n0 + WEIGHTS_CHUNK <= n_neurons:
+                rows_chunk_wide(inputs, dvalues, dweights, i, two, n_samples, n0, 0)
+                n0 += WEIGHTS_CHUNK
+            if n0 < n_neurons:
+                last = n_neurons - WEIGHTS_CHUNK
+                rows_chunk_wide(inputs, dvalues, dweights, i, two, n_samples, last, n0 - last)
+        elif n_neurons >= 16:
+            n0 = 0
+            while n0 + 16 <= n_neurons:
+                rows_chunk_16(inputs, dvalues, dweights, i, two, n_samples, n0, 0)
+                n0 += 16
+            if n0 < n_neurons:
+                rows_chunk_16(inputs, dvalues, dweights, i, two, n_samples, n_neurons - 16,
+                              n0 - (n_neurons - 16))
+        else:
+            for r in range(i, i + 2 if two else i + 1):
+                g = dweights[r]
+                for n in range(n_neurons):
+                    g[n] = 0
+                for s in range(n_samples):
+                    a = inputs[s, r]
+                    d = dvalues[s]
+                    for n in range(n_neurons):
+                        g[n] += a * d[n]
+        i += 2 if two else 1
 
 
 def dense_backward_weights_few_inputs(inputs, dvalues, dweights):
     """``dense_backward_weights_blocked`` for a layer of 1 or 2 inputs (the FEW_INPUTS form):
-    its rows one by one (``weights_row_few``, what the blocked kernel runs for them), so the
-    same bits, without compiling the 4-row body they never run. One ``prange`` iteration owns
-    a row."""
-    for i in prange(inputs.shape[1]):
-        weights_row_few(inputs, dvalues, dweights, i, inputs.shape[0])
+    its rows as that kernel runs them (``weights_rows_few``), so the same bits, without
+    compiling the 4-row body they never run. One ``prange`` iteration owns a pair of rows
+    (the plan runs this kernel serially: a layer of 1-2 inputs has one pair)."""
+    n_inputs = inputs.shape[1]
+    for pair in prange((n_inputs + 1) // 2):
+        weights_rows_few(inputs, dvalues, dweights, 2 * pair, min(2 * pair + 2, n_inputs),
+                         inputs.shape[0])
 
 
 # --- Narrow layers: the backward products with vectors along the inputs ------------------------
