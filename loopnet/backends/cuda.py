@@ -20,6 +20,8 @@ How an op is launched
     - 1-D: ``cuda.grid(1)`` is the index; blocks of ``BLOCK_1D`` threads.
     - 2-D: ``column, row = cuda.grid(2)``: the fast x index walks the last (contiguous) axis, so
       neighbouring threads read neighbouring memory (coalesced loads); blocks of ``BLOCK_2D``.
+    - A launch smaller than a block along an axis gets a block only that large (a whole warp
+      for 1-D), but for the tiled dense kernel, whose block must be a whole tile.
 
 Data
     Arrays that live on the GPU (numba device arrays, or anything with
@@ -118,6 +120,9 @@ if SIMULATOR:
 HOST = False    # (ops: arrays live on the GPU)
 BLOCK_1D = 128
 BLOCK_2D = (16, 16)  # (x = columns, y = rows); equal to dense.TILE so the tiled kernel fits a block
+WARP = 32
+# Kernels whose threads work together on a block's shared memory: always whole blocks.
+WHOLE_BLOCKS = {"dense_forward_tiled"}
 
 
 # --- GPU selection (cuda:N) --------------------------------------------------------------------------
@@ -221,15 +226,23 @@ def synchronize() -> None:
 
 # --- Launching ---------------------------------------------------------------------------------------
 
-def _grid(threads):
-    """``(blocks, threads_per_block)`` covering ``threads`` (1 or 2 sizes) with whole blocks."""
+def _grid(threads, whole_blocks=False):
+    """``(blocks, threads_per_block)`` covering ``threads`` (1 or 2 sizes). Along an axis shorter
+    than a block, the block is only as long as the axis (1-D: rounded up to a warp, which the
+    GPU schedules whole anyway), unless ``whole_blocks``: a 3-column output then runs 3 x 16
+    threads a block, not 16 x 16 of which 208 only return (which numba's CUDA simulator runs
+    as Python threads, one by one)."""
     if len(threads) == 1:
-        return (math.ceil(threads[0] / BLOCK_1D),), (BLOCK_1D,)
+        (n,) = threads
+        if n < BLOCK_1D and not whole_blocks:
+            return (1,), (math.ceil(n / WARP) * WARP,)
+        return (math.ceil(n / BLOCK_1D),), (BLOCK_1D,)
     rows, columns = threads
-    return ((math.ceil(columns / BLOCK_2D[0]), math.ceil(rows / BLOCK_2D[1])), BLOCK_2D)
+    block = BLOCK_2D if whole_blocks else (min(BLOCK_2D[0], columns), min(BLOCK_2D[1], rows))
+    return ((math.ceil(columns / block[0]), math.ceil(rows / block[1])), block)
 
 
-def _launch(kernel, threads, args, written=(), blocks=None):
+def _launch(kernel, threads, args, written=(), blocks=None, whole_blocks=False):
     """Launch ``kernel`` with one thread per index of ``threads``; host arrays go over once.
 
     ``written``: positions of the arguments the kernel writes; a host array given there gets the
@@ -239,7 +252,7 @@ def _launch(kernel, threads, args, written=(), blocks=None):
     if blocks is None:
         if min(threads) == 0:
             return
-        blocks = _grid(threads)
+        blocks = _grid(threads, whole_blocks)
     device_args = []
     copy_back = []
     for position, arg in enumerate(args):
@@ -358,9 +371,11 @@ def _launcher(op: str):
     params = list(inspect.signature(function).parameters)
     position = params.index(argument)
     written = _written_arguments(function)
+    whole_blocks = op in WHOLE_BLOCKS
 
     def launch(*args):
-        _launch(kernel, tuple(args[position].shape[:dims]), args, written)
+        _launch(kernel, tuple(args[position].shape[:dims]), args, written,
+                whole_blocks=whole_blocks)
 
     launch.__name__ = launch.__qualname__ = op
     launch.__doc__ = f"Launch ``{op}_kernel``: one thread per element of ``{argument}``" + (
@@ -374,7 +389,18 @@ globals().update({op: _launcher(op) for op in THREADS if op in KERNELS})
 # The dense forward op runs the shared-memory tiled kernel (the fast path); the one-thread-per-
 # output kernel stays available as `dense_forward_simple` (same sums in the same order).
 dense_forward_simple = globals()["dense_forward"]
-dense_forward = globals()["dense_forward_tiled"]
+_dense_forward_tiled = globals()["dense_forward_tiled"]
+
+
+def dense_forward(inputs, weights, biases, output):
+    """``output = inputs @ weights + biases``: the tiled kernel, but for an output within one
+    tile, which the one-thread-per-output kernel computes (the same sums in the same order, so
+    the same bits): a tile's block is 16 x 16 threads, most of which would only load zeros and
+    wait at its barriers."""
+    if output.shape[0] <= _dense_kernels.TILE and output.shape[1] <= _dense_kernels.TILE:
+        dense_forward_simple(inputs, weights, biases, output)
+    else:
+        _dense_forward_tiled(inputs, weights, biases, output)
 
 
 # The sums over samples of the dense backward: in two levels for large batches (see

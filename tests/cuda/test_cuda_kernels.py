@@ -68,9 +68,31 @@ def test_tiled_and_simple_dense_kernels_give_the_same_bits():
                for s in ((N_SAMPLES, 37), (37, N_NEURONS), (N_NEURONS,)))
     tiled = gpu.empty((N_SAMPLES, N_NEURONS), np.float32)
     simple = gpu.empty((N_SAMPLES, N_NEURONS), np.float32)
-    gpu.dense_forward(x, w, b, tiled)
+    gpu.dense_forward_tiled(x, w, b, tiled)
     gpu.dense_forward_simple(x, w, b, simple)
     assert np.array_equal(gpu.to_numpy(tiled), gpu.to_numpy(simple))
+
+
+def test_launches_smaller_than_a_block_get_a_block_their_size():
+    """A small launch runs only the threads it needs (a whole warp for 1-D); the tiled dense
+    kernel, whose threads share a tile, always gets whole 16 x 16 blocks; the dense forward
+    op hands an output within one tile to the one-thread-per-output kernel."""
+    assert gpu._grid((3,)) == ((1,), (32,))
+    assert gpu._grid((131,)) == ((2,), (128,))
+    assert gpu._grid((3,), whole_blocks=True) == ((1,), (128,))
+    assert gpu._grid((300, 3)) == ((1, 19), (3, 16))
+    assert gpu._grid((4, 40)) == ((3, 1), (16, 4))
+    assert gpu._grid((4, 4), whole_blocks=True) == ((1, 1), (16, 16))
+    launched = []
+    simple, tiled = gpu.dense_forward_simple, gpu._dense_forward_tiled
+    try:
+        gpu.dense_forward_simple = lambda *args: launched.append("simple")
+        gpu._dense_forward_tiled = lambda *args: launched.append("tiled")
+        for n_samples, n_neurons in ((4, 3), (16, 16), (17, 3), (3, 17)):
+            gpu.dense_forward(None, None, None, np.empty((n_samples, n_neurons)))
+    finally:
+        gpu.dense_forward_simple, gpu._dense_forward_tiled = simple, tiled
+    assert launched == ["simple", "simple", "tiled", "tiled"]
 
 
 def test_reductions_are_deterministic():
