@@ -157,19 +157,24 @@ PLAIN_BAND = 64
 def nt_rows_plain(rows, columns_t, biases, add_biases, output, r0, r1, c0, c1):
     """Rows ``r0 .. r1 - 1`` and columns ``c0 .. c1 - 1`` of ``dense_nt_tiled`` as one plain dot
     product each (the tiles' ragged edge, and every output of a product too narrow for a
-    tile)."""
+    tile). The loops run from 0 over views of those rows and columns: over ``range(r0, r1)``
+    numba's index wraparound checks stayed in the loops (1000x64 @ 64x1: 5.1 -> 3.9 us)."""
     zero = output.dtype.type(0)
     n_k = rows.shape[1]
-    for r in range(r0, r1):
-        a = rows[r]
-        for c in range(c0, c1):
-            b = columns_t[c]
+    rows_here = rows[r0:r1]
+    columns_here = columns_t[c0:c1]
+    output_here = output[r0:r1, c0:c1]
+    for r in range(r1 - r0):
+        a = rows_here[r]
+        o = output_here[r]
+        for c in range(c1 - c0):
+            b = columns_here[c]
             total = zero
             for k in range(n_k):
                 total += a[k] * b[k]
             if add_biases:
-                total += biases[c]
-            output[r, c] = total
+                total += biases[c0 + c]
+            o[c] = total
 
 
 @register_jitable(fastmath=FASTMATH, _nrt=False)
