@@ -808,91 +808,81 @@ def _stack_scratch(size):
 # ``inputs[s, i] * dvalues[s, :]``, in sample order (the loops' bits), so it cannot be split
 # over the samples. Summed into ``dweights`` 4 samples a pass, each pass loaded and stored
 # the row again (300x2x64: 2.7-2.8 us, numpy 1.4); summed in registers, two rows at a time
-# over WEIGHTS_CHUNK neurons (8 vectors of 16 float32, 8 independent sums a sample), each
+# over WEIGHTS_CHUNK columns (8 vectors of 16 float32, 8 independent sums a sample), each
 # value of ``dvalues`` is loaded once for both rows and nothing is stored until the end
-# (300x2x64: 1.1 us; 20000x2x64: 189 -> 60 us). Layers of fewer than 16 neurons keep the
-# plain loop: nothing to vectorize.
+# (300x2x64: 1.1 us; 20000x2x64: 189 -> 60 us; chunks of 32 columns, 4 sums a sample, ran
+# 1.8 us). A lone row is summed as a pair with itself: as fast (the sums wait on each
+# other's latency, not on the vector units), and one loop to compile, not two (with both,
+# and a second chunk of 16 columns for narrower rows, a first ``loopnet train`` compiled
+# ~1 s longer). Rows of fewer than WEIGHTS_CHUNK columns keep the passes of 4 samples.
 WEIGHTS_CHUNK = 64
+_chunk_scratch = _stack_scratch(2 * WEIGHTS_CHUNK)
 
 
-def _rows_chunk(width):
-    """``rows_chunk(inputs, dvalues, dweights, i, two, n_samples, n0, first)``: columns
-    ``n0 + first .. n0 + width - 1`` of row ``i`` of ``dweights`` (and of row ``i + 1`` if
-    ``two``), their sums over the samples held in ``width`` (constant) scratch values a row."""
-    scratch = _stack_scratch(2 * width)
-
-    @register_jitable(_nrt=False)
-    def rows_chunk(inputs, dvalues, dweights, i, two, n_samples, n0, first):
-        acc = scratch(dweights)
-        zero = dweights.dtype.type(0)
-        for n in range(2 * width):
-            acc[n] = zero
-        if two:
-            for s in range(n_samples):
-                a0 = inputs[s, i]
-                a1 = inputs[s, i + 1]
-                d = dvalues[s, n0:n0 + width]
-                for n in range(width):
-                    acc[n] = acc[n] + a0 * d[n]
-                    acc[width + n] = acc[width + n] + a1 * d[n]
-            g = dweights[i + 1, n0:n0 + width]
-            for n in range(first, width):
-                g[n] = acc[width + n]
-        else:
-            for s in range(n_samples):
-                a0 = inputs[s, i]
-                d = dvalues[s, n0:n0 + width]
-                for n in range(width):
-                    acc[n] = acc[n] + a0 * d[n]
-        g = dweights[i, n0:n0 + width]
-        for n in range(first, width):
-            g[n] = acc[n]
-
-    return rows_chunk
-
-
-rows_chunk_wide = _rows_chunk(WEIGHTS_CHUNK)
-rows_chunk_16 = _rows_chunk(16)
+@register_jitable(_nrt=False)
+def rows_chunk(inputs, dvalues, dweights, i, j, n_samples, n0, first):
+    """Columns ``n0 + first .. n0 + WEIGHTS_CHUNK - 1`` of rows ``i`` and ``j`` of ``dweights``
+    (``j`` may be ``i``), their sums over the samples held in WEIGHTS_CHUNK scratch values a
+    row."""
+    acc = _chunk_scratch(dweights)
+    zero = dweights.dtype.type(0)
+    for n in range(2 * WEIGHTS_CHUNK):
+        acc[n] = zero
+    for s in range(n_samples):
+        a0 = inputs[s, i]
+        a1 = inputs[s, j]
+        d = dvalues[s, n0:n0 + WEIGHTS_CHUNK]
+        for n in range(WEIGHTS_CHUNK):
+            acc[n] = acc[n] + a0 * d[n]
+            acc[WEIGHTS_CHUNK + n] = acc[WEIGHTS_CHUNK + n] + a1 * d[n]
+    g = dweights[j, n0:n0 + WEIGHTS_CHUNK]
+    for n in range(first, WEIGHTS_CHUNK):
+        g[n] = acc[WEIGHTS_CHUNK + n]
+    g = dweights[i, n0:n0 + WEIGHTS_CHUNK]
+    for n in range(first, WEIGHTS_CHUNK):
+        g[n] = acc[n]
 
 
 @body
 def weights_rows_few(inputs, dvalues, dweights, i0, i1, n_samples, c0, c1):
     """Rows ``i0 .. i1 - 1``, columns ``c0 .. c1 - 1`` of ``dweights = inputs[:n_samples].T @
     dvalues[:n_samples]``, two rows at a time, each value the sum over the samples from zero
-    in sample order: the sums of the loops. Chunks of WEIGHTS_CHUNK columns (of 16 for 16-63
-    columns); the last chunk ends at the last column and stores only the columns the chunks
-    before it did not."""
-    width = c1 - c0
+    in sample order: the sums of the loops. Chunks of WEIGHTS_CHUNK columns; the last chunk
+    ends at the last column and stores only the columns the chunks before it did not. Fewer
+    columns: row by row, 4 samples a pass (left to right, the same sums)."""
     i = i0
     while i < i1:
-        two = i + 1 < i1
-        if width >= WEIGHTS_CHUNK:
+        j = min(i + 1, i1 - 1)
+        if c1 - c0 >= WEIGHTS_CHUNK:
             n0 = c0
             while n0 + WEIGHTS_CHUNK <= c1:
-                rows_chunk_wide(inputs, dvalues, dweights, i, two, n_samples, n0, 0)
+                rows_chunk(inputs, dvalues, dweights, i, j, n_samples, n0, 0)
                 n0 += WEIGHTS_CHUNK
             if n0 < c1:
                 last = c1 - WEIGHTS_CHUNK
-                rows_chunk_wide(inputs, dvalues, dweights, i, two, n_samples, last, n0 - last)
-        elif width >= 16:
-            n0 = c0
-            while n0 + 16 <= c1:
-                rows_chunk_16(inputs, dvalues, dweights, i, two, n_samples, n0, 0)
-                n0 += 16
-            if n0 < c1:
-                rows_chunk_16(inputs, dvalues, dweights, i, two, n_samples, c1 - 16,
-                              n0 - (c1 - 16))
+                rows_chunk(inputs, dvalues, dweights, i, j, n_samples, last, n0 - last)
         else:
-            for r in range(i, i + 2 if two else i + 1):
+            for r in range(i, j + 1):
                 g = dweights[r, c0:c1]
-                for n in range(width):
+                for n in range(c1 - c0):
                     g[n] = 0
-                for s in range(n_samples):
+                s = 0
+                while s + 4 <= n_samples:
+                    d0 = dvalues[s, c0:c1]
+                    d1 = dvalues[s + 1, c0:c1]
+                    d2 = dvalues[s + 2, c0:c1]
+                    d3 = dvalues[s + 3, c0:c1]
+                    a0 = inputs[s, r]; a1 = inputs[s + 1, r]  # noqa: E702
+                    a2 = inputs[s + 2, r]; a3 = inputs[s + 3, r]  # noqa: E702
+                    for n in range(c1 - c0):
+                        g[n] = g[n] + a0 * d0[n] + a1 * d1[n] + a2 * d2[n] + a3 * d3[n]
+                    s += 4
+                for s in range(s, n_samples):  # the last 0-3 samples
                     a = inputs[s, r]
                     d = dvalues[s, c0:c1]
-                    for n in range(width):
+                    for n in range(c1 - c0):
                         g[n] += a * d[n]
-        i += 2 if two else 1
+        i = j + 1
 
 
 def dense_backward_weights_few_inputs(inputs, dvalues, dweights):
@@ -916,12 +906,13 @@ def dense_backward_weights_few_inputs(inputs, dvalues, dweights):
 def dense_backward_weights_narrow(inputs, dvalues, dweights_t, dweights):
     """``dweights = inputs.T @ dvalues`` summed into ``dweights_t`` (its transpose, scratch)
     over the samples ``s = 0, 1, ...``, as ``dense_backward_weights_loops`` does, then copied
-    into ``dweights``. ``dweights_t = dvalues.T @ inputs`` is the product of 1-3 rows (the
+    into ``dweights``. ``dweights_t = dvalues.T @ inputs`` is the product of 1-15 rows (the
     neurons) that ``weights_rows_few`` sums in registers, vectors along the inputs, two
     neurons at a time: the loops' sums, the same bits (each term ``dvalues[s, n] *
     inputs[s, i]``, the same product). One ``prange`` iteration owns a band of NARROW_BAND
-    inputs. (Summed into ``dweights_t`` 4 samples a pass, loaded and stored again each pass:
-    200x64x1 2.1 us, numpy 1.3.)"""
+    inputs. (Summed into ``dweights_t`` 4 samples a pass for all the neurons, loaded and
+    stored again each pass: 200x64x1 2.1 us, now 1.0, numpy 1.3. A band of fewer than 64
+    inputs now runs its neurons one by one, 4 samples a pass: 300x32x3 2.8 -> 3.3 us.)"""
     n_samples, n_inputs = inputs.shape
     n_neurons = dvalues.shape[1]
     for band in prange((n_inputs + NARROW_BAND - 1) // NARROW_BAND):
