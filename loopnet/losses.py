@@ -69,6 +69,17 @@ class Loss:
         """The L1/L2 penalty of ``layer`` (chapter 14's form), or of every remembered trainable
         layer when called without one (chapter 18's form), as a numpy scalar of the layers'
         dtype (``np.float32`` for float32 weights), as the book's ``np.sum`` gives it."""
+        if layer is not None:
+            weights = getattr(layer, "weights", None)
+            total = ops.layer_penalty_direct(
+                weights, getattr(layer, "biases", None),
+                (getattr(layer, "weight_regularizer_l1", 0),
+                 getattr(layer, "weight_regularizer_l2", 0),
+                 getattr(layer, "bias_regularizer_l1", 0),
+                 getattr(layer, "bias_regularizer_l2", 0)),
+                getattr(layer, "device", None))
+            if total is not None:           # (the book's loop, every epoch: at once)
+                return weights.dtype.type(total)
         layers = self.trainable_layers if layer is None else [layer]
         return _working(self._regularization_total(layers), _parameter_dtype(layers))
 

@@ -929,6 +929,34 @@ def regularization_loss(values, *, l1=0.0, l2=0.0, device: str | None = None) ->
     return float(be.to_numpy(output)[0])
 
 
+def layer_penalty_direct(weights, biases, penalties, device):
+    """``Loss.regularization_loss(layer)``'s direct path: the penalty of a layer's ``weights``
+    and ``biases`` (``penalties``: weight l1, weight l2, bias l1, bias l2; an array's terms only
+    when one of its two is > 0) as a Python float, the weights' penalty first, each summed as
+    ``regularization_loss`` sums it, with one look at the backend and the arrays (a learner's
+    loop calls it every epoch: two ``regularization_loss`` calls cost ~3.3 us against ~0.9 us
+    of kernels). None when the arrays are not C-contiguous, non-empty numpy arrays of one
+    float dtype on a host backend: the caller then takes ``regularization_loss``, which
+    converts or explains."""
+    be = host_backend(device)
+    if (be is None or type(weights) is not np.ndarray or type(biases) is not np.ndarray
+            or weights.dtype not in _FLOATS or biases.dtype != weights.dtype
+            or not weights.size or not biases.size
+            or not weights.flags.c_contiguous or not biases.flags.c_contiguous):
+        return None
+    weight_l1, weight_l2, bias_l1, bias_l2 = penalties
+    total = 0.0
+    output = None
+    for values, l1, l2 in ((weights, weight_l1, weight_l2), (biases, bias_l1, bias_l2)):
+        if l1 > 0 or l2 > 0:
+            if output is None:
+                output = np.empty(1)
+            be.regularization_loss(values.reshape(-1), number(l1, "l1", minimum=0.0),
+                                   number(l2, "l2", minimum=0.0), output)
+            total += float(output[0])
+    return total
+
+
 def regularization_backward(values, dvalues, *, l1=0.0, l2=0.0, device: str | None = None):
     """Add the penalty's gradient ``l1 * sign(values) + 2 * l2 * values`` to ``dvalues`` *in
     place* (``sign`` is +1 at 0, as the book's) and return ``dvalues``."""

@@ -9,6 +9,7 @@ unknown device names.
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -456,6 +457,40 @@ def test_loss_and_penalty_fast_paths_match_the_checked_paths(device, dtype):
         ops.regularization_backward(values, frozen, l2=1e-3, device=device)
     with pytest.raises(ValueError, match="l2 must be >= 0"):
         ops.regularization_loss(values, l2=-1.0, device=device)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_layers_penalty_on_its_direct_path_matches_the_checked_path(device, dtype):
+    """``Loss.regularization_loss(layer)`` of a layer whose arrays the kernel takes as they
+    are (its direct path) gives the bits of the same penalty over strided copies of them (the
+    checked path, one ``regularization_loss`` per array), as a scalar of the weights' dtype;
+    penalties of 0 add nothing, and a negative one is still refused."""
+    import loopnet
+
+    rng = np.random.default_rng(3)
+    layer = loopnet.Dense(3, 5, weight_regularizer_l1=1e-3, weight_regularizer_l2=5e-4,
+                          bias_regularizer_l1=2e-3, bias_regularizer_l2=1e-4, dtype=dtype,
+                          device=device)
+    weights = rng.standard_normal((3, 5)).astype(dtype)
+    biases = rng.standard_normal((1, 5)).astype(dtype)
+    layer.set_parameters(weights, biases)
+    loss = loopnet.CategoricalCrossentropy()
+    wide = np.zeros((1, 10), dtype)     # (a row: strided along its columns)
+    wide[:, ::2] = biases
+    assert not wide[:, ::2].flags.c_contiguous
+    strided = SimpleNamespace(**{k: getattr(layer, k) for k in (
+        "weight_regularizer_l1", "weight_regularizer_l2", "bias_regularizer_l1",
+        "bias_regularizer_l2", "device")}, weights=_strided(weights), biases=wide[:, ::2])
+    for l1, l2 in ((1e-3, 5e-4), (0.0, 5e-4), (0.0, 0.0)):
+        layer.bias_regularizer_l1 = strided.bias_regularizer_l1 = l1
+        layer.bias_regularizer_l2 = strided.bias_regularizer_l2 = l2
+        direct = loss.regularization_loss(layer)
+        checked = loss.regularization_loss(strided)
+        assert type(direct) is np.dtype(dtype).type
+        assert direct.tobytes() == np.dtype(dtype).type(checked).tobytes()
+    layer.bias_regularizer_l1, layer.bias_regularizer_l2 = 1e-3, -1.0
+    with pytest.raises(ValueError, match="l2 must be >= 0"):
+        loss.regularization_loss(layer)
 
 
 _LABEL_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
