@@ -848,12 +848,16 @@ def weights_rows_few(inputs, dvalues, dweights, i0, i1, n_samples, c0, c1):
     """Rows ``i0 .. i1 - 1``, columns ``c0 .. c1 - 1`` of ``dweights = inputs[:n_samples].T @
     dvalues[:n_samples]``, two rows at a time, each value the sum over the samples from zero
     in sample order: the sums of the loops. Chunks of WEIGHTS_CHUNK columns; the last chunk
-    ends at the last column and stores only the columns the chunks before it did not. Fewer
-    columns: row by row, 4 samples a pass (left to right, the same sums)."""
+    ends at column ``c1 - 1`` and stores only the columns the chunks before it did not (it may
+    start before ``c0``, reading columns it does not store). Rows of fewer than WEIGHTS_CHUNK
+    columns in all, or fewer than 16 asked for: row by row, 4 samples a pass (left to right,
+    the same sums)."""
     i = i0
     while i < i1:
         j = min(i + 1, i1 - 1)
-        if c1 - c0 >= WEIGHTS_CHUNK:
+        # (a last chunk may read columns before c0 and store only its own: a narrow layer's
+        # last band of 16-63 inputs runs in registers too; fewer take the passes below)
+        if c1 >= WEIGHTS_CHUNK and c1 - c0 >= 16:
             n0 = c0
             while n0 + WEIGHTS_CHUNK <= c1:
                 rows_chunk(inputs, dvalues, dweights, i, j, n_samples, n0, 0)
