@@ -36,6 +36,13 @@ def _parameter_dtype(layers) -> np.dtype:
     return np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
 
 
+def _coefficients(layer) -> tuple:
+    """A layer's penalty coefficients: weight l1, weight l2, bias l1, bias l2 (0 for a layer
+    without them)."""
+    return (getattr(layer, "weight_regularizer_l1", 0), getattr(layer, "weight_regularizer_l2", 0),
+            getattr(layer, "bias_regularizer_l1", 0), getattr(layer, "bias_regularizer_l2", 0))
+
+
 def _working(value: float, dtype):
     """``value`` as a numpy scalar of ``dtype``: printed with the digits the dtype holds."""
     return (dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)).type(value)
@@ -71,13 +78,8 @@ class Loss:
         dtype (``np.float32`` for float32 weights), as the book's ``np.sum`` gives it."""
         if layer is not None:
             weights = getattr(layer, "weights", None)
-            total = ops.layer_penalty_direct(
-                weights, getattr(layer, "biases", None),
-                (getattr(layer, "weight_regularizer_l1", 0),
-                 getattr(layer, "weight_regularizer_l2", 0),
-                 getattr(layer, "bias_regularizer_l1", 0),
-                 getattr(layer, "bias_regularizer_l2", 0)),
-                getattr(layer, "device", None))
+            total = ops.layer_penalty_direct(weights, getattr(layer, "biases", None),
+                                             _coefficients(layer), getattr(layer, "device", None))
             if total is not None:           # (the book's loop, every epoch: at once)
                 return weights.dtype.type(total)
         layers = self.trainable_layers if layer is None else [layer]
@@ -88,12 +90,9 @@ class Loss:
         total = 0.0
         for layer in self.trainable_layers if layers is None else layers:
             device = getattr(layer, "device", None)
-            for values, l1, l2 in (
-                (layer.weights, getattr(layer, "weight_regularizer_l1", 0),
-                 getattr(layer, "weight_regularizer_l2", 0)),
-                (layer.biases, getattr(layer, "bias_regularizer_l1", 0),
-                 getattr(layer, "bias_regularizer_l2", 0)),
-            ):
+            weight_l1, weight_l2, bias_l1, bias_l2 = _coefficients(layer)
+            for values, l1, l2 in ((layer.weights, weight_l1, weight_l2),
+                                   (layer.biases, bias_l1, bias_l2)):
                 if l1 > 0 or l2 > 0:
                     total += ops.regularization_loss(values, l1=l1, l2=l2, device=device)
         return total

@@ -939,10 +939,7 @@ def layer_penalty_direct(weights, biases, penalties, device):
     float dtype on a host backend: the caller then takes ``regularization_loss``, which
     converts or explains."""
     be = host_backend(device)
-    if (be is None or type(weights) is not np.ndarray or type(biases) is not np.ndarray
-            or weights.dtype not in _FLOATS or biases.dtype != weights.dtype
-            or not weights.size or not biases.size
-            or not weights.flags.c_contiguous or not biases.flags.c_contiguous):
+    if be is None or not _ready((weights, biases)):
         return None
     weight_l1, weight_l2, bias_l1, bias_l2 = penalties
     total = 0.0

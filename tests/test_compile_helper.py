@@ -61,6 +61,15 @@ STALL = "import time; time.sleep(600)"
 DIE = "sys.exit(3)"
 
 
+def _wait_until_the_helper_holds_one(owner):
+    """Until the helper of ``owner`` (a ``Handover`` or an ``Ahead``) holds its first piece of
+    work, or has exited (a minute at most)."""
+    deadline = time.monotonic() + 60
+    while not owner.held and owner.process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
 def run_handover(monkeypatch, action, n_kernels=8, wait_for_helper=True, before_ready=""):
     """A hand-over of ``n_kernels`` stand-in kernels with a helper doing ``action`` for each
     kernel it takes; returns (handover, the kernels this process compiled, the library)."""
@@ -84,10 +93,7 @@ def run_handover(monkeypatch, action, n_kernels=8, wait_for_helper=True, before_
             assert handover.lowering(library, lambda k=kernel: bind(k))
         assert handover.process is not None
         if wait_for_helper:             # (a loaded machine: the helper takes its first kernel)
-            deadline = time.monotonic() + 60
-            while not handover.held and handover.process.poll() is None:
-                assert time.monotonic() < deadline
-                time.sleep(0.005)
+            _wait_until_the_helper_holds_one(handover)
         assert not library.made and not log and not bound
         library._finalize_final_module()
     assert library.made
@@ -178,10 +184,7 @@ def run_ahead(monkeypatch, action, n_jobs=8, wait_for_helper=True, before_ready=
     assert cold_pass.add(jobs[3:]) == n_jobs - 5      # (a job handed over twice is queued once)
     assert cold_pass.process is not None
     if wait_for_helper:                 # (a loaded machine: the helper takes its first job)
-        deadline = time.monotonic() + 60
-        while not cold_pass.held and cold_pass.process.poll() is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        _wait_until_the_helper_holds_one(cold_pass)
     assert not log
     cold_pass.finish()
     assert cold_pass.add([("dinputs", "<f4", 0)]) == 0     # (after the pass: nothing more

@@ -422,7 +422,7 @@ def main() -> None:
     if os.path.abspath(loopnet.__file__) != package_file:
         return                          # another copy of loopnet: its cache is not the caller's
     if build == AHEAD:
-        run, kernels = cpu.run_ahead, None
+        run = cpu.run_ahead
     else:
         kernels = {}
         for kernel in cpu._kernels_of_the_step(build).values():

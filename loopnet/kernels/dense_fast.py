@@ -915,8 +915,9 @@ def dense_backward_weights_narrow(inputs, dvalues, dweights_t, dweights):
     neurons at a time: the loops' sums, the same bits (each term ``dvalues[s, n] *
     inputs[s, i]``, the same product). One ``prange`` iteration owns a band of NARROW_BAND
     inputs. (Summed into ``dweights_t`` 4 samples a pass for all the neurons, loaded and
-    stored again each pass: 200x64x1 2.1 us, now 1.0, numpy 1.3. A band of fewer than 64
-    inputs now runs its neurons one by one, 4 samples a pass: 300x32x3 2.8 -> 3.3 us.)"""
+    stored again each pass: 200x64x1 2.1 us, now 1.0, numpy 1.3. A layer of fewer than 64
+    inputs, or a last band of fewer than 16, now runs its neurons one by one, 4 samples a
+    pass: 300x32x3 2.8 -> 3.3 us.)"""
     n_samples, n_inputs = inputs.shape
     n_neurons = dvalues.shape[1]
     for band in prange((n_inputs + NARROW_BAND - 1) // NARROW_BAND):
