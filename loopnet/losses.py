@@ -45,7 +45,9 @@ def _coefficients(layer) -> tuple:
 
 def _working(value: float, dtype):
     """``value`` as a numpy scalar of ``dtype``: printed with the digits the dtype holds."""
-    return (dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)).type(value)
+    if dtype is _FLOATS[0] or dtype is _FLOATS[1]:    # (a loss's own dtype: at once)
+        return dtype.type(value)
+    return np.dtype(dtype).type(value)
 
 
 class Loss:

@@ -464,7 +464,8 @@ def test_a_layers_penalty_on_its_direct_path_matches_the_checked_path(device, dt
     """``Loss.regularization_loss(layer)`` of a layer whose arrays the kernel takes as they
     are (its direct path) gives the bits of the same penalty over strided copies of them (the
     checked path, one ``regularization_loss`` per array), as a scalar of the weights' dtype;
-    penalties of 0 add nothing, and a negative one is still refused."""
+    penalties of 0 add nothing (a layer without any gives a zero of its dtype), and a negative
+    one is still refused."""
     import loopnet
 
     rng = np.random.default_rng(3)
@@ -488,6 +489,13 @@ def test_a_layers_penalty_on_its_direct_path_matches_the_checked_path(device, dt
         checked = loss.regularization_loss(strided)
         assert type(direct) is np.dtype(dtype).type
         assert direct.tobytes() == np.dtype(dtype).type(checked).tobytes()
+    for owner in (layer, strided):          # no penalty at all: a zero of the weights' dtype
+        owner.weight_regularizer_l1 = owner.weight_regularizer_l2 = 0.0
+        owner.bias_regularizer_l1 = owner.bias_regularizer_l2 = 0.0
+    direct = loss.regularization_loss(layer)
+    assert type(direct) is np.dtype(dtype).type
+    assert direct.tobytes() == np.dtype(dtype).type(loss.regularization_loss(strided)).tobytes()
+    assert direct == 0
     layer.bias_regularizer_l1, layer.bias_regularizer_l2 = 1e-3, -1.0
     with pytest.raises(ValueError, match="l2 must be >= 0"):
         loss.regularization_loss(layer)

@@ -419,8 +419,9 @@ def scratch(slot, shape, dtype):
     if arrays is None:
         arrays = _scratch.arrays = {}
     # (callers pass an array's dtype: as it is, it keys the dict in ~0.1 us, np.dtype(...).str
-    # cost ~0.5 us, paid by a small layer's backward at every step)
-    key = (slot, shape, dtype if isinstance(dtype, np.dtype) else np.dtype(dtype))
+    # cost ~0.5 us, paid by a small layer's backward at every step; a dtype given another way
+    # keys an entry of its own, the same kind of array)
+    key = (slot, shape, dtype)
     target = arrays.get(key)
     if target is None:
         if len(arrays) >= SCRATCH_ARRAYS:
