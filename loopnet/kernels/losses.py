@@ -311,13 +311,21 @@ def binary_crossentropy_samples(y_pred, y_true, sample_losses, s0, s1):
     over its outputs, for the samples ``s0 .. s1 - 1``. Clipped on both sides: ``log(0)`` and
     ``log(1 - 1)`` are both possible."""
     one = y_pred.dtype.type(1)
+    zero = y_pred.dtype.type(0)
     n_outputs = y_pred.shape[1]
     for s in range(s0, s1):
-        total = y_pred.dtype.type(0)
+        total = zero
         for j in range(n_outputs):
             p = clipped(y_pred, s, j)
             t = y_true[s, j]
-            total += -(t * log(p) + (one - t) * log(one - p))
+            if t == one or t == zero:
+                # A 0/1 target (every target of the book's): one logarithm, the same bits. With
+                # t = 1, ``t * log(p) + (1 - t) * log(1 - p)`` is ``log(p) + -0.0``, which is
+                # ``log(p)`` (clipped, log(1 - p) is finite and < 0, and log(p) != 0); with
+                # t = 0 it is ``-0.0 + log(1 - p)``. (A logarithm was half a sample's time.)
+                total += -log(p if t == one else one - p)
+            else:
+                total += -(t * log(p) + (one - t) * log(one - p))
         sample_losses[s] = total / y_pred.dtype.type(n_outputs)
 
 
