@@ -259,6 +259,10 @@ def class_indices(y_true, n_classes):
 
 from loopnet.kernels import dense_fast as _fast  # noqa: E402
 
+# (the forms as module names: the wrappers below compare them on every call)
+_BROADCAST, _NARROW, _FEW_INPUTS = _fast.BROADCAST, _fast.NARROW, _fast.FEW_INPUTS
+_DOT_PLAIN, _DOT_TILES = _fast.DOT_PLAIN, _fast.DOT_TILES
+
 cpu_cache.guard(_fast.pack_panel, SOURCES)  # (compiled there, by numba.njit: guarded here)
 
 # Thresholds in multiply-adds per call (work = n_samples * n_inputs * n_neurons), from the
@@ -469,9 +473,10 @@ def give_back(arrays):
 def _packed(source, slot):
     """``source.T`` packed into a scratch array; a vector (one row or one column) is its own
     transpose in memory, so it is handed back reshaped, with no copy (the same values)."""
-    if source.shape[0] == 1 or source.shape[1] == 1:
-        return source.reshape(source.shape[1], source.shape[0])
-    target = scratch(slot, (source.shape[1], source.shape[0]), source.dtype)
+    rows, columns = source.shape
+    if rows == 1 or columns == 1:
+        return source.reshape(columns, rows)
+    target = scratch(slot, (columns, rows), source.dtype)
     transpose = (transpose_parallel
                  if source.size >= 4 * PARALLEL_MIN and threads.parallel_allowed()
                  else transpose_serial)
@@ -547,42 +552,46 @@ def dense_forward(inputs, weights, biases, output):
 def dense_backward_inputs(dvalues, weights, dinputs, product=None):
     """``dinputs = dvalues @ weights.T`` in the form ``dense_plan`` names (``product``: its
     ``dinputs``, when the caller has the plan already)."""
-    n_samples = dvalues.shape[0]
-    n_inputs, n_neurons = weights.shape
-    form, parallel = product or dense_plan(n_samples, n_inputs, n_neurons).dinputs
-    if form == _fast.BROADCAST:
-        _broadcast(parallel, dvalues.T, weights.T)(
-            dvalues.T, weights.T, _panels(weights.T, "weights_t_panels"), dinputs[0], False,
-            dinputs)
-    elif form in (_fast.DOT_TILES, _fast.DOT_PLAIN):
-        _dot(form, parallel)(_aligned_for(dvalues, n_inputs, "dvalues"),
-                             _aligned_for(weights, n_samples, "weights"), dinputs[0], False,
-                             dinputs)
-    else:
+    if product is None:
+        product = dense_plan(dvalues.shape[0], *weights.shape).dinputs
+    form, parallel = product
+    # (the small layers' forms first, with the sides looked up where needed: a learner's loop
+    # runs these wrappers for every layer at every step)
+    if form == _NARROW:
         kernel = (dense_backward_inputs_narrow_parallel if parallel
                   else dense_backward_inputs_narrow_serial)
         kernel(dvalues, _packed(weights, "weights_t"), dinputs)
+    elif form == _DOT_PLAIN or form == _DOT_TILES:
+        n_samples, n_inputs = dvalues.shape[0], weights.shape[0]
+        _dot(form, parallel)(_aligned_for(dvalues, n_inputs, "dvalues"),
+                             _aligned_for(weights, n_samples, "weights"), dinputs[0], False,
+                             dinputs)
+    else:   # (BROADCAST)
+        _broadcast(parallel, dvalues.T, weights.T)(
+            dvalues.T, weights.T, _panels(weights.T, "weights_t_panels"), dinputs[0], False,
+            dinputs)
 
 
 def dense_backward_weights(inputs, dvalues, dweights, product=None):
     """``dweights = inputs.T @ dvalues`` in the form ``dense_plan`` names (``product``: its
     ``dweights``, when the caller has the plan already)."""
-    n_samples, n_inputs = inputs.shape
-    n_neurons = dvalues.shape[1]
-    form, parallel = product or dense_plan(n_samples, n_inputs, n_neurons).dweights
-    if form == _fast.BROADCAST:
-        _broadcast(parallel, inputs, dvalues)(inputs, dvalues,
-                                              _panels(dvalues, "dvalues_panels"), dweights[0],
-                                              False, dweights)
-    elif form == _fast.NARROW:
-        kernel = (dense_backward_weights_narrow_parallel if parallel
-                  else dense_backward_weights_narrow_serial)
-        kernel(inputs, dvalues, scratch("dweights_t", (n_neurons, n_inputs), inputs.dtype),
-               dweights)
-    elif form == _fast.FEW_INPUTS:
+    if product is None:
+        product = dense_plan(*inputs.shape, dvalues.shape[1]).dweights
+    form, parallel = product
+    if form == _FEW_INPUTS:
         kernel = (dense_backward_weights_few_inputs_parallel if parallel
                   else dense_backward_weights_few_inputs_serial)
         kernel(inputs, dvalues, dweights)
+    elif form == _NARROW:
+        kernel = (dense_backward_weights_narrow_parallel if parallel
+                  else dense_backward_weights_narrow_serial)
+        kernel(inputs, dvalues,
+               scratch("dweights_t", (dvalues.shape[1], inputs.shape[1]), inputs.dtype),
+               dweights)
+    elif form == _BROADCAST:
+        _broadcast(parallel, inputs, dvalues)(inputs, dvalues,
+                                              _panels(dvalues, "dvalues_panels"), dweights[0],
+                                              False, dweights)
     elif parallel:
         dense_backward_weights_blocked_parallel(inputs, dvalues, dweights)
     else:
@@ -593,10 +602,10 @@ def dense_gradients(inputs, dvalues, weights, dweights, dbiases, dinputs):
     """A dense layer's three gradients (``dbiases`` flat) with one look at the plan: the
     layers' direct path (``ops.dense_backward_direct``), where a small layer's three calls
     each paid for finding its form again."""
-    plan = dense_plan(inputs.shape[0], inputs.shape[1], weights.shape[1])
-    dense_backward_weights(inputs, dvalues, dweights, plan.dweights)
+    _, for_weights, for_inputs = dense_plan(inputs.shape[0], inputs.shape[1], weights.shape[1])
+    dense_backward_weights(inputs, dvalues, dweights, for_weights)
     dense_backward_biases(dvalues, dbiases)
-    dense_backward_inputs(dvalues, weights, dinputs, plan.dinputs)
+    dense_backward_inputs(dvalues, weights, dinputs, for_inputs)
 
 
 # --- A learner's loop: a layer's backward compiled ahead (cpu_helper.Ahead) -----------------------
