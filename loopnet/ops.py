@@ -171,15 +171,23 @@ def _fresh(be, out, shape, dtype, inputs):
     return out
 
 
+def _three_ready(first, second, third) -> bool:
+    """``_ready`` for a dense layer's three arrays, written out (its forward and backward ask
+    at every step: 1.0 against 0.5 us with their shapes): numpy arrays of one float dtype,
+    C-contiguous (their callers check the shapes, and that none is empty)."""
+    if type(first) is not _ndarray or type(second) is not _ndarray \
+            or type(third) is not _ndarray:
+        return False
+    dtype = first.dtype
+    return (second.dtype == dtype and third.dtype == dtype and dtype in _FLOATS
+            and first.flags.c_contiguous and second.flags.c_contiguous
+            and third.flags.c_contiguous)
+
+
 def _dense_backward_ready(dvalues, inputs, weights) -> bool:
     """``dense_backward``'s arrays already are what its kernels take: 2-D numpy arrays of one
-    float dtype, C-contiguous, not empty, their shapes aligned. (``_ready``'s checks written out
-    for the three: a small layer's backward asks this at every step, 1.0 against 0.5 us.)"""
-    if type(dvalues) is not _ndarray or type(inputs) is not _ndarray \
-            or type(weights) is not _ndarray:
-        return False
-    dtype = dvalues.dtype
-    if inputs.dtype != dtype or weights.dtype != dtype or dtype not in _FLOATS:
+    float dtype, C-contiguous, not empty, their shapes aligned."""
+    if not _three_ready(dvalues, inputs, weights):
         return False
     shape, sides = dvalues.shape, weights.shape
     if len(shape) != 2 or len(sides) != 2:
@@ -187,10 +195,8 @@ def _dense_backward_ready(dvalues, inputs, weights) -> bool:
     n_samples = shape[0]
     # (dvalues (n_samples, n_neurons), inputs (n_samples, n_inputs), weights (n_inputs,
     # n_neurons), none of the three sides 0)
-    return (inputs.shape == (n_samples, sides[0]) and shape[1] == sides[1]
-            and n_samples and sides[0] and sides[1]
-            and dvalues.flags.c_contiguous and inputs.flags.c_contiguous
-            and weights.flags.c_contiguous)
+    return bool(inputs.shape == (n_samples, sides[0]) and shape[1] == sides[1]
+                and n_samples and sides[0] and sides[1])
 
 
 def _buffer(be, out, shape, dtype):
@@ -469,21 +475,14 @@ def _flat_like(x, name: str, dtype=None):
 def _dense_forward_ready(inputs, weights, biases) -> bool:
     """``dense_forward``'s arrays already are what its kernels take: 2-D ``inputs`` and
     ``weights`` whose sides align, ``biases`` of shape (n_neurons,) or (1, n_neurons), numpy
-    arrays of one float dtype, C-contiguous, not empty (``_ready``'s checks written out: a
-    layer's forward asks this at every step)."""
-    if type(inputs) is not _ndarray or type(weights) is not _ndarray \
-            or type(biases) is not _ndarray:
-        return False
-    dtype = inputs.dtype
-    if weights.dtype != dtype or biases.dtype != dtype or dtype not in _FLOATS:
+    arrays of one float dtype, C-contiguous, not empty."""
+    if not _three_ready(inputs, weights, biases):
         return False
     shape, sides, bias_shape = inputs.shape, weights.shape, biases.shape
     if len(shape) != 2 or len(sides) != 2:
         return False
-    return ((bias_shape == (sides[1],) or bias_shape == (1, sides[1]))
-            and shape[1] == sides[0] and shape[0] and sides[0] and sides[1]
-            and inputs.flags.c_contiguous and weights.flags.c_contiguous
-            and biases.flags.c_contiguous)
+    return bool((bias_shape == (sides[1],) or bias_shape == (1, sides[1]))
+                and shape[1] == sides[0] and shape[0] and sides[0] and sides[1])
 
 
 def dense_forward(inputs, weights, biases, *, device: str | None = None):
