@@ -344,6 +344,33 @@ def test_a_setting_changed_within_a_step_reaches_the_next_layer(name):
         optimizer.update_params(second)
 
 
+@pytest.mark.parametrize("name, value", [("epsilon", 1e-3), ("beta_1", 0.5), ("beta_2", 0.9)])
+def test_adams_settings_changed_within_a_step_reach_the_next_layer(name, value):
+    """Adam checks its settings and makes its bias corrections for a step's first layer and
+    keeps them while the numbers are the very same objects: ``epsilon``, ``beta_1`` or
+    ``beta_2`` changed between two layers of a step is the one the next layer gets (the bits
+    of a fresh optimizer of that setting), and a bad value raises at once."""
+    first, optimizer = _stepped_layer(lambda: loopnet.Adam(learning_rate=0.01, decay=1e-3), 3,
+                                      "cpu")
+    second = loopnet.Dense(2, 3, seed=1)
+    second.dweights = np.full((2, 3), 0.5, np.float32)
+    second.dbiases = np.full((1, 3), -0.25, np.float32)
+    twin = copy.deepcopy(second)
+    fresh = copy.deepcopy(optimizer)
+    optimizer.pre_update_params()
+    optimizer.update_params(first)
+    setattr(optimizer, name, value)
+    optimizer.update_params(second)
+    fresh.pre_update_params()
+    setattr(fresh, name, value)
+    fresh.update_params(twin)
+    assert bits(second.weights) == bits(twin.weights)
+    assert bits(second.biases) == bits(twin.biases)
+    setattr(optimizer, name, 1.5 if name != "epsilon" else -1.0)
+    with pytest.raises(ValueError, match=name):
+        optimizer.update_params(second)
+
+
 def test_a_subclass_reading_its_own_setting_gets_it_every_layer():
     """A subclass's ``_kernel`` may read attributes loopnet does not know: a change of one
     between two layers reaches the next one."""
