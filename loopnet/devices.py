@@ -146,6 +146,29 @@ def backend(device: str | None = None):
     return module
 
 
+def host_backend(device: str | None = None):
+    """``backend(device)`` when that device computes in this process (cpu, numpy, python),
+    else None: what the ops' fast paths ask at every call, in fewer steps than ``backend``
+    (a name already resolved, from ``device=``, a ``with`` block or ``set_device``, is looked
+    up at once: 0.19 -> 0.14 us, in a ``with`` block 0.23 -> 0.10 us, paid ~15 times an epoch
+    by a learner's loop)."""
+    if device is None:
+        device = _context.get()
+        if device is None:
+            device = _default
+            if device is None:
+                given = (_ENVIRON_DATA.get(_ENVIRON_KEY) if _ENVIRON_DATA is not None
+                         else _environment_value())     # (LOOPNET_DEVICE, unread)
+                if not given:
+                    device = DEFAULT_DEVICE
+    if type(device) is str:
+        module = _backends.get(device)      # (a host device's canonical name is its module's)
+        if module is not None:
+            return module if module.HOST else None
+    module = backend(device)
+    return module if module.HOST else None
+
+
 def check_available(device: str) -> None:
     """Fail now, not at the first op, when ``device`` cannot run here: for ``cuda`` this imports
     the cuda backend, which raises a ``RuntimeError`` saying how to get a GPU or the simulator

@@ -17,6 +17,7 @@ import importlib
 import numpy as np
 
 from loopnet.devices import backend as _backend
+from loopnet.devices import host_backend  # noqa: F401  (the fast paths' backend; GPU: None)
 from loopnet.validate import is_device_array, number
 
 __all__ = [
@@ -137,11 +138,6 @@ def _ready(arrays, dtype=None) -> bool:
     return True
 
 
-def host_backend(device=None):
-    """The backend of ``device`` when it computes in this process (cpu, numpy, python), else
-    None (the full path handles GPU arrays)."""
-    be = _backend(device)
-    return be if be.HOST else None
 
 
 def _fresh(be, out, shape, dtype, inputs):
