@@ -1,13 +1,13 @@
 """How long one core takes to read memory the other core has just written, against memory it
-wrote itself: a probe of the machine, for reading the benchmarks' parallel numbers.
+wrote itself: a probe of the machine behind the benchmarks' parallel numbers.
 
     python benchmarks/cross_core.py            # --size-kb 256 --rounds 300
 
 A thread pinned to CPU ``--writer`` writes a buffer; the main thread, pinned to CPU 0, then
 copies it, and the copy is timed (median over the rounds). With the writer on CPU 0 both are
 on one core. On the 2-core machine of BENCHMARKS.md the two numbers were ~5.7 us and 6.4-14.3 us
-for 256 KB, the larger in the periods when its parallel kernels ran slow ("Measured: chapter
-17's loop in two modes of this machine"). Linux only (``os.sched_setaffinity``).
+for 256 KB, moving from one period to the next ("Measured: chapter 17's loop in two modes of
+this machine"). Linux only (``os.sched_setaffinity``).
 """
 
 from __future__ import annotations
