@@ -57,18 +57,25 @@ def ran_on(monkeypatch):
     return last_call
 
 
-def relu():
-    return ops.relu_forward([1.0, -1.0])
+@pytest.fixture(params=["list", "array"])
+def relu(request):
+    """``ops.relu_forward`` of a list (the ops' full path, ``devices.backend``) or of a
+    C-contiguous float32 array (their fast path, ``devices.host_backend``): both resolve the
+    device the same way."""
+    if request.param == "list":
+        return lambda device=None: ops.relu_forward([1.0, -1.0], device=device)
+    values = np.array([1.0, -1.0], np.float32)
+    return lambda device=None: ops.relu_forward(values, device=device)
 
 
 # --- Precedence: argument > context > set_device > env > cpu ------------------------------------
 
-def test_default_is_cpu(clean_flag, ran_on):
+def test_default_is_cpu(clean_flag, ran_on, relu):
     assert loopnet.get_device() == "cpu"
     assert ran_on(relu) == "cpu"
 
 
-def test_precedence(clean_flag, ran_on, monkeypatch):
+def test_precedence(clean_flag, ran_on, relu, monkeypatch):
     monkeypatch.setenv("LOOPNET_DEVICE", "python")
     assert loopnet.get_device() == "python"
     assert ran_on(relu) == "python"                                          # env > cpu
@@ -79,13 +86,13 @@ def test_precedence(clean_flag, ran_on, monkeypatch):
     with loopnet.device("python"):
         assert loopnet.get_device() == "python"
         assert ran_on(relu) == "python"                                      # context > set_device
-        assert ran_on(lambda: ops.relu_forward([1.0], device="cpu")) == "cpu"   # argument > all
+        assert ran_on(lambda: relu("cpu")) == "cpu"                             # argument > all
         for name, module in (("numpy", "numpy"), (" CPU ", "cpu"), ("cpu", "cpu")):
             # (the host modules are looked up by their names once imported: a name as given
             # still wins, and any spelling of one still reaches it)
-            assert ran_on(lambda: ops.relu_forward([1.0], device=name)) == module
+            assert ran_on(lambda: relu(name)) == module
         with pytest.raises(TypeError, match="device must be a string"):
-            ops.relu_forward([1.0], device=["cpu"])
+            relu(["cpu"])
         with loopnet.device("cpu"):                                          # the innermost wins
             assert ran_on(relu) == "cpu"
         assert ran_on(relu) == "python"
@@ -95,14 +102,14 @@ def test_precedence(clean_flag, ran_on, monkeypatch):
     assert ran_on(relu) == "cpu"
 
 
-def test_env_var_is_read_at_call_time(clean_flag, ran_on, monkeypatch):
+def test_env_var_is_read_at_call_time(clean_flag, ran_on, relu, monkeypatch):
     monkeypatch.setenv("LOOPNET_DEVICE", " NumPy ")                          # normalized
     assert ran_on(relu) == "numpy"
     monkeypatch.setenv("LOOPNET_DEVICE", "")                                 # empty = unset
     assert ran_on(relu) == "cpu"
 
 
-def test_context_manager_restores_on_exceptions(clean_flag, ran_on):
+def test_context_manager_restores_on_exceptions(clean_flag, ran_on, relu):
     loopnet.set_device("numpy")
     with pytest.raises(ZeroDivisionError):
         with loopnet.device("python"):
