@@ -281,7 +281,15 @@ def _check_host(be, *arrays) -> None:
 
 
 def _checked_backend(device, *arrays):
-    """The backend of ``device``, after ``_check_host`` of ``arrays``."""
+    """The backend of ``device``, after ``_check_host`` of ``arrays`` (host arrays, or None,
+    on a host device: at once, as the losses ask at every call)."""
+    be = host_backend(device)
+    if be is not None:
+        for a in arrays:
+            if a is not None and type(a) is not _ndarray:
+                break
+        else:
+            return be
     be = _backend(device)
     _check_host(be, *arrays)
     return be
@@ -865,20 +873,9 @@ def _loss_inputs(y_pred, y_true, name: str = "y_pred"):
     return _contiguous(pred, dtype), targets_like(y_true, pred.shape, dtype)
 
 
-def _loss_backend(device, pred, targets, out=None):
-    """The backend a loss runs on, after ``_check_host`` of its arrays (host arrays on a host
-    device, the losses' every call: at once)."""
-    be = host_backend(device)
-    if (be is None or type(pred) is not _ndarray or type(targets) is not _ndarray
-            or (out is not None and type(out) is not _ndarray)):
-        be = _backend(device)
-        _check_host(be, pred, targets, out)
-    return be
-
-
 def _sample_loss(kernel_name, y_pred, y_true, device):
     pred, targets = _loss_inputs(y_pred, y_true)
-    be = _loss_backend(device, pred, targets)
+    be = _checked_backend(device, pred, targets)
     sample_losses = be.empty((pred.shape[0],), pred.dtype)
     getattr(be, kernel_name)(pred, targets, sample_losses)
     return sample_losses
@@ -886,7 +883,7 @@ def _sample_loss(kernel_name, y_pred, y_true, device):
 
 def _loss_gradient(kernel_name, dvalues, y_true, out, device):
     pred, targets = _loss_inputs(dvalues, y_true, "dvalues")
-    be = _loss_backend(device, pred, targets, out)
+    be = _checked_backend(device, pred, targets, out)
     dinputs = _output(be, out, pred.shape, pred.dtype)
     getattr(be, kernel_name)(pred, targets, dinputs)
     return dinputs
