@@ -318,12 +318,11 @@ def test_momentum_switched_on_later_keeps_its_state_on_the_layer():
     assert bits(layer.weight_momentums) == bits(momentums)
 
 
-@pytest.mark.parametrize("name", sorted(ALL_OPTIMIZERS))
-def test_a_setting_changed_within_a_step_reaches_the_next_layer(name):
-    """A hyper-parameter changed between two layers' ``update_params`` of one step is the one
-    the next layer gets (the same bits as a fresh optimizer of that setting), and a bad value
-    raises at once: nothing made for the step's first layer is reused stale."""
-    make = ALL_OPTIMIZERS[name]
+def _changed_between_layers(make, change, spoil, error, match):
+    """Two layers' ``update_params`` in one step with ``change(optimizer)`` between them: the
+    second layer gets the bits of a fresh optimizer changed the same way; then, after
+    ``spoil(optimizer)``, its update raises ``error`` matching ``match`` at once (nothing made
+    for the step's first layer is reused stale)."""
     first, optimizer = _stepped_layer(make, 3, "cpu")
     second = loopnet.Dense(2, 3, seed=1)
     second.dweights = np.full((2, 3), 0.5, np.float32)
@@ -332,43 +331,43 @@ def test_a_setting_changed_within_a_step_reaches_the_next_layer(name):
     fresh = copy.deepcopy(optimizer)
     optimizer.pre_update_params()
     optimizer.update_params(first)
-    optimizer.current_learning_rate = optimizer.current_learning_rate / 3
+    change(optimizer)
     optimizer.update_params(second)
     fresh.pre_update_params()
-    fresh.current_learning_rate = fresh.current_learning_rate / 3
+    change(fresh)
     fresh.update_params(twin)
     assert bits(second.weights) == bits(twin.weights)
     assert bits(second.biases) == bits(twin.biases)
-    optimizer.current_learning_rate = "0.1"
-    with pytest.raises(TypeError, match="learning_rate"):
+    spoil(optimizer)
+    with pytest.raises(error, match=match):
         optimizer.update_params(second)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_OPTIMIZERS))
+def test_a_setting_changed_within_a_step_reaches_the_next_layer(name):
+    """A learning rate changed between two layers' ``update_params`` of one step is the one
+    the next layer gets, and a bad one raises at once."""
+
+    def third(optimizer):
+        optimizer.current_learning_rate = optimizer.current_learning_rate / 3
+
+    def spoil(optimizer):
+        optimizer.current_learning_rate = "0.1"
+
+    _changed_between_layers(ALL_OPTIMIZERS[name], third, spoil, TypeError, "learning_rate")
 
 
 @pytest.mark.parametrize("name, value", [("epsilon", 1e-3), ("beta_1", 0.5), ("beta_2", 0.9)])
 def test_adams_settings_changed_within_a_step_reach_the_next_layer(name, value):
     """Adam checks its settings and makes its bias corrections for a step's first layer and
     keeps them while the numbers are the very same objects: ``epsilon``, ``beta_1`` or
-    ``beta_2`` changed between two layers of a step is the one the next layer gets (the bits
-    of a fresh optimizer of that setting), and a bad value raises at once."""
-    first, optimizer = _stepped_layer(lambda: loopnet.Adam(learning_rate=0.01, decay=1e-3), 3,
-                                      "cpu")
-    second = loopnet.Dense(2, 3, seed=1)
-    second.dweights = np.full((2, 3), 0.5, np.float32)
-    second.dbiases = np.full((1, 3), -0.25, np.float32)
-    twin = copy.deepcopy(second)
-    fresh = copy.deepcopy(optimizer)
-    optimizer.pre_update_params()
-    optimizer.update_params(first)
-    setattr(optimizer, name, value)
-    optimizer.update_params(second)
-    fresh.pre_update_params()
-    setattr(fresh, name, value)
-    fresh.update_params(twin)
-    assert bits(second.weights) == bits(twin.weights)
-    assert bits(second.biases) == bits(twin.biases)
-    setattr(optimizer, name, 1.5 if name != "epsilon" else -1.0)
-    with pytest.raises(ValueError, match=name):
-        optimizer.update_params(second)
+    ``beta_2`` changed between two layers of a step is the one the next layer gets, and a bad
+    value raises at once."""
+    _changed_between_layers(lambda: loopnet.Adam(learning_rate=0.01, decay=1e-3),
+                            lambda optimizer: setattr(optimizer, name, value),
+                            lambda optimizer: setattr(optimizer, name,
+                                                      1.5 if name != "epsilon" else -1.0),
+                            ValueError, name)
 
 
 def test_a_subclass_reading_its_own_setting_gets_it_every_layer():
