@@ -125,19 +125,24 @@ def gpu(device: str | None) -> str | None:
 _backends: dict = {}
 
 
-def backend(device: str | None = None):
-    """The backend module of a device: it exports every op under its plain name."""
+def _named(device):
+    """``device``, or for None the name that a ``with`` block, ``set_device`` or (without
+    ``LOOPNET_DEVICE``) the default gives: a canonical name, looked up at once by ``backend``
+    and ``host_backend``; None when ``LOOPNET_DEVICE`` has to be read and parsed."""
     if device is None:
-        # (a ``with`` block's or set_device's name is canonical: looked up at once below)
         device = _context.get()
         if device is None:
             device = _default
             if device is None and not _environment_value():
-                module = _backends.get(DEFAULT_DEVICE)          # the default, fast
-                if module is not None:
-                    return module
-    if type(device) is str:       # a layer's own device, as every one of its ops names it:
-        module = _backends.get(device)  # a host device's canonical name is its module's
+                device = DEFAULT_DEVICE
+    return device
+
+
+def backend(device: str | None = None):
+    """The backend module of a device: it exports every op under its plain name."""
+    name = _named(device)
+    if type(name) is str:         # a layer's own device, as every one of its ops names it:
+        module = _backends.get(name)    # a host device's canonical name is its module's
         if module is not None and module.HOST:    # (~0.15 us, against ~0.3 us parsed)
             return module
     device = get_device(device)
@@ -152,21 +157,11 @@ def backend(device: str | None = None):
 
 def host_backend(device: str | None = None):
     """``backend(device)`` when that device computes in this process (cpu, numpy, python),
-    else None: what the ops' fast paths ask at every call, in fewer steps than ``backend``
-    (a name already resolved, from ``device=``, a ``with`` block or ``set_device``, is looked
-    up at once: 0.19 -> 0.14 us, in a ``with`` block 0.23 -> 0.10 us, paid ~15 times an epoch
-    by a learner's loop)."""
-    if device is None:
-        device = _context.get()
-        if device is None:
-            device = _default
-            if device is None:
-                given = (_ENVIRON_DATA.get(_ENVIRON_KEY) if _ENVIRON_DATA is not None
-                         else _environment_value())     # (LOOPNET_DEVICE, unread)
-                if not given:
-                    device = DEFAULT_DEVICE
-    if type(device) is str:
-        module = _backends.get(device)      # (a host device's canonical name is its module's)
+    else None: what the ops' fast paths ask at every call (a GPU's module is not selected
+    here: the full path that then runs selects it)."""
+    name = _named(device)
+    if type(name) is str:
+        module = _backends.get(name)
         if module is not None:
             return module if module.HOST else None
     module = backend(device)
