@@ -205,7 +205,8 @@ def _buffer(be, out, shape, dtype):
     return be.empty(shape, dtype)
 
 
-def dense_backward_direct(dvalues, inputs, weights, biases, dweights, dbiases, dinputs, device):
+def dense_backward_direct(dvalues, inputs, weights, biases, dweights, dbiases, dinputs, device,
+                          penalties=None):
     """``Dense.backward``'s direct path: ``(backend, (dweights, dbiases, dinputs))`` computed by
     the backend's kernels at once, when the backend runs them in one call and checks buffers
     for overlap in one (``cpu``: ``dense_gradients``, ``overlapping``) and every array already
@@ -213,8 +214,10 @@ def dense_backward_direct(dvalues, inputs, weights, biases, dweights, dbiases, d
     (given when the layer has penalties to add) of shape ``(1, n_neurons)`` and the same
     dtype. The previous buffers ``dweights``, ``dbiases``, ``dinputs`` are reused where they
     fit and share no memory with an input or with each other, else new ones are made.
-    Otherwise ``(None, None)``: the layer then calls ``dense_backward``, which converts or
-    explains."""
+    ``penalties``: the layer's checked ``(weight_l1, weight_l2, bias_l1, bias_l2)`` (with
+    ``biases``), whose gradients are then added in the same call (the backend's
+    ``dense_penalties``). Otherwise ``(None, None)``: the layer then calls ``dense_backward``,
+    which converts or explains."""
     be = host_backend(device)
     gradients = getattr(be, "dense_gradients", None)
     if gradients is None or not _dense_backward_ready(dvalues, inputs, weights):
@@ -233,7 +236,9 @@ def dense_backward_direct(dvalues, inputs, weights, biases, dweights, dbiases, d
         dw, db, di = (be.empty(weights.shape, dtype), be.empty(bias_shape, dtype),
                       be.empty(inputs.shape, dtype))
     gradients(inputs, dvalues, weights, dw, db.reshape(-1), di)
-    return be, (dw, db, di)
+    if penalties is not None:
+        be.dense_penalties(weights, biases, *penalties, dw, db)   # (a host backend with
+    return be, (dw, db, di)                                       # dense_gradients has it)
 
 
 # A cold pass of a learner's loop on cpu, while one lasts: the ``cpu_helper.Ahead`` the cpu

@@ -411,6 +411,66 @@ def test_dense_backward_handed_its_own_buffers_computes_from_their_values(device
     assert_within(host(layer.dinputs), d @ weights.T, 1e-12, f"dinputs ({alias})")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("coefficients", [(0.01, 0.02, 0.03, 0.04), (0.0, 5e-4, 0.0, 5e-4),
+                                          (0.01, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.04)])
+@pytest.mark.parametrize("sides", [(8, 2, 64), (4, 64, 64)])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_dense_backwards_penalties_in_one_call_give_the_ops_bits(dtype, coefficients, sides,
+                                                                 parallel, monkeypatch):
+    """A penalized layer's backward on cpu adds both penalties' gradients in one call
+    (``cpu.dense_penalties``, its direct path): the bits of ``ops.dense_backward`` followed by
+    an ``ops.regularization_backward`` for the weights and one for the biases, for L1 and L2
+    on either, with the kernels' serial builds and with their parallel ones (every kernel's
+    parallel threshold lowered to one element)."""
+    import loopnet
+    from loopnet import threads
+    from loopnet.backends import cpu
+
+    if parallel:
+        assert threads.parallel_allowed()
+        monkeypatch.setattr(cpu, "PARALLEL_MIN_ELEMENTS", 1)
+    n_samples, n_inputs, n_neurons = sides
+    weight_l1, weight_l2, bias_l1, bias_l2 = coefficients
+    rng = np.random.default_rng(7)
+    layer = loopnet.Dense(n_inputs, n_neurons, weight_regularizer_l1=weight_l1,
+                          weight_regularizer_l2=weight_l2, bias_regularizer_l1=bias_l1,
+                          bias_regularizer_l2=bias_l2, seed=0, dtype=dtype, device="cpu")
+    layer.set_parameters(layer.weights, rng.standard_normal((1, n_neurons)))
+    inputs = rng.standard_normal((n_samples, n_inputs)).astype(dtype)
+    dvalues = rng.standard_normal((n_samples, n_neurons)).astype(dtype)
+    layer.forward(inputs)   # (a cold cache's first pass may compile the penalties ahead,
+    layer.backward(dvalues)  # calling them on zeros: spied on from the next pass)
+    calls = []
+    builds = {cpu._penalties_serial: "serial", cpu._penalties_parallel: "parallel"}
+    for build, name in builds.items():
+        monkeypatch.setattr(cpu, f"_penalties_{name}", lambda *args, build=build, name=name:
+                            calls.append(name) or build(*args))
+    for _ in range(2):      # (the second reuses the first's buffers)
+        layer.forward(inputs)
+        layer.backward(dvalues)
+    assert calls == ["parallel" if parallel else "serial"] * 2
+    dweights, dbiases, dinputs = ops.dense_backward(dvalues, inputs, layer.weights, device="cpu")
+    ops.regularization_backward(layer.weights, dweights, l1=weight_l1, l2=weight_l2,
+                                device="cpu")
+    ops.regularization_backward(layer.biases, dbiases, l1=bias_l1, l2=bias_l2, device="cpu")
+    assert bits(layer.dweights) == bits(dweights)
+    assert bits(layer.dbiases) == bits(dbiases)
+    assert bits(layer.dinputs) == bits(dinputs)
+
+
+def test_a_coefficient_made_invalid_after_construction_is_named_by_backward():
+    """A layer's penalty coefficient set to inf after the constructor checked it: the backward
+    raises a ValueError naming the attribute, on the direct path's check as on ops'."""
+    import loopnet
+
+    layer = loopnet.Dense(2, 3, weight_regularizer_l2=5e-4, seed=0, device="cpu")
+    layer.forward(np.ones((4, 2), np.float32))
+    layer.bias_regularizer_l1 = float("inf")
+    with pytest.raises(ValueError, match="bias_regularizer_l1"):
+        layer.backward(np.ones((4, 3), np.float32))
+
+
 def test_the_overlap_check_reads_each_arrays_bytes():
     """``cpu.overlapping`` (the layers' direct backward path) and ``cpu.address`` read where an
     array's bytes start and end from the array itself: a view one element into another

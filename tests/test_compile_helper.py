@@ -367,9 +367,9 @@ def test_a_learners_loop_on_a_cold_cache_has_its_backward_made_by_the_helper(tmp
         assert ahead["helper"] and ahead["ran_here"] == []
         assert ahead["jobs"] == len(ahead["helped"])
         assert {job[0] for job in ahead["helped"]} == {"dweights", "dinputs", "dbiases",
-                                                       "overlapping", "penalty"}
+                                                       "overlapping", "penalties"}
         # the forward pass compiled here, the backward's products and penalties did not
         assert "dense_forward_few_inputs__serial" in cold["compiled"]
-        backward = ("dense_backward", "overlapping", "regularization_backward")
+        backward = ("dense_backward", "overlapping", "dense_penalties", "regularization_backward")
         assert not [name for name in cold["compiled"] if name.startswith(backward)]
     assert warm["ahead"] == {} and warm["compiled"] == []

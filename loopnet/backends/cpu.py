@@ -258,6 +258,7 @@ def class_indices(y_true, n_classes):
 # --- Dense: one plan, then the form it names ----------------------------------------------------
 
 from loopnet.kernels import dense_fast as _fast  # noqa: E402
+from loopnet.kernels import regularization as _regularization  # noqa: E402
 
 # (the forms as module names: the wrappers below compare them on every call)
 _BROADCAST, _NARROW, _FEW_INPUTS = _fast.BROADCAST, _fast.NARROW, _fast.FEW_INPUTS
@@ -608,6 +609,22 @@ def dense_gradients(inputs, dvalues, weights, dweights, dbiases, dinputs):
     dense_backward_inputs(dvalues, weights, dinputs, for_inputs)
 
 
+
+_penalties_serial, _penalties_parallel = compile_twice(_regularization.dense_penalties_backward)
+
+
+def dense_penalties(weights, biases, weight_l1, weight_l2, bias_l1, bias_l2, dweights,
+                    dbiases):
+    """A dense layer's L1/L2 penalties' gradients added to ``dweights`` and ``dbiases`` (all
+    C-contiguous, ``biases`` and ``dbiases`` (1, n_neurons); the coefficients checked floats)
+    in one call: the layers' direct path (``ops.dense_backward_direct``). Parallel for as many
+    weights as ``by_size`` runs a kernel's parallel build for: the same bits either way."""
+    if weights.size >= PARALLEL_MIN_ELEMENTS and threads.parallel_allowed():
+        kernel = _penalties_parallel
+    else:
+        kernel = _penalties_serial
+    kernel(weights, biases, weight_l1, weight_l2, bias_l1, bias_l2, dweights, dbiases)
+
 # --- A learner's loop: a layer's backward compiled ahead (cpu_helper.Ahead) -----------------------
 # A job allocates zeros of the layer's sides (inputs, dvalues, the gradients): beyond this many
 # elements (16 MB of float32) its layer's backward compiles when it runs, as without the helper.
@@ -626,7 +643,7 @@ def ahead_jobs(n_samples: int, n_inputs: int, n_neurons: int, dtype, penalties: 
             ("dinputs", name, n_samples, n_inputs, n_neurons, *plan.dinputs),
             ("dbiases", name, n_samples, n_neurons), ("overlapping", name)]
     if penalties:
-        jobs += [("penalty", name, n_inputs * n_neurons), ("penalty", name, n_neurons)]
+        jobs.append(("penalties", name, n_inputs, n_neurons))
     return jobs
 
 
@@ -653,9 +670,10 @@ def run_ahead(job) -> None:
     elif kind == "overlapping":
         a = zeros(1, 1)
         overlapping(a, a, a, a, a, a, a)
-    elif kind == "penalty":
-        values = zeros(sides[0])
-        regularization_backward(values, 0.0, 1.0, zeros(sides[0]))
+    elif kind == "penalties":
+        n_inputs, n_neurons = sides
+        dense_penalties(zeros(n_inputs, n_neurons), zeros(1, n_neurons), 0.0, 1.0, 0.0, 1.0,
+                        zeros(n_inputs, n_neurons), zeros(1, n_neurons))
     else:
         raise ValueError(f"unknown job {job!r}")
 

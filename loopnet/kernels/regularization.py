@@ -115,6 +115,20 @@ def regularization_backward_kernel(values, l1, l2, dvalues):
         penalty_gradient_element(values, l1, l2, dvalues, k)
 
 
+def dense_penalties_backward(weights, biases, weight_l1, weight_l2, bias_l1, bias_l2,
+                             dweights, dbiases):
+    """A dense layer's two penalties' gradients in one call: ``penalty_gradient_element`` over
+    the rows of ``weights`` into ``dweights``, then over ``biases`` (1, n_neurons) into
+    ``dbiases``: each element as ``regularization_backward_loops`` adds it, so its bits. The
+    cpu device's layers run it on their direct path, where two ``regularization_backward``
+    calls on flat views cost ~1.5 us of a small layer's backward, one call ~0.5 us."""
+    for i in prange(weights.shape[0]):
+        for k in range(weights.shape[1]):
+            penalty_gradient_element(weights[i], weight_l1, weight_l2, dweights[i], k)
+    for k in range(biases.shape[1]):
+        penalty_gradient_element(biases[0], bias_l1, bias_l2, dbiases[0], k)
+
+
 def regularization_backward_numpy(values, l1, l2, dvalues):
     """Twin: the book's ``dL1 = np.ones_like(w); dL1[w < 0] = -1; dw += l1 * dL1;
     dw += 2 * l2 * w``."""
