@@ -19,6 +19,7 @@ import numpy as np
 from loopnet.devices import backend as _backend
 from loopnet.devices import host_backend  # noqa: F401  (the fast paths' backend; GPU: None)
 from loopnet.validate import is_device_array, number
+from loopnet.validate import penalties as checked_penalties
 
 __all__ = [
     "dense_forward",
@@ -987,14 +988,16 @@ def layer_penalty_direct(weights, biases, penalties, device):
     be = host_backend(device)
     if be is None or not _ready((weights, biases)):
         return None
+    penalties = checked_penalties(*penalties)
+    output = np.empty(1)
+    in_one_call = getattr(be, "dense_penalties_loss", None)
+    if in_one_call is not None and weights.ndim == 2 and biases.shape == (1, weights.shape[1]):
+        in_one_call(weights, biases, *penalties, output)
+        return float(output[0])
     total = 0.0
-    output = None
-    for values, l1, l2 in ((weights, weight_l1, weight_l2), (biases, bias_l1, bias_l2)):
+    for values, l1, l2 in ((weights, *penalties[:2]), (biases, *penalties[2:])):
         if l1 > 0 or l2 > 0:
-            if output is None:
-                output = np.empty(1)
-            be.regularization_loss(values.reshape(-1), number(l1, "l1", minimum=0.0),
-                                   number(l2, "l2", minimum=0.0), output)
+            be.regularization_loss(values.reshape(-1), l1, l2, output)
             total += float(output[0])
     return total
 

@@ -53,6 +53,23 @@ def number(value, name: str, *, minimum=None, strict: bool = False, below=None) 
     return value
 
 
+PENALTY_NAMES = ("weight_regularizer_l1", "weight_regularizer_l2", "bias_regularizer_l1",
+                 "bias_regularizer_l2")
+
+
+def penalties(weight_l1, weight_l2, bias_l1, bias_l2) -> tuple:
+    """A dense layer's four penalty coefficients, each checked as ``number(value, name,
+    minimum=0.0)`` checks it (its attribute's name in the message), as a tuple of floats. The
+    common case, four finite floats >= 0, in a few comparisons: a learner's loop checks them
+    in each epoch's backward and penalty, where four ``number`` calls cost 0.5 us."""
+    if (type(weight_l1) is type(weight_l2) is type(bias_l1) is type(bias_l2) is float
+            and 0.0 <= weight_l1 < _INF and 0.0 <= weight_l2 < _INF
+            and 0.0 <= bias_l1 < _INF and 0.0 <= bias_l2 < _INF):
+        return weight_l1, weight_l2, bias_l1, bias_l2
+    return tuple(number(value, name, minimum=0.0) for value, name in
+                 zip((weight_l1, weight_l2, bias_l1, bias_l2), PENALTY_NAMES))
+
+
 def parameter_dtype(dtype) -> np.dtype:
     """The dtype a layer keeps its parameters in: float32 or float64, nothing else."""
     try:

@@ -439,13 +439,11 @@ def test_dense_backwards_penalties_in_one_call_give_the_ops_bits(dtype, coeffici
     layer.set_parameters(layer.weights, rng.standard_normal((1, n_neurons)))
     inputs = rng.standard_normal((n_samples, n_inputs)).astype(dtype)
     dvalues = rng.standard_normal((n_samples, n_neurons)).astype(dtype)
-    layer.forward(inputs)   # (a cold cache's first pass may compile the penalties ahead,
-    layer.backward(dvalues)  # calling them on zeros: spied on from the next pass)
-    calls = []
+    calls = []      # (the layer's: on a cold cache a pass may also compile them ahead, on zeros)
     builds = {cpu._penalties_serial: "serial", cpu._penalties_parallel: "parallel"}
     for build, name in builds.items():
         monkeypatch.setattr(cpu, f"_penalties_{name}", lambda *args, build=build, name=name:
-                            calls.append(name) or build(*args))
+                            (args[0] is layer.weights and calls.append(name)) or build(*args))
     for _ in range(2):      # (the second reuses the first's buffers)
         layer.forward(inputs)
         layer.backward(dvalues)
@@ -457,6 +455,42 @@ def test_dense_backwards_penalties_in_one_call_give_the_ops_bits(dtype, coeffici
     assert bits(layer.dweights) == bits(dweights)
     assert bits(layer.dbiases) == bits(dbiases)
     assert bits(layer.dinputs) == bits(dinputs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("coefficients", [(0.01, 0.02, 0.03, 0.04), (0.0, 5e-4, 0.0, 5e-4),
+                                          (0.01, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.04)])
+def test_a_layers_penalty_in_one_call_gives_the_sum_of_the_ops_penalties(dtype, coefficients,
+                                                                        monkeypatch):
+    """``Loss.regularization_loss(layer)`` on cpu takes a layer's penalty in one call
+    (``cpu.dense_penalties_loss``, its direct path): the float64 bits of
+    ``ops.regularization_loss`` of the weights plus that of the biases (each where one of its
+    coefficients is > 0), and that rounded to the weights' dtype."""
+    import loopnet
+    from loopnet.backends import cpu
+
+    weight_l1, weight_l2, bias_l1, bias_l2 = coefficients
+    rng = np.random.default_rng(11)
+    layer = loopnet.Dense(64, 48, weight_regularizer_l1=weight_l1,
+                          weight_regularizer_l2=weight_l2, bias_regularizer_l1=bias_l1,
+                          bias_regularizer_l2=bias_l2, seed=0, dtype=dtype, device="cpu")
+    layer.set_parameters(rng.standard_normal((64, 48)), rng.standard_normal((1, 48)))
+    calls = []
+    in_one_call = cpu.dense_penalties_loss
+    monkeypatch.setattr(cpu, "dense_penalties_loss",
+                        lambda *args: calls.append(args[0] is layer.weights) or in_one_call(*args))
+    direct = ops.layer_penalty_direct(layer.weights, layer.biases, coefficients, "cpu")
+    rounded = loopnet.CategoricalCrossentropy().regularization_loss(layer)
+    assert calls == [True, True]
+    expected = 0.0
+    if weight_l1 > 0 or weight_l2 > 0:
+        expected += ops.regularization_loss(layer.weights, l1=weight_l1, l2=weight_l2,
+                                            device="cpu")
+    if bias_l1 > 0 or bias_l2 > 0:
+        expected += ops.regularization_loss(layer.biases, l1=bias_l1, l2=bias_l2, device="cpu")
+    assert type(direct) is float and direct.hex() == expected.hex()
+    assert type(rounded) is np.dtype(dtype).type
+    assert rounded.tobytes() == np.dtype(dtype).type(expected).tobytes()
 
 
 def test_a_coefficient_made_invalid_after_construction_is_named_by_backward():

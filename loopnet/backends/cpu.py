@@ -611,6 +611,7 @@ def dense_gradients(inputs, dvalues, weights, dweights, dbiases, dinputs):
 
 
 _penalties_serial, _penalties_parallel = compile_twice(_regularization.dense_penalties_backward)
+dense_penalties_loss = compile_loops(_regularization.dense_penalties_loss)
 
 
 def dense_penalties(weights, biases, weight_l1, weight_l2, bias_l1, bias_l2, dweights,

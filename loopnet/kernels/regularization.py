@@ -37,16 +37,37 @@ PENALTY_THREADS = 128
 
 # --- L1 / L2 penalty --------------------------------------------------------------------------------
 
-def regularization_loss_loops(values, l1, l2, output):
-    """The penalty added to the data loss, in float64, summed serially in index order (a
-    parallel sum would depend on the thread count). ``output`` is a float64 array of one."""
+@body
+def penalty(values, l1, l2):
+    """The penalty of a 1-D ``values``, in float64, summed serially in index order (a parallel
+    sum would depend on the thread count)."""
     sum_abs = 0.0
     sum_squares = 0.0
     for k in range(values.shape[0]):
         value = values[k]
         sum_abs += abs(value)
         sum_squares += value * value
-    output[0] = l1 * sum_abs + l2 * sum_squares
+    return l1 * sum_abs + l2 * sum_squares
+
+
+def regularization_loss_loops(values, l1, l2, output):
+    """The penalty added to the data loss (``penalty``). ``output`` is a float64 array of
+    one."""
+    output[0] = penalty(values, l1, l2)
+
+
+def dense_penalties_loss(weights, biases, weight_l1, weight_l2, bias_l1, bias_l2, output):
+    """A dense layer's penalty in one call, into ``output`` (a float64 array of one): the
+    weights' ``penalty`` plus the biases', each only when one of its two coefficients is > 0,
+    as ``Loss.regularization_loss`` adds up two ``regularization_loss`` calls (so their bits).
+    The cpu device's direct path for the book's loop, which asks every epoch (two calls and
+    their Python: ~3.5 us)."""
+    total = 0.0
+    if weight_l1 > 0 or weight_l2 > 0:
+        total += penalty(weights.reshape(weights.size), weight_l1, weight_l2)
+    if bias_l1 > 0 or bias_l2 > 0:
+        total += penalty(biases.reshape(biases.size), bias_l1, bias_l2)
+    output[0] = total
 
 
 def regularization_loss_kernel(values, l1, l2, output):
