@@ -12,7 +12,6 @@ from loopnet.validate import is_device_array, number, parameter_dtype, positive_
 from loopnet.validate import penalties as checked_penalties
 
 
-
 def random_normal(shape, seed=None) -> np.ndarray:
     """Standard normal draws from numpy's global RNG (so ``np.random.seed(0)`` reproduces the
     notes), or from ``seed``: an int (same draws as ``np.random.seed(seed)`` would give, without

@@ -609,7 +609,6 @@ def dense_gradients(inputs, dvalues, weights, dweights, dbiases, dinputs):
     dense_backward_inputs(dvalues, weights, dinputs, for_inputs)
 
 
-
 _penalties_serial, _penalties_parallel = compile_twice(_regularization.dense_penalties_backward)
 dense_penalties_loss = compile_loops(_regularization.dense_penalties_loss)
 
@@ -625,6 +624,7 @@ def dense_penalties(weights, biases, weight_l1, weight_l2, bias_l1, bias_l2, dwe
     else:
         kernel = _penalties_serial
     kernel(weights, biases, weight_l1, weight_l2, bias_l1, bias_l2, dweights, dbiases)
+
 
 # --- A learner's loop: a layer's backward compiled ahead (cpu_helper.Ahead) -----------------------
 # A job allocates zeros of the layer's sides (inputs, dvalues, the gradients): beyond this many
