@@ -163,7 +163,7 @@ class Dense(Layer):
         # against ~6 us of kernels: with the arrays already in the kernels' form
         # (ops.dense_backward_direct says so with the checks of the ops' fast paths) the
         # kernels run at once, the penalties' gradients in the same call.
-        be, grads = ops.dense_backward_direct(
+        grads = ops.dense_backward_direct(
             dvalues, self.inputs, weights, biases if penalties else None,
             state.get("dweights"), state.get("dbiases"), state.get("dinputs"), self.device,
             penalties)
