@@ -210,6 +210,52 @@ def test_regularization_equals_twin(device, case, l1, l2):
                   "penalty gradient")
 
 
+@st.composite
+def layer_penalty_cases(draw):
+    """A layer's weights and biases, gradients to add to, and four coefficients."""
+    dtype, n_inputs, n_neurons = draw(float_dtypes), draw(sides), draw(sides)
+    coefficient = st.sampled_from([0.0, 1e-3, 0.3])
+    return (draw(arrays(dtype, (n_inputs, n_neurons))), draw(arrays(dtype, (1, n_neurons))),
+            draw(arrays(dtype, (n_inputs, n_neurons))), draw(arrays(dtype, (1, n_neurons))),
+            tuple(draw(coefficient) for _ in range(4)))
+
+
+@given(case=layer_penalty_cases())
+def test_a_layers_penalties_in_one_call_equal_the_twins(case):
+    """The cpu device's one-call kernels of a layer's penalties (``dense_penalties``, serial and
+    parallel builds; ``dense_penalties_loss``) against the numpy twins of the per-array ops,
+    ``regularization_backward_numpy`` and ``regularization_loss_numpy`` on the weights and on
+    the biases, within the per-array ops' tolerances."""
+    from loopnet.backends import cpu
+
+    weights, biases, dweights, dbiases, coefficients = case
+    dtype = weights.dtype
+    expected_loss = 0.0
+    expected = []
+    magnitude = 0.0
+    for values, gradient, (l1, l2) in ((weights, dweights, coefficients[:2]),
+                                       (biases, dbiases, coefficients[2:])):
+        if l1 > 0 or l2 > 0:
+            expected_loss += twin(regularization.regularization_loss_numpy, (1,), np.float64,
+                                  values.reshape(-1), l1, l2)[0]
+            magnitude += (l1 * np.abs(values).sum(dtype=np.float64)
+                          + l2 * (values.astype(np.float64) ** 2).sum())
+        added = gradient.copy()
+        regularization.regularization_backward_numpy(values, l1, l2, added)
+        expected.append(added)
+    output = np.empty(1)
+    cpu.dense_penalties_loss(weights, biases, *coefficients, output)
+    assert_within(output[0], expected_loss,
+                  sum_tolerance(weights.size + biases.size + 2, magnitude, dtype), "penalty")
+    for build in (cpu._penalties_serial, cpu._penalties_parallel):
+        actual = [dweights.copy(), dbiases.copy()]
+        build(weights, biases, *coefficients, *actual)
+        for got, want, before, name in zip(actual, expected, (dweights, dbiases),
+                                           ("dweights", "dbiases")):
+            assert_within(got, want, elementwise_tol(np.abs(want) + np.abs(before), dtype, 4),
+                          f"{name} penalty gradient ({build.py_func.__name__})")
+
+
 # --- Central finite differences (float64, small shapes) --------------------------------------------
 
 H = 1e-6
