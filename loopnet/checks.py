@@ -188,6 +188,59 @@ def check_validation_data(model, validation_data, y):
     return X_val, y_val
 
 
+def known_class(obj, classes, methods):
+    """The loopnet class ``obj`` is (or subclasses without changing ``methods``), else None."""
+    for cls in classes:
+        if isinstance(obj, cls):
+            if all(getattr(type(obj), name, None) is getattr(cls, name) for name in methods):
+                return cls
+            return None
+    return None
+
+
+# How loopnet's losses and accuracies read targets (the methods a subclass must keep for it to
+# read them the same way).
+LOSS_METHODS = ("forward", "backward", "calculate", "regularization_loss")
+ACCURACY_METHODS = ("compare", "calculate")
+
+
+def target_forms(model) -> tuple[bool, bool]:
+    """Whether the model's loss or accuracy reads ``y`` as class indices (categorical
+    cross-entropy, categorical accuracy) and whether as values shaped like the outputs (binary
+    cross-entropy, the regression losses, binary and regression accuracy). A loss or accuracy
+    of a user's own reads ``y`` its own way and counts for neither."""
+    from loopnet.accuracy import BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy
+    from loopnet.losses import (BinaryCrossentropy, CategoricalCrossentropy, MeanAbsoluteError,
+                                MeanSquaredError)
+
+    loss = known_class(model.loss, (CategoricalCrossentropy, BinaryCrossentropy,
+                                    MeanSquaredError, MeanAbsoluteError), LOSS_METHODS)
+    accuracy = known_class(model.accuracy, (CategoricalAccuracy, BinaryAccuracy,
+                                            RegressionAccuracy), ACCURACY_METHODS)
+    binary = accuracy is CategoricalAccuracy and model.accuracy.binary
+    classes = loss is CategoricalCrossentropy or (accuracy is CategoricalAccuracy and not binary)
+    values = (loss in (BinaryCrossentropy, MeanSquaredError, MeanAbsoluteError)
+              or accuracy in (BinaryAccuracy, RegressionAccuracy) or binary)
+    return classes, values
+
+
+def check_targets(model, y, n_samples: int, n_outputs: int, dtype, name: str = "y"):
+    """``(class indices, values)``: ``y`` converted as the model's loss and accuracy read it
+    (``target_forms``; None for a form neither reads), checked as the ops check it, with
+    ``name`` (``y``, ``y_val``) in the messages. ``Model.train`` runs it before training
+    starts, so that a bad label in ``y_val`` is not found epochs later, after the parameters
+    have changed."""
+    from loopnet import ops
+
+    classes, values = target_forms(model)
+    shape = (n_samples, n_outputs)
+    pred = "the model's output"
+    index = (ops.class_targets(y, n_samples, n_outputs, shape, name=name, pred=pred)
+             if classes else None)
+    converted = ops.targets_like(y, shape, dtype, name=name, pred=pred) if values else None
+    return index, converted
+
+
 # --- names ------------------------------------------------------------------------------------
 
 def _names():

@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 
-from loopnet import ops
+from loopnet import checks
 from loopnet.devices import get_device
 
 ENV_VAR = "LOOPNET_COMPILED_STEP"
@@ -69,16 +69,6 @@ def _kinds():
             (Sigmoid, step.SIGMOID), (Linear, step.LINEAR), (Softmax, step.SOFTMAX))
 
 
-def _known(obj, classes, methods):
-    """The loopnet class ``obj`` is (or subclasses without changing ``methods``), else None."""
-    for cls in classes:
-        if isinstance(obj, cls):
-            if all(getattr(type(obj), name, None) is getattr(cls, name) for name in methods):
-                return cls
-            return None
-    return None
-
-
 def _describe(obj) -> str:
     return type(obj).__name__
 
@@ -115,7 +105,7 @@ class Program:
         width = n_inputs
         self.n_params = 0
         for index, layer in enumerate(model.layers):
-            cls = _known(layer, [c for c, _ in kinds], ("forward", "backward"))
+            cls = checks.known_class(layer, [c for c, _ in kinds], ("forward", "backward"))
             if cls is None:
                 raise Unsupported(f"layer {index} ({_describe(layer)}) is not one of loopnet's "
                                   "Dense, Dropout, ReLU, Sigmoid, Linear, Softmax")
@@ -179,8 +169,7 @@ class Program:
                   (MeanAbsoluteError, step.MEAN_ABSOLUTE_ERROR))
         self.loss = None
         if model.loss is not None:
-            cls = _known(model.loss, [c for c, _ in losses], ("forward", "backward", "calculate",
-                                                               "regularization_loss"))
+            cls = checks.known_class(model.loss, [c for c, _ in losses], checks.LOSS_METHODS)
             if cls is None:
                 raise Unsupported(f"the loss {_describe(model.loss)} is not one of loopnet's")
             self.loss = dict(losses)[cls]
@@ -189,7 +178,8 @@ class Program:
                       (RegressionAccuracy, step.REGRESSION_ACCURACY))
         self.accuracy = step.NO_ACCURACY
         if model.accuracy is not None:
-            cls = _known(model.accuracy, [c for c, _ in accuracies], ("compare", "calculate"))
+            cls = checks.known_class(model.accuracy, [c for c, _ in accuracies],
+                                     checks.ACCURACY_METHODS)
             if cls is None:
                 raise Unsupported(f"the accuracy {_describe(model.accuracy)} is not one of "
                                   "loopnet's")
@@ -208,8 +198,8 @@ class Program:
         optimizer = self.model.optimizer
         if optimizer is not None:
             optimizers = (SGD, Adagrad, RMSprop, Adam)
-            cls = _known(optimizer, optimizers, ("update_params", "pre_update_params",
-                                                 "post_update_params"))
+            cls = checks.known_class(optimizer, optimizers,
+                                     ("update_params", "pre_update_params", "post_update_params"))
             if cls is None:
                 raise Unsupported(f"the optimizer {_describe(optimizer)} is not one of "
                                   "loopnet's")
@@ -222,22 +212,19 @@ class Program:
 
     def targets(self, y, n_samples, name="y"):
         """``(class indices, values)`` for the loss and the accuracy, validated and converted
-        as the layered ops would (the same errors, raised before anything runs)."""
-        step = self.step
-        empty_index = np.zeros(0, np.intp)
-        empty_values = np.zeros((0, self.n_outputs), self.dtype)
+        as the layered ops would (``checks.check_targets``: the same errors, raised before
+        anything runs, naming ``y`` or ``y_val``); empty arrays for a form neither reads."""
+        index = np.zeros(0, np.intp)
+        values = np.zeros((0, self.n_outputs), self.dtype)
         if y is None:
-            return empty_index, empty_values
+            return index, values
         _check_array(y, name)
-        shape = (n_samples, self.n_outputs)
-        index, values = empty_index, empty_values
-        if (self.loss == step.CATEGORICAL_CROSSENTROPY
-                or self.accuracy == step.CATEGORICAL_ACCURACY):
-            index = ops.class_targets(y, n_samples, self.n_outputs, shape)
-        if (self.loss in (step.BINARY_CROSSENTROPY, step.MEAN_SQUARED_ERROR,
-                          step.MEAN_ABSOLUTE_ERROR)
-                or self.accuracy in (step.BINARY_ACCURACY, step.REGRESSION_ACCURACY)):
-            values = np.ascontiguousarray(ops.targets_like(y, shape, self.dtype))
+        classes, converted = checks.check_targets(self.model, y, n_samples, self.n_outputs,
+                                                  self.dtype, name)
+        if classes is not None:
+            index = classes
+        if converted is not None:
+            values = np.ascontiguousarray(converted)
         return index, values
 
 
@@ -717,7 +704,7 @@ def forward_only(model, X, y=None, *, batch_size=None, outputs=False):
     program = Program(model, _model_dtype(model), np.shape(X)[1] if np.ndim(X) == 2 else -1)
     X = _inputs(program, X)
     n = X.shape[0]
-    y_index, y_values = program.targets(y, n) if y is not None else program.targets(None, n)
+    y_index, y_values = program.targets(y, n, "y_val")   # (evaluate's)
     if y is None:
         program.loss = None
         program.accuracy = program.step.NO_ACCURACY

@@ -252,7 +252,7 @@ class Model:
         X, y, n_samples = _paired_rows(X, y, "X", "y")
         if n_samples == 0:
             raise ValueError("X is empty: nothing to train on")
-        checks.check_model(self, X)
+        width = checks.check_model(self, X)
         if batch_size is not None:
             batch_size = positive_int(batch_size, "batch_size")
         steps = 1 if batch_size is None else math.ceil(n_samples / batch_size)
@@ -277,6 +277,10 @@ class Model:
         started = time.perf_counter()
         trainer, run.history["path"] = self._compiled_trainer(X, y, batch_size,
                                                               validation_data)
+        if trainer is None:     # (the compiled step checks them in its set-up)
+            self._check_targets(width, y, "y")
+            if validation_data is not None:
+                self._check_targets(width, validation_data[1], "y_val")
         # (the compiled step's set-up counts with its compile: on a first use it is mostly
         # numba's own start-up and loading kernels from its cache, ~0.5 s, not training)
         set_up = time.perf_counter() - started
@@ -383,6 +387,14 @@ class Model:
         except compiled.Unsupported:
             return None
 
+    def _check_targets(self, width, y, name):
+        """``y`` checked as the loss and the accuracy will read it (``checks.check_targets``),
+        before the layers run: a bad label names ``y`` or ``y_val`` and is found before any
+        parameter changes. ``width``: the model's output width (None: not known, the loss
+        checks ``y`` when it runs)."""
+        if width is not None:
+            checks.check_targets(self, y, int(y.shape[0]), width, checks.output_dtype(self), name)
+
     def _compiled_trainer(self, X, y, batch_size, validation_data):
         """The compiled step for this call (``loopnet.compiled``) and the history's ``path``:
         ``"compiled"``, or ``None`` and ``"layered: <why>"`` (warned about once on cpu, where
@@ -414,13 +426,14 @@ class Model:
         if n_samples == 0:
             raise ValueError(f"X_val is empty (shape {tuple(X_val.shape)}): no samples to "
                              "evaluate")
-        checks.check_model(self, X_val, name="X_val")
+        width = checks.check_model(self, X_val, name="X_val")
         result = self._compiled_forward(X_val, y_val, batch_size)
         if result is not None:      # (the compiled step: the very numbers of the loop below)
             loss, accuracy = result
             if verbose:
                 print(training.validation_line(loss, accuracy), flush=True)
             return loss, accuracy
+        self._check_targets(width, y_val, "y_val")
         self.loss.new_pass()
         if self.accuracy is not None:
             self.accuracy.new_pass()

@@ -329,13 +329,15 @@ def _check_ndim(arr: np.ndarray, name: str, allowed: tuple[int, ...], meaning: s
         raise ValueError(f"{name} must be {meaning}, got a {arr.ndim}-D array of shape {arr.shape}")
 
 
-def class_targets(y_true, n_samples: int, n_classes: int, y_pred_shape, be=None) -> np.ndarray:
+def class_targets(y_true, n_samples: int, n_classes: int, y_pred_shape, be=None, *,
+                  name: str = "y_true", pred: str = "y_pred") -> np.ndarray:
     """Labels as a contiguous intp array of class indices in ``[0, n_classes)``.
 
     Accepts class indices ``(n_samples,)`` (integers, or floats holding whole numbers) or one-hot
     rows ``(n_samples, n_classes)``, which are turned into indices after checking each row is
     one-hot. ``be``, a host backend that has ``class_indices`` (cpu), checks and converts
-    integer labels in one compiled pass.
+    integer labels in one compiled pass. Messages call the labels ``name`` and the predictions
+    ``pred`` (``Model.train``: ``y`` or ``y_val``, and "the model's output").
     """
     if (type(y_true) is np.ndarray and y_true.ndim == 1 and y_true.dtype.kind in "iu"
             and y_true.shape[0] == n_samples and n_samples):
@@ -349,60 +351,61 @@ def class_targets(y_true, n_samples: int, n_classes: int, y_pred_shape, be=None)
         elif (y_true.dtype.kind == "u" or y_true.min() >= 0) and y_true.max() < n_classes:
             return y_true if y_true.dtype == np.intp and y_true.flags.c_contiguous \
                 else np.ascontiguousarray(y_true, dtype=np.intp)
-    labels = _host(_array(y_true, "y_true"))
+    labels = _host(_array(y_true, name))
     if labels.ndim == 2:
         if labels.shape != tuple(y_pred_shape):
             raise ValueError(
-                f"one-hot y_true has shape {labels.shape} but y_pred has shape {tuple(y_pred_shape)}; "
+                f"one-hot {name} has shape {labels.shape} but {pred} has shape "
+                f"{tuple(y_pred_shape)}; "
                 "they must match (or pass class indices of shape (n_samples,))"
             )
-        _check_one_hot(labels)
+        _check_one_hot(labels, name)
         return np.ascontiguousarray(np.argmax(labels, axis=1), dtype=np.intp)
     if labels.ndim != 1:
         raise ValueError(
-            f"y_true must be class indices (n_samples,) or one-hot (n_samples, n_classes), "
+            f"{name} must be class indices (n_samples,) or one-hot (n_samples, n_classes), "
             f"got shape {labels.shape}"
         )
     if labels.shape[0] != n_samples:
         raise ValueError(
-            f"y_true has {labels.shape[0]} labels but y_pred has {n_samples} samples"
+            f"{name} has {labels.shape[0]} labels but {pred} has {n_samples} samples"
         )
     if labels.dtype.kind == "b":
         # numpy would read booleans as a mask, not as classes 0/1: almost surely a mistake.
         raise TypeError(
-            "y_true must hold integer class indices (or one-hot rows), got booleans (dtype bool)"
+            f"{name} must hold integer class indices (or one-hot rows), got booleans (dtype bool)"
         )
     if labels.dtype.kind == "f":
         bad = ~np.isfinite(labels) | (labels != np.round(labels))
         if bad.any():
             s = int(np.argmax(bad))
             raise ValueError(
-                f"y_true must hold integer class indices, got {labels[s].item()!r} at position {s}"
+                f"{name} must hold integer class indices, got {labels[s].item()!r} at position {s}"
             )
     if labels.size:
         lo, hi = labels.min(), labels.max()
         if lo < 0:
             s = int(np.argmin(labels))
             raise ValueError(
-                f"y_true has a negative class index {labels[s].item()} at position {s}; "
+                f"{name} has a negative class index {labels[s].item()} at position {s}; "
                 f"labels must be in [0, {n_classes})"
             )
         if hi >= n_classes:
             s = int(np.argmax(labels))
             raise ValueError(
-                f"y_true has class index {labels[s].item()} at position {s}, but y_pred has only "
+                f"{name} has class index {labels[s].item()} at position {s}, but {pred} has only "
                 f"{n_classes} classes (valid labels: 0..{n_classes - 1})"
             )
     return np.ascontiguousarray(labels, dtype=np.intp)
 
 
-def _check_one_hot(labels: np.ndarray) -> None:
+def _check_one_hot(labels: np.ndarray, name: str = "y_true") -> None:
     """Every row of a one-hot array holds a single 1 and zeros elsewhere."""
     ones = labels == 1
     valid = ((labels == 0) | ones).all(axis=1) & (ones.sum(axis=1) == 1)
     if not valid.all():
         s = int(np.argmin(valid))
-        raise ValueError(f"y_true row {s} is not one-hot: {labels[s].tolist()}")
+        raise ValueError(f"{name} row {s} is not one-hot: {labels[s].tolist()}")
 
 
 def _probabilities(y_pred, name: str = "y_pred") -> np.ndarray:
@@ -453,18 +456,19 @@ def _writable(arr, name: str):
     return arr
 
 
-def targets_like(y_true, y_pred_shape, dtype) -> np.ndarray:
+def targets_like(y_true, y_pred_shape, dtype, *, name: str = "y_true",
+                 pred: str = "y_pred") -> np.ndarray:
     """Targets of a binary or regression loss: the shape of ``y_pred`` (n_samples, n_outputs);
     a vector (n_samples,) is accepted for a single output and reshaped to (n_samples, 1)
     (the book reshapes ``y`` itself; numpy would silently broadcast (n,) against (n, 1) to
-    (n, n))."""
-    labels = _array(y_true, "y_true")
+    (n, n)). Messages call the targets ``name`` and the predictions ``pred``."""
+    labels = _array(y_true, name)
     n_samples, n_outputs = y_pred_shape
     if labels.ndim == 1 and n_outputs == 1 and labels.shape[0] == n_samples:
         labels = labels.reshape(n_samples, 1)
     if tuple(labels.shape) != tuple(y_pred_shape):
         raise ValueError(
-            f"y_true has shape {tuple(labels.shape)} but y_pred has shape {tuple(y_pred_shape)}; "
+            f"{name} has shape {tuple(labels.shape)} but {pred} has shape {tuple(y_pred_shape)}; "
             "binary and regression targets need one value per output (n_samples, n_outputs)"
         )
     return _contiguous(labels, dtype)

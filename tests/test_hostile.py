@@ -453,6 +453,58 @@ def test_validation_data_is_checked_before_training(data, capsys):
     assert len(history["val_loss"]) == 1
 
 
+def _regression(device):
+    model = loopnet.Model()
+    model.add(loopnet.Dense(2, 4, seed=0, device=device))
+    model.add(loopnet.ReLU(device=device))
+    model.add(loopnet.Dense(4, 1, seed=1, device=device))
+    model.add(loopnet.Linear(device=device))
+    model.set(loss=loopnet.MeanSquaredError(device=device), optimizer=loopnet.Adam(),
+              accuracy=loopnet.RegressionAccuracy(device=device))
+    model.finalize()
+    return model
+
+
+@pytest.mark.parametrize("path", ["compiled", "layered", "numpy"])
+def test_bad_targets_name_y_or_y_val_and_stop_before_training(data, path, monkeypatch, capsys):
+    """A bad label in ``y`` or ``y_val`` is named as such (not as the loss's ``y_true``) and
+    found before anything trains, on the compiled step, the layered path on ``cpu`` and the
+    numpy device alike: the layered path would otherwise meet ``y_val`` only when it first
+    validates (here after 3 epochs), with the parameters already changed."""
+    X, y = data
+    y = y.astype(np.int64)
+    device = "numpy" if path == "numpy" else "cpu"
+    if path == "layered":
+        monkeypatch.setenv("LOOPNET_COMPILED_STEP", "0")
+    one_hot = np.eye(3)[y]
+    twice = one_hot.copy()
+    twice[4, 0] = 1 - twice[4, 0]
+    for model, targets, validation, message in (
+            (build(device), np.where(y == 1, 3, y), y,
+             r"^y has class index 3 at position 10, but the model's output has only 3 classes "
+             r"\(valid labels: 0\.\.2\)$"),
+            (build(device), y, np.where(y == 2, 7, y), r"^y_val has class index 7 at position"),
+            (build(device), y, y - 1, r"^y_val has a negative class index -1 at position 0"),
+            (build(device), y, y + 0.5, r"^y_val must hold integer class indices, got 0\.5"),
+            (build(device), one_hot, twice, r"^y_val row 4 is not one-hot"),
+            (_regression(device), X, X, r"^y has shape \(30, 2\) but the model's output has "
+                                        r"shape \(30, 1\)")):
+        before = [bits(layer.weights) for layer in model.layers if hasattr(layer, "weights")]
+        with pytest.raises(ValueError, match=message):
+            model.train(X, targets, epochs=5, print_every=1, validate_every=3,
+                        validation_data=(X, validation))
+        assert [bits(layer.weights) for layer in model.layers
+                if hasattr(layer, "weights")] == before                   # nothing trained
+        assert capsys.readouterr().out == ""
+    model = build(device)
+    with pytest.raises(ValueError, match=r"^y_val has class index 7 at position 20"):
+        model.evaluate(X, y + 5, verbose=False)
+    for batch_size in (None, 4):        # evaluate's compiled and layered forms on cpu
+        with pytest.raises(ValueError, match=r"^one-hot y_val has shape \(30, 2\) but the "
+                                             r"model's output has shape \(30, 3\)"):
+            model.evaluate(X, one_hot[:, :2], batch_size=batch_size, verbose=False)
+
+
 def test_keras_names_in_set(data):
     X, y = data
     model = build()
