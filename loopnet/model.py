@@ -23,8 +23,12 @@ progress bar); ``model.summary()``, ``model.to_torch()`` and the saving function
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -79,6 +83,53 @@ def _callbacks(callbacks) -> list:
             raise TypeError(f"{callback!r} is not a callback: subclass "
                             "loopnet.callbacks.Callback")
     return list(callbacks)
+
+
+# The thread each model is training in (kept apart from the model, so that a copy of it made
+# during training is free to train elsewhere), and the lock around its check-and-set.
+_TRAINING_THREAD = weakref.WeakKeyDictionary()
+_TRAINING_LOCK = threading.Lock()
+
+
+def _after_fork_in_child():
+    # the child has only the thread that forked: no other thread trains there, and the lock
+    # may have been held by one that did not come along
+    global _TRAINING_THREAD, _TRAINING_LOCK
+    me = threading.get_ident()
+    _TRAINING_THREAD = weakref.WeakKeyDictionary(
+        {model: owner for model, owner in _TRAINING_THREAD.items() if owner == me})
+    _TRAINING_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _one_trainer(train):
+    """``Model.train`` refused (``RuntimeError``) while the same model trains in another thread.
+
+    A model's layers keep their inputs, outputs and gradients as attributes, and its
+    optimizer its step count: two threads training one model would interleave them into
+    wrong gradients or a shape error from deep inside a layer. One thread may still call
+    ``train`` again from a callback of its own run."""
+    @functools.wraps(train)
+    def guarded(self, *args, **kwargs):
+        me = threading.get_ident()
+        with _TRAINING_LOCK:
+            owner = _TRAINING_THREAD.get(self)
+            if owner is not None and owner != me:
+                raise RuntimeError(
+                    "this model is already training in another thread: train one model per "
+                    "thread (Model.load or copy.deepcopy make another), or wait for the "
+                    "first train() to return")
+            _TRAINING_THREAD[self] = me
+        try:
+            return train(self, *args, **kwargs)
+        finally:
+            with _TRAINING_LOCK:
+                if owner is None:
+                    del _TRAINING_THREAD[self]
+    return guarded
 
 
 class Model:
@@ -197,6 +248,7 @@ class Model:
 
     # --- training -----------------------------------------------------------------------------
 
+    @_one_trainer
     def train(self, X, y, *, epochs: int = 1, batch_size: int | None = None,
               print_every: int | None = 1, validation_data=None, shuffle: bool = False,
               seed=None, progress=None, callbacks=None, validate_every: int = 1) -> dict:

@@ -253,3 +253,52 @@ def test_summary_counts_parameters_by_hand():
     assert wide.count_params() == 784 * 128 + 128 + 128 * 10 + 10 == 101_770
     assert "Total params: 101,770" in wide.summary(print_fn=None)
     assert "dtype: float32, float64" in wide.summary(print_fn=None)
+
+
+@pytest.mark.parametrize("device", ["cpu", "numpy"])
+def test_one_model_trains_in_one_thread_at_a_time(device, spiral):
+    """A second thread's ``train`` of a model that is training is refused with a
+    ``RuntimeError`` (the layered path would otherwise mix the two runs' activations into
+    wrong gradients or a shape error from inside a layer), while a copy of it trains beside it
+    and the first run ends as it would alone."""
+    import copy
+    import threading
+
+    (X, y), _ = spiral
+    model, alone = classifier(device), classifier(device)
+    alone.train(X, y, epochs=3, batch_size=16, print_every=0)
+    inside, release = threading.Event(), threading.Event()
+    outcome = {}
+
+    class Hold(loopnet.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 1:
+                outcome["copy"] = copy.deepcopy(self.model)
+                inside.set()
+                release.wait(60)
+
+    first = threading.Thread(target=lambda: outcome.setdefault("history", model.train(
+        X, y, epochs=3, batch_size=16, print_every=0, callbacks=[Hold()])))
+    first.start()
+    try:
+        assert inside.wait(60)
+
+        def other(target, key):
+            try:
+                outcome[key] = target.train(X, y, epochs=1, print_every=0)["path"]
+            except RuntimeError as error:
+                outcome[key] = error
+
+        for target, key in ((model, "same"), (outcome["copy"], "copied")):
+            thread = threading.Thread(target=other, args=(target, key))
+            thread.start()
+            thread.join(60)
+    finally:
+        release.set()
+        first.join(60)
+    assert isinstance(outcome["same"], RuntimeError)
+    assert "already training in another thread" in str(outcome["same"])
+    assert not isinstance(outcome["copied"], Exception)
+    assert [bits(layer.weights) for layer in model.trainable_layers] == \
+        [bits(layer.weights) for layer in alone.trainable_layers]
+    model.train(X, y, epochs=1, print_every=0)            # free again once the first returned
