@@ -30,6 +30,7 @@ import numpy as np
 
 from loopnet import checks
 from loopnet.devices import get_device
+from loopnet.validate import number
 
 ENV_VAR = "LOOPNET_COMPILED_STEP"
 # LOOPNET_STEP_BUILD=full: one build with every branch for every model (one compile serves
@@ -618,7 +619,10 @@ class Trainer:
                                     else np.asarray(o, dtype=np.intp) for o in orders])
         run.hyper[:] = 0
         run.hyper[step.LEARNING_RATE] = optimizer.learning_rate
-        run.hyper[step.CURRENT_LEARNING_RATE] = optimizer.current_learning_rate
+        # (the hyper-parameters were checked when they were set; this one is the optimizer's
+        # own running value, which a user may still set by hand)
+        run.hyper[step.CURRENT_LEARNING_RATE] = number(optimizer.current_learning_rate,
+                                                       "current_learning_rate")
         run.hyper[step.DECAY] = optimizer.decay
         for name, field in (("epsilon", step.EPSILON), ("beta_1", step.BETA_1),
                             ("beta_2", step.BETA_2), ("momentum", step.MOMENTUM),

@@ -8,7 +8,8 @@ import numpy as np
 
 from loopnet import ops
 from loopnet.devices import check_available, get_device, gpu, normalize
-from loopnet.validate import is_device_array, number, parameter_dtype, positive_int, reusable
+from loopnet.validate import (Checked, count, is_device_array, number, parameter_dtype,
+                              positive_int, reusable)
 from loopnet.validate import penalties as checked_penalties
 
 
@@ -87,6 +88,14 @@ class Dense(Layer):
     (1, 5)
     """
 
+    # The L1/L2 penalties' coefficients, checked whenever they are assigned (a value set by
+    # hand after the constructor, ``layer.weight_regularizer_l2 = -1``, is refused on the spot,
+    # not silently read as no penalty).
+    weight_regularizer_l1 = Checked(number, minimum=0.0)
+    weight_regularizer_l2 = Checked(number, minimum=0.0)
+    bias_regularizer_l1 = Checked(number, minimum=0.0)
+    bias_regularizer_l2 = Checked(number, minimum=0.0)
+
     def __init__(self, n_inputs: int, n_neurons: int,
                  weight_regularizer_l1: float = 0, weight_regularizer_l2: float = 0,
                  bias_regularizer_l1: float = 0, bias_regularizer_l2: float = 0,
@@ -115,10 +124,11 @@ class Dense(Layer):
         self.dtype = parameter_dtype(dtype)
         # The book's L1/L2 penalties (chapter 14): added to the loss by Loss.regularization_loss
         # and to the gradients by backward().
-        self.weight_regularizer_l1 = number(weight_regularizer_l1, "weight_regularizer_l1", minimum=0.0)
-        self.weight_regularizer_l2 = number(weight_regularizer_l2, "weight_regularizer_l2", minimum=0.0)
-        self.bias_regularizer_l1 = number(bias_regularizer_l1, "bias_regularizer_l1", minimum=0.0)
-        self.bias_regularizer_l2 = number(bias_regularizer_l2, "bias_regularizer_l2", minimum=0.0)
+        # (each checked again whenever it is assigned: the class's ``Checked`` attributes)
+        self.weight_regularizer_l1 = weight_regularizer_l1
+        self.weight_regularizer_l2 = weight_regularizer_l2
+        self.bias_regularizer_l1 = bias_regularizer_l1
+        self.bias_regularizer_l2 = bias_regularizer_l2
         # The notes draw 0.1 * randn; the book's chapter code uses 0.01 (weight_scale=0.01).
         self.weight_scale = number(weight_scale, "weight_scale", minimum=0.0)
 
@@ -266,7 +276,7 @@ class Dense(Layer):
         return f"Dense({self.n_inputs}, {self.n_neurons}{extra})"
 
 
-def _dropout_seed(seed) -> int:
+def _dropout_seed(seed, name: str = "seed") -> int:
     """The int seed of a dropout layer's mask generator: ``seed`` itself, or one drawn from
     numpy's global generator (``seed=None``: so ``np.random.seed(0)`` / ``nnfs.init()`` make the
     masks repeat), a ``np.random.Generator`` or a ``np.random.RandomState``."""
@@ -278,10 +288,11 @@ def _dropout_seed(seed) -> int:
         return int(seed.randint(0, 2**31 - 1))
     if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
         if not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+            raise ValueError(f"{name} must be in [0, 2**63), got {seed}")
         return int(seed)
     raise TypeError(
-        f"seed must be None, an int, a np.random.Generator or a np.random.RandomState, got {seed!r}"
+        f"{name} must be None, an int, a np.random.Generator or a np.random.RandomState, got "
+        f"{seed!r}"
     )
 
 
@@ -292,6 +303,13 @@ class Input(Layer):
     def forward(self, inputs, training: bool = True):
         self.output = inputs
         return self.output
+
+
+def _fraction_dropped(rate) -> float:
+    rate = number(rate, "rate", minimum=0.0)
+    if rate >= 1:
+        raise ValueError(f"Dropout rate must be in [0, 1): the fraction dropped, got {rate}")
+    return rate
 
 
 class Dropout(Layer):
@@ -311,25 +329,24 @@ class Dropout(Layer):
     ``1 - rate``; ``loopnet.nnfs.Layer_Dropout`` keeps that attribute.)
     """
 
+    # the masks' seed and the training batches seen, checked whenever they are assigned
+    seed = Checked(_dropout_seed)
+    step = Checked(count)
+
     def __init__(self, rate: float, *, seed=None, step: int = 0, device: str | None = None):
         super().__init__(device)
-        rate = number(rate, "rate", minimum=0.0)
-        if rate >= 1:
-            raise ValueError(f"Dropout rate must be in [0, 1): the fraction dropped, got {rate}")
-        self._dropped = rate
-        self.seed = _dropout_seed(seed)
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-            raise ValueError(f"step must be a non-negative integer, got {step!r}")
-        self.step = int(step)
+        self._dropped = _fraction_dropped(rate)
+        self.seed = seed
+        self.step = step
 
     @property
     def rate(self) -> float:
-        """The fraction of outputs dropped while training."""
+        """The fraction of outputs dropped while training (checked when assigned)."""
         return self._dropped
 
     @rate.setter
     def rate(self, value: float) -> None:
-        self._dropped = value
+        self._dropped = _fraction_dropped(value)
 
     @property
     def drop_rate(self) -> float:
@@ -349,7 +366,7 @@ class Dropout(Layer):
         shape = tuple(inputs.shape) if hasattr(inputs, "shape") else np.shape(inputs)
         self.binary_mask = ops.dropout_mask(shape, self._dropped, seed=self.seed,
                                             step=self.step, dtype=dtype, device=self.device)
-        self.step += 1
+        self.__dict__["step"] = self.step + 1    # (the checked count plus one: no check)
         self.output = output = ops.dropout_forward(inputs, self.binary_mask, device=self.device)
         return output
 

@@ -33,6 +33,7 @@ from loopnet.optimizers import SGD as Optimizer_SGD
 from loopnet.optimizers import Adagrad as Optimizer_Adagrad
 from loopnet.optimizers import Adam as Optimizer_Adam
 from loopnet.optimizers import RMSprop as Optimizer_RMSprop
+from loopnet.validate import number
 
 
 
@@ -48,7 +49,11 @@ class Layer_Dropout(Dropout):
 
     @rate.setter
     def rate(self, value: float) -> None:
-        self._dropped = 1 - value
+        kept = number(value, "rate", minimum=0.0, strict=True)
+        if kept > 1:
+            raise ValueError(f"Layer_Dropout's rate is the fraction kept (the book's 1 - rate): "
+                             f"it must be in (0, 1], got {kept}")
+        self._dropped = 1 - kept
 
 
 # The notes spell it with a capital E.

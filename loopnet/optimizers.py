@@ -7,8 +7,9 @@ are computed here in Python. Optimizer state lives on the layer beside its param
 book's names (``weight_momentums``, ``weight_cache``, ``bias_momentums``, ``bias_cache``), so a
 saved model keeps it.
 
-Every hyper-parameter is checked when the optimizer is built (``epsilon`` must be > 0: it keeps
-the update's division finite). Defaults are the book's: SGD lr 1.0; Adagrad lr 1.0, epsilon 1e-7; RMSprop lr 0.001, epsilon
+Every hyper-parameter is checked when the optimizer is built and whenever it is assigned later
+(``epsilon`` must be > 0: it keeps the update's division finite); ``optimizer.learning_rate =
+x`` takes effect from the next step, with or without decay. Defaults are the book's: SGD lr 1.0; Adagrad lr 1.0, epsilon 1e-7; RMSprop lr 0.001, epsilon
 1e-7, rho 0.9; Adam lr 0.001, epsilon 1e-7, beta_1 0.9, beta_2 0.999 (PyTorch's Adam uses
 epsilon 1e-8). ``decay`` gives ``lr / (1 + decay * iterations)``.
 """
@@ -16,7 +17,27 @@ epsilon 1e-8). ``decay`` gives ``lr / (1 + decay * iterations)``.
 from __future__ import annotations
 
 from loopnet import ops
-from loopnet.validate import number
+from loopnet.validate import Checked, count, number
+
+
+class _LearningRate(Checked):
+    """``learning_rate``, checked when assigned. Assigned after the constructor, it also sets
+    the rate the next step takes (``current_learning_rate``, decayed to the current iteration
+    as ``pre_update_params`` decays it): ``optimizer.learning_rate = 0.01`` takes effect, as a
+    Keras user expects, where the book's optimizer without decay would go on with the old
+    rate."""
+
+    def __set__(self, obj, value):
+        super().__set__(obj, value)
+        state = obj.__dict__
+        if "current_learning_rate" in state:    # (not while the constructor runs)
+            rate, decay = state["learning_rate"], state.get("decay", 0.0)
+            state["current_learning_rate"] = (
+                rate * (1.0 / (1.0 + decay * state.get("iterations", 0))) if decay else rate)
+
+
+def _rho(value, name):
+    return ops.rmsprop_rho(value)
 
 
 class Optimizer:
@@ -25,10 +46,17 @@ class Optimizer:
     #: the state arrays kept on each layer, per parameter (``weight_<name>``, ``bias_<name>``)
     state_names: tuple[str, ...] = ()
 
+    # Hyper-parameters and the step count are checked whenever they are assigned, so that a
+    # value set by hand after the constructor (``optimizer.decay = -1``) is refused on the spot,
+    # for the layered path and the compiled step alike, instead of diverging or being ignored.
+    learning_rate = _LearningRate(number, minimum=0.0, strict=True)
+    decay = Checked(number, minimum=0.0)
+    iterations = Checked(count)
+
     def __init__(self, learning_rate: float, decay: float = 0.0):
-        self.learning_rate = number(learning_rate, "learning_rate", minimum=0.0, strict=True)
+        self.learning_rate = learning_rate
         self.current_learning_rate = self.learning_rate
-        self.decay = number(decay, "decay", minimum=0.0)
+        self.decay = decay
         self.iterations = 0
 
     def pre_update_params(self) -> None:
@@ -39,7 +67,9 @@ class Optimizer:
                 1.0 / (1.0 + self.decay * self.iterations))
 
     def post_update_params(self) -> None:
-        self.iterations += 1
+        # (the checked count plus one, stored past the assignment's check: every step of a
+        # learner's loop comes here, and the check would cost it ~0.2 us)
+        self.__dict__["iterations"] = self.iterations + 1
 
     def update_params(self, layer) -> None:
         """Update ``layer.weights`` and ``layer.biases`` in place from ``dweights``/``dbiases``.
@@ -171,9 +201,11 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent, optionally with momentum (``Optimizer_SGD``)."""
 
+    momentum = Checked(number, minimum=0.0)
+
     def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, momentum: float = 0.0):
         super().__init__(learning_rate, decay)
-        self.momentum = number(momentum, "momentum", minimum=0.0)
+        self.momentum = momentum
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -195,10 +227,11 @@ class Adagrad(Optimizer):
     """Per-parameter steps shrinking with the summed squared gradients (``Optimizer_Adagrad``)."""
 
     state_names = ("cache",)
+    epsilon = Checked(number, minimum=0.0, strict=True)
 
     def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, epsilon: float = 1e-7):
         super().__init__(learning_rate, decay)
-        self.epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
+        self.epsilon = epsilon
 
     def _kernel(self):
         return "adagrad_update", (number(self.current_learning_rate, "learning_rate"),
@@ -212,12 +245,14 @@ class RMSprop(Optimizer):
     """Adagrad with a moving-average cache (``Optimizer_RMSprop``)."""
 
     state_names = ("cache",)
+    epsilon = Checked(number, minimum=0.0, strict=True)
+    rho = Checked(_rho)
 
     def __init__(self, learning_rate: float = 0.001, decay: float = 0.0, epsilon: float = 1e-7,
                  rho: float = 0.9):
         super().__init__(learning_rate, decay)
-        self.epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
-        self.rho = ops.rmsprop_rho(rho)
+        self.epsilon = epsilon
+        self.rho = rho
 
     def _kernel(self):
         return "rmsprop_update", (number(self.current_learning_rate, "learning_rate"),
@@ -232,13 +267,16 @@ class Adam(Optimizer):
     """Momentum plus RMSprop with bias correction (``Optimizer_Adam``)."""
 
     state_names = ("momentums", "cache")
+    epsilon = Checked(number, minimum=0.0, strict=True)
+    beta_1 = Checked(number, minimum=0.0, below=1.0)
+    beta_2 = Checked(number, minimum=0.0, below=1.0)
 
     def __init__(self, learning_rate: float = 0.001, decay: float = 0.0, epsilon: float = 1e-7,
                  beta_1: float = 0.9, beta_2: float = 0.999):
         super().__init__(learning_rate, decay)
-        self.epsilon = number(epsilon, "epsilon", minimum=0.0, strict=True)
-        self.beta_1 = number(beta_1, "beta_1", minimum=0.0, below=1.0)
-        self.beta_2 = number(beta_2, "beta_2", minimum=0.0, below=1.0)
+        self.epsilon = epsilon
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
 
     def _kernel(self):
         # The scalars are the same for every layer of a step: checked and computed for the

@@ -53,6 +53,40 @@ def number(value, name: str, *, minimum=None, strict: bool = False, below=None) 
     return value
 
 
+# The largest count the compiled step keeps (an int64).
+MAX_COUNT = 2**63 - 1
+
+
+def count(value, name: str) -> int:
+    """``value`` as an int >= 0 that fits an int64 (an optimizer's ``iterations``, a dropout
+    layer's ``step``)."""
+    if type(value) is int and 0 <= value <= MAX_COUNT:
+        return value            # (the common case: every training step sets one)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a non-negative integer, got {value!r}")
+    if not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{name} must be a non-negative integer below 2**63, got {value}")
+    return int(value)
+
+
+class Checked:
+    """A hyper-parameter attribute checked whenever it is assigned, in the constructor and by a
+    user's ``optimizer.beta_1 = 2.0`` alike: ``check(value, name)`` gives the value stored, or
+    raises the error that names it. (The descriptor has no ``__get__``, so reading the attribute
+    is a plain look-up in the instance's dict: the learner's loop reads these at every step.)
+    """
+
+    def __init__(self, check, **limits):
+        self.check = check
+        self.limits = limits
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.name] = self.check(value, self.name, **self.limits)
+
+
 PENALTY_NAMES = ("weight_regularizer_l1", "weight_regularizer_l2", "bias_regularizer_l1",
                  "bias_regularizer_l2")
 

@@ -540,13 +540,17 @@ def test_a_layers_penalty_in_one_call_gives_the_sum_of_the_ops_penalties(dtype, 
 
 
 def test_a_coefficient_made_invalid_after_construction_is_named_by_backward():
-    """A layer's penalty coefficient set to inf after the constructor checked it: the backward
-    raises a ValueError naming the attribute, on the direct path's check as on ops'."""
+    """A layer's penalty coefficient set to inf after the constructor: the assignment is
+    refused, and one written past that check (into the instance's dict) makes the backward
+    raise a ValueError naming the attribute, on the direct path's check as on ops'."""
     import loopnet
 
     layer = loopnet.Dense(2, 3, weight_regularizer_l2=5e-4, seed=0, device="cpu")
     layer.forward(np.ones((4, 2), np.float32))
-    layer.bias_regularizer_l1 = float("inf")
+    with pytest.raises(ValueError, match="bias_regularizer_l1 must be >= 0 and finite"):
+        layer.bias_regularizer_l1 = float("inf")
+    assert layer.bias_regularizer_l1 == 0.0
+    vars(layer)["bias_regularizer_l1"] = float("inf")
     with pytest.raises(ValueError, match="bias_regularizer_l1"):
         layer.backward(np.ones((4, 3), np.float32))
 

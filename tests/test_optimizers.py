@@ -124,6 +124,94 @@ def test_hyper_parameters_are_validated():
         loopnet.SGD(momentum="0.9")
 
 
+def test_hyper_parameters_are_checked_when_assigned():
+    """Every hyper-parameter of the optimizers, the dense layers' penalties and the dropout
+    layers' rate and step is checked whenever it is assigned, not only by the constructor: a
+    bad value raises at the assignment, naming the attribute, and the old value stays (the
+    compiled step copies these values without a check of its own, and the layered path read a
+    negative or NaN penalty as none)."""
+    from loopnet import nnfs
+
+    nan = float("nan")
+    cases = [
+        (loopnet.Adam, "learning_rate", ((0.0, ValueError, "> 0"), (nan, ValueError, "finite"),
+                                         ("0.1", TypeError, "a number"))),
+        (loopnet.Adam, "decay", ((-1.0, ValueError, ">= 0"),)),
+        (loopnet.Adam, "iterations", ((-1, ValueError, "non-negative"),
+                                      (2.5, TypeError, "non-negative integer"),
+                                      (True, TypeError, "non-negative integer"),
+                                      (None, TypeError, "non-negative integer"),
+                                      (2**63, ValueError, "below 2\\*\\*63"))),
+        (loopnet.Adam, "epsilon", ((0.0, ValueError, "> 0"),)),
+        (loopnet.Adam, "beta_1", ((1.0, ValueError, "< 1"),)),
+        (loopnet.Adam, "beta_2", ((-0.1, ValueError, ">= 0"),)),
+        (loopnet.Adagrad, "epsilon", ((-1.0, ValueError, "> 0"),)),
+        (loopnet.RMSprop, "rho", ((1.5, ValueError, "in \\[0, 1\\]"),)),
+        (loopnet.SGD, "momentum", ((-0.5, ValueError, ">= 0"), (nan, ValueError, "finite"))),
+        (lambda: loopnet.Dropout(0.1, seed=0), "rate", ((1.0, ValueError, "\\[0, 1\\)"),
+                                                        (-0.1, ValueError, ">= 0"))),
+        (lambda: loopnet.Dropout(0.1, seed=0), "step", ((-1, ValueError, "non-negative"),
+                                                        (1.5, TypeError, "non-negative"))),
+        (lambda: loopnet.Dropout(0.1, seed=0), "seed", ((-1, ValueError, "2\\*\\*63"),
+                                                        (0.5, TypeError, "an int"))),
+        (lambda: nnfs.Layer_Dropout(0.1, seed=0), "rate", ((0.0, ValueError, "> 0"),
+                                                           (1.5, ValueError, "fraction kept"))),
+    ]
+    cases += [(lambda: loopnet.Dense(2, 3, seed=0), name,
+               ((-1.0, ValueError, ">= 0"), (nan, ValueError, "finite"),
+                ("x", TypeError, "a number")))
+              for name in ("weight_regularizer_l1", "weight_regularizer_l2",
+                           "bias_regularizer_l1", "bias_regularizer_l2")]
+    for make, name, bad_values in cases:
+        owner = make()
+        before = getattr(owner, name)
+        for value, error, message in bad_values:
+            with pytest.raises(error, match=f"{name}.* must be.*{message}|{message}"):
+                setattr(owner, name, value)
+            assert getattr(owner, name) == before, (name, value)
+    adam = loopnet.Adam()
+    adam.iterations = np.int64(7)                 # numpy scalars are converted
+    adam.beta_1 = np.float32(0.5)
+    assert type(adam.iterations) is int and adam.iterations == 7
+    assert type(adam.beta_1) is float and adam.beta_1 == 0.5
+    kept = nnfs.Layer_Dropout(0.1, seed=0)
+    kept.rate = 0.75
+    assert kept.drop_rate == 0.25
+
+
+@pytest.mark.parametrize("device", ["cpu", "numpy"])
+@pytest.mark.parametrize("decay", [0.0, 1e-2])
+def test_a_learning_rate_set_after_construction_takes_effect(device, decay):
+    """``optimizer.learning_rate = x`` after some steps is the rate of the next step (decayed
+    to the step count, as ``pre_update_params`` decays it), without decay too, where the
+    book's optimizer would go on with the old rate; the compiled step and the layered path
+    take it alike."""
+    X, y = loopnet.datasets.spiral_data(20, 3, seed=0)
+    model, unchanged = spiral_classifier_for(device, decay), spiral_classifier_for(device, decay)
+    for each in (model, unchanged):
+        each.train(X, y, epochs=4, print_every=0)
+    model.optimizer.learning_rate = 0.2            # 4x the 0.05 it was built with
+    expected = 0.2 * (1.0 / (1.0 + decay * 4)) if decay else 0.2
+    assert model.optimizer.current_learning_rate == expected
+    before = model.layers[0].weights.copy()
+    assert bits(before) == bits(unchanged.layers[0].weights)
+    assert model.train(X, y, epochs=1, print_every=0)["learning_rate"] == [expected]
+    unchanged.train(X, y, epochs=1, print_every=0)
+    # Adam's step is the rate times what the (identical) gradients and state give: 4x here.
+    # The steps are ~1e-3 to 1e-2 of weights ~0.1, so each difference of float32 weights
+    # carries a relative error of up to ~eps32 * 0.1 / 1e-3 ~ 1e-5: 1e-3 is ample.
+    step, reference = model.layers[0].weights - before, unchanged.layers[0].weights - before
+    large = np.abs(reference) > 1e-4
+    assert large.sum() >= before.size // 2
+    np.testing.assert_allclose(step[large], 4 * reference[large], rtol=1e-3)
+
+
+def spiral_classifier_for(device, decay):
+    from helpers import spiral_classifier
+
+    return spiral_classifier(device, hidden=8, lr=0.05, decay=decay)
+
+
 OPTIMIZERS = {
     "SGD": lambda: loopnet.SGD(learning_rate=0.1),
     "SGD momentum": lambda: loopnet.SGD(learning_rate=0.1, decay=1e-3, momentum=0.5),
@@ -361,12 +449,19 @@ def test_a_setting_changed_within_a_step_reaches_the_next_layer(name):
 def test_adams_settings_changed_within_a_step_reach_the_next_layer(name, value):
     """Adam checks its settings and makes its bias corrections for a step's first layer and
     keeps them while the numbers are the very same objects: ``epsilon``, ``beta_1`` or
-    ``beta_2`` changed between two layers of a step is the one the next layer gets, and a bad
-    value raises at once."""
+    ``beta_2`` changed between two layers of a step is the one the next layer gets; a bad
+    value is refused when assigned, and one written past that check (into the instance's
+    dict) raises at the next update."""
+    bad = 1.5 if name != "epsilon" else -1.0
+
+    def spoil(optimizer):
+        with pytest.raises(ValueError, match=name):
+            setattr(optimizer, name, bad)
+        assert getattr(optimizer, name) != bad
+        vars(optimizer)[name] = bad
+
     _changed_between_layers(lambda: loopnet.Adam(learning_rate=0.01, decay=1e-3),
-                            lambda optimizer: setattr(optimizer, name, value),
-                            lambda optimizer: setattr(optimizer, name,
-                                                      1.5 if name != "epsilon" else -1.0),
+                            lambda optimizer: setattr(optimizer, name, value), spoil,
                             ValueError, name)
 
 

@@ -496,7 +496,10 @@ def test_a_layers_penalty_on_its_direct_path_matches_the_checked_path(device, dt
     assert type(direct) is np.dtype(dtype).type
     assert direct.tobytes() == np.dtype(dtype).type(loss.regularization_loss(strided)).tobytes()
     assert direct == 0
-    layer.bias_regularizer_l1, layer.bias_regularizer_l2 = 1e-3, -1.0
+    with pytest.raises(ValueError, match="bias_regularizer_l2 must be >= 0"):
+        layer.bias_regularizer_l2 = -1.0             # refused when assigned
+    # written past that check (into the instance's dict): the penalty's own check names it
+    vars(layer).update(bias_regularizer_l1=1e-3, bias_regularizer_l2=-1.0)
     with pytest.raises(ValueError, match="l2 must be >= 0"):
         loss.regularization_loss(layer)
 
