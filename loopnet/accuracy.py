@@ -22,9 +22,12 @@ same answer. A regression accuracy compares values, which predictions and output
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from loopnet import ops
+from loopnet.validate import Checked
 
 
 def _host(values, name: str) -> np.ndarray:
@@ -169,6 +172,18 @@ class BinaryAccuracy(Accuracy):
         return ops.binary_accuracy(values, y, device=self.device)
 
 
+def _precision(value, name):
+    """A regression accuracy's ``precision``: a finite number >= 0, or None (``init`` sets it)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number >= 0 or None, got {value!r}")
+    value = float(value)
+    if not (value >= 0 and np.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
 class RegressionAccuracy(Accuracy):
     """Fraction of predictions within ``precision`` of their targets (``Accuracy_Regression``).
 
@@ -176,14 +191,11 @@ class RegressionAccuracy(Accuracy):
     set by ``init(y)`` (``Model.train`` calls it).
     """
 
+    # checked whenever it is assigned (the compiled step reads it without a check of its own)
+    precision = Checked(_precision)
+
     def __init__(self, precision: float | None = None, *, device: str | None = None):
         super().__init__(device)
-        if precision is not None:
-            if isinstance(precision, bool) or not isinstance(precision, (int, float, np.number)):
-                raise TypeError(f"precision must be a number >= 0 or None, got {precision!r}")
-            precision = float(precision)
-            if not (precision >= 0 and np.isfinite(precision)):
-                raise ValueError(f"precision must be a finite number >= 0, got {precision}")
         self.precision = precision
 
     def init(self, y, reinit: bool = False) -> None:

@@ -238,6 +238,12 @@ def check_targets(model, y, n_samples: int, n_outputs: int, dtype, name: str = "
     index = (ops.class_targets(y, n_samples, n_outputs, shape, name=name, pred=pred)
              if classes else None)
     converted = ops.targets_like(y, shape, dtype, name=name, pred=pred) if values else None
+    if converted is not None and not is_device_array(converted):
+        finite = np.isfinite(converted)
+        if not finite.all():
+            row = int(np.argmin(finite.all(axis=1)))
+            raise ValueError(f"{name} has a NaN or infinite target in sample {row}: "
+                             f"{ops.to_numpy(converted[row]).tolist()}")
     return index, converted
 
 

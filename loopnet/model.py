@@ -316,8 +316,6 @@ class Model:
         if shuffle and not isinstance(X, np.ndarray):
             raise TypeError("shuffle=True needs X and y as host numpy arrays")
         rng = np.random.default_rng(seed) if shuffle else None
-        if self.accuracy is not None:
-            self.accuracy.init(y)
 
         # The bookkeeping (sums, the book's lines, history, validation, callbacks, progress
         # bar) lives in loopnet/training.py; the steps run here, through the compiled step
@@ -333,6 +331,8 @@ class Model:
             self._check_targets(width, y, "y")
             if validation_data is not None:
                 self._check_targets(width, validation_data[1], "y_val")
+        if self.accuracy is not None:   # (after the checks: a regression accuracy's
+            self.accuracy.init(y)       # precision is a statistic of y)
         # (the compiled step's set-up counts with its compile: on a first use it is mostly
         # numba's own start-up and loading kernels from its cache, ~0.5 s, not training)
         set_up = time.perf_counter() - started

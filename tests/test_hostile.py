@@ -488,7 +488,9 @@ def test_bad_targets_name_y_or_y_val_and_stop_before_training(data, path, monkey
             (build(device), y, y + 0.5, r"^y_val must hold integer class indices, got 0\.5"),
             (build(device), one_hot, twice, r"^y_val row 4 is not one-hot"),
             (_regression(device), X, X, r"^y has shape \(30, 2\) but the model's output has "
-                                        r"shape \(30, 1\)")):
+                                        r"shape \(30, 1\)"),
+            (_regression(device), X[:, :1], np.where(X[:, :1] > 0.5, np.nan, X[:, :1]),
+             r"^y_val has a NaN or infinite target in sample \d+: \[nan\]$")):
         before = [bits(layer.weights) for layer in model.layers if hasattr(layer, "weights")]
         with pytest.raises(ValueError, match=message):
             model.train(X, targets, epochs=5, print_every=1, validate_every=3,

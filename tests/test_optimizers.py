@@ -125,8 +125,9 @@ def test_hyper_parameters_are_validated():
 
 
 def test_hyper_parameters_are_checked_when_assigned():
-    """Every hyper-parameter of the optimizers, the dense layers' penalties and the dropout
-    layers' rate and step is checked whenever it is assigned, not only by the constructor: a
+    """Every hyper-parameter of the optimizers, the dense layers' penalties, the dropout
+    layers' rate, seed and step and the regression accuracy's precision is checked whenever it
+    is assigned, not only by the constructor: a
     bad value raises at the assignment, naming the attribute, and the old value stays (the
     compiled step copies these values without a check of its own, and the layered path read a
     negative or NaN penalty as none)."""
@@ -154,6 +155,9 @@ def test_hyper_parameters_are_checked_when_assigned():
                                                         (1.5, TypeError, "non-negative"))),
         (lambda: loopnet.Dropout(0.1, seed=0), "seed", ((-1, ValueError, "2\\*\\*63"),
                                                         (0.5, TypeError, "an int"))),
+        (loopnet.RegressionAccuracy, "precision", ((-1.0, ValueError, ">= 0"),
+                                                   (nan, ValueError, "finite"),
+                                                   ("a", TypeError, "a number"))),
         (lambda: nnfs.Layer_Dropout(0.1, seed=0), "rate", ((0.0, ValueError, "> 0"),
                                                            (1.5, ValueError, "fraction kept"))),
     ]
