@@ -105,6 +105,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _refuse_while_training(model, what: str) -> None:
+    """``predict``/``evaluate`` refused while ``model`` trains in another thread: they run the
+    layers, which keep the training run's inputs and outputs for its backward pass."""
+    owner = _TRAINING_THREAD.get(model)
+    if owner is not None and owner != threading.get_ident():
+        raise RuntimeError(
+            f"this model is training in another thread: {what} now would run its layers over "
+            "that run's activations (wrong gradients there); call it from the training "
+            "thread (a callback), on a copy (copy.deepcopy), or after train() returns")
+
+
 def _one_trainer(train):
     """``Model.train`` refused (``RuntimeError``) while the same model trains in another thread.
 
@@ -472,6 +483,7 @@ class Model:
         ``verbose=False``. The accuracy is NaN when the model has none."""
         if self.loss is None:
             raise ValueError("set(loss=...) before evaluate()")
+        _refuse_while_training(self, "evaluate()")
         if not self.finalized:
             self.finalize()
         X_val, y_val, n_samples = _paired_rows(X_val, y_val, "X_val", "y_val")
@@ -508,6 +520,7 @@ class Model:
         """The model's outputs for ``X`` (probabilities for a softmax model), as a numpy array
         (``(0, n_outputs)`` for no samples); ``self.output_layer_activation.predictions(...)``
         turns them into classes."""
+        _refuse_while_training(self, "predict()")
         if not self.finalized:
             self.finalize()
         if not hasattr(X, "shape"):

@@ -257,10 +257,11 @@ def test_summary_counts_parameters_by_hand():
 
 @pytest.mark.parametrize("device", ["cpu", "numpy"])
 def test_one_model_trains_in_one_thread_at_a_time(device, spiral):
-    """A second thread's ``train`` of a model that is training is refused with a
-    ``RuntimeError`` (the layered path would otherwise mix the two runs' activations into
-    wrong gradients or a shape error from inside a layer), while a copy of it trains beside it
-    and the first run ends as it would alone."""
+    """A second thread's ``train``, ``predict`` or ``evaluate`` of a model that is training is
+    refused with a ``RuntimeError`` (the layered path would otherwise mix the two runs'
+    activations into wrong gradients or a shape error from inside a layer), while the training
+    thread's own callback may predict, a copy trains beside it, and the first run ends as it
+    would alone."""
     import copy
     import threading
 
@@ -274,6 +275,7 @@ def test_one_model_trains_in_one_thread_at_a_time(device, spiral):
         def on_epoch_end(self, epoch, logs):
             if epoch == 1:
                 outcome["copy"] = copy.deepcopy(self.model)
+                outcome["own"] = self.model.predict(X[:4])
                 inside.set()
                 release.wait(60)
 
@@ -283,14 +285,18 @@ def test_one_model_trains_in_one_thread_at_a_time(device, spiral):
     try:
         assert inside.wait(60)
 
-        def other(target, key):
+        def other(call, key):
             try:
-                outcome[key] = target.train(X, y, epochs=1, print_every=0)["path"]
+                outcome[key] = call()
             except RuntimeError as error:
                 outcome[key] = error
 
-        for target, key in ((model, "same"), (outcome["copy"], "copied")):
-            thread = threading.Thread(target=other, args=(target, key))
+        for key, call in (
+                ("same", lambda: model.train(X, y, epochs=1, print_every=0)),
+                ("predict", lambda: model.predict(X)),
+                ("evaluate", lambda: model.evaluate(X, y, verbose=False)),
+                ("copied", lambda: outcome["copy"].train(X, y, epochs=1, print_every=0))):
+            thread = threading.Thread(target=other, args=(call, key))
             thread.start()
             thread.join(60)
     finally:
@@ -298,6 +304,10 @@ def test_one_model_trains_in_one_thread_at_a_time(device, spiral):
         first.join(60)
     assert isinstance(outcome["same"], RuntimeError)
     assert "already training in another thread" in str(outcome["same"])
+    for key in ("predict", "evaluate"):
+        assert isinstance(outcome[key], RuntimeError), key
+        assert f"training in another thread: {key}() now" in str(outcome[key])
+    assert outcome["own"].shape == (4, 3)
     assert not isinstance(outcome["copied"], Exception)
     assert [bits(layer.weights) for layer in model.trainable_layers] == \
         [bits(layer.weights) for layer in alone.trainable_layers]
