@@ -43,6 +43,24 @@ class Layer:
         if self.device is not None:
             check_available(self.device)
 
+    # Where each array a layer keeps comes from, for a learner who reads it (or calls what
+    # reads it) before the call that sets it: ``dense1.backward(...)`` before any forward.
+    _SET_BY = {"inputs": "its forward() sets them: run forward before backward",
+               "output": "its forward() sets it: run forward first",
+               "dinputs": "its backward() sets them: run backward first",
+               "dweights": "its backward() sets them: run backward before the optimizer's "
+                           "update_params",
+               "dbiases": "its backward() sets them: run backward before the optimizer's "
+                          "update_params"}
+
+    def __getattr__(self, name):
+        # (called only for an attribute the instance does not have: no cost once it is set;
+        # still an AttributeError, so hasattr() and getattr(..., default) work as before)
+        hint = Layer._SET_BY.get(name)
+        if hint is not None:
+            raise AttributeError(f"{type(self).__name__} has no {name} yet; {hint}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def to(self, device: str):
         """Run this layer on ``device`` from now on and move its arrays there once (parameters,
         optimizer state, cached activations): ``layer.to("cuda")`` keeps them on the GPU, where

@@ -598,3 +598,34 @@ def test_backward_shape_errors_name_the_shapes(device):
         ops.relu_backward(np.ones(3), np.ones(3), out=np.empty(4), device=device)
     with pytest.raises(ValueError, match="class index 5"):
         ops.softmax_crossentropy_backward(np.full((2, 3), 1 / 3), [0, 5], device=device)
+
+
+def test_a_step_out_of_order_names_what_is_missing():
+    """A learner's call before the one that sets what it reads (``backward`` before any
+    ``forward``, ``update_params`` before ``backward``) raises an ``AttributeError`` that says
+    which call sets it, not Python's bare "no attribute"; ``hasattr`` and
+    ``getattr(..., default)`` still see the attribute as missing, and a fresh layer copies and
+    pickles as before."""
+    import copy
+    import pickle
+
+    import loopnet
+
+    dense = loopnet.Dense(2, 3, seed=0)
+    for call, message in (
+            (lambda: dense.backward(np.ones((4, 3), np.float32)),
+             r"^Dense has no inputs yet; its forward\(\) sets them: run forward before backward$"),
+            (lambda: loopnet.Adam().update_params(dense),
+             r"^Dense has no dweights yet; its backward\(\) sets them: run backward before the "
+             r"optimizer's update_params$"),
+            (lambda: loopnet.ReLU().backward(np.ones((4, 3), np.float32)),
+             r"^ReLU has no inputs yet"),
+            (lambda: loopnet.Sigmoid().backward(np.ones((4, 3), np.float32)),
+             r"^Sigmoid has no output yet; its forward\(\) sets it")):
+        with pytest.raises(AttributeError, match=message):
+            call()
+    assert not hasattr(dense, "dweights") and getattr(dense, "output", "none") == "none"
+    with pytest.raises(AttributeError, match=r"^'Dense' object has no attribute 'nothing'$"):
+        dense.nothing
+    for twin in (copy.deepcopy(dense), pickle.loads(pickle.dumps(dense))):
+        assert bits(twin.weights) == bits(dense.weights) and not hasattr(twin, "inputs")
