@@ -165,6 +165,19 @@ class EarlyStopping(Callback):
             restore_parameters(self.model, self.best_parameters)
 
 
+def _check_path_format(path: str) -> None:
+    """A checkpoint path's fields are ``{epoch}`` and the history's keys, each with a format
+    its value takes: a path that cannot be formatted fails here, when the callback is made,
+    not at the first save after an epoch of training."""
+    keys = sorted(set(training.HISTORY_KEYS) - {"epoch"} | {"val_loss", "val_accuracy"})
+    try:
+        path.format(epoch=1, **{key: 0.5 for key in keys})
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"ModelCheckpoint path {path!r} cannot be formatted ({type(err).__name__}: "
+                         f"{err}): its fields may be {{epoch}} (an int) and the history's "
+                         f"{', '.join(keys)} (floats)") from None
+
+
 class ModelCheckpoint(Callback):
     """Save the model with ``Model.save`` (loopnet's ``.npz`` + JSON format, no pickle) after
     epochs where ``monitor`` improved (``save_best_only=True``), or after every epoch.
@@ -177,6 +190,8 @@ class ModelCheckpoint(Callback):
                  mode: str = "auto", min_delta: float = 0.0):
         super().__init__()
         self.path = os.fspath(path)
+        if "{" in self.path:
+            _check_path_format(self.path)
         self.monitor = monitor
         self.save_best_only = bool(save_best_only)
         self.tracker = _Improvement(monitor, mode, min_delta)

@@ -82,6 +82,21 @@ def test_checkpoint_holds_the_best_epoch(spiral, tmp_path):
         "epoch-01.npz", "epoch-02.npz", "epoch-03.npz"]
 
 
+def test_a_checkpoint_path_that_cannot_be_formatted_fails_when_made(tmp_path):
+    """A checkpoint path with an unknown field, a positional field or a format its value does
+    not take is refused by the constructor, naming the path and the fields it may hold (it
+    failed with a bare KeyError at the first save, after an epoch of training)."""
+    for path, problem in (("ck-{foo}.npz", "KeyError: 'foo'"),
+                          ("ck-{}.npz", "IndexError"),
+                          ("ck-{loss:03d}.npz", "Unknown format code 'd'"),
+                          ("ck-{epoch.npz", "expected '}'")):
+        with pytest.raises(ValueError, match=rf"ModelCheckpoint path .*{re.escape(path)}.* "
+                                             rf"\(.*{re.escape(problem)}.*fields may be "
+                                             r"\{epoch\} \(an int\)"):
+            ModelCheckpoint(tmp_path / path)
+    ModelCheckpoint(tmp_path / "ck-{epoch:03d}-{val_loss:.3f}-{learning_rate:g}.npz")
+
+
 def test_a_callback_stops_training_and_sees_the_logs(spiral):
     (X, y), _ = spiral
 
