@@ -30,6 +30,7 @@ read-only file, a directory or a missing directory is refused before anything is
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import inspect
 import json
@@ -199,9 +200,15 @@ def _write(path, header: dict, arrays: dict) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)     # mkstemp makes 0600
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            # (the OS's own message names no file, and says nothing of the old one)
+            left = ("the file there is unchanged" if os.path.exists(target)
+                    else "nothing was written")
+            raise OSError(error.errno, f"cannot save to {os.fspath(path)!r}: "
+                                       f"{error.strerror}; {left}") from error
         raise
     finally:
         _IN_PROGRESS.discard(tmp)

@@ -4,8 +4,10 @@ resumed training identical to uninterrupted training, atomic writes, no pickle, 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -152,6 +154,20 @@ def test_write_is_atomic(data, tmp_path, monkeypatch):
     monkeypatch.setattr(np, "savez", broken_savez)
     with pytest.raises(OSError, match="disk full"):
         model.save(path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.npz"]
+    # a full disk (or quota): the OS's message names no file; loopnet's names the path and
+    # says what became of the file there
+    def full_disk(file, **arrays):
+        file.write(b"PK partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(np, "savez", full_disk)
+    for target, left in ((path, "the file there is unchanged"),
+                         (tmp_path / "new.npz", "nothing was written")):
+        with pytest.raises(OSError, match=rf"^\[Errno {errno.ENOSPC}\] cannot save to "
+                                          rf"'{re.escape(str(target))}': .*; {left}$") as caught:
+            model.save(target)
+        assert caught.value.errno == errno.ENOSPC
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["model.npz"]
 
