@@ -16,7 +16,7 @@ Linear and Softmax; CategoricalCrossentropy (class indices or one-hot), BinaryCr
 MeanSquaredError, MeanAbsoluteError; SGD (decay, momentum), Adagrad, RMSprop, Adam;
 categorical, binary and regression accuracy; full batch or minibatches, shuffled or not, with
 validation data; float32 or float64. Anything else (another device, a layer class of your own,
-arrays on a GPU) runs on the layered path, and ``Unsupported`` says why: ``Model.train``
+arrays on a GPU, layers whose parameters share memory) runs on the layered path, and ``Unsupported`` says why: ``Model.train``
 records it in the history under ``"path"`` and warns once (``SlowPathWarning``).
 ``LOOPNET_COMPILED_STEP=0`` switches the compiled path off.
 """
@@ -90,6 +90,10 @@ def _check_array(array, name):
         raise Unsupported(f"{name} is a {type(array).__name__}, not a numpy array")
 
 
+# A dense layer's arrays the compiled step copies in and writes back.
+_LAYER_ARRAYS = ("weights", "biases", *(state for state, _ in checks.STATE_ARRAYS))
+
+
 class Program:
     """A model as ``loopnet.kernels.step``'s layer program, with its parameter layout."""
 
@@ -154,8 +158,31 @@ class Program:
         first_dense = self.dense[0][0]
         for index in range(len(rows)):
             self.program[index, step.NEEDS_DINPUTS] = int(index > first_dense)
+        self._check_apart()
         self._loss_and_accuracy()
         self.optimizer = None
+
+    def _check_apart(self):
+        """``Unsupported`` when two of the dense layers' arrays (parameters, optimizer state)
+        share memory, as tied weights do (``dense2.weights = dense1.weights``): the compiled
+        step keeps a copy of each layer's arrays and writes them back one after the other, so
+        the layer written last would win, where the layered path updates the one array once
+        per layer."""
+        # Arrays that share memory are the same array or views of one owner (numpy points a
+        # view's ``base`` at the array that owns the memory): only those are compared
+        # (np.may_share_memory for every pair would cost ~0.3 us a pair, every call).
+        by_owner = {}
+        for index, layer in self.dense:
+            for name in _LAYER_ARRAYS:
+                array = layer.__dict__.get(name)
+                if type(array) is not np.ndarray:
+                    continue
+                owner = id(array if array.base is None else array.base)
+                for other, other_index, other_name in by_owner.get(owner, ()):
+                    if np.may_share_memory(array, other):
+                        raise Unsupported(f"layer {index}'s {name} and layer {other_index}'s "
+                                          f"{other_name} share memory (tied parameters)")
+                by_owner.setdefault(owner, []).append((array, index, name))
 
     def _loss_and_accuracy(self):
         from loopnet.accuracy import BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy

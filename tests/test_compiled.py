@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 
@@ -352,6 +353,47 @@ def test_the_history_says_which_path_ran_and_why(monkeypatch):
     monkeypatch.setenv(compiled.ENV_VAR, "0")
     history = build_model(spec).train(X, y, epochs=1, print_every=0)
     assert history["path"] == f"layered: {compiled.ENV_VAR}=0"
+
+
+def test_tied_parameters_take_the_layered_path_and_say_so(monkeypatch):
+    """Two dense layers whose arrays share memory (tied weights: the same array, or a view of
+    it; biases likewise) train on the layered path, with the history and the warning naming
+    both arrays, and end with the numbers of a run with the compiled step switched off (the
+    compiled step, which writes each layer's copy back in turn, gave other numbers). Arrays
+    cut from one buffer without overlapping still take the compiled step."""
+    X, y = spiral_data(10, 3, seed=0)
+    spec = dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)] * 3, loss="categorical",
+                n_outputs=3, optimizer="adam", seed=0)
+
+    def tie(model, how):            # layers 2 and 4 are the two Dense(8, 8)
+        first, second = model.layers[2], model.layers[4]
+        if how == "same":
+            second.weights = first.weights
+        elif how == "view":
+            second.weights = first.weights[:, :]
+        elif how == "biases":
+            second.biases = first.biases
+        else:                           # one buffer, cut into two arrays that do not overlap
+            buffer = np.concatenate([first.weights.ravel(), second.weights.ravel()])
+            first.weights, second.weights = buffer[:64].reshape(8, 8), buffer[64:].reshape(8, 8)
+        return model
+
+    for how, names in (("same", "layer 4's weights and layer 2's weights"),
+                       ("view", "layer 4's weights and layer 2's weights"),
+                       ("biases", "layer 4's biases and layer 2's biases")):
+        monkeypatch.setenv(compiled.ENV_VAR, "0")
+        reference = tie(build_model(spec), how)
+        expected = reference.train(X, y, epochs=3, batch_size=8, print_every=0)
+        monkeypatch.setenv(compiled.ENV_VAR, "1")
+        model = tie(build_model(spec), how)
+        with pytest.warns(compiled.SlowPathWarning, match=re.escape(names)):
+            history = model.train(X, y, epochs=3, batch_size=8, print_every=0)
+        assert history["path"] == f"layered: {names} share memory (tied parameters)"
+        assert bits(np.array(history["loss"])) == bits(np.array(expected["loss"])), how
+        for (w, b), (w_ref, b_ref) in zip(model.get_parameters(), reference.get_parameters()):
+            assert bits(w) == bits(w_ref) and bits(b) == bits(b_ref), how
+    model = tie(build_model(spec), "apart")
+    assert model.train(X, y, epochs=1, print_every=0)["path"] == "compiled"
 
 
 def test_training_stops_on_nan_at_the_same_step_on_both_paths(monkeypatch):
