@@ -143,6 +143,21 @@ def _one_trainer(train):
     return guarded
 
 
+def _check_once(layers) -> None:
+    """Each layer object at one place in the model: a layer keeps the inputs and outputs of its
+    last forward for its backward (and its ``prev``/``next``), so an object standing at two
+    places would backpropagate the second place's inputs through the first."""
+    seen = {}
+    for position, layer in enumerate(layers):
+        first = seen.setdefault(id(layer), position)
+        if first != position:
+            raise ValueError(
+                f"{layer!r} would stand at layers {first} and {position} of the model: a layer "
+                "keeps its last forward's inputs for its backward, so one object cannot stand "
+                f"in two places; add a new {type(layer).__name__} (give it the first's weights "
+                "to tie them: such a model trains layer by layer)")
+
+
 class Model:
     """A sequence of layers, a loss, an optimizer and an accuracy (the book's ``Model``)."""
 
@@ -168,6 +183,7 @@ class Model:
         """Append a layer (anything with ``forward(inputs, training)`` and ``backward``)."""
         if not callable(getattr(layer, "forward", None)):
             raise TypeError(f"a layer needs a forward() method, got {layer!r}")
+        _check_once(self.layers + [layer])
         self.layers.append(layer)
         self.finalized = False
 
@@ -195,6 +211,7 @@ class Model:
         runs where the layers' outputs are: on the layers' device when they name one."""
         if not self.layers:
             raise ValueError("the model has no layers: add() some before finalize()")
+        _check_once(self.layers)
         device = self._layers_device()
         if device is not None:      # (a host-device loss could not read the GPU's outputs)
             for part in (self.loss, self.accuracy):

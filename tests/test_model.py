@@ -312,3 +312,26 @@ def test_one_model_trains_in_one_thread_at_a_time(device, spiral):
     assert [bits(layer.weights) for layer in model.trainable_layers] == \
         [bits(layer.weights) for layer in alone.trainable_layers]
     model.train(X, y, epochs=1, print_every=0)            # free again once the first returned
+
+
+def test_one_layer_object_stands_at_one_place():
+    """The same layer object added twice is refused, by ``add`` and (for a list edited by
+    hand) by ``finalize``, naming both places: a layer keeps its last forward's inputs for its
+    backward, so a reused one backpropagated the second place's inputs through the first."""
+    dense, relu = loopnet.Dense(4, 4, seed=0), loopnet.ReLU()
+    model = loopnet.Model()
+    for layer in (loopnet.Dense(2, 4, seed=1), relu, dense):
+        model.add(layer)
+    for again, position in ((relu, 1), (dense, 2)):
+        with pytest.raises(ValueError, match=rf"would stand at layers {position} and 3 of the "
+                                             r"model: .*add a new"):
+            model.add(again)
+    assert len(model.layers) == 3
+    model.add(loopnet.ReLU())
+    model.layers.append(dense)                          # past add(): finalize finds it
+    model.set(loss="mse", optimizer="adam")
+    with pytest.raises(ValueError, match=r"Dense\(4, 4\) would stand at layers 2 and 4"):
+        model.finalize()
+    with pytest.raises(ValueError, match=r"would stand at layers 2 and 4"):
+        model.train(np.zeros((3, 2), np.float32), np.zeros((3, 4), np.float32), epochs=1,
+                    print_every=0)
