@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from loopnet import ops
-from loopnet.layers import Layer
+from loopnet.layers import Layer, not_set_yet
 from loopnet.validate import reusable
 
 
@@ -26,7 +26,11 @@ class ReLU(Layer):
 
     def backward(self, dvalues):
         """Pass ``dvalues`` where the input was positive, 0 elsewhere."""
-        self.dinputs = ops.relu_backward(dvalues, self.inputs, out=_dinputs_buffer(self, dvalues),
+        try:
+            inputs = self.inputs
+        except AttributeError:
+            raise not_set_yet(self, "inputs") from None
+        self.dinputs = ops.relu_backward(dvalues, inputs, out=_dinputs_buffer(self, dvalues),
                                          device=self.device)
         return self.dinputs
 
@@ -45,7 +49,11 @@ class Softmax(Layer):
     def backward(self, dvalues):
         """The full-Jacobian gradient (``Model`` uses the fused softmax + cross-entropy
         gradient instead when a categorical cross-entropy follows)."""
-        self.dinputs = ops.softmax_backward(dvalues, self.output,
+        try:
+            output = self.output
+        except AttributeError:
+            raise not_set_yet(self, "output") from None
+        self.dinputs = ops.softmax_backward(dvalues, output,
                                             out=_dinputs_buffer(self, dvalues), device=self.device)
         return self.dinputs
 
@@ -65,7 +73,11 @@ class Sigmoid(Layer):
 
     def backward(self, dvalues):
         """``dvalues * (1 - output) * output``."""
-        self.dinputs = ops.sigmoid_backward(dvalues, self.output,
+        try:
+            output = self.output
+        except AttributeError:
+            raise not_set_yet(self, "output") from None
+        self.dinputs = ops.sigmoid_backward(dvalues, output,
                                             out=_dinputs_buffer(self, dvalues), device=self.device)
         return self.dinputs
 

@@ -30,6 +30,23 @@ def random_normal(shape, seed=None) -> np.ndarray:
     )
 
 
+# Where each array a layer keeps comes from, for a learner who calls what reads it before the
+# call that sets it (``dense1.backward(...)`` before any forward): ``not_set_yet``'s message.
+# (Read where it is used, in a ``try``: a ``__getattr__`` on Layer would cost every attribute
+# read of every layer ~20 ns, ~2 us a learner's epoch.)
+_SET_BY = {"inputs": "its forward() sets them: run forward before backward",
+           "output": "its forward() sets it: run forward first",
+           "dweights": "its backward() sets them: run backward before the optimizer's "
+                       "update_params",
+           "dbiases": "its backward() sets them: run backward before the optimizer's "
+                      "update_params"}
+
+
+def not_set_yet(layer, name: str) -> AttributeError:
+    """The error for ``layer.<name>`` read before the call that sets it."""
+    return AttributeError(f"{type(layer).__name__} has no {name} yet; {_SET_BY[name]}")
+
+
 class Layer:
     """What every layer shares: an optional fixed ``device``, ``forward(inputs, training)``
     storing ``output``, and ``backward(dvalues)`` storing ``dinputs`` (the book's interface).
@@ -42,24 +59,6 @@ class Layer:
         self.device = None if device is None else normalize(device)
         if self.device is not None:
             check_available(self.device)
-
-    # Where each array a layer keeps comes from, for a learner who reads it (or calls what
-    # reads it) before the call that sets it: ``dense1.backward(...)`` before any forward.
-    _SET_BY = {"inputs": "its forward() sets them: run forward before backward",
-               "output": "its forward() sets it: run forward first",
-               "dinputs": "its backward() sets them: run backward first",
-               "dweights": "its backward() sets them: run backward before the optimizer's "
-                           "update_params",
-               "dbiases": "its backward() sets them: run backward before the optimizer's "
-                          "update_params"}
-
-    def __getattr__(self, name):
-        # (called only for an attribute the instance does not have: no cost once it is set;
-        # still an AttributeError, so hasattr() and getattr(..., default) work as before)
-        hint = Layer._SET_BY.get(name)
-        if hint is not None:
-            raise AttributeError(f"{type(self).__name__} has no {name} yet; {hint}")
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to(self, device: str):
         """Run this layer on ``device`` from now on and move its arrays there once (parameters,
@@ -179,6 +178,9 @@ class Dense(Layer):
             ops.ahead_backward()
         state = self.__dict__
         weights, biases = self.weights, self.biases
+        inputs = state.get("inputs")
+        if inputs is None:
+            raise not_set_yet(self, "inputs")
         weight_l1, weight_l2 = self.weight_regularizer_l1, self.weight_regularizer_l2
         bias_l1, bias_l2 = self.bias_regularizer_l1, self.bias_regularizer_l2
         weights_penalized = weight_l1 > 0 or weight_l2 > 0
@@ -192,7 +194,7 @@ class Dense(Layer):
         # (ops.dense_backward_direct says so with the checks of the ops' fast paths) the
         # kernels run at once, the penalties' gradients in the same call.
         grads = ops.dense_backward_direct(
-            dvalues, self.inputs, weights, biases if penalties else None,
+            dvalues, inputs, weights, biases if penalties else None,
             state.get("dweights"), state.get("dbiases"), state.get("dinputs"), self.device,
             penalties)
         if grads is not None:
@@ -201,16 +203,16 @@ class Dense(Layer):
         dtype = getattr(dvalues, "dtype", None)
         # The previous buffers, each where it fits and is none of the arrays read (a loop
         # may hand one back as dvalues, or make two of them one array): else a new one.
-        taken = [dvalues, self.inputs, weights, biases]
+        taken = [dvalues, inputs, weights, biases]
         buffers = []
         for name, shape in (("dweights", weights.shape), ("dbiases", biases.shape),
-                            ("dinputs", self.inputs.shape)):
+                            ("dinputs", inputs.shape)):
             buffer = reusable(state.get(name), shape, dtype)
             if buffer is not None and not _apart(buffer, taken):
                 buffer = None
             buffers.append(buffer)
             taken.append(buffer)
-        grads = ops.dense_backward(dvalues, self.inputs, weights, dweights=buffers[0],
+        grads = ops.dense_backward(dvalues, inputs, weights, dweights=buffers[0],
                                    dbiases=buffers[1], dinputs=buffers[2],
                                    device=self.device)
         self.dweights, self.dbiases, self.dinputs = grads

@@ -86,8 +86,17 @@ class Optimizer:
             return
         device = getattr(layer, "device", None)
         names = self._attribute_names()
-        for params, grads, attributes in ((layer.weights, layer.dweights, names[0]),
-                                          (layer.biases, layer.dbiases, names[1])):
+        try:
+            pairs = ((layer.weights, layer.dweights, names[0]),
+                     (layer.biases, layer.dbiases, names[1]))
+        except AttributeError as error:
+            missing = getattr(error, "name", None)
+            if missing in ("dweights", "dbiases"):
+                from loopnet.layers import not_set_yet
+
+                raise not_set_yet(layer, missing) from None
+            raise
+        for params, grads, attributes in pairs:
             states = [self._state(layer, attribute, params) for attribute in attributes]
             ops.optimizer_update(kernel, params, grads, states, scalars,
                                  names=self.state_names, device=device)
