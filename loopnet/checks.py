@@ -209,19 +209,24 @@ def target_forms(model) -> tuple[bool, bool]:
     cross-entropy, categorical accuracy) and whether as values shaped like the outputs (binary
     cross-entropy, the regression losses, binary and regression accuracy). A loss or accuracy
     of a user's own reads ``y`` its own way and counts for neither."""
-    from loopnet.accuracy import BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy
-    from loopnet.losses import (BinaryCrossentropy, CategoricalCrossentropy, MeanAbsoluteError,
-                                MeanSquaredError)
+    global _TARGET_CLASSES
+    if _TARGET_CLASSES is None:     # (imported once: those modules import this one)
+        from loopnet import accuracy, losses
 
-    loss = known_class(model.loss, (CategoricalCrossentropy, BinaryCrossentropy,
-                                    MeanSquaredError, MeanAbsoluteError), LOSS_METHODS)
-    accuracy = known_class(model.accuracy, (CategoricalAccuracy, BinaryAccuracy,
-                                            RegressionAccuracy), ACCURACY_METHODS)
-    binary = accuracy is CategoricalAccuracy and model.accuracy.binary
-    classes = loss is CategoricalCrossentropy or (accuracy is CategoricalAccuracy and not binary)
-    values = (loss in (BinaryCrossentropy, MeanSquaredError, MeanAbsoluteError)
-              or accuracy in (BinaryAccuracy, RegressionAccuracy) or binary)
+        _TARGET_CLASSES = ((losses.CategoricalCrossentropy, losses.BinaryCrossentropy,
+                            losses.MeanSquaredError, losses.MeanAbsoluteError),
+                           (accuracy.CategoricalAccuracy, accuracy.BinaryAccuracy,
+                            accuracy.RegressionAccuracy))
+    (categorical_loss, *value_losses), (categorical, *value_accuracies) = _TARGET_CLASSES
+    loss = known_class(model.loss, _TARGET_CLASSES[0], LOSS_METHODS)
+    accuracy = known_class(model.accuracy, _TARGET_CLASSES[1], ACCURACY_METHODS)
+    binary = accuracy is categorical and model.accuracy.binary
+    classes = loss is categorical_loss or (accuracy is categorical and not binary)
+    values = loss in value_losses or accuracy in value_accuracies or binary
     return classes, values
+
+
+_TARGET_CLASSES = None
 
 
 def check_targets(model, y, n_samples: int, n_outputs: int, dtype, name: str = "y"):
