@@ -28,7 +28,6 @@ import math
 import os
 import threading
 import time
-import weakref
 
 import numpy as np
 
@@ -85,9 +84,11 @@ def _callbacks(callbacks) -> list:
     return list(callbacks)
 
 
-# The thread each model is training in (kept apart from the model, so that a copy of it made
-# during training is free to train elsewhere), and the lock around its check-and-set.
-_TRAINING_THREAD = weakref.WeakKeyDictionary()
+# The thread each training model, and each of its layers, is training in: by ``id`` (an entry
+# lives only while its train() runs, and the model holds the objects until then), kept apart
+# from the objects so that a copy made during training is free to train elsewhere; and the
+# lock around its check-and-set.
+_TRAINING_THREAD = {}
 _TRAINING_LOCK = threading.Lock()
 
 
@@ -96,8 +97,7 @@ def _after_fork_in_child():
     # may have been held by one that did not come along
     global _TRAINING_THREAD, _TRAINING_LOCK
     me = threading.get_ident()
-    _TRAINING_THREAD = weakref.WeakKeyDictionary(
-        {model: owner for model, owner in _TRAINING_THREAD.items() if owner == me})
+    _TRAINING_THREAD = {key: owner for key, owner in _TRAINING_THREAD.items() if owner == me}
     _TRAINING_LOCK = threading.Lock()
 
 
@@ -105,19 +105,35 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _busy_elsewhere(model):
+    """``None``, or what of ``model`` (the model, or one of its layers that another model
+    holds too) is training in a thread other than this one."""
+    me = threading.get_ident()
+    owner = _TRAINING_THREAD.get(id(model))
+    if owner is not None and owner != me:
+        return "this model is"
+    for index, layer in enumerate(model.layers):
+        owner = _TRAINING_THREAD.get(id(layer))
+        if owner is not None and owner != me:
+            return f"layer {index} ({layer!r}), which another model holds too, is"
+    return None
+
+
 def _refuse_while_training(model, what: str) -> None:
-    """``predict``/``evaluate`` refused while ``model`` trains in another thread: they run the
-    layers, which keep the training run's inputs and outputs for its backward pass."""
-    owner = _TRAINING_THREAD.get(model)
-    if owner is not None and owner != threading.get_ident():
+    """``predict``/``evaluate`` refused while ``model`` (or a layer of it) trains in another
+    thread: they run the layers, which keep the training run's inputs and outputs for its
+    backward pass."""
+    busy = _busy_elsewhere(model)
+    if busy is not None:
         raise RuntimeError(
-            f"this model is training in another thread: {what} now would run its layers over "
+            f"{busy} training in another thread: {what} now would run its layers over "
             "that run's activations (wrong gradients there); call it from the training "
             "thread (a callback), on a copy (copy.deepcopy), or after train() returns")
 
 
 def _one_trainer(train):
-    """``Model.train`` refused (``RuntimeError``) while the same model trains in another thread.
+    """``Model.train`` refused (``RuntimeError``) while the same model, or a layer it shares
+    with another model, trains in another thread.
 
     A model's layers keep their inputs, outputs and gradients as attributes, and its
     optimizer its step count: two threads training one model would interleave them into
@@ -126,20 +142,23 @@ def _one_trainer(train):
     @functools.wraps(train)
     def guarded(self, *args, **kwargs):
         me = threading.get_ident()
+        keys = [id(self), *(id(layer) for layer in self.layers)]
         with _TRAINING_LOCK:
-            owner = _TRAINING_THREAD.get(self)
-            if owner is not None and owner != me:
+            busy = _busy_elsewhere(self)
+            if busy is not None:
                 raise RuntimeError(
-                    "this model is already training in another thread: train one model per "
-                    "thread (Model.load or copy.deepcopy make another), or wait for the "
-                    "first train() to return")
-            _TRAINING_THREAD[self] = me
+                    f"{busy.replace('this model is', 'this model is already')} training in "
+                    "another thread: train one model per thread (Model.load or "
+                    "copy.deepcopy make another), or wait for the first train() to return")
+            new = [key for key in keys if key not in _TRAINING_THREAD]
+            for key in new:
+                _TRAINING_THREAD[key] = me
         try:
             return train(self, *args, **kwargs)
         finally:
             with _TRAINING_LOCK:
-                if owner is None:
-                    del _TRAINING_THREAD[self]
+                for key in new:
+                    _TRAINING_THREAD.pop(key, None)
     return guarded
 
 

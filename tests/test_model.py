@@ -335,3 +335,49 @@ def test_one_layer_object_stands_at_one_place():
     with pytest.raises(ValueError, match=r"would stand at layers 2 and 4"):
         model.train(np.zeros((3, 2), np.float32), np.zeros((3, 4), np.float32), epochs=1,
                     print_every=0)
+
+
+def test_a_layer_two_models_share_trains_in_one_thread_at_a_time(spiral):
+    """Two models holding one layer object: while one trains in a thread, another thread's
+    ``train`` or ``predict`` of the other is refused, naming the shared layer (the layer keeps
+    the training run's activations); once the first returns, the second trains."""
+    import threading
+
+    (X, y), _ = spiral
+    shared = loopnet.Dense(16, 16, seed=5)
+
+    def model_with(seed):
+        model = loopnet.Model()
+        for layer in (loopnet.Dense(2, 16, seed=seed), loopnet.ReLU(), shared, loopnet.ReLU(),
+                      loopnet.Dense(16, 3, seed=seed + 1), loopnet.Softmax()):
+            model.add(layer)
+        model.set(loss="categorical_crossentropy", optimizer="adam", accuracy="categorical")
+        return model
+
+    first, second = model_with(1), model_with(3)
+    inside, release = threading.Event(), threading.Event()
+    outcome = {}
+
+    class Hold(loopnet.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            inside.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=lambda: first.train(X, y, epochs=1, print_every=0,
+                                                         callbacks=[Hold()]))
+    thread.start()
+    try:
+        assert inside.wait(60)
+        for key, call in (("train", lambda: second.train(X, y, epochs=1, print_every=0)),
+                          ("predict", lambda: second.predict(X))):
+            try:
+                call()
+            except RuntimeError as error:
+                outcome[key] = str(error)
+    finally:
+        release.set()
+        thread.join(60)
+    for key in ("train", "predict"):
+        assert re.match(r"layer 2 \(Dense\(16, 16\)\), which another model holds too, is "
+                        r"(already )?training in another thread", outcome[key]), outcome
+    assert len(second.train(X, y, epochs=1, print_every=0)["loss"]) == 1     # free again
