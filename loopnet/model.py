@@ -107,15 +107,15 @@ if hasattr(os, "register_at_fork"):
 
 def _busy_elsewhere(model):
     """``None``, or what of ``model`` (the model, or one of its layers that another model
-    holds too) is training in a thread other than this one."""
+    holds too) is training in a thread other than this one, for a message."""
     me = threading.get_ident()
     owner = _TRAINING_THREAD.get(id(model))
     if owner is not None and owner != me:
-        return "this model is"
+        return "this model"
     for index, layer in enumerate(model.layers):
         owner = _TRAINING_THREAD.get(id(layer))
         if owner is not None and owner != me:
-            return f"layer {index} ({layer!r}), which another model holds too, is"
+            return f"layer {index} ({layer!r}), which another model holds too,"
     return None
 
 
@@ -126,7 +126,7 @@ def _refuse_while_training(model, what: str) -> None:
     busy = _busy_elsewhere(model)
     if busy is not None:
         raise RuntimeError(
-            f"{busy} training in another thread: {what} now would run its layers over "
+            f"{busy} is training in another thread: {what} now would run its layers over "
             "that run's activations (wrong gradients there); call it from the training "
             "thread (a callback), on a copy (copy.deepcopy), or after train() returns")
 
@@ -147,9 +147,9 @@ def _one_trainer(train):
             busy = _busy_elsewhere(self)
             if busy is not None:
                 raise RuntimeError(
-                    f"{busy.replace('this model is', 'this model is already')} training in "
-                    "another thread: train one model per thread (Model.load or "
-                    "copy.deepcopy make another), or wait for the first train() to return")
+                    f"{busy} is already training in another thread: train one model per "
+                    "thread (Model.load or copy.deepcopy make another), or wait for the first "
+                    "train() to return")
             new = [key for key in keys if key not in _TRAINING_THREAD]
             for key in new:
                 _TRAINING_THREAD[key] = me
