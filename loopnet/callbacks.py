@@ -173,9 +173,9 @@ def _check_path_format(path: str) -> None:
     try:
         path.format(epoch=1, **{key: 0.5 for key in keys})
     except (KeyError, IndexError, ValueError) as err:
-        raise ValueError(f"ModelCheckpoint path {path!r} cannot be formatted ({type(err).__name__}: "
-                         f"{err}): its fields may be {{epoch}} (an int) and the history's "
-                         f"{', '.join(keys)} (floats)") from None
+        raise ValueError(f"ModelCheckpoint path {path!r} cannot be formatted "
+                         f"({type(err).__name__}: {err}): its fields may be {{epoch}} (an int) "
+                         f"and the history's {', '.join(keys)} (floats)") from None
 
 
 class ModelCheckpoint(Callback):

@@ -16,8 +16,9 @@ Linear and Softmax; CategoricalCrossentropy (class indices or one-hot), BinaryCr
 MeanSquaredError, MeanAbsoluteError; SGD (decay, momentum), Adagrad, RMSprop, Adam;
 categorical, binary and regression accuracy; full batch or minibatches, shuffled or not, with
 validation data; float32 or float64. Anything else (another device, a layer class of your own,
-arrays on a GPU, layers whose parameters share memory) runs on the layered path, and ``Unsupported`` says why: ``Model.train``
-records it in the history under ``"path"`` and warns once (``SlowPathWarning``).
+arrays on a GPU, layers whose parameters share memory) runs on the layered path, and
+``Unsupported`` says why: ``Model.train`` records it in the history under ``"path"`` and warns
+once (``SlowPathWarning``).
 ``LOOPNET_COMPILED_STEP=0`` switches the compiled path off.
 """
 

@@ -9,9 +9,10 @@ saved model keeps it.
 
 Every hyper-parameter is checked when the optimizer is built and whenever it is assigned later
 (``epsilon`` must be > 0: it keeps the update's division finite); ``optimizer.learning_rate =
-x`` takes effect from the next step, with or without decay. Defaults are the book's: SGD lr 1.0; Adagrad lr 1.0, epsilon 1e-7; RMSprop lr 0.001, epsilon
-1e-7, rho 0.9; Adam lr 0.001, epsilon 1e-7, beta_1 0.9, beta_2 0.999 (PyTorch's Adam uses
-epsilon 1e-8). ``decay`` gives ``lr / (1 + decay * iterations)``.
+x`` takes effect from the next step, with or without decay. Defaults are the book's: SGD lr
+1.0; Adagrad lr 1.0, epsilon 1e-7; RMSprop lr 0.001, epsilon 1e-7, rho 0.9; Adam lr 0.001,
+epsilon 1e-7, beta_1 0.9, beta_2 0.999 (PyTorch's Adam uses epsilon 1e-8). ``decay`` gives
+``lr / (1 + decay * iterations)``.
 """
 
 from __future__ import annotations
