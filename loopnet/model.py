@@ -162,6 +162,18 @@ def _one_trainer(train):
     return guarded
 
 
+def _diverged(error: FloatingPointError, X) -> FloatingPointError:
+    """The divergence error, with the first sample of ``X`` holding a NaN or an infinity when
+    there is one: found only once training has diverged (a check of every sample before every
+    ``train`` call would cost a large X tens of milliseconds)."""
+    if isinstance(X, np.ndarray) and X.dtype.kind == "f":
+        bad = ~np.isfinite(X).all(axis=tuple(range(1, X.ndim)))
+        if bad.any():
+            return FloatingPointError(f"{error}; X has a NaN or infinite value in sample "
+                                      f"{int(np.argmax(bad))}")
+    return error
+
+
 def _check_once(layers) -> None:
     """Each layer object at one place in the model: a layer keeps the inputs and outputs of its
     last forward for its backward (and its ``prev``/``next``), so an object standing at two
@@ -454,6 +466,8 @@ class Model:
                 if run.end_epoch(epoch):
                     break
             return run.finish()
+        except FloatingPointError as error:
+            raise _diverged(error, X) from None
         finally:
             run.close()
             if trainer is not None:

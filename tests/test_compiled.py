@@ -410,6 +410,8 @@ def test_training_stops_on_nan_at_the_same_step_on_both_paths(monkeypatch):
         messages.append(str(error.value))
     assert messages[0] == messages[1]
     assert messages[0].startswith("training diverged at epoch 1, step 1: data_loss=nan")
+    # the data's first bad sample, looked for once training has diverged
+    assert messages[0].endswith("; X has a NaN or infinite value in sample 7")
 
 
 THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})
