@@ -307,9 +307,7 @@ def _dropout_seed(seed, name: str = "seed") -> int:
     if isinstance(seed, np.random.RandomState):
         return int(seed.randint(0, 2**31 - 1))
     if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        if not 0 <= seed < 2**63:
-            raise ValueError(f"{name} must be in [0, 2**63), got {seed}")
-        return int(seed)
+        return count(seed, name)
     raise TypeError(
         f"{name} must be None, an int, a np.random.Generator or a np.random.RandomState, got "
         f"{seed!r}"
@@ -323,13 +321,6 @@ class Input(Layer):
     def forward(self, inputs, training: bool = True):
         self.output = inputs
         return self.output
-
-
-def _fraction_dropped(rate) -> float:
-    rate = number(rate, "rate", minimum=0.0)
-    if rate >= 1:
-        raise ValueError(f"Dropout rate must be in [0, 1): the fraction dropped, got {rate}")
-    return rate
 
 
 class Dropout(Layer):
@@ -355,7 +346,7 @@ class Dropout(Layer):
 
     def __init__(self, rate: float, *, seed=None, step: int = 0, device: str | None = None):
         super().__init__(device)
-        self._dropped = _fraction_dropped(rate)
+        self._dropped = ops.dropout_rate(rate)
         self.seed = seed
         self.step = step
 
@@ -366,7 +357,7 @@ class Dropout(Layer):
 
     @rate.setter
     def rate(self, value: float) -> None:
-        self._dropped = _fraction_dropped(value)
+        self._dropped = ops.dropout_rate(value)
 
     @property
     def drop_rate(self) -> float:

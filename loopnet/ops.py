@@ -18,7 +18,7 @@ import numpy as np
 
 from loopnet.devices import backend as _backend
 from loopnet.devices import host_backend  # noqa: F401  (the fast paths' backend; GPU: None)
-from loopnet.validate import is_device_array, number
+from loopnet.validate import count, is_device_array, number
 from loopnet.validate import penalties as checked_penalties
 
 __all__ = [
@@ -1027,11 +1027,9 @@ def dropout_mask(shape, rate: float, *, seed: int, step: int = 0, dtype=np.float
     ``rate``, else ``1 / (1 - rate)``, decided by a hash of ``(seed, step, sample, element)``
     (a counter-based generator: the same mask on every device and for any thread count; see
     ``loopnet.kernels.regularization``). ``shape``: the batch's shape, samples first."""
-    rate = number(rate, "rate", minimum=0.0)
-    if rate >= 1:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-    seed = _counter(seed, "seed", 2**63)
-    step = _counter(step, "step", 2**63)
+    rate = dropout_rate(rate)
+    seed = count(seed, "seed")
+    step = count(step, "step")
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
     shape = tuple(shape)
@@ -1054,12 +1052,13 @@ def keep_below(rate: float) -> int:
     return int((1.0 - rate) * 2.0 ** 53)
 
 
-def _counter(value, name: str, limit: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if not 0 <= value < limit:
-        raise ValueError(f"{name} must be in [0, 2**{limit.bit_length() - 1}), got {value}")
-    return int(value)
+def dropout_rate(rate) -> float:
+    """A dropout rate checked: the fraction dropped, in [0, 1) (the op and the layer both take
+    it through here)."""
+    rate = number(rate, "rate", minimum=0.0)
+    if rate >= 1:
+        raise ValueError(f"dropout rate must be in [0, 1): the fraction dropped, got {rate}")
+    return rate
 
 
 def dropout_forward(inputs, mask, *, out=None, device: str | None = None):
@@ -1211,9 +1210,8 @@ def adam_corrections(beta_1: float, beta_2: float, iteration: int) -> tuple[floa
     """Adam's bias corrections ``1 - beta ** (iteration + 1)`` after ``iteration`` updates:
     host-side scalars computed once in float64 (Python's pow), so that every device, and the
     optimizer's direct path, rounds the very same numbers to the parameters' dtype."""
-    if isinstance(iteration, bool) or not isinstance(iteration, (int, np.integer)) or iteration < 0:
-        raise ValueError(f"iteration must be a non-negative integer, got {iteration!r}")
-    return 1 - beta_1 ** (int(iteration) + 1), 1 - beta_2 ** (int(iteration) + 1)
+    iteration = count(iteration, "iteration")
+    return 1 - beta_1 ** (iteration + 1), 1 - beta_2 ** (iteration + 1)
 
 
 def update_views(params, grads, states):

@@ -58,14 +58,14 @@ MAX_COUNT = 2**63 - 1
 
 
 def count(value, name: str) -> int:
-    """``value`` as an int >= 0 that fits an int64 (an optimizer's ``iterations``, a dropout
-    layer's ``step``)."""
+    """``value`` as an int in ``[0, 2**63)``, what the kernels keep in an int64 (an optimizer's
+    ``iterations``, a dropout mask's ``seed`` and ``step``)."""
     if type(value) is int and 0 <= value <= MAX_COUNT:
-        return value            # (the common case: every training step sets one)
+        return value            # (the common case: every training step passes one)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a non-negative integer, got {value!r}")
+        raise TypeError(f"{name} must be an integer, got {value!r}")
     if not 0 <= value <= MAX_COUNT:
-        raise ValueError(f"{name} must be a non-negative integer below 2**63, got {value}")
+        raise ValueError(f"{name} must be in [0, 2**63), got {value}")
     return int(value)
 
 
