@@ -223,7 +223,7 @@ class SGD(Optimizer):
         return ("momentums",) if self.momentum else ()
 
     def _kernel(self):
-        learning_rate = number(self.current_learning_rate, "learning_rate")
+        learning_rate = number(self.current_learning_rate, "current_learning_rate")
         if self.momentum:
             return "sgd_momentum_update", (learning_rate,
                                            number(self.momentum, "momentum", minimum=0.0))
@@ -244,7 +244,7 @@ class Adagrad(Optimizer):
         self.epsilon = epsilon
 
     def _kernel(self):
-        return "adagrad_update", (number(self.current_learning_rate, "learning_rate"),
+        return "adagrad_update", (number(self.current_learning_rate, "current_learning_rate"),
                                   number(self.epsilon, "epsilon", minimum=0.0, strict=True))
 
     def get_config(self) -> dict:
@@ -265,7 +265,7 @@ class RMSprop(Optimizer):
         self.rho = rho
 
     def _kernel(self):
-        return "rmsprop_update", (number(self.current_learning_rate, "learning_rate"),
+        return "rmsprop_update", (number(self.current_learning_rate, "current_learning_rate"),
                                   number(self.epsilon, "epsilon", minimum=0.0, strict=True),
                                   ops.rmsprop_rho(self.rho))
 
@@ -300,7 +300,7 @@ class Adam(Optimizer):
             return "adam_update", last[5]
         checked_1 = number(beta_1, "beta_1", minimum=0.0, below=1.0)
         checked_2 = number(beta_2, "beta_2", minimum=0.0, below=1.0)
-        scalars = (number(learning_rate, "learning_rate"),
+        scalars = (number(learning_rate, "current_learning_rate"),
                    number(epsilon, "epsilon", minimum=0.0, strict=True),
                    checked_1, checked_2, *ops.adam_corrections(checked_1, checked_2, iterations))
         self._last_scalars = (learning_rate, iterations, epsilon, beta_1, beta_2, scalars)
