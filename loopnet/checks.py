@@ -249,7 +249,42 @@ def check_targets(model, y, n_samples: int, n_outputs: int, dtype, name: str = "
             row = int(np.argmin(finite.all(axis=1)))
             raise ValueError(f"{name} has a NaN or infinite target in sample {row}: "
                              f"{ops.to_numpy(converted[row]).tolist()}")
+        if known_class(model.loss, _TARGET_CLASSES[0], LOSS_METHODS) is _TARGET_CLASSES[0][1]:
+            # binary cross-entropy's -(y log p + (1 - y) log(1 - p)) is a loss only for y in
+            # [0, 1]: a label 2 would train towards a bound it can never reach
+            outside = (converted < 0) | (converted > 1)
+            if outside.any():
+                row, column = np.argwhere(outside)[0]
+                raise ValueError(
+                    f"{name} has the target {float(converted[row, column]):g} in sample {row} "
+                    f"(output {column}), but binary cross-entropy takes targets in [0, 1] "
+                    "(labels 0 and 1, or probabilities)")
     return index, converted
+
+
+def loss_input_problem(model):
+    """A sentence when a cross-entropy loss follows a layer whose outputs are not
+    probabilities, else None (``Model.finalize`` warns with it).
+
+    loopnet's cross-entropies read probabilities, as the book's do: ``-log`` of the clipped
+    prediction, and a backward that divides by it. Fed a ``Dense``, ``ReLU``, ``Linear`` or
+    ``Dropout`` output (PyTorch's ``CrossEntropyLoss`` and ``BCEWithLogitsLoss`` take such
+    logits), they train on a clipped loss, or divide by zero and diverge."""
+    from loopnet import activations, layers, losses
+
+    loss = known_class(model.loss, (losses.CategoricalCrossentropy, losses.BinaryCrossentropy),
+                       LOSS_METHODS)
+    if loss is None or not model.layers:
+        return None
+    last = model.layers[-1]
+    if known_class(last, (layers.Dense, layers.Dropout, activations.ReLU, activations.Linear),
+                   ("forward",)) is None:
+        return None
+    end, torch = (("Softmax()", "CrossEntropyLoss") if loss is losses.CategoricalCrossentropy
+                  else ("Sigmoid()", "BCEWithLogitsLoss"))
+    return (f"{type(model.loss).__name__} reads probabilities, but the model's last layer, "
+            f"{last!r}, gives other values: end the model with {end} (loopnet's "
+            f"cross-entropies take probabilities, not the logits PyTorch's {torch} takes)")
 
 
 # --- names ------------------------------------------------------------------------------------

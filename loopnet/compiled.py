@@ -25,13 +25,12 @@ once (``SlowPathWarning``).
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 
 from loopnet import checks
 from loopnet.devices import get_device
-from loopnet.validate import number
+from loopnet.validate import number, warn
 
 ENV_VAR = "LOOPNET_COMPILED_STEP"
 # LOOPNET_STEP_BUILD=full: one build with every branch for every model (one compile serves
@@ -765,5 +764,5 @@ def warn_layered(model, reason: str) -> None:
     if key in _warned:
         return
     _warned.add(key)
-    warnings.warn(f"training on the layered path (one op at a time, slower): {reason}",
-                  SlowPathWarning, stacklevel=3)
+    warn(f"training on the layered path (one op at a time, slower): {reason}",
+         SlowPathWarning)

@@ -30,6 +30,8 @@ import re
 
 import numpy as np
 
+from loopnet.validate import flag, generator
+
 SCALES = {"[-1, 1]": (-1.0, 1.0), "[0, 1]": (0.0, 1.0)}
 
 
@@ -218,6 +220,8 @@ def load_image_folder(path, *, size=None, grayscale: bool = True, scale="[-1, 1]
     """
     settings = preprocessing(size=size, grayscale=grayscale, scale=scale, flatten=flatten,
                              invert=invert, dtype=dtype)
+    shuffle = flag(shuffle, "shuffle")
+    rng = None if seed is None else generator(seed, "seed")    # (checked before any file)
     path = os.fspath(path)
     folders = _class_folders(path)
     if class_names is None:
@@ -254,8 +258,8 @@ def load_image_folder(path, *, size=None, grayscale: bool = True, scale="[-1, 1]
     X = _finish(images, settings)
     y = np.array(labels, dtype=np.intp)
     if shuffle:
-        order = (np.random.permutation(len(y)) if seed is None
-                 else np.random.default_rng(seed).permutation(len(y)))
+        order = (np.random.permutation(len(y)) if rng is None
+                 else rng.permutation(len(y)))
         X, y, files = X[order], y[order], [files[k] for k in order]
     return ImageData(X, y, list(class_names), settings, files)
 

@@ -36,7 +36,7 @@ from loopnet.activations import Softmax
 from loopnet.devices import gpu
 from loopnet.layers import Input
 from loopnet.losses import CategoricalCrossentropy, Loss, SoftmaxCategoricalCrossentropy
-from loopnet.validate import is_device_array, positive_int
+from loopnet.validate import flag, generator, is_device_array, positive_int, warn
 
 
 def _n_rows(data, name: str) -> int:
@@ -212,6 +212,9 @@ class Model:
 
     def add(self, layer) -> None:
         """Append a layer (anything with ``forward(inputs, training)`` and ``backward``)."""
+        if isinstance(layer, type):
+            raise TypeError(f"add() takes a layer object, got the class {layer.__name__}: "
+                            f"write add({layer.__name__}(...))")
         if not callable(getattr(layer, "forward", None)):
             raise TypeError(f"a layer needs a forward() method, got {layer!r}")
         _check_once(self.layers + [layer])
@@ -260,6 +263,9 @@ class Model:
         if isinstance(self.layers[-1], Softmax) and isinstance(self.loss, CategoricalCrossentropy):
             self.softmax_classifier_output = SoftmaxCategoricalCrossentropy(device=self.loss.device)
         self.output_layer_activation = self.layers[-1]
+        problem = checks.loss_input_problem(self)
+        if problem is not None:
+            warn(problem)
         self.finalized = True
 
     def _layers_device(self):
@@ -316,8 +322,9 @@ class Model:
         ``batch_size=None`` trains on the whole set at once (one step per epoch); otherwise
         each epoch takes ``ceil(n / batch_size)`` steps, in order, or in a fresh order drawn
         from ``np.random.default_rng(seed)`` each epoch when ``shuffle=True`` (same seed, same
-        run). ``validation_data=(X_val, y_val)`` is evaluated every ``validate_every`` epochs
-        and after the last one.
+        run; ``seed``: None, an int >= 0 or a ``np.random.Generator``, drawn from as it is).
+        ``validation_data=(X_val, y_val)`` is evaluated every ``validate_every`` epochs and
+        after the last one.
 
         The book's lines are printed (``print_every=None`` or 0: none), with the learning rate
         in full as the book prints ``current_learning_rate``. Full batch: chapter 18's line
@@ -372,9 +379,12 @@ class Model:
         validation_data = checks.check_validation_data(self, validation_data, y)
         validate_every = positive_int(validate_every, "validate_every")
         callbacks = _callbacks(callbacks)
+        shuffle = flag(shuffle, "shuffle")
         if shuffle and not isinstance(X, np.ndarray):
             raise TypeError("shuffle=True needs X and y as host numpy arrays")
-        rng = np.random.default_rng(seed) if shuffle else None
+        rng = generator(seed, "seed") if shuffle or seed is not None else None
+        if not shuffle:     # (a bad seed is refused even where it is not used)
+            rng = None
 
         # The bookkeeping (sums, the book's lines, history, validation, callbacks, progress
         # bar) lives in loopnet/training.py; the steps run here, through the compiled step

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
+import warnings
 
 import numpy as np
 
@@ -67,6 +70,42 @@ def count(value, name: str) -> int:
     if not 0 <= value <= MAX_COUNT:
         raise ValueError(f"{name} must be in [0, 2**63), got {value}")
     return int(value)
+
+
+def warn(message: str, category=UserWarning) -> None:
+    """``warnings.warn`` pointed at the user's line: the first caller outside loopnet, however
+    deep in the package the warning is raised (``train`` -> ``finalize`` -> here)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def flag(value, name: str) -> bool:
+    """``value`` as a bool: ``True``/``False`` (or numpy's), nothing else. A string such as
+    ``"no"`` is truthy, so taking any truthy value would do the opposite of what was meant."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def generator(seed, name: str = "seed") -> np.random.Generator:
+    """``np.random.default_rng(seed)`` for a ``seed`` that is None (fresh entropy), an int
+    >= 0 or a ``np.random.SeedSequence``, or ``seed`` itself when it is a
+    ``np.random.Generator`` (which it then draws from); anything else names ``name``, where
+    numpy's own message would not."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None or isinstance(seed, np.random.SeedSequence):
+        return np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be None, an integer >= 0 or a np.random.Generator, "
+                        f"got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {seed}")
+    return np.random.default_rng(int(seed))
 
 
 class Checked:

@@ -343,8 +343,9 @@ def test_the_history_says_which_path_ran_and_why(monkeypatch):
     model = build_model(spec)
     model.layers[1] = Doubling()
     model.finalize()
-    with pytest.warns(compiled.SlowPathWarning, match=r"layer 1 \(Doubling\)"):
+    with pytest.warns(compiled.SlowPathWarning, match=r"layer 1 \(Doubling\)") as caught:
         history = model.train(X, y, epochs=2, print_every=0)
+    assert [w.filename for w in caught] == [__file__]      # the user's line, not loopnet's
     assert history["path"] == ("layered: layer 1 (Doubling) is not one of loopnet's Dense, "
                                "Dropout, ReLU, Sigmoid, Linear, Softmax")
     with loopnet.device("numpy"):

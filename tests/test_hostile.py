@@ -465,6 +465,16 @@ def _regression(device):
     return model
 
 
+def _binary(device):
+    model = loopnet.Model()
+    model.add(loopnet.Dense(2, 1, seed=0, device=device))
+    model.add(loopnet.Sigmoid(device=device))
+    model.set(loss=loopnet.BinaryCrossentropy(device=device), optimizer=loopnet.Adam(),
+              accuracy=loopnet.BinaryAccuracy(device=device))
+    model.finalize()
+    return model
+
+
 @pytest.mark.parametrize("path", ["compiled", "layered", "numpy"])
 def test_bad_targets_name_y_or_y_val_and_stop_before_training(data, path, monkeypatch, capsys):
     """A bad label in ``y`` or ``y_val`` is named as such (not as the loss's ``y_true``) and
@@ -490,7 +500,13 @@ def test_bad_targets_name_y_or_y_val_and_stop_before_training(data, path, monkey
             (_regression(device), X, X, r"^y has shape \(30, 2\) but the model's output has "
                                         r"shape \(30, 1\)"),
             (_regression(device), X[:, :1], np.where(X[:, :1] > 0.5, np.nan, X[:, :1]),
-             r"^y_val has a NaN or infinite target in sample \d+: \[nan\]$")):
+             r"^y_val has a NaN or infinite target in sample \d+: \[nan\]$"),
+            # binary cross-entropy: labels 0 and 1 or probabilities, not class indices
+            (_binary(device), y[:, None], (y == 1)[:, None],
+             r"^y has the target 2 in sample 20 \(output 0\), but binary cross-entropy takes "
+             r"targets in \[0, 1\] \(labels 0 and 1, or probabilities\)$"),
+            (_binary(device), (y == 1)[:, None], np.where(y == 2, -0.5, 0.5)[:, None],
+             r"^y_val has the target -0\.5 in sample 20 \(output 0\)")):
         before = [bits(layer.weights) for layer in model.layers if hasattr(layer, "weights")]
         with pytest.raises(ValueError, match=message):
             model.train(X, targets, epochs=5, print_every=1, validate_every=3,
@@ -505,6 +521,79 @@ def test_bad_targets_name_y_or_y_val_and_stop_before_training(data, path, monkey
         with pytest.raises(ValueError, match=r"^one-hot y_val has shape \(30, 2\) but the "
                                              r"model's output has shape \(30, 3\)"):
             model.evaluate(X, one_hot[:, :2], batch_size=batch_size, verbose=False)
+        with pytest.raises(ValueError, match=r"^y_val has the target 1\.5 in sample 0"):
+            _binary(device).evaluate(X, np.full((30, 1), 1.5), batch_size=batch_size,
+                                     verbose=False)
+
+
+@pytest.mark.parametrize("device", ["cpu", "numpy"])
+def test_train_checks_shuffle_and_seed_before_training(data, device):
+    """``shuffle`` takes a bool (the string ``"no"`` is truthy), ``seed`` None, an int >= 0 or
+    a ``np.random.Generator``; the message names them (numpy's ``expected non-negative
+    integer`` does not), and a bad seed is refused even while shuffling is off."""
+    X, y = data
+    model = build(device)
+    before = bits(model.layers[0].weights)
+    for kwargs, error, message in (
+            (dict(shuffle="no"), TypeError, r"^shuffle must be True or False, got 'no'$"),
+            (dict(shuffle=1), TypeError, r"^shuffle must be True or False, got 1$"),
+            (dict(shuffle=True, seed=-1), ValueError, r"^seed must be an integer >= 0, got -1$"),
+            (dict(shuffle=True, seed=True), TypeError, r"^seed must be None, an integer >= 0 "
+                                                       r"or a np\.random\.Generator, got True$"),
+            (dict(seed="a"), TypeError, r"^seed must be None, an integer >= 0 or a "
+                                        r"np\.random\.Generator, got 'a'$")):
+        with pytest.raises(error, match=message):
+            model.train(X, y, epochs=2, batch_size=8, print_every=0, **kwargs)
+        assert bits(model.layers[0].weights) == before
+    # a Generator shuffles as np.random.default_rng(seed) would; np.bool_ is a bool
+    runs = [build(device).train(X, y, epochs=3, batch_size=8, shuffle=np.True_, seed=seed,
+                                print_every=0)["loss"]
+            for seed in (7, np.random.default_rng(7))]
+    assert runs[0] == runs[1]
+
+
+def test_add_refuses_a_class():
+    with pytest.raises(TypeError, match=r"^add\(\) takes a layer object, got the class ReLU: "
+                                        r"write add\(ReLU\(\.\.\.\)\)$"):
+        loopnet.Model().add(loopnet.ReLU)
+
+
+def test_a_cross_entropy_after_other_values_than_probabilities_warns(data, recwarn):
+    """loopnet's cross-entropies read probabilities, as the book's do; a PyTorch user's
+    Dense-then-loss model (logits) gets a warning at the line that finalizes or trains it,
+    and the models that end in Softmax or Sigmoid, or use another loss, get none."""
+    X, y = data
+
+    def model(loss, *layers):
+        built = loopnet.Model()
+        for layer in layers:
+            built.add(layer)
+        built.set(loss=loss, optimizer="adam")
+        return built
+
+    for last, loss, end, torch in (
+            (loopnet.Dense(3, 3), "categorical_crossentropy", "Softmax", "CrossEntropyLoss"),
+            (loopnet.Dropout(0.1), "categorical_crossentropy", "Softmax", "CrossEntropyLoss"),
+            (loopnet.Linear(), "binary_crossentropy", "Sigmoid", "BCEWithLogitsLoss"),
+            (loopnet.ReLU(), "binary_crossentropy", "Sigmoid", "BCEWithLogitsLoss")):
+        with pytest.warns(UserWarning) as caught:
+            model(loss, loopnet.Dense(2, 3), last).finalize()
+        [warning] = caught
+        assert str(warning.message) == (
+            f"{'Categorical' if end == 'Softmax' else 'Binary'}Crossentropy reads "
+            f"probabilities, but the model's last layer, {last!r}, gives other values: end "
+            f"the model with {end}() (loopnet's cross-entropies take probabilities, not the "
+            f"logits PyTorch's {torch} takes)")
+        assert warning.filename == __file__            # the user's line, not loopnet's
+    recwarn.clear()
+    for loss, last in (("categorical_crossentropy", loopnet.Softmax()),
+                       ("binary_crossentropy", loopnet.Sigmoid()), ("mse", loopnet.Linear()),
+                       ("mae", loopnet.Dense(3, 3))):
+        model(loss, loopnet.Dense(2, 3), last).finalize()
+    assert not recwarn.list
+    with pytest.warns(UserWarning, match="reads probabilities") as caught:     # from train()
+        model("categorical_crossentropy", loopnet.Dense(2, 3)).train(X, y, print_every=0)
+    assert [w.filename for w in caught] == [__file__]
 
 
 def test_keras_names_in_set(data):

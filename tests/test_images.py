@@ -66,6 +66,8 @@ def test_load_image_folder_reads_the_books_layout(tmp_path):
     assert sorted(a.y.tolist()) == y.tolist() and a.y.tolist() != y.tolist()
     order = [data.files.index(f) for f in a.files]
     assert np.array_equal(a.X, X[order])
+    g = datasets.load_image_folder(root, shuffle=True, seed=np.random.default_rng(3))
+    assert g.y.tolist() == a.y.tolist()     # a Generator draws as default_rng(seed) would
     np.random.seed(5)
     c = datasets.load_image_folder(root, shuffle=True)
     np.random.seed(5)
@@ -118,6 +120,14 @@ def test_image_folder_errors_are_named(tmp_path):
         datasets.load_image_folder(root, scale="[0, 255]")
     with pytest.raises(ValueError, match="size must"):
         datasets.load_image_folder(root, size=(8, 0))
+    # shuffle and seed checked before any file is read (numpy's own messages name neither)
+    for kwargs, error, message in (
+            (dict(shuffle="no"), TypeError, r"^shuffle must be True or False, got 'no'$"),
+            (dict(shuffle=True, seed=-3), ValueError, r"^seed must be an integer >= 0, got -3$"),
+            (dict(seed=2.5), TypeError, r"^seed must be None, an integer >= 0 or a "
+                                        r"np\.random\.Generator, got 2\.5$")):
+        with pytest.raises(error, match=message):
+            datasets.load_image_folder(tmp_path / "nowhere", **kwargs)
 
 
 def test_pillow_missing_names_the_extra(tmp_path, monkeypatch):
