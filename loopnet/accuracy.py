@@ -201,7 +201,14 @@ class RegressionAccuracy(Accuracy):
     def init(self, y, reinit: bool = False) -> None:
         if self.precision is None or reinit:
             # A statistic of the (host) training targets, computed once: not a training array.
-            self.precision = float(np.std(ops.to_numpy(y))) / 250
+            values = np.asarray(ops.to_numpy(y))
+            if values.size == 0 or not np.isfinite(values).all():
+                raise ValueError(
+                    "the regression accuracy's precision is std(y) / 250, but y "
+                    f"{'is empty' if values.size == 0 else 'holds NaN or infinite values'}: "
+                    "call init() with the training targets, or give RegressionAccuracy("
+                    "precision=...)")
+            self.precision = float(np.std(values)) / 250
 
     def compare(self, predictions, y) -> np.ndarray:
         if self.precision is None:

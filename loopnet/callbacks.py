@@ -30,6 +30,7 @@ import os
 import numpy as np
 
 from loopnet import ops, training
+from loopnet.validate import file_path
 
 
 class Callback:
@@ -189,7 +190,7 @@ class ModelCheckpoint(Callback):
     def __init__(self, path, *, monitor: str = "val_loss", save_best_only: bool = True,
                  mode: str = "auto", min_delta: float = 0.0):
         super().__init__()
-        self.path = os.fspath(path)
+        self.path = file_path(path)
         if "{" in self.path:
             _check_path_format(self.path)
         self.monitor = monitor

@@ -30,7 +30,7 @@ import re
 
 import numpy as np
 
-from loopnet.validate import flag, generator
+from loopnet.validate import file_path, flag, generator
 
 SCALES = {"[-1, 1]": (-1.0, 1.0), "[0, 1]": (0.0, 1.0)}
 
@@ -134,7 +134,7 @@ def _visible(names):
 
 
 def _class_folders(path):
-    path = os.fspath(path)
+    path = file_path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"image folder {path!r} does not exist")
     if not os.path.isdir(path):
@@ -156,7 +156,7 @@ def read_image(path, settings: dict, *, invert: bool = False) -> np.ndarray:
     """One image file as ``settings`` (a ``preprocessing`` dict) say, before scaling: a uint8
     array (height, width) or (height, width, 3). ``invert=True`` inverts it (once more)."""
     Image, UnidentifiedImageError = _pil()
-    path = os.fspath(path)
+    path = file_path(path)
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a directory, not an image file")
     mode = "L" if settings["grayscale"] else "RGB"
@@ -222,7 +222,7 @@ def load_image_folder(path, *, size=None, grayscale: bool = True, scale="[-1, 1]
                              invert=invert, dtype=dtype)
     shuffle = flag(shuffle, "shuffle")
     rng = None if seed is None else generator(seed, "seed")    # (checked before any file)
-    path = os.fspath(path)
+    path = file_path(path)
     folders = _class_folders(path)
     if class_names is None:
         class_names = folders
@@ -269,7 +269,7 @@ def load_image_dataset(root, **options):
     ``create_data_mnist``), each an ``ImageData`` ``(X, y, class_names)``. The options apply
     to both (``shuffle`` to the training split only); the test split takes the training
     split's classes and image size."""
-    root = os.fspath(root)
+    root = file_path(root, "root")
     missing = [part for part in ("train", "test") if not os.path.isdir(os.path.join(root, part))]
     if missing:
         found = ", ".join(sorted(_visible(os.listdir(root)))) if os.path.isdir(root) else None
@@ -299,7 +299,7 @@ def load_images(files, settings: dict, *, invert: bool = False) -> np.ndarray:
                             scale=settings.get("scale"), flatten=settings.get("flatten", True),
                             invert=settings.get("invert", False),
                             dtype=settings.get("dtype", "float32"))
-    files = [os.fspath(f) for f in files]
+    files = [file_path(f, "each of files") for f in files]
     if not files:
         raise ValueError("no image files given")
     for file in files:

@@ -36,6 +36,7 @@ def random_normal(shape, seed=None) -> np.ndarray:
 # read of every layer ~20 ns, ~2 us a learner's epoch.)
 _SET_BY = {"inputs": "its forward() sets them: run forward before backward",
            "output": "its forward() sets it: run forward first",
+           "binary_mask": "its forward() draws it: run forward before backward",
            "dweights": "its backward() sets them: run backward before the optimizer's "
                        "update_params",
            "dbiases": "its backward() sets them: run backward before the optimizer's "
@@ -382,7 +383,11 @@ class Dropout(Layer):
         return output
 
     def backward(self, dvalues):
-        if self.binary_mask is None:
+        try:
+            mask = self.binary_mask
+        except AttributeError:
+            raise not_set_yet(self, "binary_mask") from None
+        if mask is None:
             raise RuntimeError("Dropout.backward after a forward with training=False: "
                                "there is no mask to apply")
         self.dinputs = ops.dropout_backward(

@@ -41,6 +41,21 @@ def _rho(value, name):
     return ops.rmsprop_rho(value)
 
 
+def _missing(layer, error: AttributeError) -> Exception:
+    """What to raise when ``update_params(layer)`` finds an array missing: a layer whose
+    backward has not run yet is told so; something that is not a trainable layer gets a
+    ``TypeError``; any other missing attribute is ``error`` itself."""
+    missing = getattr(error, "name", None)
+    if missing in ("dweights", "dbiases"):
+        from loopnet.layers import not_set_yet
+
+        return not_set_yet(layer, missing)
+    if missing in ("weights", "biases") and getattr(error, "obj", None) is layer:
+        return TypeError(f"update_params takes a layer with weights and biases (a Dense), got "
+                         f"{layer!r}, which has no {missing}")
+    return error
+
+
 class Optimizer:
     """What every optimizer shares: the learning rate, its decay and the iteration count."""
 
@@ -79,7 +94,10 @@ class Optimizer:
         written as the book writes it); its ``device``, when it has one, picks where the update
         runs, else the current default device does."""
         kernel, scalars = self._kernel()
-        views = self._views(layer)
+        try:
+            views = self._views(layer)
+        except AttributeError as error:
+            raise _missing(layer, error) from None
         if views is not None:      # the arrays ops checked last time, unchanged: run the kernel
             run = getattr(views[0], kernel)
             run(*views[1], *scalars)
@@ -91,12 +109,7 @@ class Optimizer:
             pairs = ((layer.weights, layer.dweights, names[0]),
                      (layer.biases, layer.dbiases, names[1]))
         except AttributeError as error:
-            missing = getattr(error, "name", None)
-            if missing in ("dweights", "dbiases"):
-                from loopnet.layers import not_set_yet
-
-                raise not_set_yet(layer, missing) from None
-            raise
+            raise _missing(layer, error) from None
         for params, grads, attributes in pairs:
             states = [self._state(layer, attribute, params) for attribute in attributes]
             ops.optimizer_update(kernel, params, grads, states, scalars,

@@ -44,7 +44,7 @@ import zipfile
 import numpy as np
 
 from loopnet import ops
-from loopnet.validate import is_device_array
+from loopnet.validate import file_path, is_device_array
 
 FORMAT_VERSION = 1
 MODEL_FORMAT = "loopnet-model"
@@ -116,7 +116,7 @@ def check_writable(path, what: str | None = None) -> str:
     (one with no write permission bit, even for root), a file that is not a regular file, or
     a directory without write permission. Each message starts with ``what`` and ``path``
     (``what`` defaults to "cannot save to")."""
-    name = os.fspath(path)
+    name = file_path(path)
     if isinstance(name, bytes):
         name = os.fsdecode(name)
     prefix = f"{what or 'cannot save to'} {name!r}"
@@ -263,7 +263,7 @@ def _finite_number(value) -> bool:
 def _source_name(source) -> str:
     if hasattr(source, "read"):
         return str(getattr(source, "name", "<file object>"))
-    return os.fsdecode(os.fspath(source))
+    return os.fsdecode(file_path(source))
 
 
 @contextlib.contextmanager

@@ -83,6 +83,15 @@ def warn(message: str, category=UserWarning) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
+def file_path(value, name: str = "path"):
+    """``os.fspath(value)``, with a message that names ``name`` when it is no path at all."""
+    try:
+        return os.fspath(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a file path (a str or an os.PathLike), got "
+                        f"{type(value).__name__} {value!r}") from None
+
+
 def flag(value, name: str) -> bool:
     """``value`` as a bool: ``True``/``False`` (or numpy's), nothing else. A string such as
     ``"no"`` is truthy, so taking any truthy value would do the opposite of what was meant."""

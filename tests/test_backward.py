@@ -621,9 +621,17 @@ def test_a_step_out_of_order_names_what_is_missing():
             (lambda: loopnet.ReLU().backward(np.ones((4, 3), np.float32)),
              r"^ReLU has no inputs yet"),
             (lambda: loopnet.Sigmoid().backward(np.ones((4, 3), np.float32)),
-             r"^Sigmoid has no output yet; its forward\(\) sets it")):
+             r"^Sigmoid has no output yet; its forward\(\) sets it"),
+            (lambda: loopnet.Dropout(0.1).backward(np.ones((4, 3), np.float32)),
+             r"^Dropout has no binary_mask yet; its forward\(\) draws it: run forward before "
+             r"backward$")):
         with pytest.raises(AttributeError, match=message):
             call()
+    for optimizer in (loopnet.SGD(), loopnet.Adam()):   # not a trainable layer: a TypeError
+        with pytest.raises(TypeError, match=r"^update_params takes a layer with weights and "
+                                            r"biases \(a Dense\), got ReLU\(\), which has no "
+                                            r"weights$"):
+            optimizer.update_params(loopnet.ReLU())
     assert not hasattr(dense, "dweights") and getattr(dense, "output", "none") == "none"
     with pytest.raises(AttributeError, match=r"^'Dense' object has no attribute 'nothing'$"):
         dense.nothing

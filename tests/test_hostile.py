@@ -336,6 +336,12 @@ def test_save_refuses_read_only_files_directories_and_missing_directories(tmp_pa
     model.save(private)     # replacing a file keeps its permissions
     assert (private.stat().st_mode & 0o777) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["private.npz", "read_only.npz"]
+    # no path at all: named, as numpy's "expected str, bytes or os.PathLike" does not
+    for call in (model.save, model.save_parameters, loopnet.Model.load, model.load_parameters,
+                 loopnet.callbacks.ModelCheckpoint):
+        with pytest.raises(TypeError, match=r"^path must be a file path \(a str or an "
+                                            r"os\.PathLike\), got int 5$"):
+            call(5)
 
 
 @pytest.mark.parametrize("failure", ["disk_full", "exception_in_savez", "keyboard_interrupt"])

@@ -128,6 +128,9 @@ def test_image_folder_errors_are_named(tmp_path):
                                         r"np\.random\.Generator, got 2\.5$")):
         with pytest.raises(error, match=message):
             datasets.load_image_folder(tmp_path / "nowhere", **kwargs)
+    with pytest.raises(TypeError, match=r"^path must be a file path \(a str or an os\.PathLike"
+                                        r"\), got NoneType None$"):
+        datasets.load_image_folder(None)
 
 
 def test_pillow_missing_names_the_extra(tmp_path, monkeypatch):

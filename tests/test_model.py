@@ -169,6 +169,13 @@ def test_binary_and_regression_models_train(device):
     history = model.train(X, y, epochs=40, print_every=0)
     assert history["loss"][-1] < 0.5 * history["loss"][0]
     assert model.accuracy.precision == pytest.approx(np.std(y) / 250)
+    # a precision from targets it cannot come from is refused, and the old one kept
+    for targets, what in ((np.array([[np.nan], [1.0]]), "holds NaN or infinite values"),
+                          (np.zeros((0, 1)), "is empty")):
+        with pytest.raises(ValueError, match=rf"^the regression accuracy's precision is "
+                                             rf"std\(y\) / 250, but y {what}: "):
+            model.accuracy.init(targets, reinit=True)
+        assert model.accuracy.precision == pytest.approx(np.std(y) / 250)
 
 
 def test_progress_bar_only_when_asked_or_on_a_terminal(spiral, capsys):
