@@ -209,6 +209,11 @@ def target_forms(model) -> tuple[bool, bool]:
     cross-entropy, categorical accuracy) and whether as values shaped like the outputs (binary
     cross-entropy, the regression losses, binary and regression accuracy). A loss or accuracy
     of a user's own reads ``y`` its own way and counts for neither."""
+    return _forms(model)[:2]
+
+
+def _forms(model) -> tuple[bool, bool, type | None]:
+    """``target_forms``, and the loopnet loss class the model's loss is (or None)."""
     global _TARGET_CLASSES
     if _TARGET_CLASSES is None:     # (imported once: those modules import this one)
         from loopnet import accuracy, losses
@@ -223,7 +228,7 @@ def target_forms(model) -> tuple[bool, bool]:
     binary = accuracy is categorical and model.accuracy.binary
     classes = loss is categorical_loss or (accuracy is categorical and not binary)
     values = loss in value_losses or accuracy in value_accuracies or binary
-    return classes, values
+    return classes, values, loss
 
 
 _TARGET_CLASSES = None
@@ -237,28 +242,28 @@ def check_targets(model, y, n_samples: int, n_outputs: int, dtype, name: str = "
     have changed."""
     from loopnet import ops
 
-    classes, values = target_forms(model)
+    classes, values, loss = _forms(model)
     shape = (n_samples, n_outputs)
     pred = "the model's output"
     index = (ops.class_targets(y, n_samples, n_outputs, shape, name=name, pred=pred)
              if classes else None)
     converted = ops.targets_like(y, shape, dtype, name=name, pred=pred) if values else None
     if converted is not None and not is_device_array(converted):
-        finite = np.isfinite(converted)
-        if not finite.all():
-            row = int(np.argmin(finite.all(axis=1)))
-            raise ValueError(f"{name} has a NaN or infinite target in sample {row}: "
-                             f"{ops.to_numpy(converted[row]).tolist()}")
-        if known_class(model.loss, _TARGET_CLASSES[0], LOSS_METHODS) is _TARGET_CLASSES[0][1]:
-            # binary cross-entropy's -(y log p + (1 - y) log(1 - p)) is a loss only for y in
-            # [0, 1]: a label 2 would train towards a bound it can never reach
-            outside = (converted < 0) | (converted > 1)
-            if outside.any():
-                row, column = np.argwhere(outside)[0]
-                raise ValueError(
-                    f"{name} has the target {float(converted[row, column]):g} in sample {row} "
-                    f"(output {column}), but binary cross-entropy takes targets in [0, 1] "
-                    "(labels 0 and 1, or probabilities)")
+        # binary cross-entropy's -(y log p + (1 - y) log(1 - p)) is a loss only for y in
+        # [0, 1] (a label 2 would train towards a bound it can never reach); its range check
+        # finds a NaN (min and max propagate it) or an infinity too
+        if not (converted.min() >= 0 and converted.max() <= 1
+                if loss is _TARGET_CLASSES[0][1] else np.isfinite(converted).all()):
+            finite = np.isfinite(converted)
+            if not finite.all():
+                row = int(np.argmin(finite.all(axis=1)))
+                raise ValueError(f"{name} has a NaN or infinite target in sample {row}: "
+                                 f"{ops.to_numpy(converted[row]).tolist()}")
+            row, column = np.argwhere((converted < 0) | (converted > 1))[0]
+            raise ValueError(
+                f"{name} has the target {float(converted[row, column]):g} in sample {row} "
+                f"(output {column}), but binary cross-entropy takes targets in [0, 1] "
+                "(labels 0 and 1, or probabilities)")
     return index, converted
 
 

@@ -105,25 +105,40 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _busy_elsewhere(model):
-    """``None``, or what of ``model`` (the model, or one of its layers that another model
-    holds too) is training in a thread other than this one, for a message."""
+def _parts(model, names):
+    """``(where, object)`` for each of ``model``'s layers (``where`` its index) and each of
+    its ``names`` (``loss``, ``optimizer``, ``accuracy``) it has: what another model may hold
+    too."""
+    parts = list(enumerate(model.layers))
+    for name in names:
+        part = getattr(model, name, None)
+        if part is not None:
+            parts.append((name, part))
+    return parts
+
+
+def _busy_elsewhere(model, names=()):
+    """``None``, or what of ``model`` (the model, or one of its layers, or of its ``names``
+    parts, that another model holds too) is training in a thread other than this one, for a
+    message."""
     me = threading.get_ident()
     owner = _TRAINING_THREAD.get(id(model))
     if owner is not None and owner != me:
         return "this model"
-    for index, layer in enumerate(model.layers):
-        owner = _TRAINING_THREAD.get(id(layer))
+    for where, part in _parts(model, names):
+        owner = _TRAINING_THREAD.get(id(part))
         if owner is not None and owner != me:
-            return f"layer {index} ({layer!r}), which another model holds too,"
+            label = f"layer {where}" if isinstance(where, int) else f"its {where}"
+            return f"{label} ({part!r}), which another model holds too,"
     return None
 
 
-def _refuse_while_training(model, what: str) -> None:
-    """``predict``/``evaluate`` refused while ``model`` (or a layer of it) trains in another
-    thread: they run the layers, which keep the training run's inputs and outputs for its
-    backward pass."""
-    busy = _busy_elsewhere(model)
+def _refuse_while_training(model, what: str, names=()) -> None:
+    """``predict``/``evaluate`` refused while ``model`` (or a layer of it, or one of its
+    ``names`` parts) trains in another thread: they run the layers, which keep the training
+    run's inputs and outputs for its backward pass (and evaluate sums in the loss and the
+    accuracy)."""
+    busy = _busy_elsewhere(model, names)
     if busy is not None:
         raise RuntimeError(
             f"{busy} is training in another thread: {what} now would run its layers over "
@@ -131,20 +146,25 @@ def _refuse_while_training(model, what: str) -> None:
             "thread (a callback), on a copy (copy.deepcopy), or after train() returns")
 
 
-def _one_trainer(train):
-    """``Model.train`` refused (``RuntimeError``) while the same model, or a layer it shares
-    with another model, trains in another thread.
+# What of a model besides its layers a training run writes to (evaluate: the last two).
+_TRAINING_PARTS = ("optimizer", "loss", "accuracy")
 
-    A model's layers keep their inputs, outputs and gradients as attributes, and its
-    optimizer its step count: two threads training one model would interleave them into
-    wrong gradients or a shape error from deep inside a layer. One thread may still call
-    ``train`` again from a callback of its own run."""
+
+def _one_trainer(train):
+    """``Model.train`` refused (``RuntimeError``) while the same model, or a layer, loss,
+    optimizer or accuracy it shares with another model, trains in another thread.
+
+    A model's layers keep their inputs, outputs and gradients as attributes, its optimizer
+    its step count, its loss and accuracy their sums over an epoch: two threads training one
+    model would interleave them into wrong gradients, wrong figures or a shape error from
+    deep inside a layer. One thread may still call ``train`` again from a callback of its
+    own run."""
     @functools.wraps(train)
     def guarded(self, *args, **kwargs):
         me = threading.get_ident()
-        keys = [id(self), *(id(layer) for layer in self.layers)]
+        keys = [id(self), *(id(part) for _, part in _parts(self, _TRAINING_PARTS))]
         with _TRAINING_LOCK:
-            busy = _busy_elsewhere(self)
+            busy = _busy_elsewhere(self, _TRAINING_PARTS)
             if busy is not None:
                 raise RuntimeError(
                     f"{busy} is already training in another thread: train one model per "
@@ -366,6 +386,10 @@ class Model:
             raise ValueError("set(loss=..., optimizer=...) before train()")
         if not self.finalized:
             self.finalize()
+        elif getattr(self.loss, "trainable_layers", None) != self.trainable_layers:
+            # a loss object another model finalized since: it would add up that model's
+            # penalties (the book's loss keeps the layers finalize gave it)
+            self.loss.remember_trainable_layers(self.trainable_layers)
         epochs = positive_int(epochs, "epochs")
         X, y, n_samples = _paired_rows(X, y, "X", "y")
         if n_samples == 0:
@@ -543,7 +567,7 @@ class Model:
         ``verbose=False``. The accuracy is NaN when the model has none."""
         if self.loss is None:
             raise ValueError("set(loss=...) before evaluate()")
-        _refuse_while_training(self, "evaluate()")
+        _refuse_while_training(self, "evaluate()", _TRAINING_PARTS[1:])
         if not self.finalized:
             self.finalize()
         X_val, y_val, n_samples = _paired_rows(X_val, y_val, "X_val", "y_val")

@@ -344,6 +344,81 @@ def test_one_layer_object_stands_at_one_place():
                     print_every=0)
 
 
+@pytest.mark.parametrize("device", ["cpu", "numpy"])
+def test_a_loss_optimizer_or_accuracy_two_models_share(spiral, device):
+    """A loss object two models share reports the penalties of the model that trains (the
+    book's loss keeps the layers the last ``finalize`` gave it: the layered path reported the
+    other model's); while one model trains in a thread, another thread's ``train`` of a model
+    holding its optimizer, loss or accuracy is refused, naming it, and its ``evaluate`` when
+    it holds the loss or the accuracy (``predict`` touches neither)."""
+    import threading
+
+    (X, y), _ = spiral
+
+    def model_with(l2, **parts):
+        model = loopnet.Model()
+        for layer in (loopnet.Dense(2, 8, seed=0, weight_regularizer_l2=l2, device=device),
+                      loopnet.ReLU(device=device), loopnet.Dense(8, 3, seed=1, device=device),
+                      loopnet.Softmax(device=device)):
+            model.add(layer)
+        model.set(loss=parts.get("loss", loopnet.CategoricalCrossentropy(device=device)),
+                  optimizer=parts.get("optimizer", loopnet.Adam(learning_rate=0.01)),
+                  accuracy=parts.get("accuracy", loopnet.CategoricalAccuracy(device=device)))
+        model.finalize()
+        return model
+
+    alone = model_with(1e-2).train(X, y, epochs=3, print_every=0)
+    loss = loopnet.CategoricalCrossentropy(device=device)
+    first = model_with(1e-2, loss=loss)
+    model_with(0.0, loss=loss)                      # finalized after the first
+    history = first.train(X, y, epochs=3, print_every=0)
+    assert alone["regularization_loss"][-1] > 0
+    assert history["regularization_loss"] == alone["regularization_loss"]
+    assert history["loss"] == alone["loss"]
+
+    optimizer, accuracy = loopnet.Adam(), loopnet.CategoricalAccuracy(device=device)
+    first = model_with(0.0, optimizer=optimizer, accuracy=accuracy)
+    others = {"optimizer": model_with(0.0, optimizer=optimizer),
+              "accuracy": model_with(0.0, accuracy=accuracy)}
+    inside, release = threading.Event(), threading.Event()
+    outcome = {}
+
+    class Hold(loopnet.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            inside.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=lambda: first.train(X, y, epochs=1, print_every=0,
+                                                         callbacks=[Hold()]))
+    thread.start()
+    try:
+        assert inside.wait(60)
+        for part, other in others.items():
+            for call in ("train", "evaluate", "predict"):
+                try:
+                    if call == "train":
+                        other.train(X, y, epochs=1, print_every=0)
+                    elif call == "evaluate":
+                        other.evaluate(X, y, verbose=False)
+                    else:
+                        other.predict(X)
+                    outcome[part, call] = "ran"
+                except RuntimeError as error:
+                    outcome[part, call] = str(error)
+    finally:
+        release.set()
+        thread.join(60)
+    assert outcome.pop(("optimizer", "evaluate")) == "ran"
+    assert outcome.pop(("optimizer", "predict")) == outcome.pop(("accuracy", "predict")) == "ran"
+    for (part, call), message in outcome.items():
+        shown = repr(optimizer if part == "optimizer" else accuracy)
+        assert message.startswith(f"its {part} ({shown}), which another model holds too, is "
+                                  + ("already " if call == "train" else "") + "training in "
+                                  "another thread"), (part, call, message)
+    assert len(outcome) == 3
+    assert len(others["optimizer"].train(X, y, epochs=1, print_every=0)["loss"]) == 1
+
+
 def test_a_layer_two_models_share_trains_in_one_thread_at_a_time(spiral):
     """Two models holding one layer object: while one trains in a thread, another thread's
     ``train`` or ``predict`` of the other is refused, naming the shared layer (the layer keeps
