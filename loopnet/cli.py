@@ -524,11 +524,41 @@ def _timing(history, elapsed: float, first_epoch_end, start: float, device: str)
                    f"{rate:,.0f} epochs/s")
 
 
+def _data_options(args) -> None:
+    """``--dataset``, ``--samples`` and ``--classes`` shape the built-in data, ``--task`` and
+    ``--test-fraction`` read ``--data``: one given where it does not apply is an error rather
+    than ignored. Then their defaults."""
+    if args.data:
+        split = os.path.isdir(args.data) and all(
+            os.path.isdir(os.path.join(args.data, part)) for part in ("train", "test"))
+        for flag, value in (("--dataset", args.dataset), ("--samples", args.samples),
+                            ("--classes", args.classes)):
+            if value is not None:
+                raise UsageError(f"{flag} is for the built-in data; --data brings its own")
+        if split and args.test_fraction is not None:
+            raise UsageError("--test-fraction does not apply: the image folder's test/ split "
+                             "is the held-out data")
+    else:
+        for flag, value in (("--task", args.task), ("--test-fraction", args.test_fraction)):
+            if value is not None:
+                raise UsageError(f"{flag} needs --data (the built-in data holds out fresh "
+                                 "samples of its own)")
+        if args.dataset == "sine" and args.classes is not None:
+            raise UsageError("--classes does not apply to --dataset sine (one output: a "
+                             "regression)")
+    defaults = {"dataset": "spiral", "samples": 1000, "classes": 3, "task": "auto",
+                "test_fraction": 0.2}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def _train(args) -> int:
     import numpy as np
 
     import loopnet
 
+    _data_options(args)
     if args.save:
         _check_output_path(args.save, "--save")
     if args.plot:
@@ -899,7 +929,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "options: the spiral data (1000 samples per class, 3 classes), "
                            "Dense(2, 64)-ReLU-Dense(64, 3)-Softmax, Adam lr 0.05 decay 5e-7, "
                            "10,000 full-batch epochs, held-out accuracy on fresh spiral samples.")
-    train.add_argument("--dataset", choices=DATASETS, default="spiral",
+    train.add_argument("--dataset", choices=DATASETS, default=None,
                        help="built-in data (default: spiral)")
     train.add_argument("--data", metavar="FILE|DIR",
                        help="your own data: .npz with arrays X and y, .csv with a label column, "
@@ -913,13 +943,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--label-column", metavar="NAME|INDEX",
                        help="the CSV column with the labels (default: one named label/y/class/"
                        "target, else the last)")
-    train.add_argument("--task", choices=("auto", "classification", "regression"), default="auto",
-                       help="auto: classes when every label is a whole number >= 0")
-    train.add_argument("--test-fraction", type=_fraction, default=0.2, metavar="F",
+    train.add_argument("--task", choices=("auto", "classification", "regression"), default=None,
+                       help="--data: auto (the default) takes classes when every label is a "
+                       "whole number >= 0")
+    train.add_argument("--test-fraction", type=_fraction, default=None, metavar="F",
                        help="share of --data held out for the final accuracy (default 0.2)")
-    train.add_argument("--samples", type=_positive(int), default=1000,
+    train.add_argument("--samples", type=_positive(int), default=None,
                        help="built-in data: samples per class (default 1000)")
-    train.add_argument("--classes", type=_positive(int), default=3,
+    train.add_argument("--classes", type=_positive(int), default=None,
                        help="built-in data: number of classes (default 3)")
     train.add_argument("--device", type=_device, default="cpu",
                        help="cpu (compiled loops), numpy (the twins), python (uncompiled loops; "

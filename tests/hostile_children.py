@@ -135,9 +135,10 @@ def cli_cases(workdir):
             handle.write(text)
         return path(name)
 
-    small = ["--samples", "10", "--epochs", "2", "--quiet"]
+    small = ["--epochs", "2", "--quiet"]     # (with --data: --samples is the built-in data's)
     model = path("model.npz")
-    assert command("train", *small, "--save", model)()["status"] == 0
+    tiny = ["--samples", "10", *small]      # the built-in data, small
+    assert command("train", *tiny, "--save", model)()["status"] == 0
     huge_weights = path("huge_weights.npz")
     m = loopnet.Model.load(model)
     m.set_parameters([(np.full(w.shape, 1e38), b) for w, b in m.get_parameters()])
@@ -200,11 +201,11 @@ def cli_cases(workdir):
         ("classes_10**9", command("train", "--classes", str(10**9), "--samples", "1")),
         ("learning_rate_inf", command("train", "--learning-rate", "inf")),
         ("seed_negative", command("train", "--seed", "-1")),
-        ("save_directory", command("train", *small, "--save", path("a_directory"))),
-        ("save_missing_directory", command("train", *small, "--save",
+        ("save_directory", command("train", *tiny, "--save", path("a_directory"))),
+        ("save_missing_directory", command("train", *tiny, "--save",
                                            path("missing/model.npz"))),
-        ("save_read_only_file", command("train", *small, "--save", read_only)),
-        ("plot_directory", command("train", *small, "--plot", path("a_directory"))),
+        ("save_read_only_file", command("train", *tiny, "--save", read_only)),
+        ("plot_directory", command("train", *tiny, "--plot", path("a_directory"))),
         ("output_missing_directory", command("predict", "--model", model, "--data",
                                              files["features.csv"], "--output",
                                              path("missing/out.csv"))),
@@ -218,7 +219,7 @@ def cli_cases(workdir):
         os.access = lambda p, mode, **kw: (False if os.path.realpath(p) == locked
                                            else real_access(p, mode, **kw))
         try:
-            return command("train", *small, "--save", os.path.join(locked, "m.npz"))()
+            return command("train", *tiny, "--save", os.path.join(locked, "m.npz"))()
         finally:
             os.access = real_access
 
@@ -226,7 +227,7 @@ def cli_cases(workdir):
         for name in [n for n in sys.modules if n == "matplotlib" or n.startswith("matplotlib.")]:
             del sys.modules[name]
         sys.modules["matplotlib"] = None        # `import matplotlib` raises ImportError
-        return command("train", *small, "--plot", path("out.png"))()
+        return command("train", *tiny, "--plot", path("out.png"))()
 
     cases += [("save_unwritable_directory", save_into_unwritable_directory),
               ("plot_without_matplotlib", plot_without_matplotlib)]

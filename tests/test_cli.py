@@ -187,6 +187,11 @@ def test_train_sine_regression():
     (["train", "--samples", "5", "--epochs", "1", "--batch-size", "100"], ["--batch-size 100"]),
     (["train", "--early-stopping", "3", "--validate-every", "2"], ["--early-stopping"]),
     (["train", "--image-size", "28"], ["--image-size", "image folder"]),
+    # an option where it does not apply is refused, not ignored
+    (["train", "--data", "x.csv", "--classes", "4"], ["--classes is for the built-in data"]),
+    (["train", "--test-fraction", "0.5"], ["--test-fraction needs --data"]),
+    (["train", "--dataset", "sine", "--classes", "2"], ["--classes does not apply to --dataset "
+                                                        "sine"]),
     (["predict", "--model", "m.npz"], ["--data", "--image"]),
     (["frobnicate"], ["invalid choice"]),
     (["predict", "--data", "x.csv"], ["--model"]),
