@@ -787,8 +787,14 @@ def _predict(args) -> int:
     else:
         _write_table(sys.stdout, columns, table, classes)
     if y is not None and classes and _is_classes(y):
-        accuracy = float(np.mean(predictions == np.asarray(y).reshape(-1)))
-        print(f"accuracy against the labels in {args.data}: {accuracy:.3f}", file=sys.stderr)
+        labels = np.asarray(y).reshape(-1)
+        if labels.max() >= probabilities.shape[1]:     # (not this model's labels: say so)
+            print(f"no accuracy: the labels in {args.data} go up to {labels.max():g}, but the "
+                  f"model has {probabilities.shape[1]} classes", file=sys.stderr)
+        else:
+            accuracy = float(np.mean(predictions == labels))
+            print(f"accuracy against the labels in {args.data}: {accuracy:.3f}",
+                  file=sys.stderr)
     return 0
 
 

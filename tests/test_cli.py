@@ -89,6 +89,13 @@ def test_train_logs_book_lines_saves_plots_and_predicts(tmp_path):
     written = loopnet("predict", "--model", model_path, "--data", data_path, "--output", out)
     assert written.returncode == 0, written.stderr
     assert out.read_text().strip().splitlines() == predicted.stdout.strip().splitlines()
+    # a last column that cannot be this model's labels gives no accuracy, and says why
+    write_csv(data_path, X, y + 3)
+    other = loopnet("predict", "--model", model_path, "--data", data_path)
+    assert other.returncode == 0, other.stderr
+    assert other.stdout == predicted.stdout
+    assert other.stderr.strip() == (f"no accuracy: the labels in {data_path} go up to 5, but "
+                                    "the model has 3 classes")
 
 
 def test_validation_every_k_epochs_summary_and_timing(tmp_path):
