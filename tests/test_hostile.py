@@ -459,24 +459,21 @@ def test_validation_data_is_checked_before_training(data, capsys):
     assert len(history["val_loss"]) == 1
 
 
-def _regression(device):
+def _one_output(device, binary=False):
+    """2-4-1 with a linear output, MSE and regression accuracy, or (``binary``) 2-1 with a
+    sigmoid, binary cross-entropy and binary accuracy."""
     model = loopnet.Model()
-    model.add(loopnet.Dense(2, 4, seed=0, device=device))
-    model.add(loopnet.ReLU(device=device))
-    model.add(loopnet.Dense(4, 1, seed=1, device=device))
-    model.add(loopnet.Linear(device=device))
-    model.set(loss=loopnet.MeanSquaredError(device=device), optimizer=loopnet.Adam(),
-              accuracy=loopnet.RegressionAccuracy(device=device))
-    model.finalize()
-    return model
-
-
-def _binary(device):
-    model = loopnet.Model()
-    model.add(loopnet.Dense(2, 1, seed=0, device=device))
-    model.add(loopnet.Sigmoid(device=device))
-    model.set(loss=loopnet.BinaryCrossentropy(device=device), optimizer=loopnet.Adam(),
-              accuracy=loopnet.BinaryAccuracy(device=device))
+    layers = ([loopnet.Dense(2, 1, seed=0, device=device), loopnet.Sigmoid(device=device)]
+              if binary else
+              [loopnet.Dense(2, 4, seed=0, device=device), loopnet.ReLU(device=device),
+               loopnet.Dense(4, 1, seed=1, device=device), loopnet.Linear(device=device)])
+    for layer in layers:
+        model.add(layer)
+    model.set(loss=(loopnet.BinaryCrossentropy if binary else loopnet.MeanSquaredError)(
+                  device=device),
+              optimizer=loopnet.Adam(),
+              accuracy=(loopnet.BinaryAccuracy if binary else loopnet.RegressionAccuracy)(
+                  device=device))
     model.finalize()
     return model
 
@@ -503,15 +500,16 @@ def test_bad_targets_name_y_or_y_val_and_stop_before_training(data, path, monkey
             (build(device), y, y - 1, r"^y_val has a negative class index -1 at position 0"),
             (build(device), y, y + 0.5, r"^y_val must hold integer class indices, got 0\.5"),
             (build(device), one_hot, twice, r"^y_val row 4 is not one-hot"),
-            (_regression(device), X, X, r"^y has shape \(30, 2\) but the model's output has "
+            (_one_output(device), X, X, r"^y has shape \(30, 2\) but the model's output has "
                                         r"shape \(30, 1\)"),
-            (_regression(device), X[:, :1], np.where(X[:, :1] > 0.5, np.nan, X[:, :1]),
+            (_one_output(device), X[:, :1], np.where(X[:, :1] > 0.5, np.nan, X[:, :1]),
              r"^y_val has a NaN or infinite target in sample \d+: \[nan\]$"),
             # binary cross-entropy: labels 0 and 1 or probabilities, not class indices
-            (_binary(device), y[:, None], (y == 1)[:, None],
+            (_one_output(device, binary=True), y[:, None], (y == 1)[:, None],
              r"^y has the target 2 in sample 20 \(output 0\), but binary cross-entropy takes "
              r"targets in \[0, 1\] \(labels 0 and 1, or probabilities\)$"),
-            (_binary(device), (y == 1)[:, None], np.where(y == 2, -0.5, 0.5)[:, None],
+            (_one_output(device, binary=True), (y == 1)[:, None],
+             np.where(y == 2, -0.5, 0.5)[:, None],
              r"^y_val has the target -0\.5 in sample 20 \(output 0\)")):
         before = [bits(layer.weights) for layer in model.layers if hasattr(layer, "weights")]
         with pytest.raises(ValueError, match=message):
@@ -528,8 +526,8 @@ def test_bad_targets_name_y_or_y_val_and_stop_before_training(data, path, monkey
                                              r"model's output has shape \(30, 3\)"):
             model.evaluate(X, one_hot[:, :2], batch_size=batch_size, verbose=False)
         with pytest.raises(ValueError, match=r"^y_val has the target 1\.5 in sample 0"):
-            _binary(device).evaluate(X, np.full((30, 1), 1.5), batch_size=batch_size,
-                                     verbose=False)
+            _one_output(device, binary=True).evaluate(X, np.full((30, 1), 1.5),
+                                                      batch_size=batch_size, verbose=False)
 
 
 @pytest.mark.parametrize("device", ["cpu", "numpy"])

@@ -8,7 +8,9 @@ device stays quick; the long book runs are in ``scripts/acceptance_training.py``
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -22,6 +24,33 @@ from loopnet.datasets import sine_data, spiral_data
 def classifier(device=None, dropout=None, l2=0.0, lr=0.05):
     return spiral_classifier(device, weight_l2=l2, bias_l2=l2, dropout=dropout, lr=lr,
                              decay=5e-7)
+
+
+@contextlib.contextmanager
+def training_held(model, X, y, on_hold=None, **options):
+    """``model.train(X, y, **options)`` in a thread of its own, held at the end of its first
+    epoch (after ``on_hold(model)`` ran there, in the training thread) while the ``with``
+    block runs; released and joined when it ends. Yields a dict that receives ``history``."""
+    inside, release = threading.Event(), threading.Event()
+    outcome = {}
+
+    class Hold(loopnet.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 1:
+                if on_hold is not None:
+                    on_hold(self.model)
+                inside.set()
+                release.wait(60)
+
+    thread = threading.Thread(target=lambda: outcome.setdefault("history", model.train(
+        X, y, print_every=0, callbacks=[Hold()], **options)))
+    thread.start()
+    try:
+        assert inside.wait(60)
+        yield outcome
+    finally:
+        release.set()
+        thread.join(60)
 
 
 @pytest.fixture(scope="module")
@@ -270,34 +299,23 @@ def test_one_model_trains_in_one_thread_at_a_time(device, spiral):
     thread's own callback may predict, a copy trains beside it, and the first run ends as it
     would alone."""
     import copy
-    import threading
 
     (X, y), _ = spiral
     model, alone = classifier(device), classifier(device)
     alone.train(X, y, epochs=3, batch_size=16, print_every=0)
-    inside, release = threading.Event(), threading.Event()
     outcome = {}
 
-    class Hold(loopnet.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs):
-            if epoch == 1:
-                outcome["copy"] = copy.deepcopy(self.model)
-                outcome["own"] = self.model.predict(X[:4])
-                inside.set()
-                release.wait(60)
+    def on_hold(held):
+        outcome["copy"] = copy.deepcopy(held)
+        outcome["own"] = held.predict(X[:4])
 
-    first = threading.Thread(target=lambda: outcome.setdefault("history", model.train(
-        X, y, epochs=3, batch_size=16, print_every=0, callbacks=[Hold()])))
-    first.start()
-    try:
-        assert inside.wait(60)
+    def other(call, key):
+        try:
+            outcome[key] = call()
+        except RuntimeError as error:
+            outcome[key] = error
 
-        def other(call, key):
-            try:
-                outcome[key] = call()
-            except RuntimeError as error:
-                outcome[key] = error
-
+    with training_held(model, X, y, on_hold, epochs=3, batch_size=16):
         for key, call in (
                 ("same", lambda: model.train(X, y, epochs=1, print_every=0)),
                 ("predict", lambda: model.predict(X)),
@@ -306,9 +324,6 @@ def test_one_model_trains_in_one_thread_at_a_time(device, spiral):
             thread = threading.Thread(target=other, args=(call, key))
             thread.start()
             thread.join(60)
-    finally:
-        release.set()
-        first.join(60)
     assert isinstance(outcome["same"], RuntimeError)
     assert "already training in another thread" in str(outcome["same"])
     for key in ("predict", "evaluate"):
@@ -351,8 +366,6 @@ def test_a_loss_optimizer_or_accuracy_two_models_share(spiral, device):
     other model's); while one model trains in a thread, another thread's ``train`` of a model
     holding its optimizer, loss or accuracy is refused, naming it, and its ``evaluate`` when
     it holds the loss or the accuracy (``predict`` touches neither)."""
-    import threading
-
     (X, y), _ = spiral
 
     def model_with(l2, **parts):
@@ -380,19 +393,8 @@ def test_a_loss_optimizer_or_accuracy_two_models_share(spiral, device):
     first = model_with(0.0, optimizer=optimizer, accuracy=accuracy)
     others = {"optimizer": model_with(0.0, optimizer=optimizer),
               "accuracy": model_with(0.0, accuracy=accuracy)}
-    inside, release = threading.Event(), threading.Event()
     outcome = {}
-
-    class Hold(loopnet.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs):
-            inside.set()
-            release.wait(60)
-
-    thread = threading.Thread(target=lambda: first.train(X, y, epochs=1, print_every=0,
-                                                         callbacks=[Hold()]))
-    thread.start()
-    try:
-        assert inside.wait(60)
+    with training_held(first, X, y, epochs=1):
         for part, other in others.items():
             for call in ("train", "evaluate", "predict"):
                 try:
@@ -405,9 +407,6 @@ def test_a_loss_optimizer_or_accuracy_two_models_share(spiral, device):
                     outcome[part, call] = "ran"
                 except RuntimeError as error:
                     outcome[part, call] = str(error)
-    finally:
-        release.set()
-        thread.join(60)
     assert outcome.pop(("optimizer", "evaluate")) == "ran"
     assert outcome.pop(("optimizer", "predict")) == outcome.pop(("accuracy", "predict")) == "ran"
     for (part, call), message in outcome.items():
@@ -423,8 +422,6 @@ def test_a_layer_two_models_share_trains_in_one_thread_at_a_time(spiral):
     """Two models holding one layer object: while one trains in a thread, another thread's
     ``train`` or ``predict`` of the other is refused, naming the shared layer (the layer keeps
     the training run's activations); once the first returns, the second trains."""
-    import threading
-
     (X, y), _ = spiral
     shared = loopnet.Dense(16, 16, seed=5)
 
@@ -437,28 +434,14 @@ def test_a_layer_two_models_share_trains_in_one_thread_at_a_time(spiral):
         return model
 
     first, second = model_with(1), model_with(3)
-    inside, release = threading.Event(), threading.Event()
     outcome = {}
-
-    class Hold(loopnet.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs):
-            inside.set()
-            release.wait(60)
-
-    thread = threading.Thread(target=lambda: first.train(X, y, epochs=1, print_every=0,
-                                                         callbacks=[Hold()]))
-    thread.start()
-    try:
-        assert inside.wait(60)
+    with training_held(first, X, y, epochs=1):
         for key, call in (("train", lambda: second.train(X, y, epochs=1, print_every=0)),
                           ("predict", lambda: second.predict(X))):
             try:
                 call()
             except RuntimeError as error:
                 outcome[key] = str(error)
-    finally:
-        release.set()
-        thread.join(60)
     for key in ("train", "predict"):
         assert re.match(r"layer 2 \(Dense\(16, 16\)\), which another model holds too, is "
                         + ("already " if key == "train" else "") + "training in another "
