@@ -133,17 +133,26 @@ def _busy_elsewhere(model, names=()):
     return None
 
 
-def _refuse_while_training(model, what: str, names=()) -> None:
-    """``predict``/``evaluate`` refused while ``model`` (or a layer of it, or one of its
-    ``names`` parts) trains in another thread: they run the layers, which keep the training
-    run's inputs and outputs for its backward pass (and evaluate sums in the loss and the
-    accuracy)."""
+# What a call made while the model trains in another thread would do wrong, by kind of call.
+_WHY_NOT_NOW = {
+    "run": "would run its layers over that run's activations (wrong gradients there)",
+    "read": "would read parameters halfway through an update (a state no step produced)",
+    "write": "would change parameters under the running updates",
+}
+
+
+def _refuse_while_training(model, what: str, names=(), why: str = "run") -> None:
+    """``predict``/``evaluate`` (``why="run"``), the parameters' readers (``"read"``: save,
+    get) and writers (``"write"``: load, set) refused while ``model`` (or a layer of it, or
+    one of its ``names`` parts) trains in another thread: the layers keep the training run's
+    inputs and outputs for its backward pass, evaluate sums in the loss and the accuracy, and
+    the run updates the parameters in place."""
     busy = _busy_elsewhere(model, names)
     if busy is not None:
         raise RuntimeError(
-            f"{busy} is training in another thread: {what} now would run its layers over "
-            "that run's activations (wrong gradients there); call it from the training "
-            "thread (a callback), on a copy (copy.deepcopy), or after train() returns")
+            f"{busy} is training in another thread: {what} now {_WHY_NOT_NOW[why]}; call it "
+            "from the training thread (a callback), on a copy (copy.deepcopy), or after "
+            "train() returns")
 
 
 # What of a model besides its layers a training run writes to (evaluate: the last two).
@@ -630,6 +639,7 @@ class Model:
 
     def get_parameters(self) -> list:
         """``[(weights, biases), ...]`` of the trainable layers (host numpy arrays)."""
+        _refuse_while_training(self, "get_parameters()", why="read")
         return [tuple(ops.to_numpy(p) for p in layer.get_parameters())
                 for layer in self.trainable_layers or
                 [layer for layer in self.layers if hasattr(layer, "weights")]]
@@ -638,6 +648,7 @@ class Model:
         """Set every trainable layer's ``(weights, biases)``: a list of pairs of arrays (or
         nested lists), converted as ``Dense.set_parameters`` converts them. Every pair is
         checked before any layer changes; a wrong shape names the layer and both shapes."""
+        _refuse_while_training(self, "set_parameters()", why="write")
         layers = [(index, layer) for index, layer in enumerate(self.layers)
                   if hasattr(layer, "weights")]
         try:
@@ -667,12 +678,14 @@ class Model:
         """Write the trainable layers' weights and biases to ``path`` (``.npz``, no pickle)."""
         from loopnet import saving
 
+        _refuse_while_training(self, "save_parameters()", why="read")
         saving.save_parameters(self, path)
 
     def load_parameters(self, path) -> None:
         """Read weights and biases written by ``save_parameters`` into this model's layers."""
         from loopnet import saving
 
+        _refuse_while_training(self, "load_parameters()", why="write")
         saving.load_parameters(self, path)
 
     def save(self, path) -> None:
@@ -680,6 +693,7 @@ class Model:
         accuracy - to ``path`` (``.npz`` with a JSON architecture, no pickle, atomic)."""
         from loopnet import saving
 
+        _refuse_while_training(self, "save()", ("optimizer",), why="read")
         saving.save_model(self, path)
 
     @staticmethod
@@ -715,6 +729,7 @@ class Model:
         (``Linear.weight = weights.T``); see ``loopnet.interop``. Needs torch."""
         from loopnet import interop
 
+        _refuse_while_training(self, "to_torch()", why="read")
         return interop.to_torch(self)
 
     @staticmethod

@@ -292,17 +292,20 @@ def test_summary_counts_parameters_by_hand():
 
 
 @pytest.mark.parametrize("device", ["cpu", "numpy"])
-def test_one_model_trains_in_one_thread_at_a_time(device, spiral):
+def test_one_model_trains_in_one_thread_at_a_time(device, spiral, tmp_path):
     """A second thread's ``train``, ``predict`` or ``evaluate`` of a model that is training is
     refused with a ``RuntimeError`` (the layered path would otherwise mix the two runs'
-    activations into wrong gradients or a shape error from inside a layer), while the training
-    thread's own callback may predict, a copy trains beside it, and the first run ends as it
-    would alone."""
+    activations into wrong gradients or a shape error from inside a layer), and so are its
+    saves and reads of the parameters (a state halfway through an update) and its writes to
+    them; the training thread's own callback may predict, a copy trains beside it, and the
+    first run ends as it would alone."""
     import copy
 
     (X, y), _ = spiral
     model, alone = classifier(device), classifier(device)
     alone.train(X, y, epochs=3, batch_size=16, print_every=0)
+    saved = tmp_path / "alone.npz"
+    alone.save_parameters(saved)
     outcome = {}
 
     def on_hold(held):
@@ -320,15 +323,26 @@ def test_one_model_trains_in_one_thread_at_a_time(device, spiral):
                 ("same", lambda: model.train(X, y, epochs=1, print_every=0)),
                 ("predict", lambda: model.predict(X)),
                 ("evaluate", lambda: model.evaluate(X, y, verbose=False)),
-                ("copied", lambda: outcome["copy"].train(X, y, epochs=1, print_every=0))):
+                ("copied", lambda: outcome["copy"].train(X, y, epochs=1, print_every=0)),
+                ("save", lambda: model.save(tmp_path / "m.npz")),
+                ("save_parameters", lambda: model.save_parameters(tmp_path / "p.npz")),
+                ("get_parameters", model.get_parameters),
+                ("to_torch", model.to_torch),
+                ("set_parameters", lambda: model.set_parameters(alone.get_parameters())),
+                ("load_parameters", lambda: model.load_parameters(saved))):
             thread = threading.Thread(target=other, args=(call, key))
             thread.start()
             thread.join(60)
     assert isinstance(outcome["same"], RuntimeError)
     assert "already training in another thread" in str(outcome["same"])
-    for key in ("predict", "evaluate"):
+    for key, why in (("predict", "would run its layers"), ("evaluate", "would run its layers"),
+                     ("save", "would read parameters"), ("save_parameters", "would read"),
+                     ("get_parameters", "would read"), ("to_torch", "would read"),
+                     ("set_parameters", "would change parameters under the running updates"),
+                     ("load_parameters", "would change parameters")):
         assert isinstance(outcome[key], RuntimeError), key
-        assert f"training in another thread: {key}() now" in str(outcome[key])
+        assert f"training in another thread: {key}() now {why}" in str(outcome[key])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["alone.npz"]   # none written
     assert outcome["own"].shape == (4, 3)
     assert not isinstance(outcome["copied"], Exception)
     assert [bits(layer.weights) for layer in model.trainable_layers] == \
