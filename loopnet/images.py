@@ -171,6 +171,9 @@ def read_image(path, settings: dict, *, invert: bool = False) -> np.ndarray:
             pixels = np.asarray(image, dtype=np.uint8)
     except UnidentifiedImageError:
         raise ValueError(f"{path!r} is not an image file Pillow can read") from None
+    except Image.DecompressionBombError as err:
+        # (Pillow's guard against a small file that decodes to gigabytes)
+        raise ValueError(f"{path!r} is too large to read: {err}") from None
     except OSError as err:
         raise ValueError(f"{path!r} cannot be read as an image ({err})") from None
     if settings["invert"] != invert:

@@ -87,7 +87,7 @@ def test_numeric_class_names_sort_as_numbers_and_train_test_splits(tmp_path):
         datasets.load_image_dataset(tmp_path)
 
 
-def test_image_folder_errors_are_named(tmp_path):
+def test_image_folder_errors_are_named(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -131,6 +131,12 @@ def test_image_folder_errors_are_named(tmp_path):
     with pytest.raises(TypeError, match=r"^path must be a file path \(a str or an os\.PathLike"
                                         r"\), got NoneType None$"):
         datasets.load_image_folder(None)
+    # a file that decodes to more pixels than Pillow opens (a "decompression bomb"; the limit
+    # lowered here so that an 8x8 image is one) is named, not Pillow's own exception
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 16)
+    with pytest.raises(ValueError, match=r"'.*0\.png' is too large to read: Image size \(64 "
+                                         r"pixels\) exceeds limit of 32 pixels"):
+        datasets.load_image_folder(root, size=4)
 
 
 def test_pillow_missing_names_the_extra(tmp_path, monkeypatch):
