@@ -10,8 +10,9 @@ do not::
     python benchmarks/turns.py --before ../before ch10 ch16 model:ch17
 
 Jobs: ``ch10``, ``ch14``, ``ch16``, ``ch17`` (the book's chapter loops with ``loopnet.nnfs``,
-``chapter_loops.py``) and ``model:<name>`` (``Model.train`` of a ``book_models`` model on cpu,
-``bench.py``'s ``build_book_model``). ``--after`` defaults to this checkout. Both processes run
+``chapter_loops.py``), ``model:<name>`` (``Model.train`` of a ``book_models`` model on cpu,
+``bench.py``'s ``build_book_model``) and ``callback:<name>`` (the same with a callback that does
+nothing: one compiled block per epoch). ``--after`` defaults to this checkout. Both processes run
 this directory's benchmark code; only ``loopnet`` differs. Prints, per job, the median ratio
 before / after with its quartiles and each side's best and median per-epoch time.
 """
@@ -32,24 +33,28 @@ def worker() -> None:
     """Read ``<job> <epochs>`` lines, answer each with microseconds per epoch."""
     sys.path.insert(0, HERE)
     import chapter_loops
+    import loopnet.callbacks
     import loopnet.nnfs
 
     datas, models = {}, {}
     for line in sys.stdin:
         job, epochs = line.split()
         epochs = int(epochs)
-        if job.startswith("model:"):
+        if job.startswith(("model:", "callback:")):
             from bench import build_book_model
             from book_models import MODELS, model_data
 
-            name = job[len("model:"):]
+            kind, name = job.split(":")
+            # callback: a callback that does nothing, so that each epoch is a block of its own
+            # (as with EarlyStopping or ModelCheckpoint)
+            callbacks = [loopnet.callbacks.Callback()] if kind == "callback" else None
             if name not in models:
                 model, data = build_book_model(MODELS[name], "cpu"), model_data(MODELS[name])
                 model.train(*data, epochs=20, print_every=0, progress=False)  # (compiles)
                 models[name] = model, data
             model, (X, y) = models[name]
             start = time.perf_counter()
-            model.train(X, y, epochs=epochs, print_every=0, progress=False)
+            model.train(X, y, epochs=epochs, print_every=0, progress=False, callbacks=callbacks)
             seconds = time.perf_counter() - start
         else:
             if job not in datas:
@@ -61,7 +66,8 @@ def worker() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("jobs", nargs="*", help="ch10 ch14 ch16 ch17 model:<name> ...")
+    parser.add_argument("jobs", nargs="*",
+                        help="ch10 ch14 ch16 ch17 model:<name> callback:<name> ...")
     parser.add_argument("--before", help="a checkout of the code before (required)")
     parser.add_argument("--after", default=os.path.dirname(HERE),
                         help="a checkout of the code after (default: this one)")

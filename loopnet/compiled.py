@@ -52,6 +52,11 @@ class Unsupported(Exception):
     """The model (or this call) is not one the compiled step covers; the message says why."""
 
 
+class Changed(Unsupported):
+    """The model changed during training (in a callback, between two epochs) in a way the
+    compiled step cannot follow: the remaining epochs take the layered path."""
+
+
 class SlowPathWarning(UserWarning):
     """A model trained on the ``cpu`` device takes the layered path (one op after another, each
     validated in Python) instead of the compiled step; the message says which layer or setting."""
@@ -92,6 +97,18 @@ def _check_array(array, name):
 
 # A dense layer's arrays the compiled step copies in and writes back.
 _LAYER_ARRAYS = ("weights", "biases", *(state for state, _ in checks.STATE_ARRAYS))
+
+
+def _same(these, those) -> bool:
+    """Whether two lists hold the same objects (``is``, not ``==``: arrays compare element by
+    element), in order. (A plain loop: ``all()`` over a generator costs twice as much, before
+    every block of epochs.)"""
+    if len(these) != len(those):
+        return False
+    for a, b in zip(these, those):
+        if a is not b:
+            return False
+    return True
 
 
 class Program:
@@ -146,11 +163,7 @@ class Program:
             raise Unsupported("the model has no Dense layer")
         self.program = np.array(rows, np.int64).reshape(len(rows), step.N_FIELDS)
         self.floats = np.zeros((len(rows), step.N_FLOATS), np.float64)
-        for index, layer in self.dense:
-            self.floats[index] = (layer.weight_regularizer_l1, layer.weight_regularizer_l2,
-                                  layer.bias_regularizer_l1, layer.bias_regularizer_l2, 0.0)
-        for index, layer in self.dropout:
-            self.floats[index, step.RATE] = layer.drop_rate
+        self.read_settings()
         self.n_outputs = width
         last = self.program[-1, step.KIND]
         if last == step.LINEAR and len(rows) == 1:
@@ -161,6 +174,60 @@ class Program:
         self._check_apart()
         self._loss_and_accuracy()
         self.optimizer = None
+
+    def read_settings(self):
+        """The settings a layer may change between two epochs (a callback's
+        ``dense.weight_regularizer_l2 = 1e-3``, a dropout layer's ``rate``, ``seed`` or
+        ``step``): read into the program's floats and rows, as the layered path reads them at
+        every step. (Each was checked when it was assigned.)"""
+        step = self.step
+        self.penalized = False      # (any penalty: the build then has their code)
+        for index, layer in self.dense:
+            penalties = (layer.weight_regularizer_l1, layer.weight_regularizer_l2,
+                         layer.bias_regularizer_l1, layer.bias_regularizer_l2)
+            self.floats[index] = (*penalties, 0.0)
+            self.penalized = self.penalized or max(penalties) > 0
+        for index, layer in self.dropout:
+            self.floats[index, step.RATE] = layer.drop_rate
+            self.program[index, step.SEED] = layer.seed
+            self.program[index, step.STEP] = layer.step
+
+    def parts(self):
+        """What the program and its parameter layout were made from: ``(the layers, the
+        loss, the optimizer and the accuracy; each dense layer's arrays)``, the objects
+        themselves (held, so that none is freed and its ``id`` reused by a newcomer)."""
+        model = self.model
+        return ([*model.layers, model.loss, model.optimizer, model.accuracy],
+                [arrays.get(name) for arrays in [layer.__dict__ for _, layer in self.dense]
+                 for name in _LAYER_ARRAYS])
+
+    def follow(self, parts, X):
+        """Before a block of epochs that is not the first: ``parts`` (those after the first
+        block) when the model is still made of them, else its parts now (``parts()``), after
+        raising ``Changed`` where the program cannot follow the change; either way the
+        layers' settings read again. A dense layer's array replaced by one that fits (same
+        shape, dtype and layout, apart from the others) is followed: the next block copies
+        the new arrays."""
+        now = self.parts()
+        if not (_same(now[1], parts[1]) and _same(now[0], parts[0])):
+            if not _same(now[0], parts[0]):
+                raise Changed("the model's layers, loss, optimizer or accuracy changed during "
+                              "training")
+            step = self.step
+            try:
+                checks.check_model(self.model, X)
+                for index, layer in self.dense:
+                    row = self.program[index]
+                    if (layer.weights.shape != (row[step.WIDTH_IN], row[step.WIDTH])
+                            or layer.weights.dtype != self.dtype
+                            or layer.biases.dtype != self.dtype):
+                        raise Unsupported(f"layer {index}'s parameters changed shape or dtype")
+                self._check_apart()
+            except (Unsupported, ValueError, TypeError) as reason:
+                raise Changed(f"a layer's arrays changed during training: {reason}") from None
+            parts = now
+        self.read_settings()
+        return parts
 
     def _check_apart(self):
         """``Unsupported`` when two of the dense layers' arrays (parameters, optimizer state)
@@ -367,6 +434,9 @@ class CompiledRun:
         self.targets = np.zeros(self.batch_size, np.intp)
         self.values = np.zeros((self.batch_size, program.n_outputs), dtype)
         self.compile_time = 0.0
+        self._pairs = None          # what ``load`` and ``store`` copy (``_make_pairs``)
+        self._kernels = {}          # (parallel, penalized) -> its compiled step (``_kernel``)
+        self._compiled = None       # the kernel compile_for last saw this run's arguments for
 
     def _borrow(self, size, dtype):
         array = self.cpu.borrow(size, dtype)
@@ -388,21 +458,40 @@ class CompiledRun:
 
     def load(self):
         """Copy the layers' parameters (and the optimizer's state) into the flat buffers."""
+        if self._pairs is None:
+            self._pairs = self._make_pairs()
+        for array, flat in self._pairs:
+            flat[...] = array
+        self.refresh_packed()
+
+    def _make_pairs(self):
+        """``[(a layer's array as a flat view, its slice of a flat buffer)]`` for the dense
+        layers' parameters and the optimizer's state (made here where missing), in the
+        program's layout. Made by a run's first ``load`` and kept while the layers hold those
+        very arrays (``forget_pairs`` when a callback changed one): each block then copies in
+        and out with no look-up (a copy by look-ups cost ~12 us each way for chapter 16's
+        model, as much as its epoch). The arrays are C-contiguous (``checks.check_model``),
+        so each flat view writes into its array."""
         step = self.step
         table = self.program.program
         optimizer = self.program.model.optimizer
-        training = self.program.optimizer is not None   # (not for evaluate/predict)
-        names = optimizer.state_names if training else ()
+        names = optimizer.state_names if self.program.optimizer is not None else ()
+        pairs = []
         for index, layer in self.program.dense:
             start = int(table[index, step.WEIGHTS])
             for params, prefix in ((layer.weights, "weight"), (layer.biases, "bias")):
                 size = params.size
-                self.params[start:start + size] = params.reshape(-1)
+                pairs.append((params.reshape(-1), self.params[start:start + size]))
                 for buffer, name in zip((self.state_1, self.state_2), names):
                     state = optimizer._state(layer, f"{prefix}_{name}", params)
-                    buffer[start:start + size] = np.asarray(state).reshape(-1)
+                    pairs.append((np.asarray(state).reshape(-1), buffer[start:start + size]))
                 start += size
-        self.refresh_packed()
+        return pairs
+
+    def forget_pairs(self):
+        """The layers hold other arrays than the last ``load`` copied: the next one looks
+        them up again."""
+        self._pairs = None
 
     def refresh_packed(self):
         step = self.step
@@ -417,25 +506,21 @@ class CompiledRun:
         """Copy the flat buffers back into the layers' own arrays (in place)."""
         step = self.step
         table = self.program.program
-        optimizer = self.program.model.optimizer
-        names = optimizer.state_names if self.program.optimizer is not None else ()
-        for index, layer in self.program.dense:
-            start = int(table[index, step.WEIGHTS])
-            for params, prefix, grad_name in ((layer.weights, "weight", "dweights"),
-                                              (layer.biases, "bias", "dbiases")):
-                size = params.size
-                params.reshape(-1)[...] = self.params[start:start + size]
-                for buffer, name in zip((self.state_1, self.state_2), names):
-                    getattr(layer, f"{prefix}_{name}").reshape(-1)[...] = \
-                        buffer[start:start + size]
-                if gradients:
-                    grad = getattr(layer, grad_name, None)
-                    if (not isinstance(grad, np.ndarray) or grad.shape != params.shape
-                            or grad.dtype != params.dtype or not grad.flags.writeable):
+        for array, flat in self._pairs:
+            array[...] = flat
+        if gradients:
+            for index, layer in self.program.dense:
+                start = int(table[index, step.WEIGHTS])
+                for params, grad_name in ((layer.weights, "dweights"), (layer.biases, "dbiases")):
+                    size = params.size
+                    grad = layer.__dict__.get(grad_name)
+                    if (type(grad) is not np.ndarray or grad.shape != params.shape
+                            or grad.dtype != params.dtype or not grad.flags.writeable
+                            or not grad.flags.c_contiguous):
                         grad = np.zeros(params.shape, params.dtype)
                         setattr(layer, grad_name, grad)
                     grad.reshape(-1)[...] = self.grads[start:start + size]
-                start += size
+                    start += size
         for index, layer in self.program.dropout:
             layer.step = int(table[index, step.STEP])
 
@@ -488,7 +573,7 @@ class CompiledRun:
                 layers.add(step.LAYERS_IN_PARALLEL)
             if training and program.n_params >= self.cpu.PARALLEL_MIN_ELEMENTS:
                 layers.add(step.PARAMETERS_IN_PARALLEL)
-        if np.any(program.floats[:, :step.RATE] > 0):
+        if program.penalized:
             layers.add(step.PENALTIES)
         if table[0, step.KIND] in step.SHARED_BLOCK_KINDS:
             layers.add(step.BATCH_COPY)
@@ -510,6 +595,16 @@ class CompiledRun:
             dinputs_forms=frozenset(forms["dinputs"]), parallel=parallel)
 
     def _kernel(self):
+        """The compiled step for this run's next block: made once per run and per the two
+        things that may change between its blocks (whether it runs in parallel, and whether
+        a callback gave the model a penalty), not rebuilt before every block."""
+        key = (self.cpu.parallel_step(self._work_per_step()), self.program.penalized)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            kernel = self._kernels[key] = self._new_kernel()
+        return kernel
+
+    def _new_kernel(self):
         build = self.build()
         if build.loss == self.step.FULL.loss:
             return self.cpu.training_step(build)
@@ -527,9 +622,13 @@ class CompiledRun:
         return self.cpu.training_step(build.forward_only())
 
     def _work_per_step(self):
-        table = self.program.program
-        return self.batch_size * sum(int(table[i, self.step.WIDTH_IN] * table[i, self.step.WIDTH])
-                                     for i, _ in self.program.dense)
+        work = self.__dict__.get("_work")       # (a run's widths and batch size stay)
+        if work is None:
+            table = self.program.program
+            work = self._work = self.batch_size * sum(
+                int(table[i, self.step.WIDTH_IN] * table[i, self.step.WIDTH])
+                for i, _ in self.program.dense)
+        return work
 
     def call(self, n_epochs, orders, y_index, y_values, X_val, y_val_index, y_val_values,
              predictions):
@@ -545,7 +644,9 @@ class CompiledRun:
                 X_val, y_val_index, y_val_values, self.val_batch_size, predictions, step_log,
                 epoch_log)
         kernel = self._kernel()
-        self.compile_time += self.cpu.compile_for(kernel, args)
+        if kernel is not self._compiled:    # (a run's blocks pass arguments of the same kinds)
+            self.compile_time += self.cpu.compile_for(kernel, args)
+            self._compiled = kernel
         failed = int(kernel(*args))
         return step_log, epoch_log, failed
 
@@ -615,6 +716,16 @@ class Trainer:
         self.no_predictions = np.zeros((0, run.program.n_outputs), run.program.dtype)
         self.pending = []
         self.failure = None
+        self.parts = None       # the program's parts (``Program.parts``); None before a block
+
+    def follow(self):
+        """Before each block after the first: follow what a callback changed since the last
+        (``Program.follow``; ``Changed`` when the compiled step cannot)."""
+        if self.parts is not None:
+            now = self.run.program.follow(self.parts, self.run.X)
+            if now is not self.parts:       # (other arrays: copy those)
+                self.parts = now
+                self.run.forget_pairs()
 
     @property
     def steps(self):
@@ -666,6 +777,8 @@ class Trainer:
         run.store(gradients=True)
         optimizer.iterations = int(run.settings[step.ITERATIONS])
         optimizer.current_learning_rate = float(run.hyper[step.CURRENT_LEARNING_RATE])
+        if self.parts is None:      # (the first block made the optimizer's missing arrays)
+            self.parts = run.program.parts()
         steps = self.steps
         done = n_epochs if failed < 0 else failed // steps
         if failed >= 0:

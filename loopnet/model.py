@@ -441,9 +441,20 @@ class Model:
         try:
             run.begin()
             epoch = 1
+            if trainer is not None:
+                from loopnet import compiled
             while epoch <= epochs and trainer is not None:
                 # a block of epochs in one compiled call, then each epoch's bookkeeping from
                 # the numbers of its steps
+                try:
+                    trainer.follow()    # (what a callback changed since the last block)
+                except compiled.Changed as reason:
+                    # the rest on the layered path, which reads the model as it is now
+                    compiled.warn_layered(self, f"{reason} (from epoch {epoch} on)")
+                    run.history["path"] = f"compiled, then layered: {reason}"
+                    trainer.run.release()
+                    trainer = None
+                    break
                 count = trainer.block_size(epochs - epoch + 1, run.epoch_by_epoch)
                 orders = [rng.permutation(n_samples) if rng is not None else None
                           for _ in range(count)]

@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+import warnings
 
 import numba
 import numpy as np
@@ -354,6 +355,74 @@ def test_the_history_says_which_path_ran_and_why(monkeypatch):
     monkeypatch.setenv(compiled.ENV_VAR, "0")
     history = build_model(spec).train(X, y, epochs=1, print_every=0)
     assert history["path"] == f"layered: {compiled.ENV_VAR}=0"
+
+
+# What a callback changes between two epochs (after epoch 2 of 5): settings the compiled step
+# reads again before each block, and parts it cannot follow (the rest then runs layered).
+MIDWAY = {
+    "learning_rate": lambda m: setattr(m.optimizer, "learning_rate", 0.001),
+    "beta_1": lambda m: setattr(m.optimizer, "beta_1", 0.5),
+    "l2": lambda m: setattr(m.layers[0], "weight_regularizer_l2", 0.1),
+    "l1_bias": lambda m: setattr(m.layers[3], "bias_regularizer_l1", 0.01),
+    "dropout_rate": lambda m: setattr(m.layers[2], "rate", 0.5),
+    "dropout_seed": lambda m: setattr(m.layers[2], "seed", 7),
+    "dropout_step": lambda m: setattr(m.layers[2], "step", 0),
+    "weights_in_place": lambda m: m.layers[0].weights.__setitem__(Ellipsis, 0.5),
+    "new_weights": lambda m: setattr(m.layers[0], "weights", np.full((2, 16), 0.5, np.float32)),
+    "new_momentums": lambda m: setattr(m.layers[0], "weight_momentums",
+                                       np.zeros((2, 16), np.float32)),
+    "tied_biases": lambda m: setattr(m.layers[3], "biases", m.layers[0].biases[:, :3]),
+    "new_optimizer": lambda m: m.set(optimizer=loopnet.SGD()),
+    "weights_wider": lambda m: setattr(m.layers[3], "weights", np.zeros((16, 4), np.float32)),
+    "weights_float64": lambda m: setattr(m.layers[3], "weights",
+                                         m.layers[3].weights.astype(np.float64)),
+}
+FOLLOWED = ("learning_rate", "beta_1", "l2", "l1_bias", "dropout_rate", "dropout_seed",
+            "dropout_step", "weights_in_place", "new_weights", "new_momentums")
+
+
+@pytest.mark.parametrize("change", sorted(MIDWAY))
+def test_a_callback_changing_the_model_between_epochs(change, monkeypatch):
+    """A callback's change to the model between two epochs (a penalty or dropout schedule, new
+    weights, another optimizer ...) gives the layered path's numbers bit for bit, or its very
+    error: the compiled step reads the layers' settings again before each block and copies
+    the arrays in afresh, and where it cannot follow a change (other parts, tied arrays) the
+    remaining epochs take the layered path and say so. It read the penalties and the dropout
+    settings once, at the start of train()."""
+    X, y = spiral_data(50, 3, seed=0)
+
+    class Midway(loopnet.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 2:
+                MIDWAY[change](self.model)
+
+    def run():
+        model = loopnet.Model()
+        for layer in (loopnet.Dense(2, 16, seed=0), loopnet.ReLU(), loopnet.Dropout(0.1, seed=3),
+                      loopnet.Dense(16, 3, seed=1), loopnet.Softmax()):
+            model.add(layer)
+        model.set(loss="categorical_crossentropy", optimizer=loopnet.Adam(learning_rate=0.05),
+                  accuracy="categorical")
+        try:
+            history = model.train(X, y, epochs=5, batch_size=40, print_every=0,
+                                  callbacks=[Midway()])
+        except (ValueError, TypeError) as error:
+            return repr(error), None
+        return ([bits(np.array(history[key])) for key in ("loss", "accuracy")],
+                history["path"])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled_run, path = run()
+    monkeypatch.setenv(compiled.ENV_VAR, "0")
+    layered_run, _ = run()
+    assert compiled_run == layered_run
+    slow = [str(w.message) for w in caught if w.category is compiled.SlowPathWarning]
+    if change in FOLLOWED:
+        assert path == "compiled" and not slow
+    else:
+        assert len(slow) == 1 and slow[0].endswith("(from epoch 3 on)"), slow
+        assert path is None or path.startswith("compiled, then layered: ")
 
 
 def test_tied_parameters_take_the_layered_path_and_say_so(monkeypatch):
