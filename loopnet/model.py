@@ -447,7 +447,7 @@ class Model:
                 # a block of epochs in one compiled call, then each epoch's bookkeeping from
                 # the numbers of its steps
                 try:
-                    trainer.follow()    # (what a callback changed since the last block)
+                    trainer.follow(data=bool(callbacks))   # (what a callback changed)
                 except compiled.Changed as reason:
                     # the rest on the layered path, which reads the model as it is now
                     compiled.warn_layered(self, f"{reason} (from epoch {epoch} on)")

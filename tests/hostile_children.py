@@ -96,6 +96,24 @@ def model_state_cases():
         return classifier().predict(np.ones(2, np.float32)).tolist()
 
     cases += [("X_too_wide/predict", wide_X), ("X_one_dimensional/predict", one_dimensional_X)]
+
+    def label_written_by_a_callback(into_validation):
+        # a callback writes a label far out of range into the caller's own y (int64: the
+        # array the checks passed) or y_val, in place, between two epochs
+        def case():
+            labels, validation_labels = y.astype(np.int64), y.astype(np.int64)
+
+            class Rewrite(loopnet.callbacks.Callback):
+                def on_epoch_end(self, epoch, logs):
+                    (validation_labels if into_validation else labels)[0] = 10**9
+
+            return classifier().train(
+                X, labels, epochs=3, print_every=0, callbacks=[Rewrite()],
+                validation_data=(X, validation_labels))["loss"]
+        return case
+
+    cases += [("label_written_by_a_callback/y", label_written_by_a_callback(False)),
+              ("label_written_by_a_callback/y_val", label_written_by_a_callback(True))]
     run_cases(cases)
 
 

@@ -425,6 +425,40 @@ def test_a_callback_changing_the_model_between_epochs(change, monkeypatch):
         assert path is None or path.startswith("compiled, then layered: ")
 
 
+@pytest.mark.parametrize("rewrite", ["X_float32", "X_float64", "y", "X_val", "y_val"])
+def test_a_callback_rewriting_the_data_in_place(rewrite, monkeypatch):
+    """A callback that rewrites ``X``, ``y`` or the validation data in place between epochs
+    (an augmentation, a relabelling) trains on the new values on the compiled step as on the
+    layered path, which reads the caller's arrays at every step: the compiled step converts
+    and checks them again before each block of a run with callbacks (it had converted
+    float64 inputs and the labels once, and trained on the old values)."""
+    def run():
+        X, y = spiral_data(40, 3, seed=0)
+        X = X.astype(np.float64 if rewrite == "X_float64" else np.float32)
+        X_val, y_val = X[::2].copy(), y[::2].astype(np.int64)
+
+        class Rewrite(loopnet.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs):
+                if rewrite.startswith("X"):
+                    (X_val if rewrite == "X_val" else X)[...] *= 1.5
+                else:
+                    labels = y_val if rewrite == "y_val" else y
+                    labels[...] = (labels + 1) % 3
+
+        model = build_model(dict(n_inputs=2, hidden=[(16, "relu", 0.0, 0.0)],
+                                 loss="categorical", n_outputs=3, optimizer="adam", seed=0))
+        history = model.train(X, y, epochs=4, batch_size=32, print_every=0,
+                              callbacks=[Rewrite()], validation_data=(X_val, y_val))
+        return [bits(np.array(history[key])) for key in ("loss", "accuracy", "val_loss",
+                                                          "val_accuracy")], history["path"]
+
+    compiled_run, path = run()
+    monkeypatch.setenv(compiled.ENV_VAR, "0")
+    layered_run, _ = run()
+    assert path == "compiled"
+    assert compiled_run == layered_run
+
+
 def test_tied_parameters_take_the_layered_path_and_say_so(monkeypatch):
     """Two dense layers whose arrays share memory (tied weights: the same array, or a view of
     it; biases likewise) train on the layered path, with the history and the warning naming

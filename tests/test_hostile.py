@@ -783,6 +783,20 @@ def test_inputs_of_the_wrong_width_are_refused(model_state_outcomes):
     assert flat["raised"] == "ValueError" and "reshape(-1, 1)" in flat["message"]
 
 
+def test_a_label_a_callback_writes_into_y_is_checked(model_state_outcomes):
+    """The compiled step's kernels index with the labels unchecked: a callback writing an
+    out-of-range label into the caller's ``y`` (or ``y_val``) between epochs is refused with
+    the error of a bad label before the next epoch (it once reached the kernel: a crash)."""
+    outcomes, crashed_in, result = model_state_outcomes
+    for name in ("y", "y_val"):
+        case = f"label_written_by_a_callback/{name}"
+        assert case in outcomes, (crashed_in, result.stderr[-2000:])
+        assert outcomes[case]["raised"] == "ValueError", outcomes[case]
+        assert outcomes[case]["message"].startswith(
+            f"{name} has class index 1000000000 at position 0, but the model's output has "
+            "only 3 classes"), outcomes[case]
+
+
 @pytest.fixture(scope="module")
 def cli_outcomes(tmp_path_factory):
     return run_child("cli", tmp_path_factory.mktemp("cli"))
