@@ -314,12 +314,14 @@ class Program:
         if y is None:
             return index, values
         _check_array(y, name)
+        # checked and converted from a copy, never ``y`` itself (int64 labels would pass as
+        # they are): the kernels index with the labels, unchecked, and a callback or another
+        # thread may write into ``y``, even between the check and a copy made after it
+        y = y.copy()
         classes, converted = checks.check_targets(self.model, y, n_samples, self.n_outputs,
                                                   self.dtype, name)
         if classes is not None:
-            # never ``y`` itself (int64 labels pass as they are): the kernels index with
-            # these, unchecked, and a callback or another thread may write into ``y``
-            index = classes.copy() if classes is y else classes
+            index = classes
         if converted is not None:
             values = np.ascontiguousarray(converted)
         return index, values
