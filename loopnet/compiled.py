@@ -708,18 +708,15 @@ def prepare_training(model, X, y, batch_size, validation_data):
         X_val = _inputs(program, validation_data[0], "X_val")
         val_index, val_values = program.targets(validation_data[1], X_val.shape[0], "y_val")
     run = CompiledRun(program, X, batch_size, X_val.shape[0], batch_size)
-    trainer = Trainer(run, y_index, y_values, X_val, val_index, val_values)
-    trainer.sources = (X_given, y, validation_data)
-    # the targets' bytes as checked: where a callback rewrites them, they are checked again
-    trainer.seen = [y.tobytes(), None if validation_data is None else
-                    validation_data[1].tobytes()]
-    return trainer
+    return Trainer(run, y_index, y_values, X_val, val_index, val_values,
+                   sources=(X_given, y, validation_data))
 
 
 class Trainer:
     """Runs ``Model.train``'s epochs in blocks and gives them back one at a time."""
 
-    def __init__(self, run: CompiledRun, y_index, y_values, X_val, val_index, val_values):
+    def __init__(self, run: CompiledRun, y_index, y_values, X_val, val_index, val_values,
+                 sources=None):
         self.run = run
         self.y_index, self.y_values = y_index, y_values
         self.X_val, self.val_index, self.val_values = X_val, val_index, val_values
@@ -727,8 +724,13 @@ class Trainer:
         self.pending = []
         self.failure = None
         self.parts = None       # the program's parts (``Program.parts``); None before a block
-        self.sources = None     # the caller's (X, y, validation_data) (``prepare_training``)
-        self.seen = [None, None]    # the bytes of y and y_val as last checked
+        # the caller's (X, y, validation_data), and the bytes of y and y_val as checked: where
+        # a callback rewrites them, they are checked again (``_read_data``)
+        self.sources = sources
+        self.seen = [None, None]
+        if sources is not None:
+            _, y, validation = sources
+            self.seen = [y.tobytes(), None if validation is None else validation[1].tobytes()]
 
     def follow(self, data: bool = False):
         """Before each block after the first: follow what a callback changed since the last
