@@ -1021,14 +1021,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--float64", action="store_true", help="run in float64 (default float32)")
     explain.add_argument("--width", type=_positive(int), default=None,
                          help="line width (default: the terminal's)")
-    explain.add_argument("--seed", type=int, default=0)
+    explain.add_argument("--seed", type=_seed, default=0)
     explain.set_defaults(run=_explain)
 
     forward = sub.add_parser("forward", help="the notes' forward pass on spiral data, printing the loss")
     forward.add_argument("--device", type=_device, default="cpu")
     forward.add_argument("--samples", type=_positive(int), default=100)
     forward.add_argument("--classes", type=_positive(int), default=3)
-    forward.add_argument("--seed", type=int, default=0)
+    forward.add_argument("--seed", type=_seed, default=0)
     forward.set_defaults(run=_forward)
     return parser
 

@@ -38,6 +38,8 @@ import types
 
 import numpy as np
 
+from loopnet.validate import generator
+
 __all__ = ["Explanation", "explain", "list_ops", "resolve"]
 
 # Friendly names -> canonical parts of op names. Applied to the whole name and to its pieces, so
@@ -369,6 +371,7 @@ def explain(op: str, *, device: str = "cpu", dtype=np.float32, seed: int = 0, fi
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    generator(seed, "seed")         # (checked here: numpy's message would not name it)
     forms = _forms()
     results = []
     for name in resolve(op):

@@ -205,6 +205,8 @@ def test_train_sine_regression():
     (["predict", "--model", "missing.npz", "--data", "x.csv"], ["model file", "does not exist"]),
     (["explain", "convolution"], ["unknown op 'convolution'"]),
     (["explain"], ["--list"]),
+    (["explain", "dense", "--seed", "-1"], ["--seed", "must be a whole number from 0"]),
+    (["forward", "--seed", "-1"], ["--seed", "must be a whole number from 0"]),
 ])
 def test_bad_arguments_give_one_line_and_status_2(args, fragments):
     assert_one_line_error(loopnet(*args), *fragments)

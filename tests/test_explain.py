@@ -53,6 +53,12 @@ def test_unknown_op_names_the_valid_ones():
         explain_module.resolve("convolution")
 
 
+def test_a_bad_seed_is_named():
+    for seed, error in ((-1, ValueError), ("a", TypeError), (2.5, TypeError)):
+        with pytest.raises(error, match=r"^seed must be "):
+            explain_module.explain("relu", seed=seed, quiet=True)
+
+
 def test_explain_dense_prints_both_sources_and_the_difference():
     out = io.StringIO()
     result = loopnet.explain("dense", file=out, width=200)
