@@ -4,7 +4,8 @@ and image folders in the book's layout (``load_image_folder``, ``load_image_data
 
 With ``seed=None`` the draws come from numpy's global RNG in the same order as ``nnfs.datasets``
 (so ``np.random.seed(0)`` or ``nnfs.init()`` reproduce the book's data exactly); with a seed they
-come from a private ``np.random.RandomState(seed)`` and the global state is left untouched.
+come from a private ``np.random.RandomState(seed)`` and the global state is left untouched (or
+from the ``np.random.Generator`` or ``np.random.RandomState`` given as ``seed``).
 loopnet never calls ``nnfs.init()``.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from loopnet.images import ImageData, load_image_dataset, load_image_folder, load_images
-from loopnet.validate import positive_int
+from loopnet.validate import normal_draws, positive_int
 
 __all__ = ["ImageData", "load_image_dataset", "load_image_folder", "load_images", "sine_data",
            "spiral_data", "vertical_data"]
@@ -28,7 +29,7 @@ def _blank(samples, classes, seed):
     """The checked sizes, the normal draws to use and zeroed ``X`` (n, 2) and ``y`` (n,)."""
     samples = positive_int(samples, "samples")
     classes = positive_int(classes, "classes")
-    randn = np.random.randn if seed is None else np.random.RandomState(seed).randn
+    randn = normal_draws(seed)
     X = np.zeros((samples * classes, 2), dtype=np.float64)
     y = np.zeros(samples * classes, dtype=_label_dtype(classes))
     return samples, classes, randn, X, y

@@ -8,26 +8,17 @@ import numpy as np
 
 from loopnet import ops
 from loopnet.devices import check_available, get_device, gpu, normalize
-from loopnet.validate import (Checked, count, is_device_array, number, parameter_dtype,
-                              positive_int, reusable)
+from loopnet.validate import (Checked, count, is_device_array, normal_draws, number,
+                              parameter_dtype, positive_int, reusable)
 from loopnet.validate import penalties as checked_penalties
 
 
 def random_normal(shape, seed=None) -> np.ndarray:
-    """Standard normal draws from numpy's global RNG (so ``np.random.seed(0)`` reproduces the
-    notes), or from ``seed``: an int (same draws as ``np.random.seed(seed)`` would give, without
-    touching the global state), a ``np.random.RandomState`` or a ``np.random.Generator``."""
-    if seed is None:
-        return np.random.randn(*shape)
-    if isinstance(seed, np.random.Generator):
-        return seed.standard_normal(shape)
-    if isinstance(seed, np.random.RandomState):
-        return seed.randn(*shape)
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        return np.random.RandomState(int(seed)).randn(*shape)
-    raise TypeError(
-        f"seed must be None, an int, a np.random.Generator or a np.random.RandomState, got {seed!r}"
-    )
+    """Standard normal draws of ``shape`` from numpy's global RNG (so ``np.random.seed(0)``
+    reproduces the notes), or from ``seed``: an int (same draws as ``np.random.seed(seed)``
+    would give, without touching the global state), a ``np.random.RandomState`` or a
+    ``np.random.Generator`` (``validate.normal_draws``)."""
+    return normal_draws(seed)(*shape)
 
 
 # Where each array a layer keeps comes from, for a learner who calls what reads it before the

@@ -117,6 +117,27 @@ def generator(seed, name: str = "seed") -> np.random.Generator:
     return np.random.default_rng(int(seed))
 
 
+def normal_draws(seed, name: str = "seed"):
+    """The function drawing standard normal arrays (``draw(n, ...)``) for ``seed``: numpy's
+    global ``np.random.randn`` for None (so ``np.random.seed(0)`` / ``nnfs.init()`` repeat the
+    book's draws), that of a private ``np.random.RandomState(seed)`` for an int in
+    ``[0, 2**32)`` (the same draws as ``np.random.seed(seed)`` would give), or those of a
+    ``np.random.RandomState`` or ``np.random.Generator`` given."""
+    if seed is None:
+        return np.random.randn
+    if isinstance(seed, np.random.Generator):
+        return lambda *shape: seed.standard_normal(shape)
+    if isinstance(seed, np.random.RandomState):
+        return seed.randn
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be None, an int, a np.random.Generator or a "
+                        f"np.random.RandomState, got {seed!r}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"{name} must be in [0, 2**32) (a np.random.RandomState seed), got "
+                         f"{seed}")
+    return np.random.RandomState(int(seed)).randn
+
+
 class Checked:
     """A hyper-parameter attribute checked whenever it is assigned, in the constructor and by a
     user's ``optimizer.beta_1 = 2.0`` alike: ``check(value, name)`` gives the value stored, or

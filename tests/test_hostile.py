@@ -709,6 +709,24 @@ def test_zeros_checks_shape_and_dtype():
             ops.zeros(shape, dtype)
 
 
+def test_a_seed_numpy_would_refuse_is_named():
+    """A layer's and a dataset's ``seed`` (a ``np.random.RandomState`` seed) out of range or of
+    the wrong type is named, as numpy's "Seed must be between 0 and 2**32 - 1" does not; a
+    Generator draws as it is."""
+    for seed, error, message in (
+            (-1, ValueError, r"^seed must be in \[0, 2\*\*32\) \(a np\.random\.RandomState "
+                             r"seed\), got -1$"),
+            (2**32, ValueError, r"got 4294967296$"),
+            ("a", TypeError, r"^seed must be None, an int, a np\.random\.Generator or a "
+                             r"np\.random\.RandomState, got 'a'$")):
+        for make in (lambda: loopnet.Dense(2, 3, seed=seed), lambda: spiral_data(4, 3, seed=seed),
+                     lambda: vertical_data(4, 3, seed=seed)):
+            with pytest.raises(error, match=message):
+                make()
+    drawn = spiral_data(4, 3, seed=np.random.default_rng(7))[0]
+    np.testing.assert_array_equal(drawn, spiral_data(4, 3, seed=np.random.default_rng(7))[0])
+
+
 def test_datasets_label_dtype_fits_the_class_count():
     for make in (spiral_data, vertical_data):
         X, y = make(2, 3, seed=0)
