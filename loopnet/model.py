@@ -381,7 +381,12 @@ class Model:
 
         and, when a callback stopped training, ``stopped_epoch`` (an int; the lists then end
         there); ``compile_time`` (seconds) on the compiled path: compiling its step, or loading it
-        from numba's cache, with the set-up before it (numba's own start-up on a first use).
+        from numba's cache, with the set-up before it (numba's own start-up on a first use);
+        ``path``: which path trained, ``"compiled"`` (one compiled call per block of epochs),
+        ``"layered: <why>"`` (layer by layer, and why: the device, a layer or setting the
+        compiled step does not cover), or ``"compiled, then layered: <why>"`` (a callback
+        changed the model in a way the compiled step cannot follow; a ``SlowPathWarning`` says
+        so too).
 
         ``callbacks``: ``loopnet.callbacks`` objects (``EarlyStopping``, ``ModelCheckpoint``,
         your own ``Callback``); one stops training by setting ``model.stop_training = True``.
