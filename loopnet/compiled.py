@@ -194,12 +194,16 @@ class Program:
 
     def parts(self):
         """What the program and its parameter layout were made from: ``(the layers, the
-        loss, the optimizer and the accuracy; each dense layer's arrays)``, the objects
-        themselves (held, so that none is freed and its ``id`` reused by a newcomer)."""
+        loss, the optimizer and the accuracy; each dense layer's arrays; the two settings
+        that choose a kernel: whether SGD has momentum and the accuracy is binary)``, the
+        objects themselves (held, so that none is freed and its ``id`` reused by a
+        newcomer)."""
         model = self.model
         return ([*model.layers, model.loss, model.optimizer, model.accuracy],
                 [arrays.get(name) for arrays in [layer.__dict__ for _, layer in self.dense]
-                 for name in _LAYER_ARRAYS])
+                 for name in _LAYER_ARRAYS],
+                (bool(getattr(model.optimizer, "momentum", 0.0)),
+                 bool(getattr(model.accuracy, "binary", False))))
 
     def follow(self, parts, X):
         """Before a block of epochs that is not the first: ``parts`` (those after the first
@@ -209,10 +213,13 @@ class Program:
         shape, dtype and layout, apart from the others) is followed: the next block copies
         the new arrays."""
         now = self.parts()
-        if not (_same(now[1], parts[1]) and _same(now[0], parts[0])):
+        if not (_same(now[1], parts[1]) and _same(now[0], parts[0]) and now[2] == parts[2]):
             if not _same(now[0], parts[0]):
                 raise Changed("the model's layers, loss, optimizer or accuracy changed during "
                               "training")
+            if now[2] != parts[2]:
+                raise Changed("SGD's momentum or the accuracy's binary setting was switched "
+                              "during training")
             step = self.step
             try:
                 checks.check_model(self.model, X)

@@ -376,6 +376,8 @@ MIDWAY = {
     "weights_wider": lambda m: setattr(m.layers[3], "weights", np.zeros((16, 4), np.float32)),
     "weights_float64": lambda m: setattr(m.layers[3], "weights",
                                          m.layers[3].weights.astype(np.float64)),
+    "momentum_on": lambda m: setattr(m.optimizer, "momentum", 0.9),    # (SGD: see below)
+    "accuracy_binary": lambda m: setattr(m.accuracy, "binary", True),
 }
 FOLLOWED = ("learning_rate", "beta_1", "l2", "l1_bias", "dropout_rate", "dropout_seed",
             "dropout_step", "weights_in_place", "new_weights", "new_momentums")
@@ -401,8 +403,9 @@ def test_a_callback_changing_the_model_between_epochs(change, monkeypatch):
         for layer in (loopnet.Dense(2, 16, seed=0), loopnet.ReLU(), loopnet.Dropout(0.1, seed=3),
                       loopnet.Dense(16, 3, seed=1), loopnet.Softmax()):
             model.add(layer)
-        model.set(loss="categorical_crossentropy", optimizer=loopnet.Adam(learning_rate=0.05),
-                  accuracy="categorical")
+        model.set(loss="categorical_crossentropy",
+                  optimizer=loopnet.SGD(learning_rate=0.5) if change == "momentum_on"
+                  else loopnet.Adam(learning_rate=0.05), accuracy="categorical")
         try:
             history = model.train(X, y, epochs=5, batch_size=40, print_every=0,
                                   callbacks=[Midway()])
