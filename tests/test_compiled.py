@@ -462,6 +462,28 @@ def test_a_callback_rewriting_the_data_in_place(rewrite, monkeypatch):
     assert compiled_run == layered_run
 
 
+def test_the_data_is_read_again_only_where_a_callback_of_ones_own_may_write_it(monkeypatch):
+    """Reading a converted ``X`` again is a pass over the data each epoch: done for a run with
+    a callback of the user's own, not for one with loopnet's EarlyStopping or ModelCheckpoint
+    only, nor without callbacks."""
+    X, y = spiral_data(20, 3, seed=0)
+    reads = []
+    original = compiled.Trainer._read_data
+    monkeypatch.setattr(compiled.Trainer, "_read_data",
+                        lambda self: reads.append(1) or original(self))
+    spec = dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)], loss="categorical", n_outputs=3,
+                optimizer="adam", seed=0)
+    for callbacks, expected in (
+            (None, 0), ([loopnet.callbacks.EarlyStopping("loss", patience=100)], 0),
+            ([loopnet.callbacks.Callback()], 3),
+            ([loopnet.callbacks.EarlyStopping("loss", patience=100),
+              loopnet.callbacks.Callback()], 3)):
+        reads.clear()
+        history = build_model(spec).train(X.astype(np.float64), y, epochs=4, print_every=0,
+                                          callbacks=callbacks)
+        assert history["path"] == "compiled" and len(reads) == expected, (callbacks, reads)
+
+
 def test_tied_parameters_take_the_layered_path_and_say_so(monkeypatch):
     """Two dense layers whose arrays share memory (tied weights: the same array, or a view of
     it; biases likewise) train on the layered path, with the history and the warning naming
