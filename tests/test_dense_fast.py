@@ -52,6 +52,18 @@ def test_tiled_kernel_matches_the_twin(data):
         assert_within(output, expected, nt_tolerance(rows, columns_t, biases * add), "tiled")
 
 
+def test_no_plan_runs_a_dot_product_form_with_biases_over_one_input():
+    """The dot-product forms (DOT_TILES, DOT_PLAIN) add biases only in a forward pass, which
+    takes them from 32 inputs on; with fewer the forward is BLOCKED or FEW_INPUTS (the case
+    the ragged-edge test below leaves out: one input with biases)."""
+    dot_forms = (dense.DOT_TILES, dense.DOT_PLAIN)
+    for n_samples in (1, 4, 300, 5000, 100_000):
+        for n_inputs in range(1, 32):
+            for n_neurons in (1, 2, 3, 4, 15, 16, 64, 128, 1024):
+                plan = cpu.dense_plan(n_samples, n_inputs, n_neurons)
+                assert plan.forward.form not in dot_forms, (n_samples, n_inputs, n_neurons)
+
+
 @settings(max_examples=30)
 @given(data=st.data())
 def test_narrow_products_give_the_bits_of_the_tiles_ragged_edge(data):
@@ -63,13 +75,19 @@ def test_narrow_products_give_the_bits_of_the_tiles_ragged_edge(data):
     # Zeros are compared by value: FASTMATH's ``nsz`` (no signed zeros) lets LLVM drop the
     # ``0 +`` that starts a sum, so a sum of -0 products may be -0 in one compiled context and
     # +0 in another; every other value keeps its bits.
+    # A sum of one product (one input) with biases is left out: with the ``0 +`` dropped, the
+    # product meets the bias add directly, and ``contract`` fuses the two into one FMA in some
+    # builds and not in others (float64: dense_nt_plain's serial build rounds the product
+    # first; 1 ulp apart in ~30% of random inputs). No plan runs these kernels so: the forward
+    # takes a dot-product form from 32 inputs on, and dinputs adds no biases
+    # (``test_no_plan_runs_a_dot_product_form_with_biases_over_one_input``).
     dtype = data.draw(float_dtypes)
     n_rows, n_k = data.draw(st.integers(1, 300)), data.draw(tile_sides)
     n_ragged = data.draw(st.integers(1, 3))
     rows = data.draw(arrays(dtype, (n_rows, n_k), bound=10.0))
     columns_t = data.draw(arrays(dtype, (4 + n_ragged, n_k), bound=10.0))
     biases = data.draw(arrays(dtype, (4 + n_ragged,), bound=10.0))
-    add = data.draw(st.booleans())
+    add = data.draw(st.booleans()) and n_k > 1
     wide = np.full((n_rows, 4 + n_ragged), np.nan, dtype)
     cpu.dense_nt_tiled_serial(rows, columns_t, biases, add, wide)
     for kernel in (cpu.dense_nt_tiled_serial, cpu.dense_nt_tiled_parallel,
