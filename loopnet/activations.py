@@ -10,10 +10,15 @@ from loopnet.layers import Layer, not_set_yet
 from loopnet.validate import reusable
 
 
-def _dinputs_buffer(layer, dvalues):
-    """The previous step's ``dinputs`` when it fits this ``dvalues`` (see ``validate.reusable``)."""
-    return reusable(getattr(layer, "dinputs", None), getattr(dvalues, "shape", ()),
-                   getattr(dvalues, "dtype", None))
+def _dinputs_buffer(layer, dvalues, other=None):
+    """The previous step's ``dinputs`` when it fits this ``dvalues`` (see ``validate.reusable``),
+    and ``other``, the array the gradient is computed with, has their dtype: the result of a
+    float32 ``dvalues`` and a float64 ``other`` is float64 (the layer before it was given
+    float64 weights between two steps), which a float32 buffer cannot hold."""
+    dtype = getattr(dvalues, "dtype", None)
+    if other is not None and getattr(other, "dtype", dtype) != dtype:
+        return None
+    return reusable(getattr(layer, "dinputs", None), getattr(dvalues, "shape", ()), dtype)
 
 
 class ReLU(Layer):
@@ -30,7 +35,7 @@ class ReLU(Layer):
             inputs = self.inputs
         except AttributeError:
             raise not_set_yet(self, "inputs") from None
-        self.dinputs = ops.relu_backward(dvalues, inputs, out=_dinputs_buffer(self, dvalues),
+        self.dinputs = ops.relu_backward(dvalues, inputs, out=_dinputs_buffer(self, dvalues, inputs),
                                          device=self.device)
         return self.dinputs
 
@@ -54,7 +59,8 @@ class Softmax(Layer):
         except AttributeError:
             raise not_set_yet(self, "output") from None
         self.dinputs = ops.softmax_backward(dvalues, output,
-                                            out=_dinputs_buffer(self, dvalues), device=self.device)
+                                            out=_dinputs_buffer(self, dvalues, output),
+                                            device=self.device)
         return self.dinputs
 
     def predictions(self, outputs):
@@ -78,7 +84,8 @@ class Sigmoid(Layer):
         except AttributeError:
             raise not_set_yet(self, "output") from None
         self.dinputs = ops.sigmoid_backward(dvalues, output,
-                                            out=_dinputs_buffer(self, dvalues), device=self.device)
+                                            out=_dinputs_buffer(self, dvalues, output),
+                                            device=self.device)
         return self.dinputs
 
     def predictions(self, outputs):

@@ -381,10 +381,12 @@ class Dropout(Layer):
         if mask is None:
             raise RuntimeError("Dropout.backward after a forward with training=False: "
                                "there is no mask to apply")
+        dtype = getattr(dvalues, "dtype", None)
         self.dinputs = ops.dropout_backward(
-            dvalues, self.binary_mask,
-            out=reusable(getattr(self, "dinputs", None), self.binary_mask.shape,
-                        getattr(dvalues, "dtype", None)),
+            dvalues, mask,
+            # (a mask of another dtype than dvalues makes a result of a third: no reuse)
+            out=reusable(getattr(self, "dinputs", None), mask.shape, dtype)
+            if getattr(mask, "dtype", dtype) == dtype else None,
             device=self.device)
         return self.dinputs
 

@@ -600,6 +600,33 @@ def test_backward_shape_errors_name_the_shapes(device):
         ops.softmax_crossentropy_backward(np.full((2, 3), 1 / 3), [0, 5], device=device)
 
 
+@pytest.mark.parametrize("device", ["cpu", "numpy"])
+def test_a_layers_gradient_buffer_follows_a_change_of_dtype(device):
+    """An activation or dropout layer reuses its last ``dinputs`` where it fits; when its input
+    turns float64 between two steps (the layer before it given float64 weights) while the
+    gradient coming back is still float32, the result is float64 and is computed afresh, the
+    same bits as a fresh layer's, where the float32 buffer was handed to the op (a
+    ``ValueError`` about an out buffer the learner never passed)."""
+    import loopnet
+
+    rng = np.random.default_rng(0)
+    x32 = rng.normal(size=(5, 4)).astype(np.float32)
+    d32 = rng.normal(size=(5, 4)).astype(np.float32)
+    for make in (lambda: loopnet.ReLU(device=device), lambda: loopnet.Sigmoid(device=device),
+                 lambda: loopnet.Softmax(device=device),
+                 lambda: loopnet.Dropout(0.3, seed=1, device=device)):
+        used, fresh = make(), make()
+        used.forward(x32, training=True)
+        used.backward(d32)
+        used.forward(x32.astype(np.float64), training=True)
+        used.backward(d32)
+        fresh.forward(x32, training=True)       # (the dropout mask of the first step)
+        fresh.forward(x32.astype(np.float64), training=True)
+        fresh.backward(d32)
+        assert used.dinputs.dtype == np.float64
+        assert bits(used.dinputs) == bits(fresh.dinputs)
+
+
 def test_a_step_out_of_order_names_what_is_missing():
     """A learner's call before the one that sets what it reads (``backward`` before any
     ``forward``, ``update_params`` before ``backward``) raises an ``AttributeError`` that says
