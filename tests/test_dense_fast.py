@@ -78,8 +78,8 @@ def test_narrow_products_give_the_bits_of_the_tiles_ragged_edge(data):
     # A sum of one product (one input) with biases is left out: with the ``0 +`` dropped, the
     # product meets the bias add directly, and ``contract`` fuses the two into one FMA in some
     # builds and not in others (float64: dense_nt_plain's serial build rounds the product
-    # first; 1 ulp apart in ~30% of random inputs). No plan runs these kernels so: the forward
-    # takes a dot-product form from 32 inputs on, and dinputs adds no biases
+    # first; 1 ulp apart in most calls on random inputs). No plan runs these kernels so: the
+    # forward takes a dot-product form from 32 inputs on, and dinputs adds no biases
     # (``test_no_plan_runs_a_dot_product_form_with_biases_over_one_input``).
     dtype = data.draw(float_dtypes)
     n_rows, n_k = data.draw(st.integers(1, 300)), data.draw(tile_sides)
