@@ -904,6 +904,11 @@ def forward_only(model, X, y=None, *, batch_size=None, outputs=False):
         program.accuracy = program.step.NO_ACCURACY
     run = CompiledRun(program, np.zeros((0, X.shape[1]), program.dtype), None, n, batch_size)
     try:
+        if program.accuracy == program.step.REGRESSION_ACCURACY:
+            # the regression accuracy's precision, as the layered evaluate reads it (it was
+            # left at 0 here: no prediction was ever within it)
+            model.accuracy.init(y)          # (from these targets, where never set)
+            run.hyper[program.step.PRECISION] = model.accuracy.precision
         run.load()
         predictions = (np.zeros((n, program.n_outputs), program.dtype) if outputs
                        else np.zeros((0, program.n_outputs), program.dtype))

@@ -619,6 +619,9 @@ class Model:
         self._check_targets(width, y_val, "y_val")
         self.loss.new_pass()
         if self.accuracy is not None:
+            # a regression accuracy never trained takes its precision from all of y_val, not
+            # from the first batch its compare() would see
+            self.accuracy.init(y_val)
             self.accuracy.new_pass()
         size = n_samples if batch_size is None else positive_int(batch_size, "batch_size")
         for start in range(0, n_samples, size):

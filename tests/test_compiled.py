@@ -323,6 +323,40 @@ def test_the_step_and_the_layered_ops_ask_one_plan(monkeypatch):
                 n_samples, n_inputs, n_neurons)
 
 
+def test_evaluate_in_batches_reads_the_regression_accuracys_precision(monkeypatch):
+    """``evaluate`` in batches runs the compiled step (from 24 layer calls): it left the
+    regression accuracy's precision at 0, so its accuracy was 0.0 where the layered path's was
+    not. A regression accuracy never trained takes its precision from all of ``y_val`` on both
+    paths (the layered path took it from the first batch)."""
+    from loopnet.datasets import sine_data
+
+    X, y = sine_data(400)
+
+    def model(trained):
+        built = loopnet.Model()
+        for layer in (loopnet.Dense(1, 32, seed=0), loopnet.ReLU(), loopnet.Dense(32, 1, seed=1),
+                      loopnet.Linear()):
+            built.add(layer)
+        built.set(loss="mse", optimizer=loopnet.Adam(learning_rate=0.01),
+                  accuracy=loopnet.RegressionAccuracy())
+        if trained:
+            built.train(X, y, epochs=300, print_every=0)
+        return built
+
+    results = {}
+    for path in ("compiled", "layered"):
+        if path == "layered":
+            monkeypatch.setenv(compiled.ENV_VAR, "0")
+        trained, fresh = model(True), model(False)
+        results[path] = (trained.evaluate(X, y, batch_size=8, verbose=False),
+                         fresh.evaluate(X, y, batch_size=8, verbose=False),
+                         fresh.accuracy.precision)
+    assert results["compiled"] == results["layered"]
+    (_, accuracy), _, precision = results["compiled"]
+    assert accuracy > 0      # (the bug: exactly 0.0, no prediction within a precision of 0)
+    assert precision == pytest.approx(float(np.std(y)) / 250)
+
+
 def test_the_history_says_which_path_ran_and_why(monkeypatch):
     """Nothing takes the slow path silently: the history names the path, and on cpu the
     layered path is warned about once, with the layer or setting that caused it."""
