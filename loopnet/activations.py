@@ -7,18 +7,7 @@ import numpy as np
 
 from loopnet import ops
 from loopnet.layers import Layer, not_set_yet
-from loopnet.validate import reusable
-
-
-def _dinputs_buffer(layer, dvalues, other=None):
-    """The previous step's ``dinputs`` when it fits this ``dvalues`` (see ``validate.reusable``),
-    and ``other``, the array the gradient is computed with, has their dtype: the result of a
-    float32 ``dvalues`` and a float64 ``other`` is float64 (the layer before it was given
-    float64 weights between two steps), which a float32 buffer cannot hold."""
-    dtype = getattr(dvalues, "dtype", None)
-    if other is not None and getattr(other, "dtype", dtype) != dtype:
-        return None
-    return reusable(getattr(layer, "dinputs", None), getattr(dvalues, "shape", ()), dtype)
+from loopnet.validate import dinputs_buffer
 
 
 class ReLU(Layer):
@@ -35,7 +24,8 @@ class ReLU(Layer):
             inputs = self.inputs
         except AttributeError:
             raise not_set_yet(self, "inputs") from None
-        self.dinputs = ops.relu_backward(dvalues, inputs, out=_dinputs_buffer(self, dvalues, inputs),
+        self.dinputs = ops.relu_backward(dvalues, inputs,
+                                         out=dinputs_buffer(self, dvalues, inputs),
                                          device=self.device)
         return self.dinputs
 
@@ -59,7 +49,7 @@ class Softmax(Layer):
         except AttributeError:
             raise not_set_yet(self, "output") from None
         self.dinputs = ops.softmax_backward(dvalues, output,
-                                            out=_dinputs_buffer(self, dvalues, output),
+                                            out=dinputs_buffer(self, dvalues, output),
                                             device=self.device)
         return self.dinputs
 
@@ -84,7 +74,7 @@ class Sigmoid(Layer):
         except AttributeError:
             raise not_set_yet(self, "output") from None
         self.dinputs = ops.sigmoid_backward(dvalues, output,
-                                            out=_dinputs_buffer(self, dvalues, output),
+                                            out=dinputs_buffer(self, dvalues, output),
                                             device=self.device)
         return self.dinputs
 
@@ -106,7 +96,7 @@ class Linear(Layer):
         return self.output
 
     def backward(self, dvalues):
-        self.dinputs = ops.linear_backward(dvalues, out=_dinputs_buffer(self, dvalues),
+        self.dinputs = ops.linear_backward(dvalues, out=dinputs_buffer(self, dvalues),
                                            device=self.device)
         return self.dinputs
 

@@ -467,6 +467,14 @@ class CompiledRun:
 
     # --- moving parameters in and out ----------------------------------------------------------
 
+    def read_precision(self):
+        """The regression accuracy's precision into the hyper-parameters the step compares
+        with (for training and for ``evaluate`` alike: left at 0, no prediction would be
+        within it)."""
+        precision = getattr(self.program.model.accuracy, "precision", None)
+        if precision is not None:
+            self.hyper[self.step.PRECISION] = precision
+
     def load(self):
         """Copy the layers' parameters (and the optimizer's state) into the flat buffers."""
         if self._pairs is None:
@@ -816,9 +824,7 @@ class Trainer:
                             ("beta_2", step.BETA_2), ("momentum", step.MOMENTUM),
                             ("rho", step.RHO)):
             run.hyper[field] = getattr(optimizer, name, 0.0)
-        accuracy = model.accuracy
-        if getattr(accuracy, "precision", None) is not None:
-            run.hyper[step.PRECISION] = accuracy.precision
+        run.read_precision()
         run.settings[step.ITERATIONS] = optimizer.iterations
         run.load()
         step_log, epoch_log, failed = run.call(
@@ -905,10 +911,8 @@ def forward_only(model, X, y=None, *, batch_size=None, outputs=False):
     run = CompiledRun(program, np.zeros((0, X.shape[1]), program.dtype), None, n, batch_size)
     try:
         if program.accuracy == program.step.REGRESSION_ACCURACY:
-            # the regression accuracy's precision, as the layered evaluate reads it (it was
-            # left at 0 here: no prediction was ever within it)
             model.accuracy.init(y)          # (from these targets, where never set)
-            run.hyper[program.step.PRECISION] = model.accuracy.precision
+        run.read_precision()
         run.load()
         predictions = (np.zeros((n, program.n_outputs), program.dtype) if outputs
                        else np.zeros((0, program.n_outputs), program.dtype))

@@ -8,8 +8,8 @@ import numpy as np
 
 from loopnet import ops
 from loopnet.devices import check_available, get_device, gpu, normalize
-from loopnet.validate import (Checked, count, is_device_array, normal_draws, number,
-                              parameter_dtype, positive_int, reusable)
+from loopnet.validate import (Checked, count, dinputs_buffer, is_device_array, normal_draws,
+                              number, parameter_dtype, positive_int, reusable)
 from loopnet.validate import penalties as checked_penalties
 
 
@@ -381,13 +381,9 @@ class Dropout(Layer):
         if mask is None:
             raise RuntimeError("Dropout.backward after a forward with training=False: "
                                "there is no mask to apply")
-        dtype = getattr(dvalues, "dtype", None)
-        self.dinputs = ops.dropout_backward(
-            dvalues, mask,
-            # (a mask of another dtype than dvalues makes a result of a third: no reuse)
-            out=reusable(getattr(self, "dinputs", None), mask.shape, dtype)
-            if getattr(mask, "dtype", dtype) == dtype else None,
-            device=self.device)
+        self.dinputs = ops.dropout_backward(dvalues, mask,
+                                            out=dinputs_buffer(self, dvalues, mask),
+                                            device=self.device)
         return self.dinputs
 
     def get_config(self) -> dict:

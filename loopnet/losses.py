@@ -9,7 +9,7 @@ import numpy as np
 from loopnet import ops
 from loopnet.activations import Softmax
 from loopnet.devices import normalize
-from loopnet.validate import reusable
+from loopnet.validate import dinputs_buffer
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -138,10 +138,6 @@ class Loss:
             raise RuntimeError("no loss was calculated since new_pass()")
         return self.accumulated_sum / self.accumulated_count
 
-    def _dinputs_buffer(self, dvalues):
-        return reusable(getattr(self, "dinputs", None), getattr(dvalues, "shape", ()),
-                       getattr(dvalues, "dtype", None))
-
     def get_config(self) -> dict:
         return {}
 
@@ -159,7 +155,7 @@ class CategoricalCrossentropy(Loss):
     def backward(self, dvalues, y_true):
         """``-1 / p_target / n_samples`` on each target class, 0 elsewhere."""
         self.dinputs = ops.categorical_crossentropy_backward(
-            dvalues, y_true, out=self._dinputs_buffer(dvalues), device=self.device)
+            dvalues, y_true, out=dinputs_buffer(self, dvalues), device=self.device)
         return self.dinputs
 
 
@@ -185,8 +181,7 @@ class SoftmaxCategoricalCrossentropy:
     def backward(self, dvalues, y_true):
         self.dinputs = ops.softmax_crossentropy_backward(
             dvalues, y_true,
-            out=reusable(getattr(self, "dinputs", None), getattr(dvalues, "shape", ()),
-                        getattr(dvalues, "dtype", None)),
+            out=dinputs_buffer(self, dvalues),
             device=self.device)
         return self.dinputs
 
@@ -204,7 +199,7 @@ class BinaryCrossentropy(Loss):
 
     def backward(self, dvalues, y_true):
         self.dinputs = ops.binary_crossentropy_backward(
-            dvalues, y_true, out=self._dinputs_buffer(dvalues), device=self.device)
+            dvalues, y_true, out=dinputs_buffer(self, dvalues), device=self.device)
         return self.dinputs
 
 
@@ -217,7 +212,7 @@ class MeanSquaredError(Loss):
 
     def backward(self, dvalues, y_true):
         self.dinputs = ops.mean_squared_error_backward(
-            dvalues, y_true, out=self._dinputs_buffer(dvalues), device=self.device)
+            dvalues, y_true, out=dinputs_buffer(self, dvalues), device=self.device)
         return self.dinputs
 
 
@@ -231,5 +226,5 @@ class MeanAbsoluteError(Loss):
 
     def backward(self, dvalues, y_true):
         self.dinputs = ops.mean_absolute_error_backward(
-            dvalues, y_true, out=self._dinputs_buffer(dvalues), device=self.device)
+            dvalues, y_true, out=dinputs_buffer(self, dvalues), device=self.device)
         return self.dinputs

@@ -195,3 +195,15 @@ def reusable(previous, shape, dtype):
     if previous is not None and previous.shape == shape and previous.dtype == dtype:
         return previous
     return None
+
+
+def dinputs_buffer(owner, dvalues, other=None):
+    """``owner``'s last ``dinputs`` when it fits this ``dvalues`` (``reusable``), for the
+    backward of an activation, a dropout layer or a loss. ``other``, the array the gradient is
+    computed with, must have ``dvalues``' dtype too: a float32 ``dvalues`` with a float64
+    ``other`` (the layer before was given float64 weights between two steps) makes a float64
+    result, which the float32 buffer cannot hold."""
+    dtype = getattr(dvalues, "dtype", None)
+    if other is not None and getattr(other, "dtype", dtype) != dtype:
+        return None
+    return reusable(getattr(owner, "dinputs", None), getattr(dvalues, "shape", ()), dtype)
