@@ -205,15 +205,26 @@ class Program:
                 (bool(getattr(model.optimizer, "momentum", 0.0)),
                  bool(getattr(model.accuracy, "binary", False))))
 
-    def follow(self, parts, X):
+    @staticmethod
+    def layout(arrays):
+        """Each array's shape, dtype, strides and writeability (None for what is not an
+        array): what ``weights.shape = ...``, ``weights.dtype = ...`` or
+        ``weights.flags.writeable = False`` changes in place, the object staying the same
+        (~1.7 us for the 12 arrays of two dense layers with Adam's state)."""
+        return [(a.shape, a.dtype, a.strides, a.flags.writeable) if type(a) is np.ndarray
+                else None for a in arrays]
+
+    def follow(self, parts, X, moved=False):
         """Before a block of epochs that is not the first: ``parts`` (those after the first
         block) when the model is still made of them, else its parts now (``parts()``), after
         raising ``Changed`` where the program cannot follow the change; either way the
         layers' settings read again. A dense layer's array replaced by one that fits (same
         shape, dtype and layout, apart from the others) is followed: the next block copies
-        the new arrays."""
+        the new arrays. ``moved``: one of the arrays changed its ``layout`` in place; it is
+        checked as a new one would be."""
         now = self.parts()
-        if not (_same(now[1], parts[1]) and _same(now[0], parts[0]) and now[2] == parts[2]):
+        if moved or not (_same(now[1], parts[1]) and _same(now[0], parts[0])
+                         and now[2] == parts[2]):
             if not _same(now[0], parts[0]):
                 raise Changed("the model's layers, loss, optimizer or accuracy changed during "
                               "training")
@@ -743,21 +754,35 @@ class Trainer:
         # a callback rewrites them, they are checked again (``_read_data``)
         self.sources = sources
         self.seen = [None, None]
+        self.layout = None      # (``Program.layout`` of the arrays in ``parts``)
+        self.data_layout = [(a.shape, a.dtype, a.strides) for a in self._data()]
         if sources is not None:
             _, y, validation = sources
             self.seen = [y.tobytes(), None if validation is None else validation[1].tobytes()]
 
-    def follow(self, data: bool = False):
+    def _data(self):
+        """The caller's ``X``, ``y``, ``X_val`` and ``y_val`` (those given)."""
+        if self.sources is None:
+            return ()
+        X, y, validation = self.sources
+        return (X, y) + (() if validation is None else tuple(validation))
+
+    def follow(self, users: bool = False):
         """Before each block after the first: follow what a callback changed since the last
-        (``Program.follow``; ``Changed`` when the compiled step cannot), and with ``data``
-        (there are callbacks) what it wrote into ``X``, ``y`` or the validation data."""
+        (``Program.follow``; ``Changed`` when the compiled step cannot), and with ``users``
+        (callbacks of the user's own ran) what one may have changed in place: a layer's
+        arrays' shape, dtype or writeability, and ``X``, ``y`` or the validation data, their
+        values or their shape or dtype."""
         if self.parts is None:
             return
-        now = self.run.program.follow(self.parts, self.run.X)
+        program = self.run.program
+        moved = users and program.layout(self.parts[1]) != self.layout
+        now = program.follow(self.parts, self.run.X, moved)
         if now is not self.parts:       # (other arrays: copy those)
             self.parts = now
+            self.layout = program.layout(now[1])
             self.run.forget_pairs()
-        if data:
+        if users:
             self._read_data()
 
     def _read_data(self):
@@ -769,6 +794,11 @@ class Trainer:
         their checks 5-7 us.)"""
         run, program = self.run, self.run.program
         X, y, validation = self.sources
+        for name, array, layout in zip(("X", "y", "X_val", "y_val"), self._data(),
+                                       self.data_layout):
+            if (array.shape, array.dtype, array.strides) != layout:
+                raise Changed(f"{name} changed its shape or dtype in place during training "
+                              f"({layout[0]} {layout[1]} -> {array.shape} {array.dtype})")
         if run.X is not X:
             run.X[...] = X
         seen = y.tobytes()
@@ -835,6 +865,7 @@ class Trainer:
         optimizer.current_learning_rate = float(run.hyper[step.CURRENT_LEARNING_RATE])
         if self.parts is None:      # (the first block made the optimizer's missing arrays)
             self.parts = run.program.parts()
+            self.layout = run.program.layout(self.parts[1])
         steps = self.steps
         done = n_epochs if failed < 0 else failed // steps
         if failed >= 0:

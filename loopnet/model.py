@@ -84,14 +84,28 @@ def _callbacks(callbacks) -> list:
     return list(callbacks)
 
 
-def _may_rewrite_data(callbacks) -> bool:
-    """Whether a callback may write into ``X`` or ``y`` between epochs, so that the compiled
-    step reads them again before each block: one of the user's own may (an augmentation),
-    loopnet's ``EarlyStopping`` and ``ModelCheckpoint`` do not. (Reading a float64 ``X``
-    again is a pass over the data each epoch: 18 ms for 60,000 x 784, ~9% of that epoch.)"""
+def _users_callbacks(callbacks) -> bool:
+    """Whether a callback of the user's own runs between epochs: it may write into ``X`` or
+    ``y`` (an augmentation), so that the compiled step reads them again before each block,
+    or change a layer's arrays in place (``weights.shape = ...``), so that both paths check
+    the model again (``_check_between_epochs``); loopnet's ``EarlyStopping`` and
+    ``ModelCheckpoint`` do neither. (Reading a float64 ``X`` again is a pass over the data
+    each epoch: 18 ms for 60,000 x 784, ~9% of that epoch.)"""
     from loopnet.callbacks import EarlyStopping, ModelCheckpoint
 
     return any(type(callback) not in (EarlyStopping, ModelCheckpoint) for callback in callbacks)
+
+
+def _check_between_epochs(model, X, epoch: int) -> None:
+    """``checks.check_model`` again before ``epoch``, after a callback of the user's own ran:
+    one may have left an array no kernel can take (``weights.shape = (16, 2)`` or
+    ``weights.flags.writeable = False`` in place, float64 weights in a float32 layer), which
+    the kernels would read as it is, unchecked. The error is the one ``train`` gives such a
+    model at its start, saying when, on the compiled step and on the layered path alike."""
+    try:
+        checks.check_model(model, X)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"after epoch {epoch - 1}'s callbacks: {error}") from None
 
 
 # The thread each training model, and each of its layers, is training in: by ``id`` (an entry
@@ -456,14 +470,17 @@ class Model:
         try:
             run.begin()
             epoch = 1
+            users = _users_callbacks(callbacks)
             if trainer is not None:
                 from loopnet import compiled
             while epoch <= epochs and trainer is not None:
                 # a block of epochs in one compiled call, then each epoch's bookkeeping from
                 # the numbers of its steps
                 try:
-                    trainer.follow(data=_may_rewrite_data(callbacks))
+                    trainer.follow(users)
                 except compiled.Changed as reason:
+                    if users:       # (an array no kernel takes: the layered path's error)
+                        _check_between_epochs(self, X, epoch)
                     # the rest on the layered path, which reads the model as it is now
                     compiled.warn_layered(self, f"{reason} (from epoch {epoch} on)")
                     run.history["path"] = f"compiled, then layered: {reason}"
@@ -506,6 +523,8 @@ class Model:
             if on_gpu is not None and rng is None and not is_device_array(X):
                 X = ops.to_device(X, on_gpu)
             for epoch in range(epoch, epochs + 1):
+                if users and epoch > 1:
+                    _check_between_epochs(self, X, epoch)
                 X_epoch, y_epoch = X, y
                 if rng is not None:
                     order = rng.permutation(n_samples)
