@@ -11,8 +11,9 @@ do not::
 
 Jobs: ``ch10``, ``ch14``, ``ch16``, ``ch17`` (the book's chapter loops with ``loopnet.nnfs``,
 ``chapter_loops.py``), ``model:<name>`` (``Model.train`` of a ``book_models`` model on cpu,
-``bench.py``'s ``build_book_model``) and ``callback:<name>`` (the same with a callback that does
-nothing: one compiled block per epoch). ``--after`` defaults to this checkout. Both processes run
+``bench.py``'s ``build_book_model``), ``callback:<name>`` (the same with a callback that does
+nothing: one compiled block per epoch) and ``call:<name>`` (a ``train(epochs=1)`` call per
+epoch: each call's set-up included). ``--after`` defaults to this checkout. Both processes run
 this directory's benchmark code; only ``loopnet`` differs. Prints, per job, the median ratio
 before / after with its quartiles and each side's best and median per-epoch time.
 """
@@ -40,7 +41,7 @@ def worker() -> None:
     for line in sys.stdin:
         job, epochs = line.split()
         epochs = int(epochs)
-        if job.startswith(("model:", "callback:")):
+        if job.startswith(("model:", "callback:", "call:")):
             from bench import build_book_model
             from book_models import MODELS, model_data
 
@@ -54,7 +55,12 @@ def worker() -> None:
                 models[name] = model, data
             model, (X, y) = models[name]
             start = time.perf_counter()
-            model.train(X, y, epochs=epochs, print_every=0, progress=False, callbacks=callbacks)
+            if kind == "call":      # one train() call per epoch: its set-up every time
+                for _ in range(epochs):
+                    model.train(X, y, epochs=1, print_every=0, progress=False)
+            else:
+                model.train(X, y, epochs=epochs, print_every=0, progress=False,
+                            callbacks=callbacks)
             seconds = time.perf_counter() - start
         else:
             if job not in datas:
@@ -67,7 +73,7 @@ def worker() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("jobs", nargs="*",
-                        help="ch10 ch14 ch16 ch17 model:<name> callback:<name> ...")
+                        help="ch10 ch14 ch16 ch17 model:<name> callback:<name> call:<name> ...")
     parser.add_argument("--before", help="a checkout of the code before (required)")
     parser.add_argument("--after", default=os.path.dirname(HERE),
                         help="a checkout of the code after (default: this one)")

@@ -349,12 +349,145 @@ def _round_up(n, multiple):
     return -(-n // multiple) * multiple
 
 
+class Layout:
+    """Where a run's layers, plans and scratch regions lie (``_layout``): what a
+    ``CompiledRun`` makes of its model's sizes and its batches, the same for every run of the
+    same sizes, so made once and shared (with the compiled steps such runs call)."""
+
+    def __init__(self, fields, plans, batch_rows, work, acts, packed, scratch, settings):
+        self.fields, self.plans, self.batch_rows, self.work = fields, plans, batch_rows, work
+        self.acts, self.packed, self.scratch, self.settings = acts, packed, scratch, settings
+        self.builds = {}
+
+
+# The program's columns a layout fills in (where each layer reads and writes, its packed
+# transpose, its dropout mask), and the columns and settings a layout is made from.
+_LAYOUT_FIELDS = None
+_LAYOUTS: dict = {}
+LAYOUTS_KEPT = 64       # (made again beyond that: a few hundred bytes and ~15 us each)
+
+
+def _layout(program, n_samples, batch_size, val_rows, val_batch_size):
+    """The ``Layout`` of a run of ``program`` over these rows: made by ``_make_layout`` on the
+    first run of such sizes, then looked up (~15 us of a ``train(epochs=1)`` call saved, and
+    the choice of its compiled step, ~10 us more). A forked child starts afresh, as
+    ``cpu.dense_plan`` does: its plans may run serial where the parent's ran in parallel."""
+    global _LAYOUT_FIELDS
+    step = program.step
+    if _LAYOUT_FIELDS is None:
+        _LAYOUT_FIELDS = [step.IN, step.OUT, step.PACKED, step.MASK]
+    table = program.program
+    from loopnet.backends import cpu
+
+    key = (table[:, [step.KIND, step.WIDTH_IN, step.WIDTH, step.NEEDS_DINPUTS]].tobytes(),
+           table.shape[0], n_samples, batch_size, val_rows, val_batch_size, program.dtype,
+           program.n_params, program.n_outputs, getattr(program, "loss", None),
+           getattr(program, "accuracy", None), getattr(program, "optimizer", None),
+           getattr(program, "fused_softmax", 0),
+           cpu.dense_plan, cpu.PARALLEL_MIN_ELEMENTS)     # (what tests may stand in for)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = _make_layout(program, n_samples, batch_size, val_rows, val_batch_size)
+        if len(_LAYOUTS) >= LAYOUTS_KEPT:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = layout
+    return layout
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_LAYOUTS.clear)
+
+
+def _make_layout(program, n_samples, batch_size, val_rows, val_batch_size):
+    from loopnet.backends import cpu
+    from loopnet.kernels import dense_fast as fast
+
+    step = program.step
+    dtype = program.dtype
+    rows = max(batch_size, val_batch_size)
+    align = 64 // dtype.itemsize  # a region per 64-byte line: aligned for vector loads
+    table = program.program.copy()
+    n_layers = table.shape[0]
+    steps_per_epoch = -(-n_samples // batch_size) if n_samples else 0
+    kinds = [(step.TRAIN_FULL, batch_size),
+             (step.TRAIN_LAST, n_samples - (steps_per_epoch - 1) * batch_size
+              if n_samples else batch_size),
+             (step.VAL_FULL, val_batch_size),
+             (step.VAL_LAST, val_rows - (-(-val_rows // val_batch_size) - 1)
+              * val_batch_size if val_rows else val_batch_size)]
+    plans = np.zeros((n_layers, 4, 6), np.int64)
+    offset = 0
+    previous = -1
+    panels = 0
+    dweights_t = 0
+    packed = 0
+    for l in range(n_layers):
+        width_in, width = int(table[l, step.WIDTH_IN]), int(table[l, step.WIDTH])
+        table[l, step.IN] = previous
+        if table[l, step.KIND] in step.SHARED_BLOCK_KINDS and previous >= 0:
+            table[l, step.OUT] = previous   # the same block (``step.forward``)
+        else:
+            table[l, step.OUT] = offset
+            offset += _round_up(rows * width, align)
+        previous = int(table[l, step.OUT])
+        if table[l, step.KIND] != step.DENSE:
+            continue
+        reads_transpose = False
+        for kind, m in kinds:
+            plan = cpu.dense_plan(max(m, 1), width_in, width)
+            plans[l, kind] = (plan.forward.form, plan.forward.parallel,
+                              plan.dweights.form, plan.dweights.parallel,
+                              plan.dinputs.form, plan.dinputs.parallel)
+            training = kind in (step.TRAIN_FULL, step.TRAIN_LAST)
+            if plan.forward.form == fast.BROADCAST:
+                panels = max(panels, -(-width // 64) * width_in * 64)
+            if plan.forward.form in (fast.DOT_TILES, fast.DOT_PLAIN):
+                reads_transpose = True
+            if not training:
+                continue
+            if plan.dweights.form == fast.BROADCAST:
+                panels = max(panels, -(-width // 64) * m * 64)
+            if plan.dweights.form == fast.NARROW:
+                dweights_t = max(dweights_t, width * width_in)
+            if table[l, step.NEEDS_DINPUTS]:
+                if plan.dinputs.form == fast.BROADCAST:
+                    panels = max(panels, -(-width_in // 64) * width * 64)
+                if plan.dinputs.form == fast.NARROW:
+                    reads_transpose = True
+        if reads_transpose:
+            table[l, step.PACKED] = packed
+            packed += _round_up(width * width_in, align)
+    settings = np.zeros(step.N_SETTINGS, np.int64)
+    scratch = _round_up(panels, align)
+    settings[step.DWEIGHTS_T] = scratch
+    scratch += _round_up(dweights_t, align)
+    for index in range(n_layers):
+        if table[index, step.KIND] == step.DROPOUT:
+            table[index, step.MASK] = scratch
+            scratch += _round_up(rows * int(table[index, step.WIDTH]), align)
+    settings[step.SAMPLE_LOSSES] = scratch
+    scratch += _round_up(rows, align)
+    settings[step.CORRECT] = scratch
+    scratch += rows * program.n_outputs
+    settings[step.PARALLEL_MIN_ELEMENTS] = cpu.PARALLEL_MIN_ELEMENTS
+    settings[step.N_PARAMS] = program.n_params
+    settings[step.LOSS] = step.NO_LOSS if getattr(program, "loss", None) is None \
+        else program.loss
+    settings[step.ACCURACY] = getattr(program, "accuracy", step.NO_ACCURACY)
+    settings[step.OPTIMIZER] = getattr(program, "optimizer", None) or 0
+    settings[step.FUSED_SOFTMAX] = getattr(program, "fused_softmax", 0)
+    work = batch_size * sum(int(table[i, step.WIDTH_IN] * table[i, step.WIDTH])
+                            for i in range(n_layers) if table[i, step.KIND] == step.DENSE)
+    fields = table[:, [step.IN, step.OUT, step.PACKED, step.MASK]].copy()
+    return Layout(fields, plans, dict(kinds), work, max(offset, 1), max(packed, 1), scratch,
+                  settings)
+
+
 class CompiledRun:
     """The buffers of one ``Model.train`` / ``evaluate`` / ``predict`` call."""
 
     def __init__(self, program: Program, X, batch_size, val_rows, val_batch_size):
         from loopnet.backends import cpu
-        from loopnet.kernels import dense_fast as fast
 
         step = program.step
         self.cpu = cpu
@@ -366,85 +499,20 @@ class CompiledRun:
         n_samples = X.shape[0]
         self.batch_size = max(1, min(batch_size or n_samples, n_samples)) if n_samples else 1
         self.val_batch_size = max(1, min(val_batch_size or val_rows, val_rows)) if val_rows else 1
-        rows = max(self.batch_size, self.val_batch_size)
-        align = 64 // dtype.itemsize  # a region per 64-byte line: aligned for vector loads
         table = program.program
-        n_layers = table.shape[0]
-        kinds = [(step.TRAIN_FULL, self.batch_size),
-                 (step.TRAIN_LAST, n_samples - (self.steps_per_epoch() - 1) * self.batch_size
-                  if n_samples else self.batch_size),
-                 (step.VAL_FULL, self.val_batch_size),
-                 (step.VAL_LAST, val_rows - (-(-val_rows // self.val_batch_size) - 1)
-                  * self.val_batch_size if val_rows else self.val_batch_size)]
-        self.plans = np.zeros((n_layers, 4, 6), np.int64)
-        self.batch_rows = dict(kinds)   # batch kind -> its rows
-        offset = 0
-        previous = -1
-        panels = 0
-        dweights_t = 0
-        packed = 0
-        for l in range(n_layers):
-            width_in, width = int(table[l, step.WIDTH_IN]), int(table[l, step.WIDTH])
-            table[l, step.IN] = previous
-            if table[l, step.KIND] in step.SHARED_BLOCK_KINDS and previous >= 0:
-                table[l, step.OUT] = previous   # the same block (``step.forward``)
-            else:
-                table[l, step.OUT] = offset
-                offset += _round_up(rows * width, align)
-            previous = int(table[l, step.OUT])
-            if table[l, step.KIND] != step.DENSE:
-                continue
-            reads_transpose = False
-            for kind, m in kinds:
-                plan = cpu.dense_plan(max(m, 1), width_in, width)
-                self.plans[l, kind] = (plan.forward.form, plan.forward.parallel,
-                                       plan.dweights.form, plan.dweights.parallel,
-                                       plan.dinputs.form, plan.dinputs.parallel)
-                training = kind in (step.TRAIN_FULL, step.TRAIN_LAST)
-                if plan.forward.form == fast.BROADCAST:
-                    panels = max(panels, -(-width // 64) * width_in * 64)
-                if plan.forward.form in (fast.DOT_TILES, fast.DOT_PLAIN):
-                    reads_transpose = True
-                if not training:
-                    continue
-                if plan.dweights.form == fast.BROADCAST:
-                    panels = max(panels, -(-width // 64) * m * 64)
-                if plan.dweights.form == fast.NARROW:
-                    dweights_t = max(dweights_t, width * width_in)
-                if table[l, step.NEEDS_DINPUTS]:
-                    if plan.dinputs.form == fast.BROADCAST:
-                        panels = max(panels, -(-width_in // 64) * width * 64)
-                    if plan.dinputs.form == fast.NARROW:
-                        reads_transpose = True
-            if reads_transpose:
-                table[l, step.PACKED] = packed
-                packed += _round_up(width * width_in, align)
+        layout = _layout(program, n_samples, self.batch_size, val_rows, self.val_batch_size)
+        table[:, _LAYOUT_FIELDS] = layout.fields
+        self.plans = layout.plans.copy()
+        self.batch_rows = layout.batch_rows
+        self._work = layout.work
         # (the buffers are borrowed from this thread's pool and given back by ``release``)
         self.borrowed = []
-        self.acts = self._borrow(max(offset, 1), dtype)
-        self.dacts = self._borrow(max(offset, 1), dtype)
-        self.packed = self._borrow(max(packed, 1), dtype)
-        settings = np.zeros(step.N_SETTINGS, np.int64)
-        scratch = _round_up(panels, align)
-        settings[step.DWEIGHTS_T] = scratch
-        scratch += _round_up(dweights_t, align)
-        for index, _ in program.dropout:
-            table[index, step.MASK] = scratch
-            scratch += _round_up(rows * int(table[index, step.WIDTH]), align)
-        settings[step.SAMPLE_LOSSES] = scratch
-        scratch += _round_up(rows, align)
-        settings[step.CORRECT] = scratch
-        scratch += rows * program.n_outputs
-        self.scratch = self._borrow(scratch, dtype)
+        self.acts = self._borrow(layout.acts, dtype)
+        self.dacts = self._borrow(layout.acts, dtype)
+        self.packed = self._borrow(layout.packed, dtype)
+        self.scratch = self._borrow(layout.scratch, dtype)
         self.scratch[...] = 0
-        settings[step.PARALLEL_MIN_ELEMENTS] = cpu.PARALLEL_MIN_ELEMENTS
-        settings[step.N_PARAMS] = program.n_params
-        settings[step.LOSS] = step.NO_LOSS if getattr(program, "loss", None) is None \
-            else program.loss
-        settings[step.ACCURACY] = getattr(program, "accuracy", step.NO_ACCURACY)
-        settings[step.OPTIMIZER] = getattr(program, "optimizer", None) or 0
-        settings[step.FUSED_SOFTMAX] = getattr(program, "fused_softmax", 0)
-        self.settings = settings
+        self.settings = layout.settings.copy()
         self.params = self._borrow(program.n_params, dtype)
         self.grads = self._borrow(program.n_params, dtype)
         self.state_1 = np.zeros(program.n_params if _uses_state(program, 1) else 1, dtype)
@@ -457,7 +525,9 @@ class CompiledRun:
         self.values = np.zeros((self.batch_size, program.n_outputs), dtype)
         self.compile_time = 0.0
         self._pairs = None          # what ``load`` and ``store`` copy (``_make_pairs``)
-        self._kernels = {}          # (parallel, penalized) -> its compiled step (``_kernel``)
+        self._kernels = {}          # (parallel, penalized, ...) -> its compiled step (``_kernel``)
+        # ... and the ``Build`` each asks for: a training run's shared by the runs of its layout
+        self._builds = layout.builds if program.optimizer is not None else {}
         self._compiled = None       # the kernel compile_for last saw this run's arguments for
 
     def _borrow(self, size, dtype):
@@ -628,14 +698,17 @@ class CompiledRun:
         """The compiled step for this run's next block: made once per run and per the two
         things that may change between its blocks (whether it runs in parallel, and whether
         a callback gave the model a penalty), not rebuilt before every block."""
-        key = (self.cpu.parallel_step(self._work_per_step()), self.program.penalized)
+        key = (self.cpu.parallel_step(self._work_per_step()), self.program.penalized,
+               os.environ.get(FULL_BUILD_VAR))
         kernel = self._kernels.get(key)
         if kernel is None:
-            kernel = self._kernels[key] = self._new_kernel()
+            build = self._builds.get(key)
+            if build is None:
+                build = self._builds[key] = self.build()
+            kernel = self._kernels[key] = self._new_kernel(build)
         return kernel
 
-    def _new_kernel(self):
-        build = self.build()
+    def _new_kernel(self, build):
         if build.loss == self.step.FULL.loss:
             return self.cpu.training_step(build)
         if self.program.optimizer is not None:
@@ -652,13 +725,7 @@ class CompiledRun:
         return self.cpu.training_step(build.forward_only())
 
     def _work_per_step(self):
-        work = self.__dict__.get("_work")       # (a run's widths and batch size stay)
-        if work is None:
-            table = self.program.program
-            work = self._work = self.batch_size * sum(
-                int(table[i, self.step.WIDTH_IN] * table[i, self.step.WIDTH])
-                for i, _ in self.program.dense)
-        return work
+        return self._work       # (the layout's: a run's widths and batch size stay)
 
     def call(self, n_epochs, orders, y_index, y_values, X_val, y_val_index, y_val_values,
              predictions):

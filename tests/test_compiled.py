@@ -1108,6 +1108,48 @@ class _Predicts(loopnet.callbacks.Callback):
         self.outputs.append(self.model.predict(self.X))
 
 
+def test_runs_of_the_same_sizes_share_one_layout(monkeypatch):
+    """Where a run's layers, plans and scratch regions lie (``compiled.Layout``) is made once
+    for a model's sizes and its batches, then shared: a second run of the same sizes (the same
+    model again, or another of its shape) makes none and gives the very bits of a run whose
+    layout was made afresh; other widths, rows, batches, validation rows or dtype make their
+    own. (A ``train(epochs=1)`` call lays its run out anew each time otherwise.)"""
+    made = []
+    original = compiled._make_layout
+    monkeypatch.setattr(compiled, "_make_layout",
+                        lambda program, *sizes: made.append(sizes) or original(program, *sizes))
+    monkeypatch.setattr(compiled, "_LAYOUTS", {})
+    X, y = spiral_data(20, 3, seed=0)
+
+    def run(width=8, rows=60, batch_size=None, validation=False, dtype=np.float32,
+            model=None):
+        model = model or build_model(dict(n_inputs=2, hidden=[(width, "relu", 0.0, 0.0)],
+                                          loss="categorical", n_outputs=3, optimizer="adam",
+                                          seed=0), dtype=dtype)
+        history = model.train(X[:rows], y[:rows], epochs=3, batch_size=batch_size,
+                              print_every=0, progress=False,
+                              validation_data=(X[:7], y[:7]) if validation else None)
+        assert history["path"] == "compiled"
+        return [bits(np.array(history[key])) for key in ("loss", "accuracy")], [
+            bits(np.asarray(a)) for pair in model.get_parameters() for a in pair]
+
+    first = run()
+    assert len(made) == 1
+    assert run() == first and len(made) == 1
+    compiled._LAYOUTS.clear()
+    assert run() == first and len(made) == 2
+    model = build_model(dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)], loss="categorical",
+                             n_outputs=3, optimizer="adam", seed=0))
+    once = [run(model=model) for _ in range(3)]
+    assert len(made) == 2 and once[0] == first and once[1] != once[0]    # (trained on)
+    for count, other in enumerate((dict(width=6), dict(rows=40), dict(batch_size=16),
+                                   dict(validation=True), dict(dtype=np.float64)), start=3):
+        run(**other)
+        assert len(made) == count, other
+        run(**other)
+        assert len(made) == count, other
+
+
 def test_runs_borrow_their_buffers_and_never_share_them(monkeypatch):
     """The compiled step's buffers are borrowed from a pool of this thread's arrays
     (``cpu.borrow``) and given back when ``train``, ``evaluate`` or ``predict`` ends: no array
