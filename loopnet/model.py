@@ -96,16 +96,24 @@ def _users_callbacks(callbacks) -> bool:
     return any(type(callback) not in (EarlyStopping, ModelCheckpoint) for callback in callbacks)
 
 
-def _check_between_epochs(model, X, epoch: int) -> None:
-    """``checks.check_model`` again before ``epoch``, after a callback of the user's own ran:
-    one may have left an array no kernel can take (``weights.shape = (16, 2)`` or
-    ``weights.flags.writeable = False`` in place, float64 weights in a float32 layer), which
-    the kernels would read as it is, unchecked. The error is the one ``train`` gives such a
-    model at its start, saying when, on the compiled step and on the layered path alike."""
+def _check_between_epochs(model, X, y, validation_data, epoch: int) -> None:
+    """The model and the targets checked again before ``epoch``, after a callback of the
+    user's own ran: one may have left an array no kernel can take (``weights.shape = (16, 2)``
+    or ``weights.flags.writeable = False`` in place, float64 weights in a float32 layer) or
+    written a label out of range, which the kernels would read as it is, unchecked. The error
+    is the one ``train`` gives at its start, saying when, on the compiled step (where the
+    targets are checked as they are read again) and on the layered path alike."""
     try:
-        checks.check_model(model, X)
+        width = checks.check_model(model, X)
+        model._check_targets(width, y, "y")
+        if validation_data is not None:
+            model._check_targets(width, validation_data[1], "y_val")
     except (TypeError, ValueError) as error:
-        raise type(error)(f"after epoch {epoch - 1}'s callbacks: {error}") from None
+        raise _after_callbacks(error, epoch) from None
+
+
+def _after_callbacks(error, epoch: int):
+    return type(error)(f"after epoch {epoch - 1}'s callbacks: {error}")
 
 
 # The thread each training model, and each of its layers, is training in: by ``id`` (an entry
@@ -414,6 +422,9 @@ class Model:
 
         ``callbacks``: ``loopnet.callbacks`` objects (``EarlyStopping``, ``ModelCheckpoint``,
         your own ``Callback``); one stops training by setting ``model.stop_training = True``.
+        After a callback of your own, the model and the targets are checked again before the
+        next epoch: an array no kernel can take or a label out of range raises the error
+        ``train`` gives at its start, prefixed "after epoch N's callbacks: ".
 
         A progress bar (tqdm: rate and ETA) is shown when stderr is a terminal or in a
         notebook (``progress=None``), always (``True``, on stderr, or on the stream given as
@@ -480,13 +491,15 @@ class Model:
                     trainer.follow(users)
                 except compiled.Changed as reason:
                     if users:       # (an array no kernel takes: the layered path's error)
-                        _check_between_epochs(self, X, epoch)
+                        _check_between_epochs(self, X, y, validation_data, epoch)
                     # the rest on the layered path, which reads the model as it is now
                     compiled.warn_layered(self, f"{reason} (from epoch {epoch} on)")
                     run.history["path"] = f"compiled, then layered: {reason}"
                     trainer.run.release()
                     trainer = None
                     break
+                except (TypeError, ValueError) as error:    # (a label a callback wrote)
+                    raise _after_callbacks(error, epoch) from None
                 count = trainer.block_size(epochs - epoch + 1, run.epoch_by_epoch)
                 orders = [rng.permutation(n_samples) if rng is not None else None
                           for _ in range(count)]
@@ -524,7 +537,7 @@ class Model:
                 X = ops.to_device(X, on_gpu)
             for epoch in range(epoch, epochs + 1):
                 if users and epoch > 1:
-                    _check_between_epochs(self, X, epoch)
+                    _check_between_epochs(self, X, y, validation_data, epoch)
                 X_epoch, y_epoch = X, y
                 if rng is not None:
                     order = rng.permutation(n_samples)

@@ -463,9 +463,10 @@ def test_a_callback_changing_the_model_between_epochs(change, monkeypatch):
     slow = [str(w.message) for w in caught if w.category is compiled.SlowPathWarning]
     if change in FOLLOWED:
         assert path == "compiled" and not slow
-    elif path is None and "after epoch 2's callbacks: layer " in compiled_run:
-        # an array no kernel takes: refused where the change is found, on both paths, as
-        # train() refuses such a model at its start (checks.check_model), naming the array
+    elif path is None and "after epoch 2's callbacks: " in compiled_run:
+        # an array no kernel takes, or targets the accuracy cannot read: refused where the
+        # change is found, on both paths, as train() refuses such a model at its start
+        # (checks.check_model, checks.check_targets), naming the array
         assert not slow
     else:
         assert len(slow) == 1 and slow[0].endswith("(from epoch 3 on)"), slow
@@ -548,6 +549,35 @@ def test_a_callback_reshaping_or_retyping_the_data_in_place(change, monkeypatch)
     assert compiled_run == layered_run
     assert path is None or path.startswith(
         f"compiled, then layered: {change.rsplit('_', 1)[0]} changed its shape or dtype"), path
+
+
+@pytest.mark.parametrize("name", ["y", "y_val"])
+def test_a_label_a_callback_writes_out_of_range_is_one_error_on_both_paths(name, monkeypatch):
+    """A label out of range written by a callback is refused before the next epoch with the
+    error ``train`` gives a bad label at its start, on the compiled step (which checks the
+    targets as it reads them again) and on the layered path (which checks them before each
+    epoch of such a run; its loss named ``y_true`` once, in the middle of an epoch)."""
+    def run():
+        X, y = spiral_data(20, 3, seed=0)
+        y_val = y[::2].copy()
+
+        class Relabel(loopnet.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs):
+                if epoch == 2:
+                    (y_val if name == "y_val" else y)[3] = 7
+
+        model = build_model(dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)],
+                                 loss="categorical", n_outputs=3, optimizer="adam", seed=0))
+        with pytest.raises(ValueError) as raised:
+            model.train(X, y, epochs=4, batch_size=16, print_every=0, callbacks=[Relabel()],
+                        validation_data=(X[::2], y_val))
+        return str(raised.value)
+
+    compiled_error = run()
+    monkeypatch.setenv(compiled.ENV_VAR, "0")
+    assert run() == compiled_error == (
+        f"after epoch 2's callbacks: {name} has class index 7 at position 3, but the model's "
+        "output has only 3 classes (valid labels: 0..2)")
 
 
 def test_the_data_is_read_again_only_where_a_callback_of_ones_own_may_write_it(monkeypatch):

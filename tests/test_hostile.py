@@ -811,8 +811,8 @@ def test_a_label_a_callback_writes_into_y_is_checked(model_state_outcomes):
         assert case in outcomes, (crashed_in, result.stderr[-2000:])
         assert outcomes[case]["raised"] == "ValueError", outcomes[case]
         assert outcomes[case]["message"].startswith(
-            f"{name} has class index 1000000000 at position 0, but the model's output has "
-            "only 3 classes"), outcomes[case]
+            f"after epoch 1's callbacks: {name} has class index 1000000000 at position 0, but "
+            "the model's output has only 3 classes"), outcomes[case]
 
 
 @pytest.fixture(scope="module")
