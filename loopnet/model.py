@@ -535,9 +535,16 @@ class Model:
             on_gpu = gpu(self._layers_device())
             if on_gpu is not None and rng is None and not is_device_array(X):
                 X = ops.to_device(X, on_gpu)
+            # (what the checks read, before a first epoch here: a callback of the user's own
+            # may change it between epochs; the checks run again where one did)
+            targets = (y,) if validation_data is None else (y, validation_data[1])
+            seen = checks.fingerprint(self, X, *targets) if users else None
             for epoch in range(epoch, epochs + 1):
                 if users and epoch > 1:
-                    _check_between_epochs(self, X, y, validation_data, epoch)
+                    now = checks.fingerprint(self, X, *targets)
+                    if now != seen:
+                        _check_between_epochs(self, X, y, validation_data, epoch)
+                        seen = now
                 X_epoch, y_epoch = X, y
                 if rng is not None:
                     order = rng.permutation(n_samples)

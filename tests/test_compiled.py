@@ -551,6 +551,40 @@ def test_a_callback_reshaping_or_retyping_the_data_in_place(change, monkeypatch)
         f"compiled, then layered: {change.rsplit('_', 1)[0]} changed its shape or dtype"), path
 
 
+FINGERPRINTED = {
+    "weights_reshaped_in_place": lambda m, X, y: setattr(m.layers[0].weights, "shape", (8, 2)),
+    "weights_retyped_in_place": lambda m, X, y: setattr(m.layers[0].weights, "dtype", np.int32),
+    "weights_read_only": lambda m, X, y: setattr(m.layers[2].weights.flags, "writeable", False),
+    "new_biases": lambda m, X, y: setattr(m.layers[2], "biases", m.layers[2].biases.copy()),
+    "momentums_dropped": lambda m, X, y: delattr(m.layers[0], "weight_momentums"),
+    "layer_removed": lambda m, X, y: m.layers.pop(1),
+    "n_inputs": lambda m, X, y: setattr(m.layers[2], "n_inputs", 9),
+    "accuracy_binary": lambda m, X, y: setattr(m.accuracy, "binary", True),
+    "new_loss": lambda m, X, y: setattr(m, "loss", loopnet.CategoricalCrossentropy()),
+    "label": lambda m, X, y: y.__setitem__(0, 7),
+    "X_reshaped_in_place": lambda m, X, y: setattr(X, "shape", (X.shape[0] // 2, 4)),
+}
+
+
+@pytest.mark.parametrize("change", sorted(FINGERPRINTED))
+def test_a_fingerprint_moves_with_whatever_the_checks_read(change):
+    """The layered path checks the model and the targets again between epochs of a run with
+    a callback of the user's own only where ``checks.fingerprint`` moved: it must move with
+    every change ``check_model`` or ``check_targets`` would refuse or read differently, and
+    stay put when nothing changed (a weight's value is not among them)."""
+    from loopnet import checks
+
+    X, y = spiral_data(10, 3, seed=0)
+    model = build_model(dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)], loss="categorical",
+                             n_outputs=3, optimizer="adam", seed=0))
+    model.train(X, y, epochs=1, print_every=0)     # (the optimizer's state arrays made)
+    before = checks.fingerprint(model, X, y)
+    model.layers[0].weights[...] += 1.0
+    assert checks.fingerprint(model, X, y) == before
+    FINGERPRINTED[change](model, X, y)
+    assert checks.fingerprint(model, X, y) != before
+
+
 @pytest.mark.parametrize("name", ["y", "y_val"])
 def test_a_label_a_callback_writes_out_of_range_is_one_error_on_both_paths(name, monkeypatch):
     """A label out of range written by a callback is refused before the next epoch with the
