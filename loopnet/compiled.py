@@ -205,23 +205,15 @@ class Program:
                 (bool(getattr(model.optimizer, "momentum", 0.0)),
                  bool(getattr(model.accuracy, "binary", False))))
 
-    @staticmethod
-    def layout(arrays):
-        """Each array's shape, dtype, strides and writeability (None for what is not an
-        array): what ``weights.shape = ...``, ``weights.dtype = ...`` or
-        ``weights.flags.writeable = False`` changes in place, the object staying the same
-        (~1.7 us for the 12 arrays of two dense layers with Adam's state)."""
-        return [(a.shape, a.dtype, a.strides, a.flags.writeable) if type(a) is np.ndarray
-                else None for a in arrays]
-
     def follow(self, parts, X, moved=False):
         """Before a block of epochs that is not the first: ``parts`` (those after the first
         block) when the model is still made of them, else its parts now (``parts()``), after
         raising ``Changed`` where the program cannot follow the change; either way the
         layers' settings read again. A dense layer's array replaced by one that fits (same
         shape, dtype and layout, apart from the others) is followed: the next block copies
-        the new arrays. ``moved``: one of the arrays changed its ``layout`` in place; it is
-        checked as a new one would be."""
+        the new arrays. ``moved``: something changed in place (``checks.fingerprint``: an
+        array's shape, dtype, strides or writeability, the object staying the same); the
+        arrays are then checked as new ones would be."""
         now = self.parts()
         if moved or not (_same(now[1], parts[1]) and _same(now[0], parts[0])
                          and now[2] == parts[2]):
@@ -821,7 +813,6 @@ class Trainer:
         # a callback rewrites them, they are checked again (``_read_data``)
         self.sources = sources
         self.seen = [None, None]
-        self.layout = None      # (``Program.layout`` of the arrays in ``parts``)
         self.data_layout = [(a.shape, a.dtype, a.strides) for a in self._data()]
         if sources is not None:
             _, y, validation = sources
@@ -834,20 +825,18 @@ class Trainer:
         X, y, validation = self.sources
         return (X, y) + (() if validation is None else tuple(validation))
 
-    def follow(self, users: bool = False):
+    def follow(self, users: bool = False, moved: bool = False):
         """Before each block after the first: follow what a callback changed since the last
         (``Program.follow``; ``Changed`` when the compiled step cannot), and with ``users``
-        (callbacks of the user's own ran) what one may have changed in place: a layer's
-        arrays' shape, dtype or writeability, and ``X``, ``y`` or the validation data, their
-        values or their shape or dtype."""
+        (callbacks of the user's own ran) what one may have written into ``X``, ``y`` or the
+        validation data, or changed of their shape or dtype. ``moved``: the model's
+        ``checks.fingerprint`` moved (``Model.train`` compares it), so that arrays changed in
+        place (their shape, dtype, strides, writeability) are checked as new ones."""
         if self.parts is None:
             return
-        program = self.run.program
-        moved = users and program.layout(self.parts[1]) != self.layout
-        now = program.follow(self.parts, self.run.X, moved)
+        now = self.run.program.follow(self.parts, self.run.X, moved)
         if now is not self.parts:       # (other arrays: copy those)
             self.parts = now
-            self.layout = program.layout(now[1])
             self.run.forget_pairs()
         if users:
             self._read_data()
@@ -932,7 +921,6 @@ class Trainer:
         optimizer.current_learning_rate = float(run.hyper[step.CURRENT_LEARNING_RATE])
         if self.parts is None:      # (the first block made the optimizer's missing arrays)
             self.parts = run.program.parts()
-            self.layout = run.program.layout(self.parts[1])
         steps = self.steps
         done = n_epochs if failed < 0 else failed // steps
         if failed >= 0:

@@ -105,9 +105,13 @@ def _check_between_epochs(model, X, y, validation_data, epoch: int) -> None:
     targets are checked as they are read again) and on the layered path alike."""
     try:
         width = checks.check_model(model, X)
+        _paired_rows(X, y, "X", "y")
         model._check_targets(width, y, "y")
         if validation_data is not None:
-            model._check_targets(width, validation_data[1], "y_val")
+            X_val, y_val = validation_data
+            checks.check_model(model, X_val, name="X_val")
+            _paired_rows(X_val, y_val, "X_val", "y_val")
+            model._check_targets(width, y_val, "y_val")
     except (TypeError, ValueError) as error:
         raise _after_callbacks(error, epoch) from None
 
@@ -481,14 +485,26 @@ class Model:
         try:
             run.begin()
             epoch = 1
+            # A callback of the user's own may change what the checks read between epochs:
+            # both paths compare ``checks.fingerprint`` before each epoch (block) and check
+            # again where it moved (``_check_between_epochs``)
             users = _users_callbacks(callbacks)
+            inputs, targets = ((X,), (y,)) if validation_data is None else (
+                (X, validation_data[0]), (y, validation_data[1]))
+            seen = None
             if trainer is not None:
                 from loopnet import compiled
             while epoch <= epochs and trainer is not None:
                 # a block of epochs in one compiled call, then each epoch's bookkeeping from
                 # the numbers of its steps
+                moved = False
+                if seen is not None:
+                    now = checks.fingerprint(self, inputs, targets)
+                    if now != seen:
+                        _check_between_epochs(self, X, y, validation_data, epoch)
+                        seen, moved = now, now[0] != seen[0]
                 try:
-                    trainer.follow(users)
+                    trainer.follow(users, moved)
                 except compiled.Changed as reason:
                     if users:       # (an array no kernel takes: the layered path's error)
                         _check_between_epochs(self, X, y, validation_data, epoch)
@@ -504,6 +520,8 @@ class Model:
                 orders = [rng.permutation(n_samples) if rng is not None else None
                           for _ in range(count)]
                 block = trainer.train(orders)
+                if users and seen is None:  # (after the first block: it made the optimizer's
+                    seen = checks.fingerprint(self, inputs, targets)      # state arrays)
                 run.compile_time = set_up + trainer.run.compile_time
                 stop = False
                 # full batch, no callback, no bar (and the block's own validation figures):
@@ -535,13 +553,10 @@ class Model:
             on_gpu = gpu(self._layers_device())
             if on_gpu is not None and rng is None and not is_device_array(X):
                 X = ops.to_device(X, on_gpu)
-            # (what the checks read, before a first epoch here: a callback of the user's own
-            # may change it between epochs; the checks run again where one did)
-            targets = (y,) if validation_data is None else (y, validation_data[1])
-            seen = checks.fingerprint(self, X, *targets) if users else None
+            seen = checks.fingerprint(self, inputs, targets) if users else None
             for epoch in range(epoch, epochs + 1):
                 if users and epoch > 1:
-                    now = checks.fingerprint(self, X, *targets)
+                    now = checks.fingerprint(self, inputs, targets)
                     if now != seen:
                         _check_between_epochs(self, X, y, validation_data, epoch)
                         seen = now

@@ -578,11 +578,11 @@ def test_a_fingerprint_moves_with_whatever_the_checks_read(change):
     model = build_model(dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)], loss="categorical",
                              n_outputs=3, optimizer="adam", seed=0))
     model.train(X, y, epochs=1, print_every=0)     # (the optimizer's state arrays made)
-    before = checks.fingerprint(model, X, y)
+    before = checks.fingerprint(model, (X,), (y,))
     model.layers[0].weights[...] += 1.0
-    assert checks.fingerprint(model, X, y) == before
+    assert checks.fingerprint(model, (X,), (y,)) == before
     FINGERPRINTED[change](model, X, y)
-    assert checks.fingerprint(model, X, y) != before
+    assert checks.fingerprint(model, (X,), (y,)) != before
 
 
 @pytest.mark.parametrize("name", ["y", "y_val"])
