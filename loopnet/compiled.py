@@ -2,7 +2,8 @@
 
 ``plan(model, ...)`` turns a model into the layer program of ``loopnet.kernels.step`` and
 sets up every buffer once per call (borrowed from a pool of the calling thread's arrays and
-given back when the call ends: fresh memory would cost a page fault per 4 KB on every call);
+given back when the call ends: fresh memory would cost a page fault per 4 KB on every call;
+where the buffers lie and which build runs are worked out once per model sizes, ``Layout``);
 ``CompiledRun.train`` then runs blocks of epochs through
 ``train_block`` and hands back, per step, the numbers the layered path would have produced
 (mean data loss, mean accuracy, penalty, learning rate; a ``Block`` of them per call), so that
@@ -365,12 +366,12 @@ def _layout(program, n_samples, batch_size, val_rows, val_batch_size):
     the choice of its compiled step, ~10 us more). A forked child starts afresh, as
     ``cpu.dense_plan`` does: its plans may run serial where the parent's ran in parallel."""
     global _LAYOUT_FIELDS
+    from loopnet.backends import cpu
+
     step = program.step
     if _LAYOUT_FIELDS is None:
         _LAYOUT_FIELDS = [step.IN, step.OUT, step.PACKED, step.MASK]
     table = program.program
-    from loopnet.backends import cpu
-
     key = (table[:, [step.KIND, step.WIDTH_IN, step.WIDTH, step.NEEDS_DINPUTS]].tobytes(),
            table.shape[0], n_samples, batch_size, val_rows, val_batch_size, program.dtype,
            program.n_params, program.n_outputs, getattr(program, "loss", None),
@@ -687,9 +688,10 @@ class CompiledRun:
             dinputs_forms=frozenset(forms["dinputs"]), parallel=parallel)
 
     def _kernel(self):
-        """The compiled step for this run's next block: made once per run and per the two
-        things that may change between its blocks (whether it runs in parallel, and whether
-        a callback gave the model a penalty), not rebuilt before every block."""
+        """The compiled step for this run's next block: made once per run and per the things
+        that may change between its blocks (whether it runs in parallel, whether a callback
+        gave the model a penalty, and ``LOOPNET_STEP_BUILD``), not rebuilt before every
+        block; the ``Build`` it asks for is the layout's, made by the first run of its sizes."""
         key = (self.cpu.parallel_step(self._work_per_step()), self.program.penalized,
                os.environ.get(FULL_BUILD_VAR))
         kernel = self._kernels.get(key)

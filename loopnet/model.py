@@ -100,9 +100,9 @@ def _check_between_epochs(model, X, y, validation_data, epoch: int) -> None:
     """The model and the targets checked again before ``epoch``, after a callback of the
     user's own ran: one may have left an array no kernel can take (``weights.shape = (16, 2)``
     or ``weights.flags.writeable = False`` in place, float64 weights in a float32 layer) or
-    written a label out of range, which the kernels would read as it is, unchecked. The error
-    is the one ``train`` gives at its start, saying when, on the compiled step (where the
-    targets are checked as they are read again) and on the layered path alike."""
+    written a label out of range, which the kernels would read as it is, unchecked. Run on
+    both paths where ``checks.fingerprint`` moved; the error is the one ``train`` gives at
+    its start, saying when."""
     try:
         width = checks.check_model(model, X)
         _paired_rows(X, y, "X", "y")
