@@ -109,8 +109,8 @@ def fingerprint(model, inputs=(), targets=()) -> tuple:
     accuracy = model.accuracy
     marks = [id(model.loss), id(accuracy), getattr(accuracy, "binary", None)]
     for layer in model.layers:
-        state = layer.__dict__
-        if "weights" not in state:
+        state = getattr(layer, "__dict__", None)    # (None: a layer class with __slots__)
+        if state is None or "weights" not in state:
             marks.append((id(layer), type(layer)))
             continue
         marks.append((id(layer), type(layer), state.get("n_inputs"), state.get("n_neurons"),

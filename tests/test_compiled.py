@@ -585,6 +585,37 @@ def test_a_fingerprint_moves_with_whatever_the_checks_read(change):
     assert checks.fingerprint(model, (X,), (y,)) != before
 
 
+def test_a_layer_of_ones_own_with_slots_trains_with_a_callback():
+    """A layer class of the user's own without an instance ``__dict__`` (``__slots__``) trains
+    on the layered path with a callback of the user's own: the fingerprint compared between
+    epochs reads what it can of it (it read ``layer.__dict__``: an AttributeError)."""
+    class Doubling:
+        __slots__ = ("inputs", "output", "dinputs", "prev", "next", "device")
+
+        def __init__(self):
+            self.device = None
+
+        def forward(self, inputs, training=True):
+            self.inputs, self.output = inputs, inputs * 2
+            return self.output
+
+        def backward(self, dvalues):
+            self.dinputs = dvalues * 2
+            return self.dinputs
+
+    X, y = spiral_data(10, 3, seed=0)
+    model = loopnet.Model()
+    for layer in (loopnet.Dense(2, 8, seed=0), Doubling(), loopnet.ReLU(),
+                  loopnet.Dense(8, 3, seed=1), loopnet.Softmax()):
+        model.add(layer)
+    model.set(loss="categorical_crossentropy", optimizer="adam", accuracy="categorical")
+    with pytest.warns(compiled.SlowPathWarning):
+        history = model.train(X, y, epochs=3, print_every=0,
+                              callbacks=[loopnet.callbacks.Callback()])
+    assert history["path"].startswith("layered: layer 1 (Doubling)")
+    assert len(history["loss"]) == 3 and np.isfinite(history["loss"]).all()
+
+
 @pytest.mark.parametrize("name", ["y", "y_val"])
 def test_a_label_a_callback_writes_out_of_range_is_one_error_on_both_paths(name, monkeypatch):
     """A label out of range written by a callback is refused before the next epoch with the
