@@ -103,11 +103,12 @@ def fingerprint(model, inputs=(), targets=()) -> tuple:
     writeability; the layout of the inputs and of the targets, and the targets' bytes. Two
     equal fingerprints: nothing those checks read changed (``Model.train`` checks again
     between epochs only where a callback changed something: ~3.4 us against ~11 us of checks
-    for chapter 16's model and its labels). The loss and the accuracy count by identity, and
-    the accuracy's ``binary`` setting: the forms of the targets they read (``_forms``).
+    for chapter 16's model and its labels). The loss, the optimizer and the accuracy count by
+    identity, and the accuracy's ``binary`` setting: the forms of the targets they read.
     Two lists: the model's marks and the data's (a relabelled ``y`` moves only the second)."""
     accuracy = model.accuracy
-    marks = [id(model.loss), id(accuracy), getattr(accuracy, "binary", None)]
+    marks = [id(model.loss), id(model.optimizer), id(accuracy), getattr(accuracy, "binary", None),
+             len(model.layers)]
     for layer in model.layers:
         state = getattr(layer, "__dict__", None)    # (None: a layer class with __slots__)
         if state is None or "weights" not in state:

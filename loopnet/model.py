@@ -100,10 +100,19 @@ def _check_between_epochs(model, X, y, validation_data, epoch: int) -> None:
     """The model and the targets checked again before ``epoch``, after a callback of the
     user's own ran: one may have left an array no kernel can take (``weights.shape = (16, 2)``
     or ``weights.flags.writeable = False`` in place, float64 weights in a float32 layer) or
-    written a label out of range, which the kernels would read as it is, unchecked. Run on
-    both paths where ``checks.fingerprint`` moved; the error is the one ``train`` gives at
-    its start, saying when."""
+    written a label out of range, which the kernels would read as it is, unchecked, or
+    replaced the layers, the loss or the optimizer (the model is finalized again: its layers
+    linked as they stand). Run on both paths where ``checks.fingerprint`` moved; the error is
+    the one ``train`` gives at its start, saying when."""
     try:
+        if model.loss is None or model.optimizer is None:
+            raise ValueError("set(loss=..., optimizer=...) before train()")
+        for index, layer in enumerate(model.layers):
+            if isinstance(layer, type) or not (callable(getattr(layer, "forward", None))
+                                               and callable(getattr(layer, "backward", None))):
+                raise TypeError(f"layer {index} needs forward() and backward() methods, got "
+                                f"{layer!r}")
+        model.finalize()    # (the layers linked again, as they stand now)
         width = checks.check_model(model, X)
         _paired_rows(X, y, "X", "y")
         model._check_targets(width, y, "y")

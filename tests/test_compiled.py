@@ -585,6 +585,44 @@ def test_a_fingerprint_moves_with_whatever_the_checks_read(change):
     assert checks.fingerprint(model, (X,), (y,)) != before
 
 
+BROKEN = {
+    "loss_none": (lambda m: setattr(m, "loss", None),
+                  "ValueError: set(loss=..., optimizer=...) before train()"),
+    "optimizer_none": (lambda m: setattr(m, "optimizer", None),
+                       "ValueError: set(loss=..., optimizer=...) before train()"),
+    "layers_emptied": (lambda m: m.layers.clear(),
+                       "ValueError: the model has no layers: add() some before finalize()"),
+    "layer_none": (lambda m: m.layers.__setitem__(1, None),
+                   "TypeError: layer 1 needs forward() and backward() methods, got None"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(BROKEN))
+def test_a_callback_breaking_the_model_is_one_error_on_both_paths(change, monkeypatch):
+    """A callback that takes the model's loss or optimizer away, or empties or breaks its
+    layers, stops training before the next epoch with the error ``train`` (or ``finalize``,
+    or ``add``) gives such a model, on both paths (an AttributeError from deep inside the
+    layered loop once, ``'NoneType' object has no attribute 'new_pass'``)."""
+    def run():
+        X, y = spiral_data(10, 3, seed=0)
+
+        class Break(loopnet.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs):
+                if epoch == 2:
+                    BROKEN[change][0](self.model)
+
+        model = build_model(dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)],
+                                 loss="categorical", n_outputs=3, optimizer="adam", seed=0))
+        with pytest.raises((TypeError, ValueError)) as raised:
+            model.train(X, y, epochs=4, print_every=0, callbacks=[Break()])
+        return f"{type(raised.value).__name__}: {raised.value}"
+
+    compiled_error = run()
+    monkeypatch.setenv(compiled.ENV_VAR, "0")
+    assert run() == compiled_error == BROKEN[change][1].replace(
+        ": ", ": after epoch 2's callbacks: ", 1)
+
+
 def test_a_layer_of_ones_own_with_slots_trains_with_a_callback():
     """A layer class of the user's own without an instance ``__dict__`` (``__slots__``) trains
     on the layered path with a callback of the user's own: the fingerprint compared between
