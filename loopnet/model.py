@@ -96,7 +96,8 @@ def _users_callbacks(callbacks) -> bool:
     return any(type(callback) not in (EarlyStopping, ModelCheckpoint) for callback in callbacks)
 
 
-def _check_between_epochs(model, X, y, validation_data, epoch: int) -> None:
+def _check_between_epochs(model, X, y, validation_data, epoch: int,
+                          relink: bool = True) -> None:
     """The model and the targets checked again before ``epoch``, after a callback of the
     user's own ran: one may have left an array no kernel can take (``weights.shape = (16, 2)``
     or ``weights.flags.writeable = False`` in place, float64 weights in a float32 layer) or
@@ -112,7 +113,8 @@ def _check_between_epochs(model, X, y, validation_data, epoch: int) -> None:
                                                and callable(getattr(layer, "backward", None))):
                 raise TypeError(f"layer {index} needs forward() and backward() methods, got "
                                 f"{layer!r}")
-        model.finalize()    # (the layers linked again, as they stand now)
+        if relink:          # (the model's part of the fingerprint moved, not only the data's)
+            model.finalize()    # (the layers linked again, as they stand now)
         width = checks.check_model(model, X)
         _paired_rows(X, y, "X", "y")
         model._check_targets(width, y, "y")
@@ -510,8 +512,9 @@ class Model:
                 if seen is not None:
                     now = checks.fingerprint(self, inputs, targets)
                     if now != seen:
-                        _check_between_epochs(self, X, y, validation_data, epoch)
-                        seen, moved = now, now[0] != seen[0]
+                        moved = now[0] != seen[0]
+                        _check_between_epochs(self, X, y, validation_data, epoch, moved)
+                        seen = now
                 try:
                     trainer.follow(users, moved)
                 except compiled.Changed as reason:
@@ -567,7 +570,8 @@ class Model:
                 if users and epoch > 1:
                     now = checks.fingerprint(self, inputs, targets)
                     if now != seen:
-                        _check_between_epochs(self, X, y, validation_data, epoch)
+                        _check_between_epochs(self, X, y, validation_data, epoch,
+                                              now[0] != seen[0])
                         seen = now
                 X_epoch, y_epoch = X, y
                 if rng is not None:
