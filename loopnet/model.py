@@ -565,9 +565,9 @@ class Model:
             on_gpu = gpu(self._layers_device())
             if on_gpu is not None and rng is None and not is_device_array(X):
                 X = ops.to_device(X, on_gpu)
-            seen = checks.fingerprint(self, inputs, targets) if users else None
+            seen = None
             for epoch in range(epoch, epochs + 1):
-                if users and epoch > 1:
+                if seen is not None:
                     now = checks.fingerprint(self, inputs, targets)
                     if now != seen:
                         _check_between_epochs(self, X, y, validation_data, epoch,
@@ -599,7 +599,9 @@ class Model:
                     self._optimize()
                     run.step(step, data_loss, accuracy, regularization_loss,
                              self.optimizer.current_learning_rate, _n_rows(batch_X, "X"))
-                if run.end_epoch(epoch):
+                if users and seen is None:      # (after the first epoch here: it made the
+                    seen = checks.fingerprint(self, inputs, targets)  # optimizer's state)
+                if run.end_epoch(epoch):        # (the callbacks)
                     break
             return run.finish()
         except FloatingPointError as error:

@@ -623,6 +623,36 @@ def test_a_callback_breaking_the_model_is_one_error_on_both_paths(change, monkey
         ": ", ": after epoch 2's callbacks: ", 1)
 
 
+@pytest.mark.parametrize("layered", [False, True])
+def test_a_callback_that_changes_nothing_costs_no_checks(layered, monkeypatch):
+    """A run with a callback of the user's own that changes nothing runs the checks between
+    epochs never (the fingerprint is taken after the first epoch, which made the optimizer's
+    state arrays), on either path; one that changes the model runs them once, after it."""
+    from loopnet import model as model_module
+
+    checked = []
+    original = model_module._check_between_epochs
+    monkeypatch.setattr(model_module, "_check_between_epochs",
+                        lambda *args: checked.append(args[4]) or original(*args))
+    if layered:
+        monkeypatch.setenv(compiled.ENV_VAR, "0")
+    X, y = spiral_data(10, 3, seed=0)
+
+    class NewWeights(loopnet.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 3:
+                self.model.layers[0].weights = self.model.layers[0].weights.copy()
+
+    for callback, expected in ((loopnet.callbacks.Callback(), []), (NewWeights(), [4])):
+        checked.clear()
+        model = build_model(dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)],
+                                 loss="categorical", n_outputs=3, optimizer="adam", seed=0))
+        history = model.train(X, y, epochs=5, print_every=0, callbacks=[callback])
+        assert checked == expected
+        assert history["path"] == ("layered: LOOPNET_COMPILED_STEP=0" if layered
+                                   else "compiled")
+
+
 def test_a_layer_of_ones_own_with_slots_trains_with_a_callback():
     """A layer class of the user's own without an instance ``__dict__`` (``__slots__``) trains
     on the layered path with a callback of the user's own: the fingerprint compared between
