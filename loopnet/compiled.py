@@ -347,15 +347,14 @@ class Layout:
     ``CompiledRun`` makes of its model's sizes and its batches, the same for every run of the
     same sizes, so made once and shared (with the compiled steps such runs call)."""
 
-    def __init__(self, fields, plans, batch_rows, work, acts, packed, scratch, settings):
-        self.fields, self.plans, self.batch_rows, self.work = fields, plans, batch_rows, work
+    def __init__(self, columns, fields, plans, batch_rows, work, acts, packed, scratch,
+                 settings):
+        self.columns, self.fields = columns, fields     # (the program's columns it fills in)
+        self.plans, self.batch_rows, self.work = plans, batch_rows, work
         self.acts, self.packed, self.scratch, self.settings = acts, packed, scratch, settings
         self.builds = {}
 
 
-# The program's columns a layout fills in (where each layer reads and writes, its packed
-# transpose, its dropout mask), and the columns and settings a layout is made from.
-_LAYOUT_FIELDS = None
 _LAYOUTS: dict = {}
 LAYOUTS_KEPT = 64       # (made again beyond that: a few hundred bytes and ~15 us each)
 
@@ -365,16 +364,14 @@ def _layout(program, n_samples, batch_size, val_rows, val_batch_size):
     first run of such sizes, then looked up (~15 us of a ``train(epochs=1)`` call saved, and
     the choice of its compiled step, ~10 us more). A forked child starts afresh, as
     ``cpu.dense_plan`` does: its plans may run serial where the parent's ran in parallel."""
-    global _LAYOUT_FIELDS
     from loopnet.backends import cpu
 
     step = program.step
-    if _LAYOUT_FIELDS is None:
-        _LAYOUT_FIELDS = [step.IN, step.OUT, step.PACKED, step.MASK]
     table = program.program
+    # (the layers' kinds and widths give the parameters' count and the outputs' width too)
     key = (table[:, [step.KIND, step.WIDTH_IN, step.WIDTH, step.NEEDS_DINPUTS]].tobytes(),
-           table.shape[0], n_samples, batch_size, val_rows, val_batch_size, program.dtype,
-           program.n_params, program.n_outputs, getattr(program, "loss", None),
+           n_samples, batch_size, val_rows, val_batch_size, program.dtype,
+           getattr(program, "loss", None),
            getattr(program, "accuracy", None), getattr(program, "optimizer", None),
            getattr(program, "fused_softmax", 0),
            cpu.dense_plan, cpu.PARALLEL_MIN_ELEMENTS)     # (what tests may stand in for)
@@ -471,9 +468,10 @@ def _make_layout(program, n_samples, batch_size, val_rows, val_batch_size):
     settings[step.FUSED_SOFTMAX] = getattr(program, "fused_softmax", 0)
     work = batch_size * sum(int(table[i, step.WIDTH_IN] * table[i, step.WIDTH])
                             for i in range(n_layers) if table[i, step.KIND] == step.DENSE)
-    fields = table[:, [step.IN, step.OUT, step.PACKED, step.MASK]].copy()
-    return Layout(fields, plans, dict(kinds), work, max(offset, 1), max(packed, 1), scratch,
-                  settings)
+    # where each layer reads and writes, its packed transpose, its dropout mask
+    columns = [step.IN, step.OUT, step.PACKED, step.MASK]
+    return Layout(columns, table[:, columns].copy(), plans, dict(kinds), work, max(offset, 1),
+                  max(packed, 1), scratch, settings)
 
 
 class CompiledRun:
@@ -494,7 +492,7 @@ class CompiledRun:
         self.val_batch_size = max(1, min(val_batch_size or val_rows, val_rows)) if val_rows else 1
         table = program.program
         layout = _layout(program, n_samples, self.batch_size, val_rows, self.val_batch_size)
-        table[:, _LAYOUT_FIELDS] = layout.fields
+        table[:, layout.columns] = layout.fields
         self.plans = layout.plans.copy()
         self.batch_rows = layout.batch_rows
         self._work = layout.work

@@ -88,7 +88,7 @@ def _users_callbacks(callbacks) -> bool:
     """Whether a callback of the user's own runs between epochs: it may write into ``X`` or
     ``y`` (an augmentation), so that the compiled step reads them again before each block,
     or change a layer's arrays in place (``weights.shape = ...``), so that both paths check
-    the model again (``_check_between_epochs``); loopnet's ``EarlyStopping`` and
+    the model again (``_Watch``); loopnet's ``EarlyStopping`` and
     ``ModelCheckpoint`` do neither. (Reading a float64 ``X`` again is a pass over the data
     each epoch: 18 ms for 60,000 x 784, ~9% of that epoch.)"""
     from loopnet.callbacks import EarlyStopping, ModelCheckpoint
@@ -96,16 +96,43 @@ def _users_callbacks(callbacks) -> bool:
     return any(type(callback) not in (EarlyStopping, ModelCheckpoint) for callback in callbacks)
 
 
-def _check_between_epochs(model, X, y, validation_data, epoch: int,
-                          relink: bool = True) -> None:
-    """The model and the targets checked again before ``epoch``, after a callback of the
-    user's own ran: one may have left an array no kernel can take (``weights.shape = (16, 2)``
-    or ``weights.flags.writeable = False`` in place, float64 weights in a float32 layer) or
-    written a label out of range, which the kernels would read as it is, unchecked, or
-    replaced the layers, the loss or the optimizer (the model is finalized again: its layers
-    linked as they stand). Run on both paths where ``checks.fingerprint`` moved; the error is
-    the one ``train`` gives at its start, saying when."""
-    try:
+class _Watch:
+    """What a callback of the user's own may change between epochs, watched for both paths:
+    ``checks.fingerprint`` of the model and the data, taken after the first epoch (or block:
+    it made the optimizer's state arrays) and compared before each later one. Where it moved,
+    the checks ``train`` runs at its start run again (a callback may have left an array no
+    kernel can take, ``weights.shape = (16, 2)`` or ``weights.flags.writeable = False`` in
+    place, written a label out of range, or taken the loss, the optimizer or a layer away),
+    and where the model's part moved it is finalized again, its layers linked as they stand.
+    The error is the one ``train`` gives at its start, saying when."""
+
+    def __init__(self, model, X, y, validation_data):
+        self.model, self.X, self.y, self.validation_data = model, X, y, validation_data
+        self.inputs, self.targets = ((X,), (y,)) if validation_data is None else (
+            (X, validation_data[0]), (y, validation_data[1]))
+        self.seen = None
+
+    def take(self) -> None:
+        self.seen = checks.fingerprint(self.model, self.inputs, self.targets)
+
+    def check(self, epoch: int) -> bool:
+        """Before ``epoch``: whether the model's part of the fingerprint moved (False before
+        one was taken), after the checks where any part did."""
+        if self.seen is None:
+            return False
+        now = checks.fingerprint(self.model, self.inputs, self.targets)
+        if now == self.seen:
+            return False
+        moved = now[0] != self.seen[0]
+        try:
+            self._check(moved)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"after epoch {epoch - 1}'s callbacks: {error}") from None
+        self.seen = now
+        return moved
+
+    def _check(self, relink: bool) -> None:
+        model, X, y = self.model, self.X, self.y
         if model.loss is None or model.optimizer is None:
             raise ValueError("set(loss=..., optimizer=...) before train()")
         for index, layer in enumerate(model.layers):
@@ -113,22 +140,16 @@ def _check_between_epochs(model, X, y, validation_data, epoch: int,
                                                and callable(getattr(layer, "backward", None))):
                 raise TypeError(f"layer {index} needs forward() and backward() methods, got "
                                 f"{layer!r}")
-        if relink:          # (the model's part of the fingerprint moved, not only the data's)
-            model.finalize()    # (the layers linked again, as they stand now)
+        if relink:
+            model.finalize()
         width = checks.check_model(model, X)
         _paired_rows(X, y, "X", "y")
         model._check_targets(width, y, "y")
-        if validation_data is not None:
-            X_val, y_val = validation_data
+        if self.validation_data is not None:
+            X_val, y_val = self.validation_data
             checks.check_model(model, X_val, name="X_val")
             _paired_rows(X_val, y_val, "X_val", "y_val")
             model._check_targets(width, y_val, "y_val")
-    except (TypeError, ValueError) as error:
-        raise _after_callbacks(error, epoch) from None
-
-
-def _after_callbacks(error, epoch: int):
-    return type(error)(f"after epoch {epoch - 1}'s callbacks: {error}")
 
 
 # The thread each training model, and each of its layers, is training in: by ``id`` (an entry
@@ -496,44 +517,30 @@ class Model:
         try:
             run.begin()
             epoch = 1
-            # A callback of the user's own may change what the checks read between epochs:
-            # both paths compare ``checks.fingerprint`` before each epoch (block) and check
-            # again where it moved (``_check_between_epochs``)
+            # a callback of the user's own may change what the checks read between epochs
             users = _users_callbacks(callbacks)
-            inputs, targets = ((X,), (y,)) if validation_data is None else (
-                (X, validation_data[0]), (y, validation_data[1]))
-            seen = None
+            watch = _Watch(self, X, y, validation_data)
             if trainer is not None:
                 from loopnet import compiled
             while epoch <= epochs and trainer is not None:
                 # a block of epochs in one compiled call, then each epoch's bookkeeping from
                 # the numbers of its steps
-                moved = False
-                if seen is not None:
-                    now = checks.fingerprint(self, inputs, targets)
-                    if now != seen:
-                        moved = now[0] != seen[0]
-                        _check_between_epochs(self, X, y, validation_data, epoch, moved)
-                        seen = now
+                moved = watch.check(epoch)
                 try:
                     trainer.follow(users, moved)
                 except compiled.Changed as reason:
-                    if users:       # (an array no kernel takes: the layered path's error)
-                        _check_between_epochs(self, X, y, validation_data, epoch)
                     # the rest on the layered path, which reads the model as it is now
                     compiled.warn_layered(self, f"{reason} (from epoch {epoch} on)")
                     run.history["path"] = f"compiled, then layered: {reason}"
                     trainer.run.release()
                     trainer = None
                     break
-                except (TypeError, ValueError) as error:    # (a label a callback wrote)
-                    raise _after_callbacks(error, epoch) from None
                 count = trainer.block_size(epochs - epoch + 1, run.epoch_by_epoch)
                 orders = [rng.permutation(n_samples) if rng is not None else None
                           for _ in range(count)]
                 block = trainer.train(orders)
-                if users and seen is None:  # (after the first block: it made the optimizer's
-                    seen = checks.fingerprint(self, inputs, targets)      # state arrays)
+                if users and watch.seen is None:
+                    watch.take()
                 run.compile_time = set_up + trainer.run.compile_time
                 stop = False
                 # full batch, no callback, no bar (and the block's own validation figures):
@@ -565,14 +572,9 @@ class Model:
             on_gpu = gpu(self._layers_device())
             if on_gpu is not None and rng is None and not is_device_array(X):
                 X = ops.to_device(X, on_gpu)
-            seen = None
+            watch.seen = None       # (taken again after this path's first epoch)
             for epoch in range(epoch, epochs + 1):
-                if seen is not None:
-                    now = checks.fingerprint(self, inputs, targets)
-                    if now != seen:
-                        _check_between_epochs(self, X, y, validation_data, epoch,
-                                              now[0] != seen[0])
-                        seen = now
+                watch.check(epoch)
                 X_epoch, y_epoch = X, y
                 if rng is not None:
                     order = rng.permutation(n_samples)
@@ -599,8 +601,8 @@ class Model:
                     self._optimize()
                     run.step(step, data_loss, accuracy, regularization_loss,
                              self.optimizer.current_learning_rate, _n_rows(batch_X, "X"))
-                if users and seen is None:      # (after the first epoch here: it made the
-                    seen = checks.fingerprint(self, inputs, targets)  # optimizer's state)
+                if users and watch.seen is None:
+                    watch.take()
                 if run.end_epoch(epoch):        # (the callbacks)
                     break
             return run.finish()

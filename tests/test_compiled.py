@@ -630,10 +630,10 @@ def test_a_callback_that_changes_nothing_costs_no_checks(layered, monkeypatch):
     state arrays), on either path; one that changes the model runs them once, after it."""
     from loopnet import model as model_module
 
-    checked = []
-    original = model_module._check_between_epochs
-    monkeypatch.setattr(model_module, "_check_between_epochs",
-                        lambda *args: checked.append(args[4]) or original(*args))
+    checked = []        # (whether each round of checks relinked the model)
+    original = model_module._Watch._check
+    monkeypatch.setattr(model_module._Watch, "_check",
+                        lambda self, relink: checked.append(relink) or original(self, relink))
     if layered:
         monkeypatch.setenv(compiled.ENV_VAR, "0")
     X, y = spiral_data(10, 3, seed=0)
@@ -643,7 +643,7 @@ def test_a_callback_that_changes_nothing_costs_no_checks(layered, monkeypatch):
             if epoch == 3:
                 self.model.layers[0].weights = self.model.layers[0].weights.copy()
 
-    for callback, expected in ((loopnet.callbacks.Callback(), []), (NewWeights(), [4])):
+    for callback, expected in ((loopnet.callbacks.Callback(), []), (NewWeights(), [True])):
         checked.clear()
         model = build_model(dict(n_inputs=2, hidden=[(8, "relu", 0.0, 0.0)],
                                  loss="categorical", n_outputs=3, optimizer="adam", seed=0))
