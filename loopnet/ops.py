@@ -216,8 +216,14 @@ def dense_backward_direct(dvalues, inputs, weights, biases, dweights, dbiases, d
     ``penalties``: the layer's checked ``(weight_l1, weight_l2, bias_l1, bias_l2)`` (with
     ``biases``), whose gradients are then added in the same call (the backend's
     ``dense_penalties``). Otherwise None: the layer then calls ``dense_backward``, which
-    converts or explains."""
+    converts or explains. (On ``cpu`` a small layer's pass first tries its lane, the whole of
+    it in one compiled call: ``cpu.dense_backward_lane``.)"""
     be = host_backend(device)
+    lane = getattr(be, "dense_backward_lane", None)
+    if lane is not None:        # (cpu: a small layer's backward in one compiled call)
+        grads = lane(dvalues, inputs, weights, biases, dweights, dbiases, dinputs, penalties)
+        if grads is not None:
+            return grads
     gradients = getattr(be, "dense_gradients", None)
     if gradients is None or not _dense_backward_ready(dvalues, inputs, weights):
         return None
@@ -510,8 +516,13 @@ def dense_forward(inputs, weights, biases, *, device: str | None = None):
         >>> dense_forward([1.2, 5.1, 2.1], [3.1, 2.1, 8.7], 3)     # the notes' first neuron
         35.7
     """
+    be = host_backend(device)
+    lane = getattr(be, "dense_forward_lane", None)
+    if lane is not None:        # (cpu: a small layer's forward in one compiled call)
+        output = lane(inputs, weights, biases)
+        if output is not None:
+            return output
     if _dense_forward_ready(inputs, weights, biases):
-        be = host_backend(device)
         if be is not None:
             output = be.empty((inputs.shape[0], weights.shape[1]), inputs.dtype)
             be.dense_forward(inputs, weights, biases.ravel(), output)

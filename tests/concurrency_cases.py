@@ -30,6 +30,7 @@ BIG = 512
 ROUNDS = 10            # calls per thread
 PREDICTIONS = 100      # predictions per thread
 SGD_EPOCHS = 60
+LOOP_EPOCHS = 40       # steps of a learner's loop
 SAMPLES = 100          # spiral samples per class: 300 rows, enough for the parallel builds
 
 
@@ -133,11 +134,44 @@ def predict_case():
          total=N_THREADS * PREDICTIONS)
 
 
+def learners_loop(seed):
+    """A learner's loop as the book writes it (forward, loss, backward, update: each layer's
+    pass on cpu in one compiled call, a lane, from the third step on), its parameters as
+    bytes."""
+    X, y = spiral()
+    rng = np.random.RandomState(seed)
+    dense1 = loopnet.Dense(2, 64, weight_regularizer_l2=5e-4, bias_regularizer_l2=5e-4,
+                           seed=rng)
+    activation1 = loopnet.ReLU()
+    dense2 = loopnet.Dense(64, 3, seed=rng)
+    loss_activation = loopnet.SoftmaxCategoricalCrossentropy()
+    optimizer = loopnet.Adam(learning_rate=0.02, decay=5e-7)
+    for _ in range(LOOP_EPOCHS):
+        dense1.forward(X)
+        activation1.forward(dense1.output)
+        dense2.forward(activation1.output)
+        loss_activation.forward(dense2.output, y)
+        loss_activation.backward(loss_activation.output, y)
+        dense2.backward(loss_activation.dinputs)
+        activation1.backward(dense2.dinputs)
+        dense1.backward(activation1.dinputs)
+        optimizer.pre_update_params()
+        optimizer.update_params(dense1)
+        optimizer.update_params(dense2)
+        optimizer.post_update_params()
+    return b"".join(a.tobytes() for layer in (dense1, dense2)
+                    for a in (layer.weights, layer.biases, layer.dinputs))
+
+
 def train_case():
     want = [train_sgd(seed) for seed in range(3)]
     got = in_threads(train_sgd, 3)
     bad = sum(g != w for g, w in zip(got, want))
     emit("threads: Model.train, 3 SGD models", mismatches=bad, total=3)
+    want = [learners_loop(seed) for seed in range(N_THREADS)]
+    got = in_threads(learners_loop, N_THREADS)
+    bad = sum(g != w for g, w in zip(got, want))
+    emit("threads: a learner's loop, 4 models", mismatches=bad, total=N_THREADS)
 
 
 def child_work(k):

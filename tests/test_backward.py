@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import (HOST_DEVICES, arrays, assert_within, bits, eps, float_dtypes, sides,
@@ -476,6 +476,8 @@ def test_dense_backwards_penalties_in_one_call_give_the_ops_bits(dtype, coeffici
     if parallel:
         assert threads.parallel_allowed()
         monkeypatch.setattr(cpu, "PARALLEL_MIN_ELEMENTS", 1)
+    # the usual path's calls (a small layer's backward in one call, its lane, is tested apart)
+    monkeypatch.setattr(cpu, "dense_backward_lane", lambda *args: None)
     n_samples, n_inputs, n_neurons = sides
     weight_l1, weight_l2, bias_l1, bias_l2 = coefficients
     rng = np.random.default_rng(7)
@@ -664,3 +666,176 @@ def test_a_step_out_of_order_names_what_is_missing():
         dense.nothing
     for twin in (copy.deepcopy(dense), pickle.loads(pickle.dumps(dense))):
         assert bits(twin.weights) == bits(dense.weights) and not hasattr(twin, "inputs")
+
+
+# --- A small layer's pass in one call: the cpu device's lanes ---------------------------------------
+# (``loopnet.backends.cpu``, "A learner's dense layer in one compiled call a pass")
+
+# Sides (n_samples, n_inputs, n_neurons) that take every lane: each forward form, each pair of
+# backward forms a plan can name (FEW_INPUTS dweights never meets DOT_TILES dinputs, nor NARROW
+# dweights a dot-product dinputs); the last reads weights from an aligned copy (600 rows).
+LANE_SIDES = {(8, 2, 64): ("few-inputs", "few-inputs", "dot-plain"),
+              (5, 1, 1): ("few-inputs", "few-inputs", "narrow"),
+              (3, 5, 7): ("blocked", "blocked", "narrow"),
+              (12, 20, 20): ("blocked", "blocked", "dot-tiles"),
+              (6, 3, 17): ("blocked", "blocked", "dot-plain"),
+              (20, 16, 4): ("blocked", "narrow", "narrow"),
+              (50, 40, 3): ("dot-plain", "narrow", "narrow"),
+              (8, 256, 5): ("dot-tiles", "narrow", "narrow"),
+              (600, 2, 20): ("few-inputs", "few-inputs", "dot-plain")}
+
+
+@pytest.fixture
+def lanes(monkeypatch):
+    """The cpu backend, its lanes made at their first call and its record of lanes that
+    refused an array fresh; ``lanes.ran`` counts the passes a lane computed."""
+    from loopnet.backends import cpu
+
+    monkeypatch.setattr(cpu, "LANE_AFTER_ASKED", 1)
+    monkeypatch.setattr(cpu, "_lanes_checked", set())
+    ran = []
+    for name in ("dense_forward_lane", "dense_backward_lane"):
+        def spy(*args, _lane=getattr(cpu, name), _name=name):
+            result = _lane(*args)
+            if result is not None:
+                ran.append(_name)
+            return result
+        monkeypatch.setattr(cpu, name, spy)
+    cpu.ran = ran
+    yield cpu
+    del cpu.ran
+
+
+def test_the_lanes_sides_take_every_lane():
+    """``LANE_SIDES`` still reach the forms they are meant to (a change of ``dense_plan``'s
+    thresholds would otherwise leave a lane untested)."""
+    from loopnet.backends import cpu
+    from loopnet.kernels.dense_fast import FORM_NAMES
+
+    for layer, (forward, dweights, dinputs) in LANE_SIDES.items():
+        lane_forward, lane_backward, penalized = cpu._lane_forms(layer)
+        assert FORM_NAMES[lane_forward] == forward, layer
+        assert tuple(FORM_NAMES[form] for form in lane_backward) == (dweights, dinputs), layer
+        assert penalized == lane_backward, layer
+
+
+def _layer_steps(sides, dtype, penalized, steps=3):
+    """A layer's forward and backward ``steps`` times (new dvalues each, the buffers reused):
+    the bits of every output, gradient and dinputs."""
+    import loopnet
+
+    n_samples, n_inputs, n_neurons = sides
+    rng = np.random.default_rng(11)
+    penalties = dict(weight_regularizer_l1=0.01, weight_regularizer_l2=0.02,
+                     bias_regularizer_l2=0.03) if penalized else {}
+    layer = loopnet.Dense(n_inputs, n_neurons, seed=0, dtype=dtype, device="cpu", **penalties)
+    layer.biases = rng.standard_normal((1, n_neurons)).astype(dtype)
+    inputs = rng.standard_normal((n_samples, n_inputs)).astype(dtype)
+    seen = []
+    for _ in range(steps):
+        layer.forward(inputs)
+        layer.backward(rng.standard_normal((n_samples, n_neurons)).astype(dtype))
+        seen += [bits(a) for a in (layer.output, layer.dweights, layer.dbiases, layer.dinputs)]
+    return seen
+
+
+@pytest.mark.parametrize("sides", list(LANE_SIDES))
+@pytest.mark.parametrize("penalized", [False, True])
+def test_a_layers_lanes_give_the_usual_paths_bits(sides, penalized, lanes, monkeypatch):
+    """Every lane (float32; float64 for two sides) computes the bits of the usual path, which
+    calls the same kernels one by one: forwards and backwards, with and without penalties,
+    the buffers of one step reused by the next."""
+    dtypes = [np.float32] + ([np.float64] if sides in ((8, 2, 64), (20, 16, 4)) else [])
+    for dtype in dtypes:
+        lanes.ran.clear()
+        laned = _layer_steps(sides, dtype, penalized)
+        # forwards 3; backwards 2 (the first has no buffers of its own yet)
+        assert lanes.ran.count("dense_forward_lane") == 3
+        assert lanes.ran.count("dense_backward_lane") == 2
+        with monkeypatch.context() as usual:
+            usual.setattr(lanes, "dense_forward_lane", lambda *args: None)
+            usual.setattr(lanes, "dense_backward_lane", lambda *args: None)
+            assert _layer_steps(sides, dtype, penalized) == laned
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_samples=st.integers(1, 24), n_inputs=st.integers(1, 24), n_neurons=st.integers(1, 24),
+       penalized=st.booleans())
+def test_lanes_of_random_sides_give_the_usual_paths_bits(n_samples, n_inputs, n_neurons,
+                                                         penalized):
+    """Random small layers (whichever lanes their plans reach) give the usual path's bits."""
+    from loopnet.backends import cpu
+
+    sides = (n_samples, n_inputs, n_neurons)
+    saved = (cpu.LANE_AFTER_ASKED, cpu.dense_forward_lane, cpu.dense_backward_lane)
+    try:
+        cpu.LANE_AFTER_ASKED = 1
+        laned = _layer_steps(sides, np.float32, penalized, steps=2)
+        cpu.dense_forward_lane = cpu.dense_backward_lane = lambda *args: None
+        assert _layer_steps(sides, np.float32, penalized, steps=2) == laned
+    finally:
+        cpu.LANE_AFTER_ASKED, cpu.dense_forward_lane, cpu.dense_backward_lane = saved
+
+
+def test_a_lane_hands_what_it_does_not_take_to_the_usual_path(lanes):
+    """Arrays a lane's build does not take (strided, read-only, another dtype, 1-D biases,
+    buffers of other shapes or sharing memory) get the usual path's results or errors; after a
+    refusal the lane asks first (no numba TypeError at every step) and still runs for arrays
+    it takes."""
+    import loopnet
+
+    rng = np.random.default_rng(3)
+    layer = loopnet.Dense(3, 5, weight_regularizer_l2=0.01, seed=0, device="cpu")
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    d = rng.standard_normal((4, 5)).astype(np.float32)
+    layer.forward(x)
+    layer.backward(d)
+    w = layer.weights.copy()
+
+    def expected(dvalues):
+        dvalues = np.asarray(dvalues, np.float64)
+        return (x.T @ dvalues + 2 * 0.01 * w, dvalues.sum(axis=0, keepdims=True),
+                dvalues @ w.T)
+
+    def check(dvalues, what):
+        layer.backward(dvalues)
+        for got, want, name in zip((layer.dweights, layer.dbiases, layer.dinputs),
+                                   expected(dvalues), ("dweights", "dbiases", "dinputs")):
+            # float32 sums of 4-5 terms of magnitude ~1-3: 1e-5 is ~10 ulps of each
+            assert_within(got, want, 1e-5, f"{name} ({what})")
+
+    lanes.ran.clear()
+    check(d, "taken")
+    assert lanes.ran == ["dense_backward_lane"]
+    wide = np.zeros((4, 10), np.float32)
+    wide[:, ::2] = d
+    lanes.ran.clear()
+    check(wide[:, ::2], "strided dvalues")
+    assert lanes.ran == [] and len(lanes._lanes_checked) == 1       # refused, then asks first
+    read_only = d.copy()
+    read_only.flags.writeable = False
+    check(read_only, "read-only dvalues")
+    layer.dweights.flags.writeable = False          # (its own buffer, made read-only)
+    check(d, "read-only dweights buffer")
+    assert layer.dweights.flags.writeable           # (a new one)
+    check(d.astype(np.float64), "float64 dvalues")
+    layer.dinputs = layer.dweights[:4, :3]          # (a buffer of another shape, and strided)
+    check(d, "a strided buffer")
+    layer.dinputs = np.zeros((4, 3), np.float32)
+    layer.dbiases = layer.dinputs[:1]               # (buffers sharing memory)
+    layer.dbiases = np.zeros((1, 5), np.float32)
+    layer.dinputs = layer.dbiases.reshape(-1)[:3].reshape(1, 3)
+    check(d, "buffers sharing memory")
+    lanes.ran.clear()
+    check(d, "taken again")
+    assert lanes.ran == ["dense_backward_lane"]
+    with pytest.raises(ValueError, match=r"\(4, 6\)"):
+        layer.backward(np.ones((4, 6), np.float32))
+    with pytest.raises(ValueError, match=r"shapes \(4, 2\) and \(3, 5\) not aligned"):
+        layer.forward(np.ones((4, 2), np.float32))
+    # the forward's 1-D biases: the usual path, never a refusal
+    biases = rng.standard_normal(5).astype(np.float32)
+    for _ in range(3):
+        out = ops.dense_forward(x, layer.weights, biases, device="cpu")
+        assert_within(out, x.astype(np.float64) @ layer.weights + biases, 1e-5, "1-D biases")
+    assert len(lanes._lanes_checked) == 1

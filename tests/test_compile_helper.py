@@ -205,6 +205,28 @@ def test_each_job_ahead_is_run_by_one_process_the_helper_from_the_front(monkeypa
     assert cold_pass.process.returncode == 0
 
 
+def test_optional_jobs_are_never_run_here_and_the_helper_goes_on_with_them(monkeypatch):
+    """Jobs the first backward does not need (the cpu device's lanes) are not run by this
+    process at that backward, nor waited for: the helper takes them in turn, also after the
+    pass has ended, then exits."""
+    monkeypatch.setattr(cpu_helper, "enabled", lambda: True)
+    # (each job takes the helper 50 ms: the pass ends while it still has lanes to make)
+    script = HELPER.format(action="import time; time.sleep(0.05); " + DONE, before_ready="")
+    monkeypatch.setattr(cpu_helper, "command", lambda package: [sys.executable, "-c", script])
+    log = []
+    cold_pass = cpu_helper.Ahead(log.append, optional=lambda job: job[0] == "lane")
+    jobs = [(kind, "<f4", k) for k in range(4) for kind in ("dweights", "lane")]
+    assert cold_pass.add(jobs) == len(jobs)
+    _wait_until_the_helper_holds_one(cold_pass)
+    start = time.monotonic()
+    cold_pass.finish()
+    assert time.monotonic() - start < 10
+    assert not [job for job in log if job[0] == "lane"]
+    assert cold_pass.process.wait(timeout=30) == 0             # it went on, then exited
+    assert sorted(cold_pass.helped + log) == sorted(jobs)
+    assert [job for job in cold_pass.helped if job[0] == "lane"] == jobs[1::2]
+
+
 def test_a_job_the_helper_fails_is_left_to_the_backward_and_one_it_dies_on_too(monkeypatch):
     for action in (FAIL, DIE):
         cold_pass, log, jobs = run_ahead(monkeypatch, action)
@@ -367,9 +389,13 @@ def test_a_learners_loop_on_a_cold_cache_has_its_backward_made_by_the_helper(tmp
         assert ahead["helper"] and ahead["ran_here"] == []
         assert ahead["jobs"] == len(ahead["helped"])
         assert {job[0] for job in ahead["helped"]} == {"dweights", "dinputs", "dbiases",
-                                                       "overlapping", "penalties"}
-        # the forward pass compiled here, the backward's products and penalties did not
+                                                       "overlapping", "penalties", "lane"}
+        # the forward pass compiled here, the backward's products and penalties did not, nor
+        # the lanes of the later steps (both layers' forwards and backwards)
         assert "dense_forward_few_inputs__serial" in cold["compiled"]
+        assert not [name for name in cold["compiled"] if "_lane_" in name]
+        assert sorted(job[2] for job in ahead["helped"] if job[0] == "lane") == [
+            "backward", "backward", "forward", "forward"]
         backward = ("dense_backward", "overlapping", "dense_penalties", "regularization_backward")
         assert not [name for name in cold["compiled"] if name.startswith(backward)]
     assert warm["ahead"] == {} and warm["compiled"] == []

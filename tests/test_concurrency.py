@@ -25,7 +25,7 @@ LAYERS = ("tbb", "omp", "workqueue")
 CASES = ("threads: ops.dense_forward 512x512x512", "threads: Model.predict, 4 models",
          "threads: Model.predict, one shared model",
          "threads: Model.predict in batches (compiled), one shared model",
-         "threads: Model.train, 3 SGD models",
+         "threads: Model.train, 3 SGD models", "threads: a learner's loop, 4 models",
          "fork: ops, predict and train in a Pool")
 # Generous: the cases take ~1 s with a warm numba cache; a cold cache compiles the kernels
 # first (tens of seconds on 2 cores). A hang must fail, not block the suite.

@@ -626,6 +626,324 @@ def dense_penalties(weights, biases, weight_l1, weight_l2, bias_l1, bias_l2, dwe
     kernel(weights, biases, weight_l1, weight_l2, bias_l1, bias_l2, dweights, dbiases)
 
 
+# --- A learner's dense layer in one compiled call a pass ------------------------------------------
+# A learner's loop runs ``Dense.forward`` and ``Dense.backward`` for every layer at every step. At
+# the book's sizes a backward's kernels take ~2 us and the Python around them took ~4 us more
+# (seven arrays checked, the plan, five dispatches: the overlap check, three products, the
+# penalties); a forward's kernel ~1 us and its Python ~2 us. A lane runs a small layer's pass
+# (each product in a serial form that takes no scratch of the thread's) as one compiled call,
+# which checks what that Python checked: the sides, the buffers' sizes, their overlap. numba's
+# dispatch checks the rest: a lane's build takes C-contiguous, writeable 2-D arrays of its one
+# float dtype and nothing else (compiling is turned off once that signature is made), so any
+# other array raises a TypeError at once, and the layer's usual path runs, which converts or
+# explains. A lane calls, by address, the very kernels the usual path runs: the same bits.
+# Measured in BENCHMARKS.md, "A learner's dense layer in one call a pass".
+
+def dense_forward_lane_loops(inputs, weights, biases, output):
+    """``dense_forward`` in the form FORWARD (a constant of each build), serially, for
+    ``biases`` of shape (1, n_neurons) and a new ``output``. Returns False, having written
+    nothing, when a side does not align or is 0."""
+    n_samples, n_inputs = inputs.shape
+    n_neurons = weights.shape[1]
+    if (n_samples == 0 or n_inputs == 0 or n_neurons == 0 or weights.shape[0] != n_inputs
+            or biases.shape[0] != 1 or biases.shape[1] != n_neurons
+            or output.shape[0] != n_samples or output.shape[1] != n_neurons):
+        return False
+    if FORWARD == FEW_INPUTS:
+        forward_few_inputs(inputs, weights, biases[0], output)
+    elif FORWARD == BLOCKED:
+        forward_blocked(inputs, weights, biases[0], output)
+    else:   # (DOT_PLAIN, DOT_TILES: on weights.T, packed as ``_packed`` packs it)
+        if n_neurons == 1:
+            weights_t = weights.reshape(1, n_inputs)
+        else:
+            weights_t = np.empty((n_neurons, n_inputs), weights.dtype)
+            transpose(weights, weights_t)
+        if FORWARD == DOT_PLAIN:
+            dot_plain(inputs, weights_t, biases[0], True, output)
+        else:
+            dot_tiles(inputs, weights_t, biases[0], True, output)
+    return True
+
+
+def dense_backward_lane_loops(inputs, dvalues, weights, biases, dweights, dbiases, dinputs,
+                              dvalues_rows, weights_rows, weight_l1, weight_l2, bias_l1,
+                              bias_l2):
+    """``dense_gradients``, then ``dense_penalties`` when PENALIZED, in the forms DWEIGHTS and
+    DINPUTS (constants of each build), serially; the dot-product forms read ``dvalues_rows``
+    and ``weights_rows`` (``dvalues`` and ``weights``, or aligned copies of them). Returns
+    False, having written nothing, when a side does not align or is 0, or a buffer does not
+    fit or shares memory with another array (without PENALIZED, ``biases`` is not read)."""
+    n_samples, n_inputs = inputs.shape
+    n_neurons = weights.shape[1]
+    if (n_samples == 0 or n_inputs == 0 or n_neurons == 0
+            or weights.shape[0] != n_inputs or dvalues.shape[0] != n_samples
+            or dvalues.shape[1] != n_neurons
+            or dvalues_rows.shape[0] != n_samples or dvalues_rows.shape[1] != n_neurons
+            or weights_rows.shape[0] != n_inputs or weights_rows.shape[1] != n_neurons):
+        return False
+    if PENALIZED and (biases.shape[0] != 1 or biases.shape[1] != n_neurons):
+        return False
+    if (dweights.shape[0] != n_inputs or dweights.shape[1] != n_neurons
+            or dbiases.shape[0] != 1 or dbiases.shape[1] != n_neurons
+            or dinputs.shape[0] != n_samples or dinputs.shape[1] != n_inputs):
+        return False
+    if overlapping(dweights, dbiases, dinputs, dvalues, inputs, weights, biases):
+        return False
+    if DWEIGHTS == FEW_INPUTS:
+        weights_few_inputs(inputs, dvalues, dweights)
+    elif DWEIGHTS == BLOCKED:
+        weights_blocked(inputs, dvalues, dweights)
+    else:   # (NARROW: summed into its transpose; np.empty, not a scratch shared by threads)
+        weights_narrow(inputs, dvalues, np.empty((n_neurons, n_inputs), dweights.dtype),
+                       dweights)
+    biases_sum(dvalues, dbiases[0])
+    if DINPUTS == NARROW:
+        if n_neurons == 1:      # (one neuron's column is its own transpose: ``_packed``)
+            weights_t = weights.reshape(1, n_inputs)
+        else:
+            weights_t = np.empty((n_neurons, n_inputs), weights.dtype)
+            transpose(weights, weights_t)
+        inputs_narrow(dvalues, weights_t, dinputs)
+    elif DINPUTS == DOT_PLAIN:
+        dot_plain(dvalues_rows, weights_rows, dinputs[0], False, dinputs)
+    else:
+        dot_tiles(dvalues_rows, weights_rows, dinputs[0], False, dinputs)
+    if PENALIZED:
+        penalties(weights, biases, weight_l1, weight_l2, bias_l1, bias_l2, dweights, dbiases)
+    return True
+
+
+# The products a lane runs (serial, every one): forward FEW_INPUTS, BLOCKED, DOT_PLAIN,
+# DOT_TILES; dweights FEW_INPUTS, BLOCKED, NARROW; dinputs NARROW, DOT_PLAIN, DOT_TILES. Larger
+# layers (a parallel or broadcast product) take the usual path, where the Python is a small
+# part of the time.
+_LANE_FORMS = {_fast.FEW_INPUTS: "few", _fast.BLOCKED: "blocked", _fast.NARROW: "narrow",
+               _fast.DOT_PLAIN: "dot_plain", _fast.DOT_TILES: "dot_tiles"}
+_LANE_FORWARD = (_fast.FEW_INPUTS, _fast.BLOCKED, _fast.DOT_PLAIN, _fast.DOT_TILES)
+_LANE_DWEIGHTS = (_fast.FEW_INPUTS, _fast.BLOCKED, _fast.NARROW)
+_LANE_DINPUTS = (_fast.NARROW, _fast.DOT_PLAIN, _fast.DOT_TILES)
+_LANE_DTYPES = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
+# The kernels a lane calls, by the names it calls them (the serial builds the usual path runs)
+_LANE_KERNELS = {"overlapping": overlapping,
+                 "forward_few_inputs": dense_forward_few_inputs_serial,
+                 "forward_blocked": dense_forward_blocked_serial,
+                 "weights_few_inputs": dense_backward_weights_few_inputs_serial,
+                 "weights_blocked": dense_backward_weights_blocked_serial,
+                 "weights_narrow": dense_backward_weights_narrow_serial,
+                 "biases_sum": getattr(dense_backward_biases, "serial", dense_backward_biases),
+                 "transpose": transpose_serial,
+                 "inputs_narrow": dense_backward_inputs_narrow_serial,
+                 "dot_plain": dense_nt_plain_serial,
+                 "dot_tiles": dense_nt_tiled_serial,
+                 "penalties": _penalties_serial}
+_lanes: dict = {}           # ``_make_lane``'s keys -> a build, or None
+_lanes_lock = threading.Lock()
+_lanes_asked: dict = {}     # keys of lanes not made yet -> how many times they were asked for
+LANE_AFTER_ASKED = 3
+# A layer's call finds its lane in one look-up by its sides and dtype (``_lane_of`` fills them)
+_forward_lanes: dict = {}   # (n_samples, n_inputs, n_neurons, dtype) -> a build, or False
+_backward_lanes: dict = {}  # (..., dtype, penalized) -> a build, or False
+LANE_SIDES_KEPT = 256       # sides remembered (batch sizes x layers); beyond, forgotten
+_lanes_checked: set = set()  # the builds that have refused an array (``_lane_takes``)
+
+
+def _lane_forms(sides):
+    """``(forward, backward, penalized)`` for a layer of these sides (n_samples, n_inputs,
+    n_neurons): the forward form of its lane; the (dweights, dinputs) forms of its backward's;
+    the same for a layer with penalties. Each is None where the usual path runs a kernel a
+    lane does not: a parallel build (the column sums of ``dvalues``, the penalties: by
+    ``by_size``'s rule), or a form no lane runs."""
+    n_samples, n_inputs, n_neurons = sides
+    forward, for_weights, for_inputs = dense_plan(*sides)
+    if forward.parallel or forward.form not in _LANE_FORWARD:
+        forward = None
+    else:
+        forward = forward.form
+    parallel = threads.parallel_allowed()
+    if (for_weights.parallel or for_inputs.parallel or for_weights.form not in _LANE_DWEIGHTS
+            or for_inputs.form not in _LANE_DINPUTS
+            or (parallel and n_samples * n_neurons >= PARALLEL_MIN_ELEMENTS)):
+        backward = None
+    else:
+        backward = (for_weights.form, for_inputs.form)
+    penalized = backward
+    if parallel and n_inputs * n_neurons >= PARALLEL_MIN_ELEMENTS:
+        penalized = None
+    return forward, backward, penalized
+
+
+def _lane_asked(key):
+    """A lane not made yet is asked for: made (``_make_lane``) at the LANE_AFTER_ASKED-th time,
+    None before. A layer run once or twice (``Model.evaluate``'s layered forward, a notebook
+    cell) does not pay a lane's compile (~0.2 s on a cold cache); a loop does, once."""
+    asked = _lanes_asked.get(key, 0) + 1
+    if asked < LANE_AFTER_ASKED:
+        _lanes_asked[key] = asked
+        return None
+    return _make_lane(key)
+
+
+def _make_lane(key):
+    """The build of a lane for ``key``: ``("forward", form, dtype)`` or ``("backward", (dweights
+    form, dinputs form), penalized, dtype)``, compiled (or loaded from numba's cache) for its
+    one signature, with compiling then turned off; None for a dtype no lane takes."""
+    with _lanes_lock:
+        if key in _lanes:
+            return _lanes[key]
+        pass_, forms, dtype = key[0], key[1], key[-1]
+        element = _LANE_DTYPES.get(dtype)
+        lane = None
+        if element is not None:
+            namespace = {**globals(), **vars(_fast)}
+            namespace.update({name: _called_by_address(kernel)
+                              for name, kernel in _LANE_KERNELS.items()})
+            array = types.Array(element, 2, "C")
+            if pass_ == "forward":
+                namespace["FORWARD"] = forms
+                function, suffix = dense_forward_lane_loops, f"__{_LANE_FORMS[forms]}"
+                signature = (array,) * 4
+            else:
+                penalized = key[2]
+                namespace.update(DWEIGHTS=forms[0], DINPUTS=forms[1], PENALIZED=penalized)
+                function = dense_backward_lane_loops
+                suffix = (f"__{_LANE_FORMS[forms[0]]}_{_LANE_FORMS[forms[1]]}"
+                          + ("_penalized" if penalized else ""))
+                signature = (array,) * 9 + (types.float64,) * 4
+            lane = njit(renamed(function, suffix, namespace), **OPTIONS)
+            lane.compile(signature)
+            lane.disable_compile()
+        _lanes[key] = lane
+        return lane
+
+
+def _lane_of(lanes, key):
+    """The lane of a layer whose call of ``key`` (n_samples, n_inputs, n_neurons, dtype[,
+    penalized]) missed in ``lanes`` (``_forward_lanes`` or ``_backward_lanes``): its build
+    (kept there once made), False when its plan has no lane (kept too), or None while not made
+    yet (``_lane_asked``)."""
+    n_samples, n_inputs, n_neurons, dtype = key[:4]
+    forward, backward, penalized = _lane_forms((n_samples, n_inputs, n_neurons))
+    if lanes is _forward_lanes:
+        build = None if forward is None else ("forward", forward, dtype)
+    else:
+        forms = penalized if key[4] else backward
+        build = None if forms is None else ("backward", forms, key[4], dtype)
+    if build is None or dtype not in _LANE_DTYPES:
+        lane = False
+    else:
+        lane = _lanes.get(build, False)
+        if lane is False:
+            lane = _lane_asked(build)
+            if lane is None:
+                return None
+        lane = lane or False     # (None from _make_lane: a dtype no lane takes)
+    if len(lanes) >= LANE_SIDES_KEPT:
+        lanes.clear()
+    lanes[key] = lane
+    return lane
+
+
+def dense_forward_lane(inputs, weights, biases):
+    """``ops.dense_forward``'s first try: ``inputs @ weights + biases`` in a new array, computed
+    by one compiled call (above), or None when this layer or these arrays are not a lane's."""
+    if (type(inputs) is not _ndarray or type(weights) is not _ndarray
+            or type(biases) is not _ndarray):
+        return None
+    shape, sides = inputs.shape, weights.shape
+    if len(shape) != 2 or len(sides) != 2 or len(biases.shape) != 2:
+        return None
+    dtype = inputs.dtype
+    if weights.dtype != dtype:      # (mixed dtypes: the usual path's promotion)
+        return None
+    key = (shape[0], sides[0], sides[1], dtype)
+    lane = _forward_lanes.get(key)
+    if lane is None:
+        lane = _lane_of(_forward_lanes, key)
+    if not lane or (_lanes_checked and lane in _lanes_checked
+                    and not _lane_takes(dtype, inputs, weights, biases)):
+        return None
+    output = empty((shape[0], sides[1]), dtype)
+    try:
+        done = lane(inputs, weights, biases, output)
+    except TypeError:       # (an array of another kind: numba's dispatch found no build)
+        _lanes_checked.add(lane)
+        return None
+    return output if done else None
+
+
+def dense_backward_lane(dvalues, inputs, weights, biases, dweights, dbiases, dinputs,
+                        penalties):
+    """``ops.dense_backward_direct``'s first try: ``(dweights, dbiases, dinputs)`` computed in
+    the given buffers by one compiled call (above), or None when this layer or these arrays
+    are not a lane's (nothing written). ``penalties``: the layer's checked ``(weight_l1,
+    weight_l2, bias_l1, bias_l2)``, with ``biases``; or None."""
+    if (type(dvalues) is not _ndarray or type(inputs) is not _ndarray
+            or type(weights) is not _ndarray or type(dweights) is not _ndarray
+            or type(dbiases) is not _ndarray or type(dinputs) is not _ndarray):
+        return None
+    shape, sides = dvalues.shape, weights.shape
+    if len(shape) != 2 or len(sides) != 2:
+        return None
+    dtype = dvalues.dtype
+    if inputs.dtype != dtype or weights.dtype != dtype:     # (the usual path's promotion)
+        return None
+    if penalties is None:
+        penalties = _NO_PENALTIES
+        biases = weights                    # (not read)
+    elif type(biases) is not _ndarray:
+        return None
+    key = (shape[0], sides[0], sides[1], dtype, penalties is not _NO_PENALTIES)
+    lane = _backward_lanes.get(key)
+    if lane is None:
+        lane = _lane_of(_backward_lanes, key)
+    if not lane or (_lanes_checked and lane in _lanes_checked and not _lane_takes(
+            dtype, dvalues, inputs, weights, biases, dweights, dbiases, dinputs)):
+        return None
+    dvalues_rows, weights_rows = dvalues, weights
+    if max(shape[0], sides[0]) >= ALIGN_COPY_MIN_REUSE and lane.py_func.__name__.endswith(
+            ("dot_plain", "dot_plain_penalized", "dot_tiles", "dot_tiles_penalized")):
+        # (the dot-product form reads an operand from an aligned copy where ``_aligned_for``
+        # makes one: a copy of an array of this lane's kind only)
+        if not (dvalues.flags.c_contiguous and weights.flags.c_contiguous):
+            return None
+        dvalues_rows = _aligned_for(dvalues, sides[0], "dvalues")
+        weights_rows = _aligned_for(weights, shape[0], "weights")
+    try:
+        done = lane(inputs, dvalues, weights, biases, dweights, dbiases, dinputs,
+                    dvalues_rows, weights_rows, *penalties)
+    except TypeError:       # (an array of another kind: numba's dispatch found no build)
+        _lanes_checked.add(lane)
+        return None
+    return (dweights, dbiases, dinputs) if done else None
+
+
+def _lane_takes(dtype, *arrays) -> bool:
+    """Whether a lane's build of ``dtype`` takes these numpy arrays: each 2-D, C-contiguous,
+    writeable, of that dtype. Asked before calling a lane that has refused an array (numba's
+    TypeError costs ~30 us, against ~0.1 us an array for this): a loop that hands a layer a
+    read-only or strided array at every step keeps the usual path's speed."""
+    for array in arrays:
+        flags = array.flags
+        if (not (flags.c_contiguous and flags.writeable) or array.dtype != dtype
+                or array.ndim != 2):
+            return False
+    return True
+
+
+_NO_PENALTIES = (0.0, 0.0, 0.0, 0.0)
+_ndarray = np.ndarray
+
+
+def _lanes_in_child() -> None:
+    """A forked child: the sides' forms again from its own plans (forgotten at a fork too), and
+    a lock of its own (another thread may have held the parent's, making a lane, at the fork)."""
+    global _lanes_lock
+    _forward_lanes.clear()
+    _backward_lanes.clear()
+    _lanes_lock = threading.Lock()
+
+
 # --- A learner's loop: a layer's backward compiled ahead (cpu_helper.Ahead) -----------------------
 # A job allocates zeros of the layer's sides (inputs, dvalues, the gradients): beyond this many
 # elements (16 MB of float32) its layer's backward compiles when it runs, as without the helper.
@@ -635,7 +953,7 @@ _handed_over: set = set()       # jobs handed over in this process (every pass s
 
 def ahead_jobs(n_samples: int, n_inputs: int, n_neurons: int, dtype, penalties: bool) -> list:
     """The jobs (``run_ahead``) that make the kernels a dense layer of these sides runs in its
-    backward on this device."""
+    backward on this device, and the lanes of its passes."""
     if n_samples * (2 * n_inputs + n_neurons) + n_inputs * n_neurons > AHEAD_MAX_ELEMENTS:
         return []
     plan = dense_plan(n_samples, n_inputs, n_neurons)
@@ -645,12 +963,25 @@ def ahead_jobs(n_samples: int, n_inputs: int, n_neurons: int, dtype, penalties: 
             ("dbiases", name, n_samples, n_neurons), ("overlapping", name)]
     if penalties:
         jobs.append(("penalties", name, n_inputs, n_neurons))
+    forward, backward, penalized = _lane_forms((n_samples, n_inputs, n_neurons))
+    backward = penalized if penalties else backward
+    if backward is not None:
+        jobs.append(("lane", name, "backward", backward, bool(penalties)))
+    if forward is not None:
+        jobs.append(("lane", name, "forward", forward))
     return jobs
+
+
+def _lane_job(job) -> bool:
+    """Whether a job makes a lane: the first backward does not need it (a lane runs from a
+    layer's third pass), so the helper may make it after that backward."""
+    return job[0] == "lane"
 
 
 def run_ahead(job) -> None:
     """Run one job's kernels once, on zeros, as a layer's backward calls them (the same argument
-    types): numba compiles them, or loads them from its cache. Nothing computed is kept."""
+    types): numba compiles them, or loads them from its cache. Nothing computed is kept. (A
+    lane's job makes the lane, for the same cache.)"""
     kind, dtype, *sides = job
     dtype = np.dtype(dtype)
 
@@ -675,6 +1006,8 @@ def run_ahead(job) -> None:
         n_inputs, n_neurons = sides
         dense_penalties(zeros(n_inputs, n_neurons), zeros(1, n_neurons), 0.0, 1.0, 0.0, 1.0,
                         zeros(n_inputs, n_neurons), zeros(1, n_neurons))
+    elif kind == "lane":       # (the lane of a layer's pass, made here for the loop's later steps)
+        _make_lane((*sides, dtype))
     else:
         raise ValueError(f"unknown job {job!r}")
 
@@ -697,7 +1030,7 @@ class _ColdCompiles(_event.Listener):
 
         cold = ops.ahead
         if cold is None or cold.finished:
-            ops.ahead = _helper.Ahead(run_ahead, _handed_over)
+            ops.ahead = _helper.Ahead(run_ahead, _handed_over, _lane_job)
         else:
             cold.wanted = True
 
@@ -733,6 +1066,7 @@ _step_builds: dict = {}
 
 if hasattr(os, "register_at_fork"):    # a forked child may have to run serial builds only
     os.register_at_fork(after_in_child=dense_plan.cache_clear)
+    os.register_at_fork(after_in_child=_lanes_in_child)
 
 
 def _kernels_of_the_step(build) -> dict:

@@ -310,8 +310,12 @@ class Ahead:
     """The jobs of one cold pass of a learner's loop: from the first compile in this process to
     the first backward (``ops.ahead`` while it lasts)."""
 
-    def __init__(self, run, handed_over=None):
+    def __init__(self, run, handed_over=None, optional=None):
         self.run = run                  # runs a job here (``cpu.run_ahead``)
+        # whether a job is one the first backward does not need (``cpu``: a lane, made for the
+        # loop's later steps): never run here, and the helper may go on with such jobs after
+        # the first backward, unwaited for (this process makes what it has not made in time)
+        self.optional = optional or (lambda job: False)
         # jobs handed over before, by this pass or an earlier one sharing the set (the cpu
         # device's passes share one: a kernel made once is not handed over again)
         self.handed_over = set() if handed_over is None else handed_over
@@ -349,12 +353,18 @@ class Ahead:
         return len(new)
 
     def take(self):
-        """The helper asks for work: the next job nobody has taken (waiting for one), or None
-        once the pass has ended."""
+        """The helper asks for work: the next job nobody has taken (waiting for one), the
+        needed ones first; None once the pass has ended (but for optional jobs)."""
         with self.lock:
             while not self.queue and not self.finished:
                 self.lock.wait()
-            job = self.queue.popleft() if self.queue and not self.finished else None
+            # the jobs the first backward needs first, in turn; then the optional ones (after
+            # the pass has ended, only those: this process ran the others)
+            job = next((job for job in self.queue if not self.optional(job)), None)
+            if job is None or self.finished:
+                job = next((job for job in self.queue if self.optional(job)), None)
+            if job is not None:
+                self.queue.remove(job)
             self.current = job
             if job is not None:
                 self.held[job] = threading.Event()
@@ -365,7 +375,10 @@ class Ahead:
         helper's (stopped when it stalls, or is still starting up)."""
         while True:
             with self.lock:
-                job = self.queue.pop() if self.queue else None
+                needed = [job for job in self.queue if not self.optional(job)]
+                job = needed[-1] if needed else None
+                if job is not None:
+                    self.queue.remove(job)
             if job is None:
                 break
             self.ran_here.append(job)
@@ -376,13 +389,13 @@ class Ahead:
         with self.lock:
             self.finished = True
             self.lock.notify_all()
-            waiting = list(self.held.values())
+            waiting = [event for job, event in self.held.items() if not self.optional(job)]
         for event in waiting:
             if not event.wait(WAIT_SECONDS):
                 break
         with self.lock:
-            busy = not self.ready or (self.current is not None
-                                      and not self.held[self.current].is_set())
+            busy = not self.ready or (self.current is not None and not self.optional(
+                self.current) and not self.held[self.current].is_set())
             process = self.process
         if process is not None and busy and process.poll() is None:
             process.kill()
