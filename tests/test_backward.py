@@ -687,12 +687,15 @@ LANE_SIDES = {(8, 2, 64): ("few-inputs", "few-inputs", "dot-plain"),
 
 @pytest.fixture
 def lanes(monkeypatch):
-    """The cpu backend, its lanes made at their first call and its record of lanes that
-    refused an array fresh; ``lanes.ran`` counts the passes a lane computed."""
-    from loopnet.backends import cpu
+    """The cpu backend, its lanes made at their first call (here, whatever the compile helper
+    does) and its record of lanes that refused an array fresh; ``lanes.ran`` counts the
+    passes a lane computed."""
+    from loopnet.backends import cpu, cpu_helper
 
     monkeypatch.setattr(cpu, "LANE_AFTER_ASKED", 1)
     monkeypatch.setattr(cpu, "_lanes_checked", set())
+    # (on a cold cache the compile helper may be making a lane: made here all the same)
+    monkeypatch.setattr(cpu_helper, "making", lambda job: False)
     ran = []
     for name in ("dense_forward_lane", "dense_backward_lane"):
         def spy(*args, _lane=getattr(cpu, name), _name=name):

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from loopnet.backends import cpu_helper
@@ -225,6 +226,34 @@ def test_optional_jobs_are_never_run_here_and_the_helper_goes_on_with_them(monke
     assert cold_pass.process.wait(timeout=30) == 0             # it went on, then exited
     assert sorted(cold_pass.helped + log) == sorted(jobs)
     assert [job for job in cold_pass.helped if job[0] == "lane"] == jobs[1::2]
+
+
+def test_an_optional_job_is_being_made_while_the_helper_has_it(monkeypatch):
+    """``making``: an optional job handed over is being made while the helper, running, has
+    it queued or in hand, also after the pass has ended; not once the helper has exited, nor
+    for a job never handed over. The cpu device's lanes then wait for it (the layer's usual
+    path meanwhile), and are made here when it says no."""
+    from loopnet.backends import cpu
+
+    monkeypatch.setattr(cpu_helper, "enabled", lambda: True)
+    script = HELPER.format(action="import time; time.sleep(0.2); " + DONE, before_ready="")
+    monkeypatch.setattr(cpu_helper, "command", lambda package: [sys.executable, "-c", script])
+    log = []
+    cold_pass = cpu_helper.Ahead(log.append, optional=lambda job: job[0] == "lane")
+    lane = ("lane", "<f4", "forward", 1)
+    cold_pass.add([("dweights", "<f4", 0), ("lane", "<f4", "forward", 0), lane])
+    assert cpu_helper.making(lane)
+    assert not cpu_helper.making(("lane", "<f4", "forward", 9))
+    _wait_until_the_helper_holds_one(cold_pass)     # (one still starting up is stopped)
+    cold_pass.finish()
+    assert cpu_helper.making(lane)                  # (the helper goes on with it)
+    key = ("forward", 1, np.dtype("<f4"))
+    monkeypatch.setattr(cpu, "LANE_AFTER_ASKED", 1)
+    monkeypatch.setattr(cpu, "_make_lane", lambda key: "made here")
+    assert cpu._lane_asked(key) is None
+    assert cold_pass.process.wait(timeout=30) == 0
+    assert not cpu_helper.making(lane)
+    assert cpu._lane_asked(key) == "made here"
 
 
 def test_a_job_the_helper_fails_is_left_to_the_backward_and_one_it_dies_on_too(monkeypatch):

@@ -775,12 +775,16 @@ def _lane_forms(sides):
 
 def _lane_asked(key):
     """A lane not made yet is asked for: made (``_make_lane``) at the LANE_AFTER_ASKED-th time,
-    None before. A layer run once or twice (``Model.evaluate``'s layered forward, a notebook
-    cell) does not pay a lane's compile (~0.2 s on a cold cache); a loop does, once."""
+    None before, and None while the compile helper is making it (a cold pass's job: made
+    here too, it would cost this process the compile the helper makes on the other core).
+    A layer run once or twice (``Model.evaluate``'s layered forward, a notebook cell) does not
+    pay a lane's compile (~0.2 s on a cold cache); a loop does, once."""
     asked = _lanes_asked.get(key, 0) + 1
     if asked < LANE_AFTER_ASKED:
         _lanes_asked[key] = asked
         return None
+    if _helper.making(("lane", key[-1].str) + key[:-1]):
+        return None     # (a cold pass handed it to the helper: the usual path until it is made)
     return _make_lane(key)
 
 

@@ -340,6 +340,7 @@ class Ahead:
             new = [job for job in dict.fromkeys(jobs) if job not in self.handed_over]
             start = bool(new) and not self.jobs
             self.handed_over.update(new)
+            _optional_owners.update((job, self) for job in new if self.optional(job))
             self.jobs += new
             self.queue.extend(new)
             self.lock.notify_all()
@@ -403,6 +404,37 @@ class Ahead:
             global last_ahead
             last_ahead = {"jobs": len(self.jobs), "helped": list(self.helped),
                           "ran_here": list(self.ran_here), "helper": process is not None}
+
+
+    def pending(self, job) -> bool:
+        """Whether the helper, still running, has ``job`` to do: queued, or in its hands."""
+        with self.lock:
+            process = self.process
+            if process is None or process.poll() is not None:
+                return False
+            if job in self.queue:
+                return True
+            done = self.held.get(job)
+            return done is not None and not done.is_set()
+
+
+# The pass each optional job was handed to (this process's: forgotten in a forked child).
+_optional_owners: dict = {}
+
+
+def making(job) -> bool:
+    """Whether a helper is making (or is to make) the optional ``job``: its caller then goes on
+    without it rather than make it too (a lane: the layer's usual path meanwhile)."""
+    owner = _optional_owners.get(job)
+    return owner is not None and owner.pending(job)
+
+
+def _forget_in_child() -> None:
+    _optional_owners.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 # What the last learner's-loop hand-over with jobs did (read by the tests).
