@@ -637,7 +637,7 @@ def dense_penalties(weights, biases, weight_l1, weight_l2, bias_l1, bias_l2, dwe
 # float dtype and nothing else (compiling is turned off once that signature is made), so any
 # other array raises a TypeError at once, and the layer's usual path runs, which converts or
 # explains. A lane calls, by address, the very kernels the usual path runs: the same bits.
-# Measured in BENCHMARKS.md, "A learner's dense layer in one call a pass".
+# Measured in BENCHMARKS.md, "Then: a small dense layer's pass in one compiled call".
 
 def dense_forward_lane_loops(inputs, weights, biases, output):
     """``dense_forward`` in the form FORWARD (a constant of each build), serially, for
