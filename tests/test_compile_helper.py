@@ -256,6 +256,24 @@ def test_an_optional_job_is_being_made_while_the_helper_has_it(monkeypatch):
     assert cpu._lane_asked(key) == "made here"
 
 
+def test_a_helper_stalled_on_an_optional_job_is_stopped_when_asked_after_the_wait(monkeypatch):
+    """An optional job held past WAIT_SECONDS is no longer being made: the helper is stopped
+    (the lane is then made here)."""
+    monkeypatch.setattr(cpu_helper, "WAIT_SECONDS", 1.0)
+    monkeypatch.setattr(cpu_helper, "enabled", lambda: True)
+    script = HELPER.format(action=STALL, before_ready="")
+    monkeypatch.setattr(cpu_helper, "command", lambda package: [sys.executable, "-c", script])
+    cold_pass = cpu_helper.Ahead([].append, optional=lambda job: job[0] == "lane")
+    lane = ("lane", "<f4", "backward", (5, 4), True)
+    cold_pass.add([lane])
+    _wait_until_the_helper_holds_one(cold_pass)
+    cold_pass.finish()                              # (not stopped: the job is optional)
+    assert cold_pass.process.poll() is None and cpu_helper.making(lane)
+    time.sleep(1.1)
+    assert not cpu_helper.making(lane)
+    assert cold_pass.process.wait(timeout=30) is not None   # stopped, and reaped
+
+
 def test_a_job_the_helper_fails_is_left_to_the_backward_and_one_it_dies_on_too(monkeypatch):
     for action in (FAIL, DIE):
         cold_pass, log, jobs = run_ahead(monkeypatch, action)

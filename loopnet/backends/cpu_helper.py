@@ -37,6 +37,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 
 ENV_VAR = "LOOPNET_COMPILE_HELPER"
 
@@ -324,6 +325,7 @@ class Ahead:
         self.queue = collections.deque()    # jobs nobody has taken
         self.lock = threading.Condition()
         self.held = {}                  # job -> Event set when the helper is done with it
+        self.taken_at = {}              # job -> when the helper took it (time.monotonic())
         self.current = None             # the job the helper holds now
         self.helped = []                # jobs the helper ran
         self.ran_here = []              # jobs this process ran (at the first backward)
@@ -369,6 +371,7 @@ class Ahead:
             self.current = job
             if job is not None:
                 self.held[job] = threading.Event()
+                self.taken_at[job] = time.monotonic()
         return job
 
     def finish(self) -> None:
@@ -405,9 +408,9 @@ class Ahead:
             last_ahead = {"jobs": len(self.jobs), "helped": list(self.helped),
                           "ran_here": list(self.ran_here), "helper": process is not None}
 
-
     def pending(self, job) -> bool:
-        """Whether the helper, still running, has ``job`` to do: queued, or in its hands."""
+        """Whether the helper, still running, has ``job`` to do: queued, or in its hands (for
+        WAIT_SECONDS at most: a helper stalled on it is stopped)."""
         with self.lock:
             process = self.process
             if process is None or process.poll() is not None:
@@ -415,7 +418,12 @@ class Ahead:
             if job in self.queue:
                 return True
             done = self.held.get(job)
-            return done is not None and not done.is_set()
+            if done is None or done.is_set():
+                return False
+            if time.monotonic() - self.taken_at[job] < WAIT_SECONDS:
+                return True
+        process.kill()          # (``_serve`` reaps it and lets its jobs go)
+        return False
 
 
 # The pass each optional job was handed to (this process's: forgotten in a forked child).
