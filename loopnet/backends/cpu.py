@@ -905,9 +905,9 @@ def dense_backward_lane(dvalues, inputs, weights, biases, dweights, dbiases, din
             dtype, dvalues, inputs, weights, biases, dweights, dbiases, dinputs)):
         return None
     dvalues_rows, weights_rows = dvalues, weights
-    if max(shape[0], sides[0]) >= ALIGN_COPY_MIN_REUSE and lane.py_func.__name__.endswith(
-            ("dot_plain", "dot_plain_penalized", "dot_tiles", "dot_tiles_penalized")):
-        # (the dot-product form reads an operand from an aligned copy where ``_aligned_for``
+    if (max(shape[0], sides[0]) >= ALIGN_COPY_MIN_REUSE
+            and dense_plan(shape[0], *sides).dinputs.form != _NARROW):
+        # (the dot-product forms read an operand from an aligned copy where ``_aligned_for``
         # makes one: a copy of an array of this lane's kind only)
         if not (dvalues.flags.c_contiguous and weights.flags.c_contiguous):
             return None
