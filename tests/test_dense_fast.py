@@ -448,6 +448,56 @@ def test_dense_plan_picks_the_forms_of_its_table():
     assert cpu.dense_plan(1000, 64, 64).forward.parallel == parallel_allowed
 
 
+def test_dense_plan_gives_middle_layers_the_broadcast_form():
+    """Layers of 8-63 inputs (a hidden layer of 32): the forward from 32 neurons and dweights
+    with 48-64 neurons take the broadcast form from MIDDLE_MIN multiply-adds; fewer, or a
+    product that would walk the wide ways, keep the loops' blocks; in parallel from
+    BROADCAST_MIN (forward) and MIDDLE_PARALLEL_MIN (dweights)."""
+    B, T = dense.BLOCKED, dense.BROADCAST
+    parallel_allowed = cpu.threads.parallel_allowed()
+    plan = cpu.dense_plan(3000, 32, 32)
+    assert (plan.forward.form, plan.dweights.form) == (T, B)    # (32 neurons: half a panel)
+    assert plan.forward.parallel == parallel_allowed
+    plan = cpu.dense_plan(1000, 32, 64)
+    assert (plan.forward.form, plan.dweights.form) == (T, T)
+    assert plan.dweights.parallel == parallel_allowed           # 2.0M multiply-adds
+    assert cpu.dense_plan(1000, 16, 64).dweights == (T, False)  # 1.0M: serial
+    assert cpu.dense_plan(300, 32, 32).forward == (T, False)    # 307k: serial
+    assert cpu.dense_plan(300, 48, 48).dweights.form == T
+    assert cpu.dense_plan(300, 32, 128).dweights.form == B      # two panels
+    assert cpu.dense_plan(128, 16, 32).forward.form == B        # 66k: below MIDDLE_MIN
+    assert cpu.dense_plan(3000, 4, 64).forward.form == B        # 4 inputs
+    assert cpu.dense_plan(3000, 32, 24).forward.form == B       # 24 neurons
+    assert dense.tn_wide(32, 64, 128)
+    assert cpu.dense_plan(64, 32, 128).forward.form == B        # would walk the wide ways
+    # the book's layers keep their forms
+    assert [p.form for p in cpu.dense_plan(300, 2, 64)] == [dense.FEW_INPUTS] * 2 + [
+        dense.DOT_PLAIN]
+    assert [p.form for p in cpu.dense_plan(1000, 64, 1)] == [dense.DOT_PLAIN, dense.NARROW,
+                                                            dense.NARROW]
+
+
+def test_middle_layers_run_the_broadcast_kernel_within_rounding_of_the_twin():
+    """1000x32x64: the cpu ops give the very bits of the broadcast kernel (its build without
+    the wide ways) called directly, within float32 rounding of numpy."""
+    rng = np.random.default_rng(6)
+    inputs = rng.standard_normal((1000, 32)).astype(np.float32)
+    weights = rng.standard_normal((32, 64)).astype(np.float32)
+    biases = rng.standard_normal(64).astype(np.float32)
+    dvalues = rng.standard_normal((1000, 64)).astype(np.float32)
+    kernel = cpu.dense_tn_plain_walk_parallel
+    got = np.empty((1000, 64), np.float32)
+    cpu.dense_forward(inputs, weights, biases, got)
+    assert bits(got) == bits(broadcast(inputs.T, weights, biases, True, kernel))
+    assert_within(got, inputs @ weights + biases, nt_tolerance(inputs, weights.T, biases),
+                  "forward")
+    got = np.empty((32, 64), np.float32)
+    cpu.dense_backward_weights(inputs, dvalues, got)
+    assert bits(got) == bits(broadcast(inputs, dvalues, biases, False, kernel))
+    assert_within(got, inputs.T @ dvalues, nt_tolerance(inputs.T, dvalues.T, biases * 0),
+                  "dweights")
+
+
 def test_cpu_dense_ops_run_the_form_the_plan_names():
     """32x784x128 (a minibatch of an MNIST-sized layer): the cpu ops give the very bits of the
     broadcast kernel called directly."""

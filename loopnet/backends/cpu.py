@@ -293,6 +293,18 @@ SHARED_PANEL_MAX_ROWS = int(os.environ.get("LOOPNET_SHARED_PANEL_MAX_ROWS", 128)
 # (``nt_rows_tiled``, the chapter-19-sized model's 10-class output layer).
 TILES_MIN_INPUTS = int(os.environ.get("LOOPNET_TILES_MIN_INPUTS", 256))
 TILES_MIN = int(os.environ.get("LOOPNET_TILES_MIN", 1_000_000))
+# Middle-sized layers of fewer than 64 inputs (a hidden layer of 32 or 48) take the broadcast
+# form from MIDDLE_MIN multiply-adds and MIDDLE_INPUTS inputs, for the forward with 32 neurons
+# or more (half a panel) and for dweights with 48-64 (one panel, little of it padding): the
+# loops' 4 x 4 blocks reload and store each output once per 4 inputs, the tile keeps its 5 x 64
+# sums in registers (forward 3000x32x32: 76 -> 41 us, 1000x32x64: 34 -> 16 us; dweights
+# 1000x32x64: 35 -> 19 us; 128x16x32's forward, 66k, ran faster blocked). In parallel from
+# BROADCAST_MIN (forward) and MIDDLE_PARALLEL_MIN (dweights, whose tiles are few: 1000x16x64
+# ran 11 us serially, 16 us in parallel). Not the products that would walk the wide ways
+# (``dense_fast.tn_wide``), whose build is seconds more of a cold compile.
+MIDDLE_MIN = int(os.environ.get("LOOPNET_MIDDLE_MIN", 128_000))
+MIDDLE_INPUTS = int(os.environ.get("LOOPNET_MIDDLE_INPUTS", 8))
+MIDDLE_PARALLEL_MIN = int(os.environ.get("LOOPNET_MIDDLE_PARALLEL_MIN", 2_000_000))
 
 
 class Product(NamedTuple):
@@ -334,20 +346,32 @@ def _broadcast_pays(n_samples, n_inputs, n_neurons, n_rows, n_columns):
             and 2 * n_columns >= _fast.PANEL_WIDTH)
 
 
+def _middle_pays(n_samples, n_inputs, n_neurons, n_k, n_rows, n_columns, fewest_columns):
+    """Whether a product of a middle-sized layer of fewer than 64 inputs, summed over ``n_k``
+    into ``n_rows`` x ``n_columns``, runs the broadcast form (MIDDLE_MIN above): a full tile
+    of rows, ``fewest_columns`` output columns or more, and the plain walk."""
+    return (n_rows >= _fast.TN_ROWS and MIDDLE_INPUTS <= n_inputs < 64
+            and n_samples * n_inputs * n_neurons >= MIDDLE_MIN
+            and n_columns >= fewest_columns
+            and not _fast.tn_wide(n_k, n_rows, n_columns))
+
+
 @functools.lru_cache(maxsize=1024)
 def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
     """Which form (``loopnet.kernels.dense_fast``) computes each product of a dense layer with
     these sides, and whether in parallel: the one decision both the layered ops and the
     compiled training step follow (the table is at the top of ``dense_fast.py``).
 
-    - forward ``inputs @ weights``: BROADCAST for middle and large layers; DOT_TILES for narrow
+    - forward ``inputs @ weights``: BROADCAST for middle and large layers (from 8 inputs and
+      32 neurons: ``_middle_pays``); DOT_TILES for narrow
       layers (< 16 neurons, >= 32 inputs, >= 4 samples: the loops' inner loop over 3 neurons is
       too short to vectorize; 300x64x3: 16.6 -> 6.4 us, packing weights.T included), as
       DOT_PLAIN below 4 neurons and for small products of short rows (``TILES_MIN_INPUTS``,
       ``TILES_MIN``: the same dot products, without the 6 x 4 tile to compile);
       else BLOCKED (the loops' bits), as FEW_INPUTS for 1 or 2 inputs (the same rows, without
       the 4-row body to compile);
-    - dweights ``inputs.T @ dvalues``: BROADCAST; NARROW below 16 neurons (>= 16 inputs); else
+    - dweights ``inputs.T @ dvalues``: BROADCAST (from 8 inputs with 48-64 neurons); NARROW
+      below 16 neurons (>= 16 inputs); else
       BLOCKED, as FEW_INPUTS for 1 or 2 inputs (its rows one by one);
     - dinputs ``dvalues @ weights.T``: BROADCAST; DOT_TILES from 16 neurons and 4 samples (each
       element a dot product over the neurons: split over vector lanes it pays from small sizes
@@ -358,6 +382,9 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
     parallel = _parallel(work, n_samples)
     if _broadcast_pays(n_samples, n_inputs, n_neurons, n_samples, n_neurons):
         forward = Product(_fast.BROADCAST, parallel)
+    elif _middle_pays(n_samples, n_inputs, n_neurons, n_inputs, n_samples, n_neurons,
+                      _fast.PANEL_WIDTH // 2):
+        forward = Product(_fast.BROADCAST, parallel and work >= BROADCAST_MIN)
     elif n_samples >= 4 and n_neurons < 16 and n_inputs >= 32:
         tiles = n_neurons >= 4 and (n_inputs >= TILES_MIN_INPUTS or work >= TILES_MIN)
         forward = Product(_fast.DOT_TILES if tiles else _fast.DOT_PLAIN, parallel)
@@ -373,6 +400,11 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
         # 48 us in parallel (medians of 40 alternating rounds).
         one_panel = n_neurons < _fast.PANEL_WIDTH and n_inputs <= SHARED_PANEL_MAX_ROWS
         dweights = Product(_fast.BROADCAST, _parallel(work, n_inputs) and not one_panel)
+    elif (n_neurons <= _fast.PANEL_WIDTH
+          and _middle_pays(n_samples, n_inputs, n_neurons, n_samples, n_inputs, n_neurons,
+                           _fast.PANEL_WIDTH * 3 // 4)):
+        dweights = Product(_fast.BROADCAST,
+                           _parallel(work, n_inputs) and work >= MIDDLE_PARALLEL_MIN)
     elif n_neurons < 16 and n_inputs >= 16:
         # one thread per band of NARROW_BAND inputs: a single band stays serial
         dweights = Product(_fast.NARROW, parallel and n_inputs > _fast.NARROW_BAND)

@@ -12,7 +12,7 @@ and the compiled training step both ask it:
     form           bits             serves                                  why
     -------------  ---------------  --------------------------------------  -------------------
     BLOCKED        the loops'       forward and dweights of small layers    4 rows x 4 summed
-                                    (the spiral model's 300x2x64)           indices per pass:
+                                    (300x3x64, 128x16x32)                   indices per pass:
                                                                             each load reused 4x
     FEW_INPUTS     the loops'       BLOCKED's forward and dweights of 1 or  one pass per row
                                     2 inputs (the book's first layers)      of samples; two
@@ -33,7 +33,10 @@ and the compiled training step both ask it:
     BROADCAST      within rounding  all three products of middle and large  5 x 64 register
     (TN)           (fastmath)       layers: >= 64 inputs, >= 16 neurons,    tile, no transposes
                                     >= 0.5M multiply-adds (or >= 128 inputs (BLIS's kernel)
-                                    from 1M), >= 32 output columns
+                                    from 1M), >= 32 output columns; the
+                                    forward (>= 32 neurons) and dweights
+                                    (48-64 neurons) of layers of 8-63
+                                    inputs from 128k multiply-adds
 
 Each kernel is a ``prange`` over a body (``forward_rows_blocked``, ``tn_tile`` ...) that owns
 whole output rows or tiles and sums them in one fixed order, so no result depends on the thread
@@ -355,6 +358,37 @@ _stack_tile = _stack_array(TN_ROWS * PANEL_WIDTH)  # the accumulators of a tile
 _stack_copy = _stack_array(K_BLOCK_BROADCAST * TN_ROWS)  # a tile's values of ``a``
 
 
+def borrowed(array):
+    """``array`` itself, seen by compiled code as a borrowed array: the same data, shape and
+    strides, without the record of who owns it (numba's meminfo), so that its views count no
+    references. The broadcast kernel is compiled with numba's reference counting (it makes
+    arrays of its own), and its serial build counted the references of every view a tile takes
+    (``a``'s block, the panel's rows, the output's rows: ~16 atomic operations a tile, a third
+    of its time; ``perf`` showed ``NRT_incref``/``NRT_decref``): 1000x64x64's forward ran 61
+    us serially against 39 us in the parallel build on one thread, whose loop body numba
+    compiles as a function of its own that receives its arrays so. Only for a kernel's own
+    arguments, which its caller keeps alive for the call, and never returned or stored: then
+    nothing is freed early. (In Python, as the other devices run the code: ``array``.)"""
+    return array
+
+
+@intrinsic
+def _borrowed(typingctx, array):
+    def codegen(context, builder, signature, args):
+        view = cgutils.create_struct_proxy(signature.return_type)(context, builder,
+                                                                  value=args[0])
+        view.meminfo = cgutils.get_null_value(view.meminfo.type)
+        view.parent = cgutils.get_null_value(view.parent.type)
+        return view._getvalue()
+
+    return array(array), codegen
+
+
+@overload(borrowed, inline="always")
+def _borrowed_overload(array):
+    return lambda array: _borrowed(array)
+
+
 @register_jitable(_nrt=False)
 def is_own_panel(b, panels):
     """Whether ``panels`` is ``b`` itself, already in panel form: ``b`` has PANEL_WIDTH
@@ -418,6 +452,8 @@ def dense_tn_tiled(a, b, panels, biases, add_biases, output):
     and runs its tiles. (``tn_paths`` decides the ways; the build without WIDE_PATHS walks
     the tiles plainly in every case, adding the same sums in the same order.)
     """
+    a, b, panels = borrowed(a), borrowed(b), borrowed(panels)
+    biases, output = borrowed(biases), borrowed(output)
     n_k, n_rows = a.shape
     n_panels = panels.shape[0]
     n_blocks = (n_rows + TN_ROWS - 1) // TN_ROWS
