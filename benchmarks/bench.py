@@ -280,7 +280,8 @@ def crossover():
     print(f"{'shape':>16} {'MACs':>10} {'blocked ser.':>13} {'blocked par.':>13} "
           f"{'NT ser.':>11} {'NT par.':>11} {'bcast ser.':>11} {'bcast par.':>11} {'numpy':>10}"
           f"  plan")
-    for K, N in ((2, 64), (64, 3), (64, 64), (256, 256), (784, 128)):
+    for K, N in ((2, 64), (64, 3), (16, 32), (32, 32), (32, 64), (48, 48), (64, 64), (256, 256),
+                 (784, 128)):
         for M in (4, 32, 128, 300, 1024, 4096):
             x = rng.standard_normal((M, K)).astype(np.float32)
             w = rng.standard_normal((K, N)).astype(np.float32)

@@ -449,15 +449,19 @@ def test_dense_plan_picks_the_forms_of_its_table():
 
 
 def test_dense_plan_gives_middle_layers_the_broadcast_form():
-    """Layers of 8-63 inputs (a hidden layer of 32): the forward from 32 neurons and dweights
-    with 48-64 neurons take the broadcast form from MIDDLE_MIN multiply-adds; fewer, or a
-    product that would walk the wide ways, keep the loops' blocks; in parallel from
-    BROADCAST_MIN (forward) and MIDDLE_PARALLEL_MIN (dweights)."""
-    B, T = dense.BLOCKED, dense.BROADCAST
+    """Layers of 8-63 inputs (a hidden layer of 32): the forward from 32 neurons, dweights
+    with 48-64 neurons and dinputs from 32 inputs with up to 64 neurons take the broadcast
+    form from MIDDLE_MIN multiply-adds; fewer, or a product that would walk the wide ways,
+    keep their forms; in parallel from BROADCAST_MIN (forward) and MIDDLE_PARALLEL_MIN (the
+    backward's products)."""
+    B, T, D = dense.BLOCKED, dense.BROADCAST, dense.DOT_TILES
     parallel_allowed = cpu.threads.parallel_allowed()
     plan = cpu.dense_plan(3000, 32, 32)
-    assert (plan.forward.form, plan.dweights.form) == (T, B)    # (32 neurons: half a panel)
-    assert plan.forward.parallel == parallel_allowed
+    assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (T, B, T)
+    assert plan.forward.parallel == plan.dinputs.parallel == parallel_allowed
+    assert cpu.dense_plan(300, 32, 32).dinputs == (T, False)   # 307k: serial
+    assert cpu.dense_plan(3000, 32, 128).dinputs.form == D     # sums over 128 neurons
+    assert cpu.dense_plan(3000, 16, 64).dinputs.form == D      # 16 inputs: a quarter panel
     plan = cpu.dense_plan(1000, 32, 64)
     assert (plan.forward.form, plan.dweights.form) == (T, T)
     assert plan.dweights.parallel == parallel_allowed           # 2.0M multiply-adds
@@ -478,7 +482,7 @@ def test_dense_plan_gives_middle_layers_the_broadcast_form():
 
 
 def test_middle_layers_run_the_broadcast_kernel_within_rounding_of_the_twin():
-    """1000x32x64: the cpu ops give the very bits of the broadcast kernel (its build without
+    """1000x32x64: the three cpu ops give the very bits of the broadcast kernel (its build without
     the wide ways) called directly, within float32 rounding of numpy."""
     rng = np.random.default_rng(6)
     inputs = rng.standard_normal((1000, 32)).astype(np.float32)
@@ -496,6 +500,11 @@ def test_middle_layers_run_the_broadcast_kernel_within_rounding_of_the_twin():
     assert bits(got) == bits(broadcast(inputs, dvalues, biases, False, kernel))
     assert_within(got, inputs.T @ dvalues, nt_tolerance(inputs.T, dvalues.T, biases * 0),
                   "dweights")
+    got = np.empty((1000, 32), np.float32)
+    cpu.dense_backward_inputs(dvalues, weights, got)
+    assert bits(got) == bits(broadcast(dvalues.T, weights.T, biases[:32], False, kernel))
+    assert_within(got, dvalues @ weights.T, nt_tolerance(dvalues, weights, biases[:32] * 0),
+                  "dinputs")
 
 
 def test_cpu_dense_ops_run_the_form_the_plan_names():

@@ -294,13 +294,15 @@ SHARED_PANEL_MAX_ROWS = int(os.environ.get("LOOPNET_SHARED_PANEL_MAX_ROWS", 128)
 TILES_MIN_INPUTS = int(os.environ.get("LOOPNET_TILES_MIN_INPUTS", 256))
 TILES_MIN = int(os.environ.get("LOOPNET_TILES_MIN", 1_000_000))
 # Middle-sized layers of fewer than 64 inputs (a hidden layer of 32 or 48) take the broadcast
-# form from MIDDLE_MIN multiply-adds and MIDDLE_INPUTS inputs, for the forward with 32 neurons
-# or more (half a panel) and for dweights with 48-64 (one panel, little of it padding): the
-# loops' 4 x 4 blocks reload and store each output once per 4 inputs, the tile keeps its 5 x 64
-# sums in registers (forward 3000x32x32: 76 -> 41 us, 1000x32x64: 34 -> 16 us; dweights
-# 1000x32x64: 35 -> 19 us; 128x16x32's forward, 66k, ran faster blocked). In parallel from
-# BROADCAST_MIN (forward) and MIDDLE_PARALLEL_MIN (dweights, whose tiles are few: 1000x16x64
-# ran 11 us serially, 16 us in parallel). Not the products that would walk the wide ways
+# form from MIDDLE_MIN multiply-adds and MIDDLE_INPUTS inputs: the forward with 32 neurons or
+# more (half a panel), dweights with 48-64 neurons (one panel, little of it padding), dinputs
+# with 32 inputs or more and up to 64 neurons (longer sums ran faster as dot products: 3000x32x128
+# 106 against 116 us). The loops' 4 x 4 blocks reload and store each output once per 4 inputs,
+# the tile keeps its 5 x 64 sums in registers (forward 3000x32x32: 76 -> 41 us, 1000x32x64: 34
+# -> 16 us; dweights 1000x32x64: 35 -> 19 us; dinputs 1000x48x48: 59 -> 29 us; 128x16x32's
+# forward, 66k, ran faster blocked). In parallel from BROADCAST_MIN (forward) and
+# MIDDLE_PARALLEL_MIN (the backward's products, whose tiles are few: dweights 1000x16x64 ran 11
+# us serially, 16 us in parallel). Not the products that would walk the wide ways
 # (``dense_fast.tn_wide``), whose build is seconds more of a cold compile.
 MIDDLE_MIN = int(os.environ.get("LOOPNET_MIDDLE_MIN", 128_000))
 MIDDLE_INPUTS = int(os.environ.get("LOOPNET_MIDDLE_INPUTS", 8))
@@ -373,7 +375,8 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
     - dweights ``inputs.T @ dvalues``: BROADCAST (from 8 inputs with 48-64 neurons); NARROW
       below 16 neurons (>= 16 inputs); else
       BLOCKED, as FEW_INPUTS for 1 or 2 inputs (its rows one by one);
-    - dinputs ``dvalues @ weights.T``: BROADCAST; DOT_TILES from 16 neurons and 4 samples (each
+    - dinputs ``dvalues @ weights.T``: BROADCAST (from 32 inputs with up to 64 neurons);
+      DOT_TILES from 16 neurons and 4 samples (each
       element a dot product over the neurons: split over vector lanes it pays from small sizes
       on, 32x784x128: 574 -> ~60 us; no packing: ``weights`` already is ``(weights.T).T``),
       as DOT_PLAIN below 4 inputs; else NARROW.
@@ -413,6 +416,10 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
                            _parallel(work, n_inputs // 4 * 4))
     if _broadcast_pays(n_samples, n_inputs, n_neurons, n_samples, n_inputs):
         dinputs = Product(_fast.BROADCAST, parallel)
+    elif (n_neurons <= _fast.PANEL_WIDTH
+          and _middle_pays(n_samples, n_inputs, n_neurons, n_neurons, n_samples, n_inputs,
+                           _fast.PANEL_WIDTH // 2)):
+        dinputs = Product(_fast.BROADCAST, parallel and work >= MIDDLE_PARALLEL_MIN)
     elif n_neurons >= 16 and n_samples >= 4:
         dinputs = Product(_fast.DOT_TILES if n_inputs >= 4 else _fast.DOT_PLAIN, parallel)
     else:

@@ -34,9 +34,10 @@ and the compiled training step both ask it:
     (TN)           (fastmath)       layers: >= 64 inputs, >= 16 neurons,    tile, no transposes
                                     >= 0.5M multiply-adds (or >= 128 inputs (BLIS's kernel)
                                     from 1M), >= 32 output columns; the
-                                    forward (>= 32 neurons) and dweights
-                                    (48-64 neurons) of layers of 8-63
-                                    inputs from 128k multiply-adds
+                                    forward (>= 32 neurons), dweights
+                                    (48-64 neurons) and dinputs (>= 32
+                                    inputs, <= 64 neurons) of layers of
+                                    8-63 inputs from 128k multiply-adds
 
 Each kernel is a ``prange`` over a body (``forward_rows_blocked``, ``tn_tile`` ...) that owns
 whole output rows or tiles and sums them in one fixed order, so no result depends on the thread
