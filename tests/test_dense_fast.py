@@ -449,11 +449,11 @@ def test_dense_plan_picks_the_forms_of_its_table():
 
 
 def test_dense_plan_gives_middle_layers_the_broadcast_form():
-    """Layers of 8-63 inputs (a hidden layer of 32): the forward from 32 neurons, dweights
-    with 48-64 neurons and dinputs from 32 inputs with up to 64 neurons take the broadcast
-    form from MIDDLE_MIN multiply-adds; fewer, or a product that would walk the wide ways,
-    keep their forms; in parallel from BROADCAST_MIN (forward) and MIDDLE_PARALLEL_MIN (the
-    backward's products)."""
+    """Layers of 8 inputs or more (a hidden layer of 32; one of 64 below BROADCAST_MIN): the
+    forward from 32 neurons, dweights with 48-64 neurons and dinputs from 32 inputs with 32-64
+    neurons take the broadcast form from MIDDLE_MIN multiply-adds; fewer, or a product that
+    would walk the wide ways, keep their forms; in parallel from BROADCAST_MIN (forward) and
+    MIDDLE_PARALLEL_MIN (the backward's products)."""
     B, T, D = dense.BLOCKED, dense.BROADCAST, dense.DOT_TILES
     parallel_allowed = cpu.threads.parallel_allowed()
     plan = cpu.dense_plan(3000, 32, 32)
@@ -462,6 +462,10 @@ def test_dense_plan_gives_middle_layers_the_broadcast_form():
     assert cpu.dense_plan(300, 32, 32).dinputs == (T, False)   # 307k: serial
     assert cpu.dense_plan(3000, 32, 128).dinputs.form == D     # sums over 128 neurons
     assert cpu.dense_plan(3000, 16, 64).dinputs.form == D      # 16 inputs: a quarter panel
+    assert cpu.dense_plan(128, 128, 10).dinputs.form == dense.NARROW   # sums over 10 neurons
+    plan = cpu.dense_plan(32, 64, 64)                           # 131k: serial
+    assert tuple(plan) == ((T, False), (T, False), (T, False))
+    assert tuple(cpu.dense_plan(16, 64, 64)) == ((B, False), (B, False), (D, False))  # 66k
     plan = cpu.dense_plan(1000, 32, 64)
     assert (plan.forward.form, plan.dweights.form) == (T, T)
     assert plan.dweights.parallel == parallel_allowed           # 2.0M multiply-adds

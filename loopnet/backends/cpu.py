@@ -293,17 +293,20 @@ SHARED_PANEL_MAX_ROWS = int(os.environ.get("LOOPNET_SHARED_PANEL_MAX_ROWS", 128)
 # (``nt_rows_tiled``, the chapter-19-sized model's 10-class output layer).
 TILES_MIN_INPUTS = int(os.environ.get("LOOPNET_TILES_MIN_INPUTS", 256))
 TILES_MIN = int(os.environ.get("LOOPNET_TILES_MIN", 1_000_000))
-# Middle-sized layers of fewer than 64 inputs (a hidden layer of 32 or 48) take the broadcast
-# form from MIDDLE_MIN multiply-adds and MIDDLE_INPUTS inputs: the forward with 32 neurons or
-# more (half a panel), dweights with 48-64 neurons (one panel, little of it padding), dinputs
-# with 32 inputs or more and up to 64 neurons (longer sums ran faster as dot products: 3000x32x128
-# 106 against 116 us). The loops' 4 x 4 blocks reload and store each output once per 4 inputs,
-# the tile keeps its 5 x 64 sums in registers (forward 3000x32x32: 76 -> 41 us, 1000x32x64: 34
-# -> 16 us; dweights 1000x32x64: 35 -> 19 us; dinputs 1000x48x48: 59 -> 29 us; 128x16x32's
-# forward, 66k, ran faster blocked). In parallel from BROADCAST_MIN (forward) and
-# MIDDLE_PARALLEL_MIN (the backward's products, whose tiles are few: dweights 1000x16x64 ran 11
-# us serially, 16 us in parallel). Not the products that would walk the wide ways
-# (``dense_fast.tn_wide``), whose build is seconds more of a cold compile.
+# Middle-sized products, where the rule above does not reach (fewer than 64 inputs, as a hidden
+# layer of 32 or 48, or less than BROADCAST_MIN of work), take the broadcast form from
+# MIDDLE_MIN multiply-adds and MIDDLE_INPUTS inputs: the forward with 32 neurons or more (half
+# a panel), dweights with 48-64 neurons (one panel, little of it padding), dinputs with 32
+# inputs or more and 32-64 neurons (longer sums ran faster as dot products: 3000x32x128 106
+# against 116 us). The loops' 4 x 4 blocks reload and store each output once per 4 inputs, the
+# tile keeps its 5 x 64 sums in registers (forward 3000x32x32: 76 -> 41 us, 1000x32x64: 34 ->
+# 16 us, 32x64x64: 3.7 -> 2.1 us; dweights 1000x32x64: 35 -> 19 us, 64x64x64: 7.1 -> 4.2 us;
+# dinputs 1000x48x48: 35-42 -> 20 us; 128x16x32's forward, 66k, ran faster blocked). In
+# parallel from BROADCAST_MIN (forward) and MIDDLE_PARALLEL_MIN (the backward's products,
+# whose tiles are few: dweights 1000x16x64 ran 11 us serially, 16 us in parallel). Not the
+# products that would walk the wide ways (``dense_fast.tn_wide``), whose build is seconds more
+# of a cold compile. (Small layers of 64 inputs were once kept from the form, 32x64x64's
+# forward 7.9 -> 12.8 us: measured when the form's serial build counted references.)
 MIDDLE_MIN = int(os.environ.get("LOOPNET_MIDDLE_MIN", 128_000))
 MIDDLE_INPUTS = int(os.environ.get("LOOPNET_MIDDLE_INPUTS", 8))
 MIDDLE_PARALLEL_MIN = int(os.environ.get("LOOPNET_MIDDLE_PARALLEL_MIN", 2_000_000))
@@ -336,8 +339,7 @@ def _broadcast_pays(n_samples, n_inputs, n_neurons, n_rows, n_columns):
     more from HUGE_MIN) and, from
     BROADCAST_MIN on, for layers of 64 or more inputs, 16 or more neurons and at least half a
     panel of output columns (with fewer, most of each 64-wide panel is padding: 1024x64x16's
-    dweights ran 57 -> 79 us; below BROADCAST_MIN packing and the tile's edges cost more than
-    they save: 32x64x64's forward 7.9 -> 12.8 us)."""
+    dweights ran 57 -> 79 us). Below that, ``_middle_pays`` decides (MIDDLE_MIN)."""
     if n_rows < _fast.TN_ROWS:
         return False
     work = n_samples * n_inputs * n_neurons
@@ -349,10 +351,10 @@ def _broadcast_pays(n_samples, n_inputs, n_neurons, n_rows, n_columns):
 
 
 def _middle_pays(n_samples, n_inputs, n_neurons, n_k, n_rows, n_columns, fewest_columns):
-    """Whether a product of a middle-sized layer of fewer than 64 inputs, summed over ``n_k``
-    into ``n_rows`` x ``n_columns``, runs the broadcast form (MIDDLE_MIN above): a full tile
-    of rows, ``fewest_columns`` output columns or more, and the plain walk."""
-    return (n_rows >= _fast.TN_ROWS and MIDDLE_INPUTS <= n_inputs < 64
+    """Whether a middle-sized product (MIDDLE_MIN above), summed over ``n_k`` into ``n_rows``
+    x ``n_columns``, runs the broadcast form: a full tile of rows, ``fewest_columns`` output
+    columns or more, and the plain walk."""
+    return (n_rows >= _fast.TN_ROWS and n_inputs >= MIDDLE_INPUTS
             and n_samples * n_inputs * n_neurons >= MIDDLE_MIN
             and n_columns >= fewest_columns
             and not _fast.tn_wide(n_k, n_rows, n_columns))
@@ -364,8 +366,8 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
     these sides, and whether in parallel: the one decision both the layered ops and the
     compiled training step follow (the table is at the top of ``dense_fast.py``).
 
-    - forward ``inputs @ weights``: BROADCAST for middle and large layers (from 8 inputs and
-      32 neurons: ``_middle_pays``); DOT_TILES for narrow
+    - forward ``inputs @ weights``: BROADCAST for middle and large layers (from 8 inputs, 32
+      neurons and MIDDLE_MIN: ``_middle_pays``); DOT_TILES for narrow
       layers (< 16 neurons, >= 32 inputs, >= 4 samples: the loops' inner loop over 3 neurons is
       too short to vectorize; 300x64x3: 16.6 -> 6.4 us, packing weights.T included), as
       DOT_PLAIN below 4 neurons and for small products of short rows (``TILES_MIN_INPUTS``,
@@ -375,7 +377,7 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
     - dweights ``inputs.T @ dvalues``: BROADCAST (from 8 inputs with 48-64 neurons); NARROW
       below 16 neurons (>= 16 inputs); else
       BLOCKED, as FEW_INPUTS for 1 or 2 inputs (its rows one by one);
-    - dinputs ``dvalues @ weights.T``: BROADCAST (from 32 inputs with up to 64 neurons);
+    - dinputs ``dvalues @ weights.T``: BROADCAST (from 32 inputs with 32-64 neurons);
       DOT_TILES from 16 neurons and 4 samples (each
       element a dot product over the neurons: split over vector lanes it pays from small sizes
       on, 32x784x128: 574 -> ~60 us; no packing: ``weights`` already is ``(weights.T).T``),
@@ -416,7 +418,7 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
                            _parallel(work, n_inputs // 4 * 4))
     if _broadcast_pays(n_samples, n_inputs, n_neurons, n_samples, n_inputs):
         dinputs = Product(_fast.BROADCAST, parallel)
-    elif (n_neurons <= _fast.PANEL_WIDTH
+    elif (_fast.PANEL_WIDTH // 2 <= n_neurons <= _fast.PANEL_WIDTH
           and _middle_pays(n_samples, n_inputs, n_neurons, n_neurons, n_samples, n_inputs,
                            _fast.PANEL_WIDTH // 2)):
         dinputs = Product(_fast.BROADCAST, parallel and work >= MIDDLE_PARALLEL_MIN)

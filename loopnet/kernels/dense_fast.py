@@ -33,11 +33,11 @@ and the compiled training step both ask it:
     BROADCAST      within rounding  all three products of middle and large  5 x 64 register
     (TN)           (fastmath)       layers: >= 64 inputs, >= 16 neurons,    tile, no transposes
                                     >= 0.5M multiply-adds (or >= 128 inputs (BLIS's kernel)
-                                    from 1M), >= 32 output columns; the
+                                    from 1M), >= 32 output columns; from
+                                    8 inputs and 128k multiply-adds, the
                                     forward (>= 32 neurons), dweights
                                     (48-64 neurons) and dinputs (>= 32
-                                    inputs, <= 64 neurons) of layers of
-                                    8-63 inputs from 128k multiply-adds
+                                    inputs, 32-64 neurons)
 
 Each kernel is a ``prange`` over a body (``forward_rows_blocked``, ``tn_tile`` ...) that owns
 whole output rows or tiles and sums them in one fixed order, so no result depends on the thread
