@@ -1098,8 +1098,12 @@ from loopnet.kernels import step as _step  # noqa: E402
 
 # A training step of this many multiply-adds (batch rows x the dense layers' sides) or more
 # runs a parallel build of the step; smaller ones a serial build, whose cold compile is also
-# shorter (the book's spiral model: ~40k-1M per step).
-PARALLEL_STEP_MIN = int(os.environ.get("LOOPNET_PARALLEL_STEP_MIN", 4_000_000))
+# shorter (the book's spiral model: ~40k-1M per step; `loopnet train`'s defaults 0.96M, as fast
+# either way). With the middle-sized products in the broadcast form the parallel build ran
+# faster from ~1.1M on (epochs a second, serial -> parallel: 2-32-32-3 on 900 rows, 1.07M,
+# 7,243-8,472 -> 9,336-9,489; on 1,500 rows, 1.8M, 5,000-5,035 -> 5,937; on 3,000, 3.55M,
+# 2,492-2,535 -> 3,609-3,637; 2-96-3 on 3,000, 1.44M, 4,486-4,520 -> 5,230-5,321).
+PARALLEL_STEP_MIN = int(os.environ.get("LOOPNET_PARALLEL_STEP_MIN", 1_500_000))
 
 
 def parallel_step(work: int) -> bool:
