@@ -285,6 +285,24 @@ def test_float64_and_larger_layers_take_the_compiled_step_too():
         same_bits(first, train(spec, False, dtype=dtype))
 
 
+def test_middle_sized_layers_take_the_broadcast_form_on_both_paths():
+    """Layers of 32 and 48 on 1,000 rows: their products take the broadcast form from 128k
+    multiply-adds (``cpu.MIDDLE_MIN``), in the compiled step as in the layered ops, so the
+    same bits; a step of 2.7M multiply-adds runs the parallel build."""
+    from loopnet.kernels import dense_fast
+
+    spec = dict(n_inputs=32, hidden=[(32, "relu", 5e-4, 0.0), (48, "relu", 0.0, 0.0)],
+                loss="categorical", n_outputs=3, optimizer="adam", n_samples=1000,
+                batch_size=None, shuffle=False, validation=True, epochs=3, seed=5)
+    for shape in ((1000, 32, 32), (1000, 32, 48)):
+        assert dense_fast.BROADCAST in {product.form for product in cpu.dense_plan(*shape)}
+    assert cpu.parallel_step(1000 * (32 * 32 + 32 * 48 + 48 * 3)) == \
+        cpu.threads.parallel_allowed()
+    first = train(spec, True)
+    assert first[0]["path"] == "compiled"
+    same_bits(first, train(spec, False))
+
+
 def test_the_step_and_the_layered_ops_ask_one_plan(monkeypatch):
     """Over the crossover table's shapes (benchmarks/bench.py --crossover), the forms the
     compiled step is given for each dense product are those the layered ops get from
@@ -299,7 +317,8 @@ def test_the_step_and_the_layered_ops_ask_one_plan(monkeypatch):
 
     monkeypatch.setattr(cpu, "dense_plan", spy)
     rng = np.random.default_rng(0)
-    for n_inputs, n_neurons in ((2, 64), (64, 3), (64, 64), (256, 256), (784, 128)):
+    for n_inputs, n_neurons in ((2, 64), (64, 3), (16, 32), (32, 32), (32, 64), (48, 48),
+                                (64, 64), (256, 256), (784, 128)):
         for n_samples in (4, 32, 128, 300, 1024, 4096):
             spec = dict(n_inputs=3, hidden=[(n_inputs, "relu", 0.0, 0.0)], loss="mse",
                         n_outputs=n_neurons, optimizer="sgd", seed=0)
