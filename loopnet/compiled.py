@@ -396,6 +396,7 @@ def _make_layout(program, n_samples, batch_size, val_rows, val_batch_size):
     dtype = program.dtype
     rows = max(batch_size, val_batch_size)
     align = 64 // dtype.itemsize  # a region per 64-byte line: aligned for vector loads
+    double = dtype.itemsize == 8    # float64: no broadcast form (``cpu.dense_plan``)
     table = program.program.copy()
     n_layers = table.shape[0]
     steps_per_epoch = -(-n_samples // batch_size) if n_samples else 0
@@ -424,7 +425,7 @@ def _make_layout(program, n_samples, batch_size, val_rows, val_batch_size):
             continue
         reads_transpose = False
         for kind, m in kinds:
-            plan = cpu.dense_plan(max(m, 1), width_in, width)
+            plan = cpu.dense_plan(max(m, 1), width_in, width, double)
             plans[l, kind] = (plan.forward.form, plan.forward.parallel,
                               plan.dweights.form, plan.dweights.parallel,
                               plan.dinputs.form, plan.dinputs.parallel)

@@ -28,6 +28,7 @@ from helpers import bits
 from loopnet import compiled
 from loopnet.backends import cpu
 from loopnet.datasets import spiral_data
+from loopnet.kernels import dense_fast
 
 LOSSES = ("categorical", "categorical_onehot", "binary", "mse", "mae")
 OPTIMIZERS = ("sgd", "sgd_momentum", "adagrad", "rmsprop", "adam")
@@ -289,8 +290,6 @@ def test_middle_sized_layers_take_the_broadcast_form_on_both_paths():
     """Layers of 32 and 48 on 1,000 rows: their products take the broadcast form from 128k
     multiply-adds (``cpu.MIDDLE_MIN``), in the compiled step as in the layered ops, so the
     same bits; a step of 2.7M multiply-adds runs the parallel build."""
-    from loopnet.kernels import dense_fast
-
     spec = dict(n_inputs=32, hidden=[(32, "relu", 5e-4, 0.0), (48, "relu", 0.0, 0.0)],
                 loss="categorical", n_outputs=3, optimizer="adam", n_samples=1000,
                 batch_size=None, shuffle=False, validation=True, epochs=3, seed=5)
@@ -306,40 +305,49 @@ def test_middle_sized_layers_take_the_broadcast_form_on_both_paths():
 def test_the_step_and_the_layered_ops_ask_one_plan(monkeypatch):
     """Over the crossover table's shapes (benchmarks/bench.py --crossover), the forms the
     compiled step is given for each dense product are those the layered ops get from
-    ``cpu.dense_plan`` for the same shape: one decision, asked by both."""
+    ``cpu.dense_plan`` for the same shape and float type: one decision, asked by both (float64
+    on a few of them: its plans never name the broadcast form)."""
     asked = []
     original = cpu.dense_plan
 
-    def spy(n_samples, n_inputs, n_neurons):
-        plan = original(n_samples, n_inputs, n_neurons)
-        asked.append(((n_samples, n_inputs, n_neurons), plan))
+    def spy(n_samples, n_inputs, n_neurons, double=False):
+        plan = original(n_samples, n_inputs, n_neurons, double)
+        asked.append(((n_samples, n_inputs, n_neurons, double), plan))
         return plan
 
     monkeypatch.setattr(cpu, "dense_plan", spy)
     rng = np.random.default_rng(0)
-    for n_inputs, n_neurons in ((2, 64), (64, 3), (16, 32), (32, 32), (32, 64), (48, 48),
-                                (64, 64), (256, 256), (784, 128)):
-        for n_samples in (4, 32, 128, 300, 1024, 4096):
-            spec = dict(n_inputs=3, hidden=[(n_inputs, "relu", 0.0, 0.0)], loss="mse",
-                        n_outputs=n_neurons, optimizer="sgd", seed=0)
-            model = build_model(spec)
-            X = rng.standard_normal((n_samples, 3)).astype(np.float32)
-            y = rng.standard_normal((n_samples, n_neurons)).astype(np.float32)
-            trainer = compiled.prepare_training(model, X, y, None, None)
-            step = trainer.run.step
-            for layer, shape in ((0, (n_samples, 3, n_inputs)),
-                                 (2, (n_samples, n_inputs, n_neurons))):
-                plan = original(*shape)
-                forms = trainer.run.plans[layer, step.TRAIN_FULL]
-                assert tuple(forms) == (plan.forward.form, plan.forward.parallel,
-                                        plan.dweights.form, plan.dweights.parallel,
-                                        plan.dinputs.form, plan.dinputs.parallel), shape
-            asked.clear()   # the layered ops: one step, each product through the plan
-            model.loss.calculate(model.forward(X, training=True), y)
-            model.backward(model.layers[-1].output, y)
-            layered = dict(asked)
-            assert layered[(n_samples, n_inputs, n_neurons)] == original(
-                n_samples, n_inputs, n_neurons)
+    cases = [(np.float32, n_inputs, n_neurons, n_samples)
+             for n_inputs, n_neurons in ((2, 64), (64, 3), (16, 32), (32, 32), (32, 64),
+                                         (48, 48), (64, 64), (256, 256), (784, 128))
+             for n_samples in (4, 32, 128, 300, 1024, 4096)]
+    cases += [(np.float64, n_inputs, n_neurons, n_samples)
+              for n_inputs, n_neurons in ((32, 32), (64, 64), (256, 256))
+              for n_samples in (128, 1024)]
+    for dtype, n_inputs, n_neurons, n_samples in cases:
+        double = dtype == np.float64
+        spec = dict(n_inputs=3, hidden=[(n_inputs, "relu", 0.0, 0.0)], loss="mse",
+                    n_outputs=n_neurons, optimizer="sgd", seed=0)
+        model = build_model(spec, dtype)
+        X = rng.standard_normal((n_samples, 3)).astype(dtype)
+        y = rng.standard_normal((n_samples, n_neurons)).astype(dtype)
+        trainer = compiled.prepare_training(model, X, y, None, None)
+        step = trainer.run.step
+        for layer, shape in ((0, (n_samples, 3, n_inputs)),
+                             (2, (n_samples, n_inputs, n_neurons))):
+            plan = original(*shape, double)
+            forms = trainer.run.plans[layer, step.TRAIN_FULL]
+            assert tuple(forms) == (plan.forward.form, plan.forward.parallel,
+                                    plan.dweights.form, plan.dweights.parallel,
+                                    plan.dinputs.form, plan.dinputs.parallel), shape
+            if double:
+                assert dense_fast.BROADCAST not in {product.form for product in plan}
+        asked.clear()   # the layered ops: one step, each product through the plan
+        model.loss.calculate(model.forward(X, training=True), y)
+        model.backward(model.layers[-1].output, y)
+        layered = dict(asked)
+        assert layered[(n_samples, n_inputs, n_neurons, double)] == original(
+            n_samples, n_inputs, n_neurons, double)
 
 
 def test_evaluate_in_batches_reads_the_regression_accuracys_precision(monkeypatch):

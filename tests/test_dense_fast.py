@@ -485,6 +485,35 @@ def test_dense_plan_gives_middle_layers_the_broadcast_form():
                                                             dense.NARROW]
 
 
+def test_float64_products_never_take_the_broadcast_form():
+    """In float64 the broadcast tile's sums do not fit in the registers: every product keeps
+    the loops' blocks, the narrow loops or the dot-product tiles, whatever its size; the
+    float64 forward and dweights of a 64-wide layer then give the loops' very bits."""
+    T = dense.BROADCAST
+    for shape in ((1000, 32, 32), (32, 64, 64), (1024, 64, 64), (128, 784, 128),
+                  (1024, 1024, 1024), (300, 2, 64), (300, 64, 3)):
+        assert T not in {product.form for product in cpu.dense_plan(*shape, True)}, shape
+    plan = cpu.dense_plan(1024, 64, 64, True)
+    assert (plan.forward.form, plan.dweights.form, plan.dinputs.form) == (
+        dense.BLOCKED, dense.BLOCKED, dense.DOT_TILES)
+    assert T in {product.form for product in cpu.dense_plan(1024, 64, 64)}     # (float32)
+    rng = np.random.default_rng(7)
+    inputs = rng.standard_normal((1024, 64))
+    weights = rng.standard_normal((64, 64))
+    biases = rng.standard_normal(64)
+    dvalues = rng.standard_normal((1024, 64))
+    got = np.empty((1024, 64))
+    cpu.dense_forward(inputs, weights, biases, got)
+    expected = np.empty((1024, 64))
+    cpu.LOOPS["dense_forward"](inputs, weights, biases, expected)
+    assert bits(got) == bits(expected)
+    got = np.empty((64, 64))
+    cpu.dense_backward_weights(inputs, dvalues, got)
+    expected = np.empty((64, 64))
+    cpu.LOOPS["dense_backward_weights"](inputs, dvalues, expected)
+    assert bits(got) == bits(expected)
+
+
 def test_middle_layers_run_the_broadcast_kernel_within_rounding_of_the_twin():
     """1000x32x64: the three cpu ops give the very bits of the broadcast kernel (its build without
     the wide ways) called directly, within float32 rounding of numpy."""

@@ -361,10 +361,16 @@ def _middle_pays(n_samples, n_inputs, n_neurons, n_k, n_rows, n_columns, fewest_
 
 
 @functools.lru_cache(maxsize=1024)
-def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
+def dense_plan(n_samples: int, n_inputs: int, n_neurons: int,
+               double: bool = False) -> DensePlan:
     """Which form (``loopnet.kernels.dense_fast``) computes each product of a dense layer with
     these sides, and whether in parallel: the one decision both the layered ops and the
-    compiled training step follow (the table is at the top of ``dense_fast.py``).
+    compiled training step follow (the table is at the top of ``dense_fast.py``). ``double``:
+    float64 operands, which never take the broadcast form (its 5 x 64 tile of sums is 40
+    zmm registers in float64, more than there are: it spilled and ran slower than the blocked
+    loops and the dot-product tiles at every size measured, 1000x64x64's dinputs 86 against
+    67 us, 1024x256x256's forward 1.18 against 0.82 ms, 3000x32x32's forward 229 against 80
+    us).
 
     - forward ``inputs @ weights``: BROADCAST for middle and large layers (from 8 inputs, 32
       neurons and MIDDLE_MIN: ``_middle_pays``); DOT_TILES for narrow
@@ -385,17 +391,18 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
     """
     work = n_samples * n_inputs * n_neurons
     parallel = _parallel(work, n_samples)
-    if _broadcast_pays(n_samples, n_inputs, n_neurons, n_samples, n_neurons):
+    broadcast = not double      # (the broadcast form's tile: float32 only)
+    if broadcast and _broadcast_pays(n_samples, n_inputs, n_neurons, n_samples, n_neurons):
         forward = Product(_fast.BROADCAST, parallel)
-    elif _middle_pays(n_samples, n_inputs, n_neurons, n_inputs, n_samples, n_neurons,
-                      _fast.PANEL_WIDTH // 2):
+    elif broadcast and _middle_pays(n_samples, n_inputs, n_neurons, n_inputs, n_samples,
+                                    n_neurons, _fast.PANEL_WIDTH // 2):
         forward = Product(_fast.BROADCAST, parallel and work >= BROADCAST_MIN)
     elif n_samples >= 4 and n_neurons < 16 and n_inputs >= 32:
         tiles = n_neurons >= 4 and (n_inputs >= TILES_MIN_INPUTS or work >= TILES_MIN)
         forward = Product(_fast.DOT_TILES if tiles else _fast.DOT_PLAIN, parallel)
     else:
         forward = Product(_fast.BLOCKED if n_inputs > 2 else _fast.FEW_INPUTS, parallel)
-    if _broadcast_pays(n_samples, n_inputs, n_neurons, n_inputs, n_neurons):
+    if broadcast and _broadcast_pays(n_samples, n_inputs, n_neurons, n_inputs, n_neurons):
         # One panel (< 64 neurons) that one thread packs and every thread then reads in full:
         # up to SHARED_PANEL_MAX_ROWS rows the parallel build ran no faster than the serial
         # one and often half as fast (1000x64x64, ch17's layer, when it packed its dvalues:
@@ -405,7 +412,7 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
         # 48 us in parallel (medians of 40 alternating rounds).
         one_panel = n_neurons < _fast.PANEL_WIDTH and n_inputs <= SHARED_PANEL_MAX_ROWS
         dweights = Product(_fast.BROADCAST, _parallel(work, n_inputs) and not one_panel)
-    elif (n_neurons <= _fast.PANEL_WIDTH
+    elif (broadcast and n_neurons <= _fast.PANEL_WIDTH
           and _middle_pays(n_samples, n_inputs, n_neurons, n_samples, n_inputs, n_neurons,
                            _fast.PANEL_WIDTH * 3 // 4)):
         dweights = Product(_fast.BROADCAST,
@@ -416,9 +423,9 @@ def dense_plan(n_samples: int, n_inputs: int, n_neurons: int) -> DensePlan:
     else:
         dweights = Product(_fast.BLOCKED if n_inputs > 2 else _fast.FEW_INPUTS,
                            _parallel(work, n_inputs // 4 * 4))
-    if _broadcast_pays(n_samples, n_inputs, n_neurons, n_samples, n_inputs):
+    if broadcast and _broadcast_pays(n_samples, n_inputs, n_neurons, n_samples, n_inputs):
         dinputs = Product(_fast.BROADCAST, parallel)
-    elif (_fast.PANEL_WIDTH // 2 <= n_neurons <= _fast.PANEL_WIDTH
+    elif (broadcast and _fast.PANEL_WIDTH // 2 <= n_neurons <= _fast.PANEL_WIDTH
           and _middle_pays(n_samples, n_inputs, n_neurons, n_neurons, n_samples, n_inputs,
                            _fast.PANEL_WIDTH // 2)):
         dinputs = Product(_fast.BROADCAST, parallel and work >= MIDDLE_PARALLEL_MIN)
@@ -573,7 +580,7 @@ def dense_forward(inputs, weights, biases, output):
     """``output = inputs @ weights + biases`` in the form ``dense_plan`` names."""
     n_samples, n_inputs = inputs.shape
     n_neurons = weights.shape[1]
-    form, parallel = dense_plan(n_samples, n_inputs, n_neurons).forward
+    form, parallel = dense_plan(n_samples, n_inputs, n_neurons, inputs.itemsize == 8).forward
     if form == _fast.BROADCAST:
         _broadcast(parallel, inputs.T, weights)(inputs.T, weights,
                                                 _panels(weights, "weights_panels"), biases,
@@ -595,7 +602,7 @@ def dense_backward_inputs(dvalues, weights, dinputs, product=None):
     """``dinputs = dvalues @ weights.T`` in the form ``dense_plan`` names (``product``: its
     ``dinputs``, when the caller has the plan already)."""
     if product is None:
-        product = dense_plan(dvalues.shape[0], *weights.shape).dinputs
+        product = dense_plan(dvalues.shape[0], *weights.shape, dvalues.itemsize == 8).dinputs
     form, parallel = product
     # (the small layers' forms first, with the sides looked up where needed: a learner's loop
     # runs these wrappers for every layer at every step)
@@ -618,7 +625,7 @@ def dense_backward_weights(inputs, dvalues, dweights, product=None):
     """``dweights = inputs.T @ dvalues`` in the form ``dense_plan`` names (``product``: its
     ``dweights``, when the caller has the plan already)."""
     if product is None:
-        product = dense_plan(*inputs.shape, dvalues.shape[1]).dweights
+        product = dense_plan(*inputs.shape, dvalues.shape[1], inputs.itemsize == 8).dweights
     form, parallel = product
     if form == _FEW_INPUTS:
         kernel = (dense_backward_weights_few_inputs_parallel if parallel
@@ -644,7 +651,8 @@ def dense_gradients(inputs, dvalues, weights, dweights, dbiases, dinputs):
     """A dense layer's three gradients (``dbiases`` flat) with one look at the plan: the
     layers' direct path (``ops.dense_backward_direct``), where a small layer's three calls
     each paid for finding its form again."""
-    _, for_weights, for_inputs = dense_plan(inputs.shape[0], inputs.shape[1], weights.shape[1])
+    _, for_weights, for_inputs = dense_plan(inputs.shape[0], inputs.shape[1], weights.shape[1],
+                                            inputs.itemsize == 8)
     dense_backward_weights(inputs, dvalues, dweights, for_weights)
     dense_backward_biases(dvalues, dbiases)
     dense_backward_inputs(dvalues, weights, dinputs, for_inputs)
@@ -789,14 +797,14 @@ LANE_SIDES_KEPT = 256       # sides remembered (batch sizes x layers); beyond, f
 _lanes_checked: set = set()  # the builds that have refused an array (``_lane_takes``)
 
 
-def _lane_forms(sides):
+def _lane_forms(sides, double):
     """``(forward, backward, penalized)`` for a layer of these sides (n_samples, n_inputs,
-    n_neurons): the forward form of its lane; the (dweights, dinputs) forms of its backward's;
+    n_neurons) and operands (float64 where ``double``): the forward form of its lane; the (dweights, dinputs) forms of its backward's;
     the same for a layer with penalties. Each is None where the usual path runs a kernel a
     lane does not: a parallel build (the column sums of ``dvalues``, the penalties: by
     ``by_size``'s rule), or a form no lane runs."""
     n_samples, n_inputs, n_neurons = sides
-    forward, for_weights, for_inputs = dense_plan(*sides)
+    forward, for_weights, for_inputs = dense_plan(*sides, double)
     if forward.parallel or forward.form not in _LANE_FORWARD:
         forward = None
     else:
@@ -868,7 +876,8 @@ def _lane_of(lanes, key):
     (kept there once made), False when its plan has no lane (kept too), or None while not made
     yet (``_lane_asked``)."""
     n_samples, n_inputs, n_neurons, dtype = key[:4]
-    forward, backward, penalized = _lane_forms((n_samples, n_inputs, n_neurons))
+    forward, backward, penalized = _lane_forms((n_samples, n_inputs, n_neurons),
+                                               np.dtype(dtype).itemsize == 8)
     if lanes is _forward_lanes:
         build = None if forward is None else ("forward", forward, dtype)
     else:
@@ -947,7 +956,7 @@ def dense_backward_lane(dvalues, inputs, weights, biases, dweights, dbiases, din
         return None
     dvalues_rows, weights_rows = dvalues, weights
     if (max(shape[0], sides[0]) >= ALIGN_COPY_MIN_REUSE
-            and dense_plan(shape[0], *sides).dinputs.form != _NARROW):
+            and dense_plan(shape[0], *sides, dvalues.itemsize == 8).dinputs.form != _NARROW):
         # (the dot-product forms read an operand from an aligned copy where ``_aligned_for``
         # makes one: a copy of an array of this lane's kind only)
         if not (dvalues.flags.c_contiguous and weights.flags.c_contiguous):
@@ -1001,14 +1010,15 @@ def ahead_jobs(n_samples: int, n_inputs: int, n_neurons: int, dtype, penalties: 
     backward on this device, and the lanes of its passes."""
     if n_samples * (2 * n_inputs + n_neurons) + n_inputs * n_neurons > AHEAD_MAX_ELEMENTS:
         return []
-    plan = dense_plan(n_samples, n_inputs, n_neurons)
+    double = np.dtype(dtype).itemsize == 8
+    plan = dense_plan(n_samples, n_inputs, n_neurons, double)
     name = np.dtype(dtype).str
     jobs = [("dweights", name, n_samples, n_inputs, n_neurons, *plan.dweights),
             ("dinputs", name, n_samples, n_inputs, n_neurons, *plan.dinputs),
             ("dbiases", name, n_samples, n_neurons), ("overlapping", name)]
     if penalties:
         jobs.append(("penalties", name, n_inputs, n_neurons))
-    forward, backward, penalized = _lane_forms((n_samples, n_inputs, n_neurons))
+    forward, backward, penalized = _lane_forms((n_samples, n_inputs, n_neurons), double)
     backward = penalized if penalties else backward
     if backward is not None:
         jobs.append(("lane", name, "backward", backward, bool(penalties)))
