@@ -710,16 +710,18 @@ def lanes(monkeypatch):
 
 
 def test_the_lanes_sides_take_every_lane():
-    """``LANE_SIDES`` still reach the forms they are meant to (a change of ``dense_plan``'s
-    thresholds would otherwise leave a lane untested)."""
+    """``LANE_SIDES`` still reach the forms they are meant to, in float32 and float64 (a
+    change of ``dense_plan``'s thresholds would otherwise leave a lane untested)."""
     from loopnet.backends import cpu
     from loopnet.kernels.dense_fast import FORM_NAMES
 
     for layer, (forward, dweights, dinputs) in LANE_SIDES.items():
-        lane_forward, lane_backward, penalized = cpu._lane_forms(layer)
-        assert FORM_NAMES[lane_forward] == forward, layer
-        assert tuple(FORM_NAMES[form] for form in lane_backward) == (dweights, dinputs), layer
-        assert penalized == lane_backward, layer
+        for double in (False, True):
+            lane_forward, lane_backward, penalized = cpu._lane_forms(layer, double)
+            assert FORM_NAMES[lane_forward] == forward, layer
+            assert tuple(FORM_NAMES[form] for form in lane_backward) == (dweights,
+                                                                           dinputs), layer
+            assert penalized == lane_backward, layer
 
 
 def _layer_steps(sides, dtype, penalized, steps=3):
