@@ -37,7 +37,9 @@ and the compiled training step both ask it:
                                     8 inputs and 128k multiply-adds, the
                                     forward (>= 32 neurons), dweights
                                     (48-64 neurons) and dinputs (>= 32
-                                    inputs, 32-64 neurons)
+                                    inputs, 32-64 neurons); float32 only
+                                    (in float64 the tile spills: the
+                                    other forms serve every size)
 
 Each kernel is a ``prange`` over a body (``forward_rows_blocked``, ``tn_tile`` ...) that owns
 whole output rows or tiles and sums them in one fixed order, so no result depends on the thread
