@@ -96,6 +96,12 @@ def _users_callbacks(callbacks) -> bool:
     return any(type(callback) not in (EarlyStopping, ModelCheckpoint) for callback in callbacks)
 
 
+def _check_compiled(model) -> None:
+    """A ``ValueError`` unless ``model`` has the loss and the optimizer ``train`` needs."""
+    if model.loss is None or model.optimizer is None:
+        raise ValueError("set(loss=..., optimizer=...) before train()")
+
+
 class _Watch:
     """What a callback of the user's own may change between epochs, watched for both paths:
     ``checks.fingerprint`` of the model and the data, taken after the first epoch (or block:
@@ -133,8 +139,7 @@ class _Watch:
 
     def _check(self, relink: bool) -> None:
         model, X, y = self.model, self.X, self.y
-        if model.loss is None or model.optimizer is None:
-            raise ValueError("set(loss=..., optimizer=...) before train()")
+        _check_compiled(model)
         for index, layer in enumerate(model.layers):
             if isinstance(layer, type) or not (callable(getattr(layer, "forward", None))
                                                and callable(getattr(layer, "backward", None))):
@@ -146,9 +151,7 @@ class _Watch:
         _paired_rows(X, y, "X", "y")
         model._check_targets(width, y, "y")
         if self.validation_data is not None:
-            X_val, y_val = self.validation_data
-            checks.check_model(model, X_val, name="X_val")
-            _paired_rows(X_val, y_val, "X_val", "y_val")
+            _, y_val = checks.check_validation_data(model, self.validation_data, y)
             model._check_targets(width, y_val, "y_val")
 
 
@@ -467,8 +470,7 @@ class Model:
         ``progress``) or never (``False``); log lines are then printed above it. A NaN or
         infinite loss stops training with a ``FloatingPointError`` naming the epoch and step.
         """
-        if self.loss is None or self.optimizer is None:
-            raise ValueError("set(loss=..., optimizer=...) before train()")
+        _check_compiled(self)
         if not self.finalized:
             self.finalize()
         elif getattr(self.loss, "trainable_layers", None) != self.trainable_layers:

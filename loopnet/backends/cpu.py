@@ -799,10 +799,10 @@ _lanes_checked: set = set()  # the builds that have refused an array (``_lane_ta
 
 def _lane_forms(sides, double):
     """``(forward, backward, penalized)`` for a layer of these sides (n_samples, n_inputs,
-    n_neurons) and operands (float64 where ``double``): the forward form of its lane; the (dweights, dinputs) forms of its backward's;
-    the same for a layer with penalties. Each is None where the usual path runs a kernel a
-    lane does not: a parallel build (the column sums of ``dvalues``, the penalties: by
-    ``by_size``'s rule), or a form no lane runs."""
+    n_neurons) and operands (float64 where ``double``): the forward form of its lane; the
+    (dweights, dinputs) forms of its backward's; the same for a layer with penalties. Each
+    is None where the usual path runs a kernel a lane does not: a parallel build (the column
+    sums of ``dvalues``, the penalties: by ``by_size``'s rule), or a form no lane runs."""
     n_samples, n_inputs, n_neurons = sides
     forward, for_weights, for_inputs = dense_plan(*sides, double)
     if forward.parallel or forward.form not in _LANE_FORWARD:
@@ -877,7 +877,7 @@ def _lane_of(lanes, key):
     yet (``_lane_asked``)."""
     n_samples, n_inputs, n_neurons, dtype = key[:4]
     forward, backward, penalized = _lane_forms((n_samples, n_inputs, n_neurons),
-                                               np.dtype(dtype).itemsize == 8)
+                                               dtype.itemsize == 8)
     if lanes is _forward_lanes:
         build = None if forward is None else ("forward", forward, dtype)
     else:
